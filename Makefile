@@ -1,0 +1,37 @@
+# mlgraph: `make demo` (set up + run everything on the demo experiments), `make test` (set up + test).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that these machines carry on disk; elsewhere override, e.g.
+# TORCH_SPEC="torch==2.13.0 --index-url <your CPU wheel index>".
+TORCH_SPEC ?= torch==2.13.0
+export SHARED_DRIVE ?= $(CURDIR)/.shared
+export DAGSTER_HOME ?= $(SHARED_DRIVE)/state/dagster
+export PYTHONWARNINGS ?= ignore::UserWarning
+
+.PHONY: venv demo test ui mlflow-ui slurm-up slurm-down clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip>=24"
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/mlgraph demo
+
+test: venv
+	$(BIN)/python -m pytest
+
+ui: venv
+	$(BIN)/mlgraph init
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(SHARED_DRIVE)/state/mlflow.db
+
+clean:
+	rm -rf $(SHARED_DRIVE)

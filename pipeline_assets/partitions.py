@@ -1,0 +1,26 @@
+"""The partition definitions, defined once: experiment (dynamic) × constraint (static)."""
+
+from __future__ import annotations
+
+import functools
+
+import dagster as dg
+
+from pipeline_assets.settings import load_constraint_grid
+
+
+@functools.cache
+def constraint_keys() -> list[str]:
+    """Keys of config/constraints.yaml's grid; read once, when the code location is built."""
+    return [c.key for c in load_constraint_grid().constraints()]
+
+
+experiment_partitions_def = dg.DynamicPartitionsDefinition(name="experiment")
+constraint_partitions_def = dg.StaticPartitionsDefinition(constraint_keys())
+experiment_constraint_partitions_def = dg.MultiPartitionsDefinition(
+    {"experiment": experiment_partitions_def, "constraint": constraint_partitions_def}
+)
+# Experiment-level assets read every constraint partition of their own experiment.
+experiment_from_constraints_mapping = dg.MultiToSingleDimensionPartitionMapping(
+    partition_dimension_name="experiment"
+)

@@ -1,0 +1,366 @@
+"""Experiment configuration: the pydantic model, YAML loading with clear errors, the config hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from resources.storage import PROJECT_ROOT
+
+EXPERIMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
+
+Task = Literal["classification", "regression", "forecasting"]
+ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "regression": ("ridge", "random_forest", "hist_gradient_boosting", "knn", "decision_tree"),
+    "classification": ("logistic_regression", "knn", "svm", "decision_tree", "random_forest"),
+    "forecasting": ("gru", "lstm", "prophet", "seasonal_naive"),
+}
+DEFAULT_SELECTION_METRIC: dict[str, str] = {
+    "regression": "r2",
+    "classification": "roc_auc",
+    "forecasting": "composite",
+}
+# Metrics where lower is better; every other metric is maximised.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "composite", "log_loss"})
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetConfig(_Strict):
+    generator: Literal["salary", "student_engagement", "demand_forecast"] | None = Field(
+        default=None, description="Built-in deterministic demo generator"
+    )
+    path: str | None = Field(
+        default=None,
+        description="CSV or parquet file; relative paths are relative to the experiment YAML",
+    )
+    rows: int | None = Field(default=None, gt=0, description="Rows to generate (generators only)")
+    seed: int = Field(default=0, description="Generator seed")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.generator is None) == (self.path is None):
+            raise ValueError("set exactly one of 'generator' or 'path'")
+        if self.path is not None:
+            if self.rows is not None:
+                raise ValueError("'rows' applies to generators only; remove it for a file source")
+            if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+                raise ValueError(f"path {self.path!r} must end in .csv or .parquet")
+        return self
+
+
+class SamplingConfig(_Strict):
+    train_rows: int | None = Field(default=None, gt=0, description="Rows kept from the train split")
+    test_rows: int | None = Field(default=None, gt=0, description="Rows kept from the test split")
+    strategy: Literal["head", "random", "stratified"] = "head"
+    seed: int = 42
+
+
+class SplitConfig(_Strict):
+    test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class ModelSpec(_Strict):
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelectionConfig(_Strict):
+    metric: str | None = Field(default=None, description="Metric that picks the champion")
+    composite_weights: dict[str, float] = Field(
+        default_factory=lambda: {"rmse": 0.5, "mae": 0.3, "mse": 0.2},
+        description="Weights of the forecasting composite score (lower is better)",
+    )
+
+    @field_validator("composite_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - {"rmse", "mae", "mse"}
+        if unknown:
+            raise ValueError(f"unknown composite metrics {sorted(unknown)}; use rmse, mae, mse")
+        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("composite weights must be non-negative and sum to more than 0")
+        return value
+
+
+class DriftConfig(_Strict):
+    psi_threshold: float = Field(default=0.2, gt=0)
+    ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
+    min_samples: int = Field(default=200, gt=0)
+
+
+class PreprocessingConfig(_Strict):
+    correlation_threshold: float = Field(
+        default=0.95, gt=0, le=1, description="Drop one of each feature pair with |r| above this"
+    )
+    outlier_z: float = Field(default=4.0, gt=0, description="Clip numeric values to mean ± z·std")
+    significance_runs: int = Field(default=10, ge=2, description="Repeats per significance test")
+    spill_to_disk: bool = True
+
+
+class ForecastConfig(_Strict):
+    window: int = Field(default=24, gt=0, description="Input window length (time steps)")
+    horizon: int = Field(default=1, gt=0)
+    seasonal_period: int = Field(default=24, gt=0)
+    epochs: int = Field(default=20, gt=0)
+    patience: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    hidden_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: one dataset, one task, the models to compare and how to judge them."""
+
+    name: str
+    task: Task
+    description: str = ""
+    dataset: DatasetConfig
+    target: str
+    time_column: str | None = None
+    columns: dict[str, ColumnType] = Field(
+        default_factory=dict, description="Declared column types, checked on load"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    models: list[ModelSpec] = Field(default_factory=list)
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    precision_target: float = Field(default=0.8, gt=0, le=1)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
+    seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not EXPERIMENT_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid experiment name: use 1-64 characters of a-z, 0-9, "
+                "'_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("target must name the column to predict")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.task == "forecasting" and not self.time_column:
+            raise ValueError("forecasting experiments need 'time_column' (the timestamp column)")
+        if self.sampling.strategy == "stratified" and self.task != "classification":
+            raise ValueError("sampling.strategy 'stratified' needs task 'classification'")
+        allowed = FAMILIES[self.task]
+        for spec in self.models:
+            if spec.family not in allowed:
+                raise ValueError(
+                    f"model family {spec.family!r} is not available for {self.task}; "
+                    f"choose from {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def families(self) -> list[str]:
+        """Configured families, or every family of the task when none are listed."""
+        return [m.family for m in self.models] or list(FAMILIES[self.task])
+
+    def model_params(self, family: str) -> dict[str, Any]:
+        for spec in self.models:
+            if spec.family == family:
+                return dict(spec.params)
+        return {}
+
+    @property
+    def selection_metric(self) -> str:
+        return self.selection.metric or DEFAULT_SELECTION_METRIC[self.task]
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical validated config (defaults filled in; description excluded).
+
+        The description is prose: editing it must not make every model stale.
+        """
+        payload = self.model_dump(mode="json", exclude={"description"})
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class LoadedExperiment(BaseModel):
+    """A validated config together with the file it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    config: ExperimentConfig
+    path: Path
+
+    @property
+    def source_path(self) -> Path | None:
+        """Absolute path of the dataset file (None for generators)."""
+        if self.config.dataset.path is None:
+            return None
+        return resolve_dataset_path(self.path, self.config.dataset.path)
+
+
+def resolve_dataset_path(config_file: Path, raw: str) -> Path:
+    """Resolve a dataset path; relative paths may not leave the YAML's directory."""
+    candidate = Path(raw)
+    if candidate.is_absolute():
+        return candidate
+    base = config_file.parent.resolve()
+    resolved = (base / candidate).resolve()
+    if ".." in candidate.parts or not resolved.is_relative_to(base):
+        raise ConfigError(
+            f"{config_file}: field 'dataset.path': {raw!r} leaves the config directory {base}. "
+            "Fix: use an absolute path, or put the file under that directory and give its path "
+            "without '..'."
+        )
+    return resolved
+
+
+_FIXES = {
+    "extra_forbidden": "remove this key or fix its spelling",
+    "missing": "add this required field",
+    "literal_error": "use one of the allowed values",
+}
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid experiment config ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        fix = _FIXES.get(err["type"], "correct the value")
+        lines.append(f"  field '{loc}': {err['msg']}. Fix: {fix}.")
+    return "\n".join(lines)
+
+
+def parse_experiment(path: Path, data: Any) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the file must hold a YAML mapping (name:, task:, dataset:, ...), "
+            f"got {type(data).__name__}. Fix: see config/experiments/salary.yaml for an example."
+        )
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+    if config.name != path.stem:
+        raise ConfigError(
+            f"{path}: field 'name': {config.name!r} does not match the file name {path.stem!r}. "
+            f"Fix: rename the file to {config.name}.yaml or set name: {path.stem}."
+        )
+    return config
+
+
+def load_experiment_file(path: str | Path) -> LoadedExperiment:
+    """Read and validate one experiment YAML; every failure is a ConfigError naming the file."""
+    path = Path(path).resolve()
+    if not EXPERIMENT_NAME_RE.match(path.stem):
+        raise ConfigError(
+            f"{path}: the file name {path.stem!r} is not a valid experiment name. Fix: rename it "
+            "to 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment config. Fix: create it or check the name.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}). Fix: save it as UTF-8.") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
+    config = parse_experiment(path, data)
+    loaded = LoadedExperiment(config=config, path=path)
+    loaded.source_path  # noqa: B018 - validates the dataset path eagerly
+    return loaded
+
+
+def experiments_dir(config_dir: str | Path | None = None) -> Path:
+    return Path(config_dir or DEFAULT_CONFIG_DIR) / "experiments"
+
+
+def experiment_names(config_dir: str | Path | None = None) -> list[str]:
+    """Stems of the experiment YAML files (valid names only; sorted)."""
+    directory = experiments_dir(config_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p.stem for p in directory.glob("*.yaml") if p.is_file() and EXPERIMENT_NAME_RE.match(p.stem)
+    )
+
+
+CONSTRAINT_KEY_RE = re.compile(r"^c(?P<chunk>\d+)-m(?P<mem>\d+)-p(?P<pct>\d+)$")
+
+
+class Constraint(BaseModel):
+    """One resource constraint: rows per chunk, a memory limit and a share of the CPU cores."""
+
+    model_config = ConfigDict(frozen=True)
+    chunk_size: int = Field(gt=0)
+    memory_limit_mb: int = Field(gt=0)
+    compute_limit: float = Field(gt=0, le=1)
+
+    @property
+    def key(self) -> str:
+        return f"c{self.chunk_size}-m{self.memory_limit_mb}-p{round(self.compute_limit * 100)}"
+
+    @classmethod
+    def parse(cls, key: str) -> Constraint:
+        match = CONSTRAINT_KEY_RE.match(key)
+        if not match:
+            raise ValueError(f"constraint key {key!r} is not of the form c<chunk>-m<MB>-p<percent>")
+        return cls(
+            chunk_size=int(match["chunk"]),
+            memory_limit_mb=int(match["mem"]),
+            compute_limit=int(match["pct"]) / 100,
+        )
+
+
+class ConstraintGrid(_Strict):
+    """config/constraints.yaml: the cross product of these lists is the constraint partition set."""
+
+    chunk_sizes: list[int] = Field(min_length=1)
+    memory_limits_mb: list[int] = Field(min_length=1)
+    compute_limits: list[float] = Field(min_length=1)
+
+    def constraints(self) -> list[Constraint]:
+        return [
+            Constraint(chunk_size=c, memory_limit_mb=m, compute_limit=p)
+            for c in self.chunk_sizes
+            for m in self.memory_limits_mb
+            for p in self.compute_limits
+        ]
+
+
+def load_constraint_grid(path: str | Path | None = None) -> ConstraintGrid:
+    path = Path(path or DEFAULT_CONFIG_DIR / "constraints.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return ConstraintGrid.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing. Fix: create it with chunk_sizes, memory_limits_mb, compute_limits.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc).replace("experiment config", "constraint grid")) from None

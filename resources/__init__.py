@@ -1,0 +1,1 @@
+"""Typed Dagster resources: the shared drive, the experiment catalog, DuckDB, MLflow, Slurm."""

@@ -1,0 +1,43 @@
+"""DuckDB warehouse wiring (dagster-duckdb): one database file under the shared drive's state/."""
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+from dagster_duckdb import DuckDBResource
+
+from resources.storage import default_shared_drive
+
+
+class Warehouse(DuckDBResource):
+    """DuckDB over every result table; the default file is $SHARED_DRIVE/state/warehouse.duckdb."""
+
+    database: str = Field(
+        default="", description="DuckDB file; empty means $SHARED_DRIVE/state/warehouse.duckdb"
+    )
+
+    @property
+    def database_path(self) -> str:
+        if self.database:
+            return self.database
+        path = default_shared_drive() / "state" / "warehouse.duckdb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    @contextlib.contextmanager
+    def get_connection(self) -> Iterator:
+        if self.database == ":memory:" or self.database:
+            with super().get_connection() as conn:
+                yield conn
+            return
+        # DuckDBResource connects to `self.database`; resolve the default lazily, at run time.
+        resolved = DuckDBResource(database=self.database_path, connection_config=self.connection_config)
+        with resolved.get_connection() as conn:
+            yield conn
+
+    def ensure_parent(self) -> Path:
+        path = Path(self.database_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path

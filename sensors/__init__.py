@@ -1,0 +1,1 @@
+"""Sensors: experiment configs now; signal files (training, evaluation) and drift later."""
