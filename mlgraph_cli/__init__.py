@@ -1,0 +1,1 @@
+"""The `mlgraph` command line."""
