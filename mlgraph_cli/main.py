@@ -10,6 +10,7 @@ from collections.abc import Sequence
 # Each module defines `register(subparsers)`, adding parsers whose `func(args) -> int` runs the command.
 COMMAND_MODULES = [
     "mlgraph_cli.commands.project",
+    "mlgraph_cli.commands.verify",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipeline_assets import data
+from pipeline_assets import analysis, data, external, preprocessing, training
 from pipeline_assets.jobs import JOBS
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -12,7 +12,14 @@ from resources.tracking import MlflowTracking
 from resources.warehouse import Warehouse
 from sensors.experiments import experiment_config_sensor
 
-ASSET_GROUPS = {"data": data}
+# group name → subpackage; every module in a subpackage is scanned for assets and checks.
+ASSET_GROUPS = {
+    "data": data,
+    "preprocessing": preprocessing,
+    "analysis": analysis,
+    "training": training,
+    "external": external,
+}
 
 defs = dg.Definitions(
     assets=[

@@ -1,10 +1,23 @@
 """Asset jobs; heavy ones carry Slurm tags so the run launcher can send them to the cluster."""
 
-from __future__ import annotations
-
 import dagster as dg
 
 from pipeline_assets.partitions import experiment_partitions_def
+
+# Run tags understood by resources.slurm_launcher.SlurmRunLauncher.
+COMPUTE_TAG = "mlgraph/compute"
+
+
+def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:
+    """Tags that route a run to Slurm with these resources (`kind` picks the log directory)."""
+    return {
+        COMPUTE_TAG: "slurm",
+        "slurm/cpus": str(cpus),
+        "slurm/mem": mem,
+        "slurm/time": time,
+        "slurm/kind": kind,
+    }
+
 
 data_job = dg.define_asset_job(
     "data_job",

@@ -1,0 +1,48 @@
+"""`mlgraph verify PATH`: recompute the hashes a manifest records and name what differs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# manifest file name → "module:function" taking the path and returning a list of differences.
+VERIFIERS = {
+    "run_manifest.json": "pipeline_assets.analysis.manifest:verify_manifest",
+    "lineage.json": "pipeline_assets.training.lineage:verify_lineage",
+}
+
+
+def verify(path: Path) -> list[str]:
+    target = VERIFIERS.get(path.name)
+    if target is None:
+        raise ValueError(f"{path}: unknown manifest; expected one of {', '.join(VERIFIERS)}")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(path)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    status = 0
+    for raw in args.paths:
+        path = Path(raw)
+        try:
+            differences = verify(path)
+        except (OSError, ValueError) as exc:
+            print(f"{path}: cannot verify: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        if differences:
+            status = max(status, 1)
+            print(f"{path}: {len(differences)} difference(s)")
+            for line in differences:
+                print(f"  - {line}")
+        else:
+            print(f"{path}: OK")
+    return status
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("verify", help="check a run_manifest.json or lineage.json against the files it names")
+    p.add_argument("paths", nargs="+", help="manifest file(s)")
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,1 @@
+"""Experiment-level analysis: constraint sweep tables, significance, plots, reports, manifests."""

@@ -1,0 +1,1 @@
+"""Externally trained checkpoints reported by signal files, and their evaluation."""

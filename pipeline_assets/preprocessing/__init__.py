@@ -1,0 +1,1 @@
+"""Streaming preprocessing engine and the resource-constraint sweep."""

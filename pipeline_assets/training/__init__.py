@@ -1,0 +1,1 @@
+"""Candidate training, evaluation and champion promotion."""
