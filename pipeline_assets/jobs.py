@@ -2,8 +2,6 @@
 
 import dagster as dg
 
-from pipeline_assets.partitions import experiment_partitions_def
-
 # Run tags understood by resources.slurm_launcher.SlurmRunLauncher.
 COMPUTE_TAG = "mlgraph/compute"
 
@@ -22,7 +20,6 @@ def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str
 data_job = dg.define_asset_job(
     "data_job",
     selection=dg.AssetSelection.groups("data"),
-    partitions_def=experiment_partitions_def,
     description="Load, fingerprint and split one experiment's data.",
 )
 

@@ -1,0 +1,155 @@
+"""Experiment configs: the demo files validate; every kind of bad config fails with file, field and fix."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_assets.settings import (
+    ConfigError,
+    Constraint,
+    load_constraint_grid,
+    load_experiment_file,
+)
+from resources.storage import PROJECT_ROOT
+
+DEMO_DIR = PROJECT_ROOT / "config" / "experiments"
+BASE = yaml.safe_load((DEMO_DIR / "salary.yaml").read_text())
+
+
+def write(tmp_path: Path, name: str, data) -> Path:
+    directory = tmp_path / "experiments"
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def variant(**changes):
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize("name", ["salary", "student_engagement", "demand_forecast"])
+def test_demo_configs_validate(name):
+    loaded = load_experiment_file(DEMO_DIR / f"{name}.yaml")
+    assert loaded.config.name == name
+    assert len(loaded.config.config_hash) == 64
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "hint"),
+    [
+        ({"colour": "blue"}, "colour", "remove this key"),
+        ({"sampling__strategy_typo": "head"}, "sampling.strategy_typo", "remove this key"),
+        ({"cv_folds": "five"}, "cv_folds", "correct the value"),
+        ({"split__test_size": "0.2"}, "split.test_size", "correct the value"),
+        ({"target": KeyError}, "target", "add this required field"),
+        ({"task": "clustering"}, "task", "allowed values"),
+        ({"sampling__strategy": "stratified"}, "(top level)", "needs task 'classification'"),
+        ({"models": [{"family": "svm"}]}, "(top level)", "not available for regression"),
+    ],
+)
+def test_bad_config_names_file_field_and_fix(tmp_path, changes, field, hint):
+    path = write(tmp_path, "salary", variant(**changes))
+    with pytest.raises(ConfigError) as err:
+        load_experiment_file(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"field '{field}'" in message
+    assert hint in message
+
+
+def test_file_stem_must_match_name(tmp_path):
+    path = write(tmp_path, "wages", BASE)
+    with pytest.raises(ConfigError, match=r"wages\.yaml: field 'name': 'salary' does not match the file name 'wages'"):
+        load_experiment_file(path)
+
+
+@pytest.mark.parametrize("bad", ["Salary", "-x", "a" * 65, "with space", "dots.in"])
+def test_invalid_experiment_names_rejected(tmp_path, bad):
+    path = write(tmp_path, "ok", variant(name=bad))
+    with pytest.raises(ConfigError, match="not a valid experiment name"):
+        load_experiment_file(path)
+
+
+def test_invalid_file_stem_rejected(tmp_path):
+    path = write(tmp_path, "Bad Name", BASE)
+    with pytest.raises(ConfigError, match="file name 'Bad Name' is not a valid experiment name"):
+        load_experiment_file(path)
+
+
+@pytest.mark.parametrize("raw", ["../secret.csv", "data/../../secret.csv", "../experiments/x.csv"])
+def test_dataset_path_may_not_escape_config_dir(tmp_path, raw):
+    data = variant(dataset={"path": raw})
+    path = write(tmp_path, "salary", data)
+    with pytest.raises(ConfigError, match=r"field 'dataset.path'.*leaves the config directory.*Fix:"):
+        load_experiment_file(path)
+
+
+def test_dataset_path_relative_and_absolute(tmp_path):
+    path = write(tmp_path, "salary", variant(dataset={"path": "data/my.csv"}))
+    assert load_experiment_file(path).source_path == (tmp_path / "experiments" / "data" / "my.csv").resolve()
+    absolute = tmp_path / "elsewhere.parquet"
+    path = write(tmp_path, "salary", variant(dataset={"path": str(absolute)}))
+    assert load_experiment_file(path).source_path == absolute
+
+
+def test_dataset_needs_exactly_one_source(tmp_path):
+    path = write(tmp_path, "salary", variant(dataset={"generator": "salary", "path": "x.csv"}))
+    with pytest.raises(ConfigError, match="exactly one of 'generator' or 'path'"):
+        load_experiment_file(path)
+
+
+def test_forecasting_needs_time_column(tmp_path):
+    data = yaml.safe_load((DEMO_DIR / "demand_forecast.yaml").read_text())
+    del data["time_column"]
+    path = write(tmp_path, "demand_forecast", data)
+    with pytest.raises(ConfigError, match="time_column"):
+        load_experiment_file(path)
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="must hold a YAML mapping"):
+        load_experiment_file(write(tmp_path, "salary", "- just\n- a list\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment_file(write(tmp_path, "salary", "name: [unclosed\n"))
+
+
+def test_config_hash_is_canonical_and_covers_sampling(tmp_path):
+    original = load_experiment_file(write(tmp_path, "salary", BASE)).config.config_hash
+    reordered = dict(reversed(list(BASE.items())))
+    assert load_experiment_file(write(tmp_path, "salary", reordered)).config.config_hash == original
+    described = variant(description="new prose")
+    assert load_experiment_file(write(tmp_path, "salary", described)).config.config_hash == original
+    sampled = variant(sampling__train_rows=50)
+    assert load_experiment_file(write(tmp_path, "salary", sampled)).config.config_hash != original
+    # A default written out explicitly is the same config.
+    explicit = variant(cv_folds=5)
+    assert load_experiment_file(write(tmp_path, "salary", explicit)).config.config_hash == original
+
+
+def test_constraint_keys_round_trip():
+    keys = [c.key for c in load_constraint_grid().constraints()]
+    assert len(keys) == len(set(keys)) >= 2
+    for key in keys:
+        assert Constraint.parse(key).key == key
+    assert Constraint.parse("c10000-m256-p50") == Constraint(chunk_size=10000, memory_limit_mb=256, compute_limit=0.5)
+    with pytest.raises(ValueError, match="c<chunk>-m<MB>-p<percent>"):
+        Constraint.parse("10000-256")
+
+
+def test_constraint_grid_errors(tmp_path):
+    path = tmp_path / "constraints.yaml"
+    path.write_text("chunk_sizes: []\nmemory_limits_mb: [1]\ncompute_limits: [0.5]\n")
+    with pytest.raises(ConfigError, match=r"(?s)constraints.yaml.*field 'chunk_sizes'"):
+        load_constraint_grid(path)
