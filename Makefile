@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export SHARED_DRIVE ?= $(CURDIR)/.shared
 export DAGSTER_HOME ?= $(SHARED_DRIVE)/state/dagster
-export PYTHONWARNINGS ?= ignore::UserWarning
 
 .PHONY: venv demo test ui mlflow-ui slurm-up slurm-down clean
 
