@@ -32,5 +32,11 @@ ui: venv
 mlflow-ui: venv
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(SHARED_DRIVE)/state/mlflow.db
 
+slurm-up:
+	scripts/slurm-local up
+
+slurm-down:
+	scripts/slurm-local down
+
 clean:
 	rm -rf $(SHARED_DRIVE)
