@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from resources.storage import PROJECT_ROOT
 
+# libyaml's loader when present: sensors re-read every experiment file each tick.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 EXPERIMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
 
@@ -287,7 +289,7 @@ def load_experiment_file(path: str | Path) -> LoadedExperiment:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}). Fix: save it as UTF-8.") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
     config = parse_experiment(path, data)
