@@ -11,6 +11,8 @@ from collections.abc import Sequence
 COMMAND_MODULES = [
     "mlgraph_cli.commands.project",
     "mlgraph_cli.commands.verify",
+    "mlgraph_cli.commands.signal",
+    "mlgraph_cli.commands.training",
 ]
 
 

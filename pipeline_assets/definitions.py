@@ -11,6 +11,8 @@ from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
 from resources.warehouse import Warehouse
 from sensors.experiments import experiment_config_sensor
+from sensors.mlflow_status import mlflow_run_canceled_sensor, mlflow_run_failure_sensor
+from sensors.signal_sensors import eval_complete_sensor, training_complete_sensor
 
 # group name → subpackage; every module in a subpackage is scanned for assets and checks.
 ASSET_GROUPS = {
@@ -25,13 +27,19 @@ defs = dg.Definitions(
     assets=[
         asset
         for group_name, package in ASSET_GROUPS.items()
-        for asset in dg.load_assets_from_package_module(package, group_name=group_name)
+        for asset in dg.load_assets_from_package_module(package, group_name=group_name, include_specs=True)
     ],
     asset_checks=[
         check for package in ASSET_GROUPS.values() for check in dg.load_asset_checks_from_package_module(package)
     ],
     jobs=JOBS,
-    sensors=[experiment_config_sensor],
+    sensors=[
+        experiment_config_sensor,
+        training_complete_sensor,
+        eval_complete_sensor,
+        mlflow_run_failure_sensor,
+        mlflow_run_canceled_sensor,
+    ],
     resources={
         "storage": SharedDrive(),
         "catalog": ExperimentCatalog(),

@@ -36,9 +36,21 @@ class MaterializeSummary:
     partitions: set[str] = field(default_factory=set)
 
 
+# Assets that start from a trainer's signal file: the sensors run them, a batch materialization cannot.
+SIGNAL_DRIVEN_GROUPS = frozenset({"external"})
+
+
+def default_selection(graph) -> set[dg.AssetKey]:
+    """Every materializable asset except the signal-driven ones and what depends on them."""
+    keys = set(graph.materializable_asset_keys)
+    signal_driven = {k for k in keys if graph.get(k).group_name in SIGNAL_DRIVEN_GROUPS}
+    downstream = {k for k in keys if graph.get_ancestor_asset_keys(k) & signal_driven}
+    return keys - signal_driven - downstream
+
+
 def plan_stages(defs: dg.Definitions, selection: Iterable[dg.AssetKey] | None = None) -> list[StagePlan]:
     graph = defs.resolve_asset_graph()
-    wanted = set(selection) if selection is not None else set(graph.materializable_asset_keys)
+    wanted = set(selection) if selection is not None else default_selection(graph)
     multi = {k for k in wanted if graph.get(k).partitions_def == experiment_constraint_partitions_def}
     downstream_of_multi = set()
     for key in wanted - multi:

@@ -48,11 +48,55 @@ class MlflowTracking(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.resolved_tracking_uri)
 
+    def registered_model_name(self, experiment: str) -> str:
+        """Model Registry name of an experiment's champions (the alias `champion` marks the current one)."""
+        return f"{self.experiment_prefix}.{experiment}"
+
     def ensure_experiment(self, experiment: str) -> str:
         """Create the MLflow experiment (with its artifact location) if needed; return its id."""
+        from pipeline_assets.training.mlflow_runs import with_retry
+
         client = self.client()
         name = self.experiment_name(experiment)
-        found = client.get_experiment_by_name(name)
+        found = with_retry(client.get_experiment_by_name, name)
         if found is not None:
             return found.experiment_id
-        return client.create_experiment(name, artifact_location=self.resolved_artifact_root + f"/{experiment}")
+        try:
+            return with_retry(
+                client.create_experiment, name, artifact_location=self.resolved_artifact_root + f"/{experiment}"
+            )
+        except Exception:
+            # Another process created it between our lookup and our create.
+            found = with_retry(client.get_experiment_by_name, name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def tracker(self, experiment: str):
+        """A Tracker (pipeline_assets.training.mlflow_runs) for this experiment's MLflow runs."""
+        from pipeline_assets.training.mlflow_runs import Tracker
+
+        experiment_id = self.ensure_experiment(experiment)
+        return Tracker(self.client(), experiment_id)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """At the end of a run (in-process executor: once, after every step), fail the MLflow parent run
+        if any step of the Dagster run failed, including steps after the training steps.
+
+        Only ever corrects towards FAILED, from recorded step failures, so a per-step teardown (other
+        executors) can never end a parent run early the way dagster issue #21872 describes.
+        """
+        run = context.run
+        experiment = run.tags.get("dagster/partition") if run is not None else None
+        if run is None or context.instance is None or not experiment:
+            return
+        failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        if not failures:
+            return
+        from pipeline_assets.training.mlflow_runs import reconcile_parent
+
+        changed = reconcile_parent(self.client(), self.experiment_name(experiment), run.run_id, "FAILED")
+        if changed:
+            context.log.info(
+                f"MLflow parent run {changed} marked FAILED: step(s) {sorted({e.step_key for e in failures})} failed"
+            )

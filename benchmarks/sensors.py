@@ -1,0 +1,209 @@
+"""Signal sensors: tick time over a drive with 10,000 experiment directories, and signal → run latency.
+
+1. Tick time (in-process, `dg.build_sensor_context`, a SQLite instance): steady state (every
+   directory holds a signal already handled), a few new signals among them, the evaluation sensor
+   (two names per directory), and a cold start (cursor lost: every signal read, validated and looked
+   up, at most MAX_SIGNALS_PER_TICK per tick). Target: steady-state tick ≤ 2 s.
+2. Latency with the real daemon (`dagster-daemon run`, DefaultRunLauncher, queued runs): the
+   completion hook writes a signal; we time until the evaluation run is created and until it starts.
+   The drive holds 10,000 empty experiment directories, so the daemon's real ticks scan them too.
+
+    .venv/bin/python benchmarks/sensors.py [--dirs 10000] [--samples 10] [--skip-daemon]
+
+Prints JSON.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import dagster as dg  # noqa: E402
+import yaml  # noqa: E402
+
+from resources.experiments import ExperimentCatalog  # noqa: E402
+from resources.storage import SharedDrive, atomic_write_text  # noqa: E402
+from sensors.signal_sensors import MAX_SIGNALS_PER_TICK, SignalCursor, build_signal_sensors, plan_tick  # noqa: E402
+from sensors.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
+
+TARGET_TICK_S = 2.0
+
+
+def build_drive(drive: Path, config_dir: Path, n: int) -> list[str]:
+    """n experiments, each with a config, a checkpoint, a .training_complete and an .eval_complete."""
+    template = (ROOT / "config" / "experiments" / "salary.yaml").read_text()
+    (config_dir / "experiments").mkdir(parents=True)
+    names = [f"exp{i:05d}" for i in range(n)]
+    for name in names:
+        (config_dir / "experiments" / f"{name}.yaml").write_text(template.replace("name: salary", f"name: {name}"))
+        ckpt = drive / "models" / name / "checkpoints" / "ck" / "final"
+        ckpt.mkdir(parents=True)
+        (drive / "models" / name / ".training_complete").write_text(json.dumps({
+            "timestamp": "2025-09-30T14:32:15Z", "experiment": name, "checkpoint_path": str(ckpt),
+            "hostname": "bench", "user": "bench"}))
+        (drive / "evaluation" / name).mkdir(parents=True)
+        (drive / "evaluation" / name / ".eval_complete").write_text(json.dumps({
+            "timestamp": "2025-09-30T15:00:00Z", "experiment": name, "job_id": "1", "status": "complete"}))
+    return names
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def tick_benchmark(n: int, repeats: int) -> dict:
+    training, evaluation = build_signal_sensors(settle_seconds=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        drive, config_dir = tmp / "drive", tmp / "config"
+        t0 = time.perf_counter()
+        names = build_drive(drive, config_dir, n)
+        build_s = time.perf_counter() - t0
+        resources = {"storage": SharedDrive(root=str(drive)), "catalog": ExperimentCatalog(config_dir=str(config_dir))}
+        (tmp / "home").mkdir()
+        with dg.DagsterInstance.local_temp(str(tmp / "home")) as instance:
+            instance.add_dynamic_partitions("experiment", names)
+
+            def run(sensor, cursor):
+                return sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+            # Cursor lost: the first tick takes the oldest MAX_SIGNALS_PER_TICK files, the rest follow.
+            cold_s, cold = timed(lambda: run(training, None), 1)
+            assert len(cold.run_requests) == min(n, MAX_SIGNALS_PER_TICK), len(cold.run_requests)
+            # The cursor once every signal has been handled.
+            handled = plan_tick(drive, "models", (TRAINING_COMPLETE,), SignalCursor(), 0, max_files=n).cursor.serialize()
+            steady_s, steady = timed(lambda: run(training, handled), repeats)
+            assert steady.run_requests == []
+            for name in names[:10]:
+                atomic_write_text(drive / "models" / name / ".training_complete", json.dumps({
+                    "timestamp": "2025-10-01T00:00:00Z", "experiment": name, "hostname": "bench", "user": "bench",
+                    "checkpoint_path": str(drive / "models" / name / "checkpoints" / "ck" / "final")}))
+            new_s, new = timed(lambda: run(training, handled), repeats)
+            assert len(new.run_requests) == 10
+            eval_handled = plan_tick(drive, "evaluation", (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0,
+                                     max_files=n).cursor.serialize()
+            eval_s, eval_steady = timed(lambda: run(evaluation, eval_handled), repeats)
+            assert eval_steady.run_requests == []
+            cursor_bytes = len(handled)
+    return {
+        "experiment_dirs": n,
+        "setup_seconds": round(build_s, 2),
+        "training_sensor_steady_tick_s": round(steady_s, 4),
+        "training_sensor_10_new_signals_tick_s": round(new_s, 4),
+        "eval_sensor_steady_tick_s": round(eval_s, 4),
+        f"training_sensor_cold_tick_s (cursor lost; first {MAX_SIGNALS_PER_TICK} of {n} signals per tick)": round(cold_s, 3),
+        "cursor_bytes": cursor_bytes,
+        "target_s": TARGET_TICK_S,
+        "meets_target": steady_s <= TARGET_TICK_S and new_s <= TARGET_TICK_S and eval_s <= TARGET_TICK_S,
+    }
+
+
+def latency_benchmark(n_dirs: int, samples: int) -> dict:
+    from pipeline_assets.definitions import defs
+    from pipeline_assets.materialize import materialize_experiments
+    from sensors.hook import signal_training_complete
+    from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        drive, config_dir, home = tmp / "drive", tmp / "config", tmp / "home"
+        drive.mkdir()
+        (config_dir / "experiments").mkdir(parents=True)
+        data = yaml.safe_load((ROOT / "config" / "experiments" / "salary.yaml").read_text())
+        data["dataset"]["rows"] = 1500
+        (config_dir / "experiments" / "salary.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (config_dir / "constraints.yaml").write_text((ROOT / "config" / "constraints.yaml").read_text())
+        for i in range(n_dirs):
+            (drive / "models" / f"exp{i:05d}").mkdir(parents=True)
+            (drive / "evaluation" / f"exp{i:05d}").mkdir(parents=True)
+        env = {"SHARED_DRIVE": str(drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
+        os.environ.update(env)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        write_instance_config(home)
+        keys = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
+        daemon = DagsterDaemon(home, env, tmp)
+        created, started, ticks = [], [], []
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            materialize_experiments(defs, instance, ["salary"], selection=keys, echo=lambda _: None, raise_on_error=True)
+            out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_external.py"), "--experiment",
+                                  "salary", "--epochs", "5", "--no-signal"], env={**os.environ, **env},
+                                 capture_output=True, text=True, check=True, timeout=300)
+            checkpoint = json.loads(out.stdout)["checkpoint"]
+            try:
+                daemon.start()
+                for i in range(samples + 1):
+                    result = signal_training_complete("salary", checkpoint, final_loss=float(i), mlflow=False,
+                                                      detect_git=False)
+                    written = time.time()
+                    assert result, result.error
+                    run_key = f"models/salary/.training_complete:{_sha(result.signal_path)}"
+
+                    def record(run_key: str = run_key):
+                        runs = instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}))
+                        return runs[0] if runs and runs[0].start_time else None
+
+                    rec = wait_for(record, 180, f"run for sample {i}", on_timeout=daemon.logs)
+                    wait_for(lambda: all(r.dagster_run.is_finished for r in instance.get_run_records(limit=5)), 300,
+                             "runs to finish", interval=0.5)
+                    if i == 0:
+                        continue  # the first sample includes the daemon's start-up
+                    created.append(rec.create_timestamp.timestamp() - written)
+                    started.append(rec.start_time - written)
+                from dagster._core.scheduler.instigation import InstigatorType
+
+                for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+                    if state.instigator_name == "training_complete_sensor":
+                        for t in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=200):
+                            if t.tick_data.end_timestamp:
+                                ticks.append(t.tick_data.end_timestamp - t.timestamp)
+            finally:
+                daemon.stop_all()
+    return {
+        "samples": len(started),
+        "empty_experiment_dirs": n_dirs,
+        "settle_seconds": 2.0,
+        "daemon_sensor_loop_seconds": 5,
+        "signal_to_run_created_s": {"median": round(statistics.median(created), 2), "min": round(min(created), 2),
+                                    "max": round(max(created), 2)},
+        "signal_to_run_started_s": {"median": round(statistics.median(started), 2), "min": round(min(started), 2),
+                                    "max": round(max(started), 2)},
+        "daemon_training_sensor_tick_s": {"median": round(statistics.median(ticks), 3), "max": round(max(ticks), 3),
+                                          "ticks": len(ticks)} if ticks else None,
+    }
+
+
+def _sha(path: Path) -> str:
+    from sensors.signals import content_sha256
+
+    return content_sha256(path.read_bytes())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--dirs", type=int, default=10_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--skip-daemon", action="store_true")
+    args = p.parse_args()
+    out = {"benchmark": "sensors", "tick": tick_benchmark(args.dirs, args.repeats)}
+    if not args.skip_daemon:
+        out["latency"] = latency_benchmark(args.dirs, args.samples)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Experiment-level analysis of the constraint sweep: table, significance, plots, manifest, report."""
+
+import json
+
+import dagster as dg
+
+from pipeline_assets.analysis import manifest, pipeline_summary, plots, significance, sweep
+from pipeline_assets.partitions import (
+    constraint_partitions_def,
+    experiment_from_constraints_mapping,
+    experiment_partitions_def,
+)
+from pipeline_assets.preprocessing import engine, outputs, validation
+from pipeline_assets.preprocessing.probe import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
+from pipeline_assets.settings import Constraint
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive, atomic_write_json, atomic_write_text
+from resources.warehouse import Warehouse
+
+# By key: importing another group's assets here would make the loader claim them for this group.
+TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
+BATCH_FEATURES = dg.AssetKey("batch_features")
+CONSTRAINT_RUN = dg.AssetKey("constraint_run")
+
+
+def _markdown_table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
+    def cell(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _constraint_dirs(storage: SharedDrive, experiment: str) -> dict:
+    return {key: storage.constraint_dir(experiment, key) for key in constraint_partitions_def.get_partition_keys()}
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    group_name="analysis",
+    deps=[dg.AssetDep(CONSTRAINT_RUN, partition_mapping=experiment_from_constraints_mapping)],
+    kinds={"csv", "duckdb"},
+)
+def constraint_experiment(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    """One row per resource constraint: preprocessing latency, peak memory, training time, probe metrics."""
+    experiment = context.partition_key
+    config = catalog.load(experiment).config
+    dirs = _constraint_dirs(storage, experiment)
+    rows, missing = sweep.collect_runs(dirs)
+    if not rows:
+        raise dg.Failure(
+            description=f"{experiment}: no constraint has a constraint_run result under "
+            f"{storage.artifacts_dir(experiment, 'constraints')}. Fix: materialize constraint_run for this "
+            "experiment's constraint partitions (constraint_sweep_job) first."
+        )
+    if missing:
+        context.log.warning(f"{experiment}: {len(missing)} constraint(s) not materialized yet: {', '.join(missing)}")
+    columns = sweep.columns_for(config.task)
+    table_path = atomic_write_text(
+        storage.artifacts_dir(experiment, "benchmarks", "constraint_experiment.csv"), outputs.csv_text(rows, columns)
+    )
+    present = [r["constraint"] for r in rows]
+    # The experiment-level chunk reports hold every constraint's records, each tagged with its key.
+    chunks_path = atomic_write_text(
+        storage.artifacts_dir(experiment, "reports", outputs.CHUNKS),
+        outputs.jsonl_text(sweep.combined_chunk_records(dirs, present)),
+    )
+    profile_path = atomic_write_text(
+        storage.artifacts_dir(experiment, "profiles", outputs.PROFILE),
+        outputs.csv_text(sweep.combined_profile_rows(dirs, present), ["constraint", *outputs.PROFILE_COLUMNS]),
+    )
+    with warehouse.get_connection() as connection:
+        stored = sweep.replace_in_warehouse(connection, experiment, rows)
+    shown = ["constraint", "preprocessing_latency_s", "peak_memory_mb", "training_time_s", *METRIC_COLUMNS[config.task]]
+    return dg.MaterializeResult(
+        metadata={
+            "constraints": len(rows),
+            "missing_constraints": dg.MetadataValue.json(missing),
+            "warehouse_table": sweep.WAREHOUSE_TABLE,
+            "warehouse_rows": stored,
+            "table": _markdown_table(rows, shown),
+            "path": dg.MetadataValue.path(str(table_path)),
+            "chunk_records": dg.MetadataValue.path(str(chunks_path)),
+            "operator_profile": dg.MetadataValue.path(str(profile_path)),
+        }
+    )
+
+
+@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[TRAIN_TEST_SPLIT], kinds={"csv"})
+def significance_tests(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """Seeded permutation tests of streaming vs batch latency and throughput over repeated runs."""
+    experiment = context.partition_key
+    config = catalog.load(experiment).config
+    # The smallest chunk size of the grid: the most "streaming" of the configurations.
+    chunk_size = min(Constraint.parse(k).chunk_size for k in constraint_partitions_def.get_partition_keys())
+    runs = significance.timed_runs(
+        storage.dataset_path(experiment, "train"), engine.EngineOptions.from_config(config), chunk_size,
+        config.preprocessing.significance_runs,
+    )
+    row = significance.significance_row(runs, chunk_size, seed=config.seed)
+    path = atomic_write_text(
+        storage.artifacts_dir(experiment, "benchmarks", "significance_tests.csv"),
+        outputs.csv_text([row], significance.COLUMNS),
+    )
+    atomic_write_text(
+        storage.artifacts_dir(experiment, "benchmarks", "significance_runs.csv"),
+        outputs.csv_text(runs, ["run", "mode", "latency_s", "rows", "throughput_rows_s", "peak_memory_mb"]),
+    )
+    context.log.info(
+        f"{experiment}: latency p={row['latency_pvalue']:.4f} (Δ {row['latency_mean_delta_s'] * 1e3:+.2f} ms), "
+        f"throughput p={row['throughput_pvalue']:.4f} over {row['runs_per_mode']} runs per mode"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()},
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[constraint_experiment], kinds={"png"})
+def tradeoff_plots(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """Latency, peak memory and probe accuracy across the constraint sweep, as three PNG plots."""
+    experiment = context.partition_key
+    config = catalog.load(experiment).config
+    rows = outputs.read_csv_rows(storage.artifacts_dir(experiment, "benchmarks", "constraint_experiment.csv"))
+    paths = plots.draw_tradeoff_plots(
+        rows, ACCURACY_COLUMN[config.task], ACCURACY_LABEL[config.task], storage.artifacts_dir(experiment, "plots"),
+        experiment,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **{name: dg.MetadataValue.md(plots.markdown_image(path, name)) for name, path in paths.items()},
+            **{f"{name}_path": dg.MetadataValue.path(str(path)) for name, path in paths.items()},
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    group_name="analysis",
+    deps=[constraint_experiment, significance_tests, tradeoff_plots, BATCH_FEATURES],
+    kinds={"json"},
+)
+def run_manifest(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """Reproducibility manifest: config hash, dataset and artifact SHA-256s, seeds, versions, commit, run id."""
+    experiment = context.partition_key
+    loaded = catalog.load(experiment)
+    dataset_dir = storage.dataset_dir(experiment)
+    artifacts = storage.artifacts_dir(experiment)
+    candidates = [
+        *(dataset_dir / n for n in ("raw.parquet", "train.parquet", "test.parquet", "fingerprint.json", "meta.json")),
+        *(artifacts / "batch" / n for n in (outputs.FEATURES, outputs.FIT)),
+        *(d / n for d in _constraint_dirs(storage, experiment).values()
+          for n in (outputs.FEATURES, outputs.FIT, "constraint_run.json")),
+        *(artifacts / "benchmarks" / n for n in ("constraint_experiment.csv", "significance_tests.csv")),
+        *(artifacts / "plots" / f"{name}.png" for name in plots.PLOTS),
+    ]
+    files = [p for p in candidates if p.exists()]
+    fingerprint = json.loads((dataset_dir / "fingerprint.json").read_text())
+    document = manifest.build_manifest(
+        storage.root_path, experiment, loaded.config, loaded.path, files, context.run.run_id, fingerprint
+    )
+    path = atomic_write_json(artifacts / "metadata" / "run_manifest.json", document)
+    return dg.MaterializeResult(
+        metadata={
+            "config_hash": document["config_hash"],
+            "dataset_sha256": document["dataset"]["sha256"] or "",
+            "files": len(document["files"]),
+            "git_commit": document["git"]["commit"] or "unknown",
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[run_manifest], kinds={"json"})
+def pipeline_report(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """Complete run summary: fingerprint, reproducibility, chunk metrics, sweep, significance, checks."""
+    experiment = context.partition_key
+    config = catalog.load(experiment).config
+    artifacts = storage.artifacts_dir(experiment)
+    manifest_path = artifacts / "metadata" / "run_manifest.json"
+    dirs = _constraint_dirs(storage, experiment)
+    present = {k: d for k, d in dirs.items() if (d / outputs.CHUNKS).exists()}
+    records = {k: outputs.read_records(d / outputs.CHUNKS) for k, d in present.items()}
+    batch_dir = artifacts / "batch"
+    checks = {
+        "streaming_features_match_batch": {
+            k: validation.features_agree(d / outputs.FEATURES, batch_dir / outputs.FEATURES) for k, d in present.items()
+        },
+        "streaming_features_memory_within_limit": {
+            k: validation.memory_compliance(records[k], Constraint.parse(k).memory_limit_mb) for k in present
+        },
+        "run_manifest_verifies": {"differences": manifest.verify_manifest(manifest_path)},
+    }
+    checks["run_manifest_verifies"]["passed"] = not checks["run_manifest_verifies"]["differences"]
+    significance_rows = outputs.read_csv_rows(artifacts / "benchmarks" / "significance_tests.csv")
+    constraint_rows = outputs.read_csv_rows(artifacts / "benchmarks" / "constraint_experiment.csv")
+    report = pipeline_summary.build_report(
+        experiment=experiment,
+        task=config.task,
+        fingerprint=json.loads((storage.dataset_dir(experiment) / "fingerprint.json").read_text()),
+        manifest=json.loads(manifest_path.read_text()),
+        records_by_constraint=records,
+        constraint_rows=[_numbers(r) for r in constraint_rows],
+        significance=_numbers(significance_rows[0]) if significance_rows else None,
+        batch_summary=outputs.read_summary(batch_dir) if (batch_dir / outputs.SUMMARY).exists() else None,
+        checks=checks,
+        run_id=context.run.run_id,
+    )
+    path = atomic_write_json(artifacts / "reports" / "pipeline_report.json", report)
+    failed = [
+        f"{name}:{key}" for name, results in checks.items() if name != "run_manifest_verifies"
+        for key, result in results.items() if not result["passed"]
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "constraints": len(present),
+            "total_chunks": report["chunk_metrics"]["total_chunks"],
+            "failed_checks": dg.MetadataValue.json(failed),
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+def _numbers(row: dict) -> dict:
+    """CSV strings back to numbers where they are numbers."""
+    out = {}
+    for key, value in row.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            out[key] = value
+            continue
+        out[key] = int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+    return out

@@ -1,0 +1,35 @@
+"""Checks on the analysis assets: the manifest verifies, the sweep covers the constraint grid."""
+
+import dagster as dg
+
+from pipeline_assets.analysis import manifest
+from pipeline_assets.analysis.assets import constraint_experiment, run_manifest
+from pipeline_assets.partitions import constraint_partitions_def
+from pipeline_assets.preprocessing import outputs
+from resources.storage import SharedDrive
+
+
+@dg.asset_check(asset=run_manifest, blocking=True)
+def run_manifest_verifies(context: dg.AssetCheckExecutionContext, storage: SharedDrive) -> dg.AssetCheckResult:
+    """Every SHA-256 the manifest records matches the file on the drive right after it was written."""
+    path = storage.artifacts_dir(context.partition_key, "metadata", "run_manifest.json")
+    differences = manifest.verify_manifest(path)
+    return dg.AssetCheckResult(
+        passed=not differences,
+        metadata={"differences": len(differences), "differences_limit": 0, "details": dg.MetadataValue.json(differences)},
+    )
+
+
+@dg.asset_check(asset=constraint_experiment)
+def constraint_experiment_covers_grid(
+    context: dg.AssetCheckExecutionContext, storage: SharedDrive
+) -> dg.AssetCheckResult:
+    """The sweep table has a row for every constraint partition of config/constraints.yaml."""
+    rows = outputs.read_csv_rows(storage.artifacts_dir(context.partition_key, "benchmarks", "constraint_experiment.csv"))
+    expected = constraint_partitions_def.get_partition_keys()
+    missing = sorted(set(expected) - {r["constraint"] for r in rows})
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"constraints": len(rows), "expected": len(expected), "missing": dg.MetadataValue.json(missing)},
+    )

@@ -1,0 +1,216 @@
+"""External checkpoints: reported by the training sensor, evaluated like the trained candidates."""
+
+import os
+import traceback
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from pipeline_assets import evaluation_store
+from pipeline_assets.external import evaluation
+from pipeline_assets.partitions import experiment_partitions_def
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive, atomic_write_text
+from resources.tracking import MlflowTracking
+from sensors.signals import (
+    EVAL_COMPLETE,
+    EVAL_FAILED,
+    SLURM_JOB_ID_TAG,
+    TAG_CHECKPOINT_PATH,
+    TAG_MLFLOW_RUN_ID,
+    TAG_SIGNAL_FILE,
+    TAG_TRAINING_MLFLOW_RUN_ID,
+    TRAINING_COMPLETE,
+    EvalComplete,
+    EvalFailed,
+    SignalError,
+    TrainingComplete,
+    checkpoint_id,
+    read_signal,
+    resolve_checkpoint,
+    utc_now,
+)
+
+# Materialized by no run: training_complete_sensor reports each checkpoint with its signal's metadata.
+external_checkpoint = dg.AssetSpec(
+    "external_checkpoint",
+    partitions_def=experiment_partitions_def,
+    description="A checkpoint trained outside Dagster, reported by its .training_complete signal file.",
+    kinds={"pytorch"},
+)
+
+
+class CheckpointEvaluationConfig(dg.Config):
+    checkpoint_path: str = Field(
+        default="",
+        description="Checkpoint directory; empty means the run's mlgraph/checkpoint_path tag, "
+        "else the one named by models/{experiment}/.training_complete",
+    )
+
+
+def _job_id(context: dg.AssetExecutionContext) -> str:
+    # Under Slurm the job id is the id operators look up; otherwise the Dagster run id is.
+    return os.environ.get("SLURM_JOB_ID") or context.run.tags.get(SLURM_JOB_ID_TAG) or context.run.run_id
+
+
+def _resolve(
+    context: dg.AssetExecutionContext, config: CheckpointEvaluationConfig, storage: SharedDrive, experiment: str
+) -> tuple[Path, TrainingComplete | None]:
+    """The checkpoint to evaluate: run config, then the sensor's run tag, then the current signal file."""
+    drive = storage.root_path
+    signal = None
+    signal_file = context.run.tags.get(TAG_SIGNAL_FILE) or str(storage.models_dir(experiment) / TRAINING_COMPLETE)
+    if Path(signal_file).is_file():
+        try:
+            signal, _ = read_signal(signal_file)
+        except ValueError as exc:
+            # The run was asked for an explicit checkpoint; a newer broken signal only costs its metadata.
+            context.log.warning(str(exc))
+    raw = config.checkpoint_path or context.run.tags.get(TAG_CHECKPOINT_PATH)
+    if not raw:
+        if signal is None:
+            raise FileNotFoundError(
+                f"{signal_file}: no usable training signal and no checkpoint given. Fix: run the training "
+                "completion hook, or set config checkpoint_path on this run."
+            )
+        raw = signal.checkpoint_path
+    source = "run config checkpoint_path" if config.checkpoint_path else signal_file
+    checkpoint = resolve_checkpoint(drive, raw, source=source)
+    if signal is not None and _names(drive, signal, signal_file) != checkpoint:
+        # The file now names another (newer) checkpoint; its metadata does not describe this one.
+        context.log.info(f"{signal_file} now names {signal.checkpoint_path}; evaluating {checkpoint} as asked")
+        signal = None
+    return checkpoint, signal
+
+
+def _names(drive: Path, signal: TrainingComplete, signal_file: str) -> Path | None:
+    try:
+        return resolve_checkpoint(drive, signal.checkpoint_path, source=signal_file)
+    except SignalError:
+        return None
+
+
+def _log_to_mlflow(
+    mlflow: MlflowTracking, experiment: str, result: evaluation.CheckpointEvaluation, run_tags: dict[str, str],
+    dagster_run_id: str,
+) -> str:
+    client = mlflow.client()
+    experiment_id = mlflow.ensure_experiment(experiment)
+    tags = {"mlgraph.dagster_run_id": dagster_run_id, "mlgraph.checkpoint_id": result.checkpoint_id,
+            "mlgraph.kind": "checkpoint_evaluation"}
+    training_run = run_tags.get(TAG_TRAINING_MLFLOW_RUN_ID)
+    if training_run:
+        # Links the evaluation under the trainer's run in the MLflow UI.
+        tags["mlflow.parentRunId"] = training_run
+    run = client.create_run(experiment_id, run_name=f"checkpoint-evaluation-{result.checkpoint_id}", tags=tags)
+    for name, value in sorted(result.metrics.items()):
+        client.log_metric(run.info.run_id, f"test_{name}", value)
+    client.log_param(run.info.run_id, "test_rows", result.rows)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    deps=[external_checkpoint, dg.AssetKey("train_test_split")],
+    kinds={"pytorch", "parquet"},
+)
+def checkpoint_evaluation(
+    context: dg.AssetExecutionContext,
+    config: CheckpointEvaluationConfig,
+    storage: SharedDrive,
+    catalog: ExperimentCatalog,
+    mlflow: MlflowTracking,
+) -> dg.MaterializeResult:
+    """The reported checkpoint scored on the experiment's test split, in the candidates' evaluation schema."""
+    experiment = context.partition_key
+    eval_dir = storage.evaluation_dir(experiment)
+    started = utc_now()
+    job_id = _job_id(context)
+    checkpoint_path: Path | None = None
+    try:
+        checkpoint_path, signal = _resolve(context, config, storage, experiment)
+        ckpt_id = checkpoint_id(checkpoint_path)
+        loaded = catalog.load(experiment)
+        config_hash = loaded.config.config_hash
+        test_path = storage.dataset_path(experiment, "test")
+        context.log.info(f"evaluating {checkpoint_path} on {test_path}")
+        result = evaluation.evaluate_checkpoint(checkpoint_path, ckpt_id, test_path, loaded.config.target)
+        metric_files = evaluation_store.write_metrics(
+            eval_dir,
+            evaluation.metric_records(result, experiment, config_hash, started),
+            source=evaluation.source_name(ckpt_id),
+        )
+        predictions = evaluation.write_predictions(result.predictions, evaluation.predictions_path(eval_dir, ckpt_id))
+        mlflow_run_id = _log_to_mlflow(mlflow, experiment, result, dict(context.run.tags), context.run.run_id)
+        context.instance.add_run_tags(context.run.run_id, {TAG_MLFLOW_RUN_ID: mlflow_run_id})
+        done = EvalComplete(
+            timestamp=utc_now(),
+            experiment=experiment,
+            job_id=job_id,
+            status="complete",
+            datasets_evaluated=["test"],
+            metrics_summary=result.metrics,
+            eval_duration_seconds=round((utc_now() - started).total_seconds(), 3),
+            checkpoint_id=ckpt_id,
+            checkpoint_path=str(checkpoint_path),
+            model=result.model,
+            dagster_run_id=context.run.run_id,
+            mlflow_run_id=mlflow_run_id,
+            config_hash=config_hash,
+        )
+        # Written last: analysis may start the moment this file appears.
+        signal_out = atomic_write_text(eval_dir / EVAL_COMPLETE, done.to_json())
+    except Exception as exc:
+        _write_failure(context, eval_dir, experiment, job_id, checkpoint_path, exc)
+        raise
+    context.log.info(f"{result.model}: {result.metrics} on {result.rows} test rows; wrote {signal_out}")
+    return dg.MaterializeResult(
+        metadata={
+            "checkpoint_id": ckpt_id,
+            "checkpoint_path": dg.MetadataValue.path(str(checkpoint_path)),
+            "model": result.model,
+            "architecture": dg.MetadataValue.json(result.metadata.get("architecture", {})),
+            "test_rows": result.rows,
+            **{f"test_{k}": float(v) for k, v in sorted(result.metrics.items())},
+            "metrics": dg.MetadataValue.md(
+                "| metric | value |\n|---|---|\n"
+                + "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(result.metrics.items()))
+            ),
+            "metric_files": len(metric_files),
+            "predictions": dg.MetadataValue.path(str(predictions)),
+            "eval_complete": dg.MetadataValue.path(str(signal_out)),
+            "eval_seconds": round(result.seconds, 3),
+            "job_id": job_id,
+            "mlflow_run_id": mlflow_run_id,
+            "training_signal": dg.MetadataValue.json(signal.model_dump(mode="json", exclude_none=True))
+            if signal is not None
+            else "none",
+            "config_hash": config_hash,
+        }
+    )
+
+
+def _write_failure(
+    context: dg.AssetExecutionContext, eval_dir: Path, experiment: str, job_id: str, checkpoint_path: Path | None,
+    exc: BaseException,
+) -> None:
+    """Record a critical failure as evaluation/{experiment}/.eval_failed; the caller re-raises."""
+    failed = EvalFailed(
+        timestamp=utc_now(),
+        experiment=experiment,
+        job_id=job_id,
+        error_type=type(exc).__name__,
+        error_message=(str(exc) or type(exc).__name__)[:20_000],
+        traceback=traceback.format_exc()[-20_000:],
+        checkpoint_id=checkpoint_id(checkpoint_path) if checkpoint_path else None,
+        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        dagster_run_id=context.run.run_id,
+    )
+    try:
+        path = atomic_write_text(eval_dir / EVAL_FAILED, failed.to_json())
+    except OSError as write_exc:
+        context.log.error(f"could not write {eval_dir / EVAL_FAILED}: {write_exc}")
+        return
+    context.log.error(f"evaluation failed ({type(exc).__name__}: {exc}); wrote {path}")

@@ -1,0 +1,123 @@
+"""Evaluate an external checkpoint on an experiment's test split, in the candidates' evaluation schema.
+
+Plain Python: no Dagster. The asset in assets.py wires it to the drive, the run and the signals.
+"""
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
+from resources.storage import atomic_path
+
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),
+        ("model", pa.string()),
+        ("y_true", pa.float64()),
+        ("y_pred", pa.float64()),
+        ("y_score", pa.float64()),
+    ]
+)
+
+
+def model_name(checkpoint_id: str) -> str:
+    return f"checkpoint:{checkpoint_id}"
+
+
+def source_name(checkpoint_id: str) -> str:
+    """The evaluation_store source (file name) for one checkpoint's metric rows."""
+    return f"checkpoint-{checkpoint_id}"
+
+
+def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None,
+                    threshold: float = 0.5) -> dict[str, float]:
+    """The trained candidates' metrics (pipeline_assets.training.metrics), so the rows compare like for like."""
+    from pipeline_assets.training import metrics
+
+    if task == "regression":
+        return metrics.regression_metrics(y_true, y_pred)
+    if task == "classification":
+        return metrics.classification_metrics(y_true, y_pred if y_score is None else y_score, threshold)
+    raise CheckpointError(f"task {task!r} has no checkpoint metrics; use a regression or classification experiment")
+
+
+@dataclass
+class CheckpointEvaluation:
+    checkpoint_id: str
+    model: str
+    task: str
+    metrics: dict[str, float]
+    predictions: pa.Table
+    rows: int
+    seconds: float
+    metadata: dict[str, Any]
+
+
+def evaluate_checkpoint(checkpoint_dir: Path, checkpoint_id: str, test_path: Path, target: str) -> CheckpointEvaluation:
+    """Load the checkpoint, predict every test row, and score it; rows keep test.parquet's order."""
+    start = time.perf_counter()
+    checkpoint = load_checkpoint(checkpoint_dir)
+    if checkpoint.target != target:
+        raise CheckpointError(
+            f"{checkpoint_dir / 'metadata.json'}: field 'target' is {checkpoint.target!r} but the experiment "
+            f"predicts {target!r}. Fix: signal the checkpoint under the experiment it was trained for."
+        )
+    if not test_path.is_file():
+        raise FileNotFoundError(f"{test_path}: test split missing. Fix: materialize train_test_split for this experiment.")
+    test = pq.read_table(test_path).to_pandas()
+    if target not in test.columns:
+        raise CheckpointError(f"{test_path}: target column {target!r} missing. Fix: re-run train_test_split.")
+    y_true = pd.to_numeric(test[target], errors="coerce").astype("float64").to_numpy()
+    if np.isnan(y_true).any():
+        raise CheckpointError(f"{test_path}: column {target!r} has missing or non-numeric values. Fix: clean the target.")
+    y_pred, y_score = predict(checkpoint, test, where=str(test_path))
+    name = model_name(checkpoint_id)
+    predictions = pa.Table.from_pydict(
+        {
+            "row": np.arange(len(test), dtype="int64"),
+            "model": [name] * len(test),
+            "y_true": y_true,
+            "y_pred": y_pred,
+            "y_score": y_score if y_score is not None else pa.nulls(len(test), pa.float64()),
+        },
+        schema=PREDICTION_SCHEMA,
+    )
+    return CheckpointEvaluation(
+        checkpoint_id=checkpoint_id,
+        model=name,
+        task=checkpoint.task,
+        metrics=compute_metrics(checkpoint.task, y_true, y_pred, y_score,
+                                float(checkpoint.metadata.get("threshold", 0.5))),
+        predictions=predictions,
+        rows=len(test),
+        seconds=time.perf_counter() - start,
+        metadata=checkpoint.metadata,
+    )
+
+
+def metric_records(evaluation: CheckpointEvaluation, experiment: str, config_hash: str, timestamp: datetime,
+                   dataset: str = "test") -> list[dict[str, Any]]:
+    return [
+        {"experiment": experiment, "model": evaluation.model, "dataset": dataset, "metric": metric,
+         "value": value, "config_hash": config_hash, "timestamp": timestamp}
+        for metric, value in sorted(evaluation.metrics.items())
+    ]
+
+
+def predictions_path(evaluation_dir: Path, checkpoint_id: str, dataset: str = "test") -> Path:
+    """evaluation/{experiment}/predictions/{dataset}-checkpoint-<id>.parquet (candidates own {dataset}.parquet)."""
+    return evaluation_dir / "predictions" / f"{dataset}-{source_name(checkpoint_id)}.parquet"
+
+
+def write_predictions(table: pa.Table, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return path

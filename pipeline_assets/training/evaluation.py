@@ -1,0 +1,148 @@
+"""Test-set evaluation of every trained family and of the task's trivial baseline.
+
+Baselines: classification predicts the training majority class (its score is the training positive
+rate, so its ROC-AUC is 0.5); regression predicts the training mean; forecasting repeats the value
+one season earlier (seasonal naive). They are evaluated like the models and stored beside them as
+`baseline_*` rows, so the champion gate and any later analysis compare like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline_assets.settings import ExperimentConfig
+from pipeline_assets.training import families as fam
+from pipeline_assets.training import forecasting as fc
+from pipeline_assets.training import metrics as mt
+from pipeline_assets.training.candidates import binary_labels
+
+BASELINE = {
+    "classification": "baseline_majority_class",
+    "regression": "baseline_mean",
+    "forecasting": "baseline_seasonal_naive",
+}
+
+
+@dataclass
+class EvaluationOutcome:
+    metrics: dict[str, dict[str, float]]  # model → metric → value (test set)
+    predictions: pd.DataFrame  # model, row, y_true, y_pred (+ y_score for classification, timestamp for forecasting)
+    baseline: str
+
+
+def load_model(task: str, family: str, path: Path):
+    if task == "forecasting":
+        return fc.load_forecaster(family, path)
+    import joblib
+
+    return joblib.load(path)
+
+
+def evaluate(
+    config: ExperimentConfig,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    artifacts: Mapping[str, Path],
+    thresholds: Mapping[str, float] | None = None,
+    scale: float | None = None,
+) -> EvaluationOutcome:
+    """Metrics and predictions on `test` for each family's saved model (`artifacts`) and the baseline."""
+    task = config.task
+    baseline = BASELINE[task]
+    metrics: dict[str, dict[str, float]] = {}
+    parts: list[pd.DataFrame] = []
+
+    if task == "forecasting":
+        frame = pd.concat([train, test], ignore_index=True).sort_values(config.time_column, kind="stable")
+        series = frame[config.target].to_numpy(dtype=np.float64)
+        ts = frame[config.time_column].to_numpy()
+        positions = np.arange(len(train), len(frame))
+        y_true = series[positions]
+        sigma = scale if scale is not None else float(np.std(train[config.target].to_numpy(dtype=np.float64))) or 1.0
+        weights = config.selection.composite_weights
+        preds = {f: fc.predict_forecaster(load_model(task, f, p), series, ts, positions) for f, p in artifacts.items()}
+        lag = fc.seasonal_lag(config.forecast)
+        preds[baseline] = series[positions - lag]
+        for model, y_pred in preds.items():
+            metrics[model] = mt.forecast_metrics(y_true, y_pred, weights, sigma)
+            parts.append(
+                pd.DataFrame({"model": model, "row": np.arange(len(positions)), "timestamp": ts[positions],
+                              "y_true": y_true, "y_pred": y_pred})
+            )
+        return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
+
+    spec = fam.feature_spec(train, config)
+    X_test = fam.prepare_frame(test, spec)
+    rows = np.arange(len(test))
+    if task == "classification":
+        y_train, positive = binary_labels(train[config.target], "train.parquet")
+        y_true = (test[config.target].to_numpy() == positive).astype(np.int64)
+        thresholds = dict(thresholds or {})
+        scores = {f: fam.positive_scores(load_model(task, f, p), X_test) for f, p in artifacts.items()}
+        # Majority class: a constant score at the training positive rate, labelled by the usual 0.5 cut.
+        scores[baseline] = np.full(len(test), float(y_train.mean()))
+        thresholds.setdefault(baseline, 0.5)
+        for model, score in scores.items():
+            threshold = thresholds.get(model, 0.5)
+            metrics[model] = {**mt.classification_metrics(y_true, score, threshold), "threshold": float(threshold)}
+            parts.append(
+                pd.DataFrame({"model": model, "row": rows, "y_true": y_true,
+                              "y_pred": (score >= threshold).astype(np.int64), "y_score": score})
+            )
+        return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
+
+    y_true = test[config.target].to_numpy(dtype=np.float64)
+    values = {f: fam.predict(task, load_model(task, f, p), X_test) for f, p in artifacts.items()}
+    values[baseline] = np.full(len(test), float(np.mean(train[config.target].to_numpy(dtype=np.float64))))
+    for model, y_pred in values.items():
+        metrics[model] = mt.regression_metrics(y_true, y_pred)
+        parts.append(pd.DataFrame({"model": model, "row": rows, "y_true": y_true, "y_pred": y_pred}))
+    return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
+
+
+def metric_records(
+    experiment: str, config_hash: str, dataset: str, values: Mapping[str, Mapping[str, float]], timestamp: Any
+) -> list[dict[str, Any]]:
+    """Rows for pipeline_assets.evaluation_store.write_metrics (NaN values are skipped)."""
+    return [
+        {"experiment": experiment, "model": model, "dataset": dataset, "metric": metric, "value": float(value),
+         "config_hash": config_hash, "timestamp": timestamp}
+        for model, by_metric in values.items()
+        for metric, value in by_metric.items()
+        if value == value
+    ]
+
+
+def scoreboard_markdown(
+    task: str,
+    selection_metric: str,
+    cv: Mapping[str, Mapping[str, Mapping[str, float]]],
+    test: Mapping[str, Mapping[str, float]],
+    champion_candidate: str | None = None,
+) -> str:
+    """Markdown table ranked by the cross-validated selection metric; baselines listed last."""
+    test_metrics = [m for m in mt.TASK_METRICS[task]]
+    if task == "classification":
+        test_metrics.append("threshold")
+    ranked = sorted(
+        cv,
+        key=lambda f: (cv[f][selection_metric]["mean"] if mt.lower_is_better(selection_metric) else -cv[f][selection_metric]["mean"]),
+    )
+    header = ["rank", "model", f"cv {selection_metric} (mean ± std)", *[f"test {m}" for m in test_metrics]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, family in enumerate(ranked, 1):
+        s = cv[family][selection_metric]
+        name = f"**{family}**" if family == champion_candidate else family
+        cells = [str(rank), name, f"{s['mean']:.4f} ± {s['std']:.4f}"]
+        cells += [f"{test.get(family, {}).get(m, float('nan')):.4f}" for m in test_metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    for model in sorted(set(test) - set(cv)):
+        cells = ["–", f"_{model}_", "–"] + [f"{test[model].get(m, float('nan')):.4f}" for m in test_metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

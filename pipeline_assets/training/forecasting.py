@@ -1,0 +1,286 @@
+"""Forecasting families: GRU and LSTM (torch), Prophet, and the seasonal-naive baseline.
+
+All four forecast the target one `horizon` ahead from the series itself (univariate: covariates would
+need their own forecasts at serving time). Evaluation is rolling-origin: the prediction for time step
+p may use every observed value up to p - horizon, so the recurrent models read the `window` values
+ending there and seasonal naive repeats the value one season earlier; Prophet predicts each
+timestamp from its fitted trend and seasonalities.
+
+torch and prophet are imported inside functions: this module is scanned when the code location loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline_assets.settings import ForecastConfig
+from resources.storage import atomic_path, atomic_write_json
+
+RECURRENT = ("gru", "lstm")
+ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
+
+
+@dataclass
+class ForecastFit:
+    """What fitting one forecaster produced (the model itself is saved by `save`)."""
+
+    family: str
+    model: Any
+    metadata: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch losses (torch)
+    seconds: float = 0.0
+
+
+def min_history(family: str, cfg: ForecastConfig) -> int:
+    """Observed steps a forecaster needs before its first prediction."""
+    if family in RECURRENT:
+        return cfg.window + cfg.horizon
+    if family == "seasonal_naive":
+        return seasonal_lag(cfg) + 1
+    return 2
+
+
+def seasonal_lag(cfg: ForecastConfig) -> int:
+    # The newest same-phase value that is already observed `horizon` steps ahead.
+    return cfg.seasonal_period * math.ceil(cfg.horizon / cfg.seasonal_period)
+
+
+@contextlib.contextmanager
+def torch_deterministic(seed: int, threads: int = 1) -> Iterator[None]:
+    """Seeded, deterministic, fixed-thread torch for the block; restores the thread count after."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(previous_det)
+
+
+@functools.cache
+def _recurrent_class():
+    """The torch module class, built on first use so that importing this module never imports torch."""
+    import torch
+    from torch import nn
+
+    class RecurrentForecaster(nn.Module):
+        """GRU or LSTM over a window of the standardised series; a linear head on the last state."""
+
+        def __init__(self, cell: str, hidden_size: int):
+            super().__init__()
+            rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            self.rnn = rnn(input_size=1, hidden_size=hidden_size, batch_first=True)
+            self.head = nn.Linear(hidden_size, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1, :]).squeeze(-1)
+
+    return RecurrentForecaster
+
+
+def window_inputs(series: np.ndarray, positions: np.ndarray, window: int, horizon: int) -> np.ndarray:
+    """Input windows (len(positions), window): for target position p, series[p-horizon-window+1 : p-horizon+1]."""
+    positions = np.asarray(positions, dtype=np.int64)
+    first = positions - horizon - window + 1
+    if positions.size and first.min() < 0:
+        raise ValueError(f"position {int(positions[first.argmin()])} has fewer than {window + horizon - 1} steps of history")
+    return series[first[:, None] + np.arange(window)[None, :]]
+
+
+def _fit_recurrent(
+    family: str, y: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
+) -> ForecastFit:
+    import copy
+
+    import torch
+
+    hidden = int(params.get("hidden_size", cfg.hidden_size))
+    lr = float(params.get("learning_rate", cfg.learning_rate))
+    epochs = int(params.get("epochs", cfg.epochs))
+    patience = int(params.get("patience", cfg.patience))
+    batch_size = int(params.get("batch_size", cfg.batch_size))
+    mean, std = float(np.mean(y)), float(np.std(y)) or 1.0
+    scaled = ((y - mean) / std).astype(np.float32)
+    positions = np.arange(cfg.window + cfg.horizon - 1, len(scaled))
+    if positions.size < 4:
+        raise ValueError(f"{family}: {len(y)} time steps leave {positions.size} training windows; need at least 4")
+    # Early stopping watches the most recent 10% of windows: the forecaster's job is the future.
+    n_val = max(1, int(round(0.1 * positions.size)))
+    X = torch.from_numpy(window_inputs(scaled, positions, cfg.window, cfg.horizon)).unsqueeze(-1)
+    t = torch.from_numpy(scaled[positions])
+    X_tr, t_tr, X_va, t_va = X[:-n_val], t[:-n_val], X[-n_val:], t[-n_val:]
+
+    start = time.perf_counter()
+    with torch_deterministic(seed):
+        model = _recurrent_class()(family, hidden)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        history: list[dict[str, float]] = []
+        best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
+        for epoch in range(1, epochs + 1):
+            model.train()
+            order = torch.randperm(len(X_tr), generator=generator)
+            total = 0.0
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                loss = torch.mean((model(X_tr[idx]) - t_tr[idx]) ** 2)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            model.eval()
+            with torch.no_grad():
+                val_loss = float(torch.mean((model(X_va) - t_va) ** 2))
+            history.append({"epoch": epoch, "train_loss": total / len(X_tr), "val_loss": val_loss})
+            if val_loss < best_loss - 1e-9:
+                best_loss, best_epoch, stale = val_loss, epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+        model.load_state_dict(best_state)
+        model.eval()
+    metadata = {
+        "family": family,
+        "window": cfg.window,
+        "horizon": cfg.horizon,
+        "hidden_size": hidden,
+        "learning_rate": lr,
+        "batch_size": batch_size,
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_loss": best_loss,
+        "mean": mean,
+        "std": std,
+        "seed": seed,
+    }
+    return ForecastFit(family, model, metadata, history, time.perf_counter() - start)
+
+
+def _quiet_prophet() -> None:
+    # cmdstanpy logs every optimisation at INFO through its own handler (set up on first use, with
+    # the logger at DEBUG); the asset log should carry our lines, not Stan's.
+    from cmdstanpy.utils.logging import get_logger
+
+    get_logger().setLevel(logging.WARNING)
+    logging.getLogger("prophet").setLevel(logging.WARNING)
+
+
+def _import_prophet():
+    # prophet logs an ERROR at import when plotly is missing; plots are not used here.
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
+    import prophet
+
+    _quiet_prophet()
+    return prophet
+
+
+def _fit_prophet(y: np.ndarray, ts: np.ndarray, params: dict[str, Any], seed: int) -> ForecastFit:
+    Prophet = _import_prophet().Prophet
+    start = time.perf_counter()
+    # No uncertainty sampling: the point forecast is all we score, and sampling is slow and random.
+    try:
+        model = Prophet(**{"uncertainty_samples": 0, **params})
+    except TypeError as exc:
+        raise ValueError(f"prophet: invalid params {params}: {exc}. Fix: correct models[prophet].params.") from None
+    model.fit(pd.DataFrame({"ds": pd.to_datetime(ts), "y": y}))
+    return ForecastFit("prophet", model, {"family": "prophet", "params": params, "seed": seed}, [], time.perf_counter() - start)
+
+
+def fit_forecaster(
+    family: str, y: np.ndarray, ts: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
+) -> ForecastFit:
+    """Fit one forecaster on the observed series `y` (time order) with timestamps `ts`."""
+    y = np.asarray(y, dtype=np.float64)
+    if family in RECURRENT:
+        return _fit_recurrent(family, y, cfg, params, seed)
+    if family == "prophet":
+        return _fit_prophet(y, ts, params, seed)
+    if family == "seasonal_naive":
+        meta = {"family": family, "seasonal_period": cfg.seasonal_period, "horizon": cfg.horizon, "lag": seasonal_lag(cfg)}
+        return ForecastFit(family, None, meta)
+    raise ValueError(f"no forecasting family {family!r}")
+
+
+def predict_forecaster(fit: ForecastFit, series: np.ndarray, ts: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Forecasts for `positions` of the observed `series` (history plus the evaluated stretch)."""
+    series = np.asarray(series, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.int64)
+    family = fit.family
+    if family in RECURRENT:
+        import torch
+
+        meta = fit.metadata
+        scaled = ((series - meta["mean"]) / meta["std"]).astype(np.float32)
+        X = torch.from_numpy(window_inputs(scaled, positions, meta["window"], meta["horizon"])).unsqueeze(-1)
+        with torch_deterministic(meta["seed"]), torch.no_grad():
+            out = np.concatenate([fit.model(X[i : i + 4096]).numpy() for i in range(0, len(X), 4096)]) if len(X) else np.array([])
+        return out.astype(np.float64) * meta["std"] + meta["mean"]
+    if family == "prophet":
+        frame = pd.DataFrame({"ds": pd.to_datetime(np.asarray(ts)[positions])})
+        return fit.model.predict(frame)["yhat"].to_numpy(dtype=np.float64)
+    if family == "seasonal_naive":
+        lag = fit.metadata["lag"]
+        if positions.size and positions.min() < lag:
+            raise ValueError(f"seasonal naive needs {lag} steps of history before the first forecast")
+        return series[positions - lag]
+    raise ValueError(f"no forecasting family {family!r}")
+
+
+def save_forecaster(fit: ForecastFit, path: Path) -> Path:
+    """Atomically write the artifact: torch state_dict + metadata (.pt), Prophet JSON, naive params."""
+    path = Path(path)
+    if fit.family in RECURRENT:
+        import torch
+
+        with atomic_path(path) as tmp:
+            torch.save({"state_dict": fit.model.state_dict(), "metadata": fit.metadata}, tmp)
+        return path
+    if fit.family == "prophet":
+        _import_prophet()
+        from prophet.serialize import model_to_json
+
+        payload = {"metadata": fit.metadata, "model": json.loads(model_to_json(fit.model))}
+        return atomic_write_json(path, payload)
+    return atomic_write_json(path, {"metadata": fit.metadata})
+
+
+def load_forecaster(family: str, path: Path) -> ForecastFit:
+    path = Path(path)
+    if family in RECURRENT:
+        import torch
+
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = payload["metadata"]
+        model = _recurrent_class()(family, int(meta["hidden_size"]))
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
+        return ForecastFit(family, model, meta)
+    payload = json.loads(path.read_text())
+    if family == "prophet":
+        _import_prophet()
+        from prophet.serialize import model_from_json
+
+        return ForecastFit(family, model_from_json(json.dumps(payload["model"])), payload["metadata"])
+    if family == "seasonal_naive":
+        return ForecastFit(family, None, payload["metadata"])
+    raise ValueError(f"{path}: no forecasting family {family!r}")

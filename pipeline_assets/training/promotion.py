@@ -1,0 +1,181 @@
+"""Champion selection, the promotion pointer, its history, rollback, and the MLflow registry alias.
+
+Layout (design document 002): `model-promotion/global/{config_hash}/current.json` holds the promoted
+model (run_id, model_type, config_hash, model_uri, score, timestamp, ...); `history.jsonl` beside it
+records every event, one JSON object a line: {"event": "promote", ...pointer} or
+{"event": "rollback", ...restored pointer, "rolled_back_run_id": ...}. Replaying the history as a
+stack (promote pushes, rollback pops) gives the current champion and the one a rollback restores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline_assets.training.metrics import better
+from resources.storage import atomic_append_line, atomic_write_json
+
+CHAMPION_ALIAS = "champion"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def select_champion(scores: Mapping[str, float], metric: str, order: list[str]) -> str:
+    """The family with the best score for `metric`; ties go to the family listed first in `order`."""
+    usable = [f for f in order if f in scores and scores[f] == scores[f]]  # NaN never wins
+    if not usable:
+        raise ValueError(f"no family has a finite {metric!r} score: {dict(scores)}")
+    best = usable[0]
+    for family in usable[1:]:
+        if better(metric, scores[family], scores[best]):
+            best = family
+    return best
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: str, force: bool) -> PromotionDecision:
+    """Promote unless this config hash and data are already promoted (then only when forced)."""
+    if current is None:
+        return PromotionDecision(True, "no champion yet for this config hash")
+    same = current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256
+    if not same:
+        return PromotionDecision(True, "the data changed since the current champion was promoted")
+    if force:
+        return PromotionDecision(True, "forced: same config hash and data as the current champion")
+    return PromotionDecision(
+        False,
+        f"already promoted for this config hash and data ({current.get('model_type')}, run "
+        f"{current.get('run_id')}, {current.get('timestamp')}); set force to promote again",
+    )
+
+
+class PromotionStore:
+    """current.json + history.jsonl of one config hash."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    @property
+    def current_path(self) -> Path:
+        return self.directory / "current.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.directory / "history.jsonl"
+
+    def current(self) -> dict[str, Any] | None:
+        if not self.current_path.exists():
+            return None
+        try:
+            return json.loads(self.current_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{self.current_path}: not valid JSON ({exc}). Fix: restore it with `mlgraph promote --rollback` "
+                "or delete it to let the next run promote afresh."
+            ) from None
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.history_path.exists():
+            return []
+        events = []
+        for number, line in enumerate(self.history_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{self.history_path}: line {number} is not valid JSON ({exc})") from None
+        return events
+
+    def stack(self) -> list[dict[str, Any]]:
+        """Promoted pointers still in force, oldest first (the last is the current champion)."""
+        stack: list[dict[str, Any]] = []
+        for event in self.history():
+            pointer = {k: v for k, v in event.items() if k not in ("event", "rolled_back_run_id")}
+            if event.get("event") == "promote":
+                stack.append(pointer)
+            elif event.get("event") == "rollback" and stack:
+                stack.pop()
+        return stack
+
+    def promote(self, pointer: Mapping[str, Any]) -> None:
+        """Pointer first (readers act on it), then the history line that records it."""
+        atomic_write_json(self.current_path, dict(pointer))
+        atomic_append_line(self.history_path, json.dumps({"event": "promote", **pointer}, sort_keys=True))
+
+    def rollback_target(self) -> dict[str, Any]:
+        stack = self.stack()
+        if len(stack) < 2:
+            raise ValueError(
+                f"{self.history_path}: no previous champion to roll back to "
+                f"({len(stack)} promotion(s) in force)."
+            )
+        return stack[-2]
+
+    def rollback(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore the previous champion; returns (rolled back, restored)."""
+        stack = self.stack()
+        target = self.rollback_target()
+        rolled_back = stack[-1]
+        atomic_write_json(self.current_path, target)
+        line = {"event": "rollback", **target, "rolled_back_run_id": rolled_back.get("run_id"), "rolled_back_at": utc_now()}
+        atomic_append_line(self.history_path, json.dumps(line, sort_keys=True))
+        return rolled_back, target
+
+
+def register_version(client: Any, name: str, model_uri: str, run_id: str, tags: Mapping[str, str]) -> str:
+    """A new version of registered model `name` for `model_uri`; returns its version number."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline_assets.training.mlflow_runs import with_retry
+
+    try:
+        with_retry(client.create_registered_model, name, description="mlgraph champion models of one experiment")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = with_retry(client.create_model_version, name, source=model_uri, run_id=run_id, tags=dict(tags))
+    return str(version.version)
+
+
+def move_alias(client: Any, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+    from pipeline_assets.training.mlflow_runs import with_retry
+
+    with_retry(client.set_registered_model_alias, name, alias, version)
+
+
+def alias_version(client: Any, name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def rollback(store: PromotionStore, client: Any, models_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore the previous champion: registry alias, then pointer and history, then models/{exp}/lineage.json.
+
+    The alias moves first so that a registry failure leaves the pointer and history untouched.
+    """
+    target = store.rollback_target()
+    if target.get("registered_model") and target.get("model_version"):
+        move_alias(client, target["registered_model"], str(target["model_version"]))
+    rolled_back, restored = store.rollback()
+    lineage = Path(restored["lineage_path"]) if restored.get("lineage_path") else None
+    if lineage is not None and lineage.exists():
+        from resources.storage import atomic_write_bytes
+
+        atomic_write_bytes(Path(models_dir) / "lineage.json", lineage.read_bytes())
+    return rolled_back, restored

@@ -1,0 +1,235 @@
+"""Signal-file schemas (.training_complete, .eval_complete, .eval_failed) and their strict parsing.
+
+Signal files are small JSON objects (UTF-8, ISO 8601 timestamps with an offset) that one machine
+drops on the shared drive for another. This module imports neither dagster nor anything heavy:
+trainers load it through `sensors.hook`.
+"""
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TRAINING_COMPLETE = ".training_complete"
+EVAL_COMPLETE = ".eval_complete"
+EVAL_FAILED = ".eval_failed"
+# A signal carries metadata, never payload; anything larger is a mistake or an attack.
+MAX_SIGNAL_BYTES = 1 << 20
+# Same rule as pipeline_assets.settings.EXPERIMENT_NAME_RE (importing settings would load dagster);
+# tests/test_signals.py keeps the two equal. It also rules out '..', '/' and absolute paths.
+EXPERIMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_TEXT_LIMIT = 20_000
+
+# Run tags linking a Dagster run to the signal that caused it (set by the signal sensors, read by
+# the assets); slurm/job_id is added by the Slurm run launcher.
+TAG_TRIGGER = "mlgraph/trigger"
+TAG_SIGNAL_FILE = "mlgraph/signal_file"
+TAG_SIGNAL_SHA256 = "mlgraph/signal_sha256"
+TAG_EXPERIMENT = "mlgraph/experiment"
+TAG_CONFIG_HASH = "mlgraph/config_hash"
+TAG_CHECKPOINT_ID = "mlgraph/checkpoint_id"
+TAG_CHECKPOINT_PATH = "mlgraph/checkpoint_path"
+TAG_EVAL_JOB_ID = "mlgraph/eval_job_id"
+TAG_MLFLOW_RUN_ID = "mlgraph/mlflow_run_id"
+TAG_TRAINING_MLFLOW_RUN_ID = "mlgraph/training_mlflow_run_id"
+SLURM_JOB_ID_TAG = "slurm/job_id"
+
+
+class SignalError(ValueError):
+    """A signal file cannot be used; the message names the file, the problem and the fix."""
+
+    def __init__(self, path: str | Path, reason: str, fix: str):
+        self.path = str(path)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{path}: {reason}. Fix: {fix}")
+
+
+class _Signal(BaseModel):
+    # Strict: "10" is not an int and unknown keys are typos; a signal that guesses is worse than none.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    timestamp: AwareDatetime = Field(description="ISO 8601 time with a UTC offset, e.g. 2025-09-30T14:32:15Z")
+    experiment: str = Field(description="Experiment name; also the directory the signal sits in")
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str) -> str:
+        if not EXPERIMENT_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not an experiment name (1-64 of a-z, 0-9, '_', '-', starting with a letter or "
+                "digit; no '/', '..' or absolute paths)"
+            )
+        return value
+
+    def to_json(self) -> str:
+        """Pretty, key-sorted JSON without unset optional fields (what the writers put on the drive)."""
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True, indent=2) + "\n"
+
+
+def _job_id(value: object) -> object:
+    # Slurm job ids are numbers; a hand-written `"job_id": 12345` is the same id, not a type error.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class TrainingComplete(_Signal):
+    """models/{experiment}/.training_complete: a trainer finished and its checkpoint is on the drive."""
+
+    checkpoint_path: str = Field(min_length=1, description="Checkpoint directory, absolute or relative to the drive")
+    hostname: str = Field(min_length=1, max_length=255)
+    user: str = Field(min_length=1, max_length=255)
+    config_path: str | None = None
+    num_epochs: int | None = Field(default=None, ge=0)
+    final_loss: float | None = Field(default=None, allow_inf_nan=False)
+    total_steps: int | None = Field(default=None, ge=0)
+    git_commit: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4,64}$")
+    mlflow_run_id: str | None = Field(default=None, min_length=1, max_length=64)
+    metrics: dict[str, float] | None = Field(default=None, description="Other final training metrics")
+
+
+class EvalComplete(_Signal):
+    """evaluation/{experiment}/.eval_complete: an evaluation finished (status complete or failed)."""
+
+    job_id: str = Field(min_length=1, max_length=128, description="Slurm job id, else the Dagster run id")
+    status: Literal["complete", "failed"]
+    datasets_evaluated: list[str] | None = None
+    metrics_summary: dict[str, float] | None = None
+    eval_duration_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    error_message: str | None = Field(default=None, max_length=_TEXT_LIMIT)
+    checkpoint_id: str | None = None
+    checkpoint_path: str | None = None
+    model: str | None = None
+    dagster_run_id: str | None = None
+    mlflow_run_id: str | None = None
+    config_hash: str | None = None
+
+    _coerce_job_id = field_validator("job_id", mode="before")(_job_id)
+
+
+class EvalFailed(_Signal):
+    """evaluation/{experiment}/.eval_failed: the evaluation hit a critical failure and wrote nothing usable."""
+
+    job_id: str = Field(min_length=1, max_length=128)
+    status: Literal["failed"] = "failed"
+    error_type: str | None = Field(default=None, max_length=256)
+    error_message: str = Field(min_length=1, max_length=_TEXT_LIMIT)
+    traceback: str | None = Field(default=None, max_length=_TEXT_LIMIT)
+    checkpoint_id: str | None = None
+    checkpoint_path: str | None = None
+    dagster_run_id: str | None = None
+
+    _coerce_job_id = field_validator("job_id", mode="before")(_job_id)
+
+
+SIGNAL_MODELS: dict[str, type[_Signal]] = {
+    TRAINING_COMPLETE: TrainingComplete,
+    EVAL_COMPLETE: EvalComplete,
+    EVAL_FAILED: EvalFailed,
+}
+S = TypeVar("S", bound=_Signal)
+
+_FIXES = {
+    "missing": "add this required field",
+    "extra_forbidden": "remove this key or fix its spelling",
+    "timezone_aware": "add a UTC offset, e.g. 2025-09-30T14:32:15Z",
+    "datetime_parsing": "write an ISO 8601 time such as 2025-09-30T14:32:15Z",
+    "datetime_type": "write an ISO 8601 time string such as 2025-09-30T14:32:15Z",
+    "literal_error": "use one of the allowed values",
+    "string_pattern_mismatch": "use the hexadecimal commit hash (git rev-parse HEAD)",
+}
+
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def checkpoint_id(checkpoint_path: str | Path) -> str:
+    """A file-name-safe id: models/x/checkpoints/<id>/final → <id>; otherwise the directory's own name."""
+    path = Path(checkpoint_path)
+    name = path.parent.name if path.name == "final" and path.parent.name else path.name
+    return _UNSAFE_ID_CHARS.sub("-", name).strip("-.")[:96] or "checkpoint"
+
+
+def resolve_checkpoint(drive: str | Path, raw: str, source: str | Path = "<signal>") -> Path:
+    """The checkpoint a signal names (absolute, or relative to the drive), which must exist inside the drive."""
+    drive = Path(drive).resolve()
+    candidate = Path(raw)
+    # resolve() follows symlinks, so a link that leaves the drive is caught here too.
+    path = (candidate if candidate.is_absolute() else drive / candidate).resolve()
+    if not path.is_relative_to(drive):
+        raise SignalError(source, f"field 'checkpoint_path': {raw!r} resolves to {path}, outside the shared drive {drive}",
+                          "save the checkpoint under the drive (models/{experiment}/checkpoints/...) and give that path")
+    if not path.exists():
+        raise SignalError(source, f"field 'checkpoint_path': {path} does not exist",
+                          "write the checkpoint completely before the signal, or correct the path")
+    return path
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    problems, fixes = [], []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        problems.append(f"field '{loc}': {err['msg']}")
+        fix = _FIXES.get(err["type"], "correct the value")
+        if fix not in fixes:
+            fixes.append(fix)
+    return "; ".join(problems), "; ".join(fixes)
+
+
+def parse_signal(data: bytes, model: type[S], source: str | Path = "<signal>") -> S:
+    """Decode and validate one signal's bytes; every failure is a SignalError naming `source`."""
+    if len(data) > MAX_SIGNAL_BYTES:
+        raise SignalError(source, f"{len(data)} bytes, over the {MAX_SIGNAL_BYTES}-byte limit",
+                          "write metadata only; keep large payloads beside the checkpoint and give their path")
+    if not data.strip():
+        raise SignalError(source, "empty file", "write the JSON object in one atomic rename (sensors.hook does)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SignalError(source, f"not UTF-8 ({exc.reason} at byte {exc.start})", "save the file as UTF-8") from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SignalError(
+            source,
+            f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated or half-written?)",
+            "write the complete JSON object to a temporary file and rename it into place",
+        ) from None
+    if not isinstance(payload, dict):
+        raise SignalError(source, f"must hold a JSON object, got {type(payload).__name__}",
+                          f"write an object with the {model.__name__} fields")
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        reason, fix = _describe(exc)
+        raise SignalError(source, f"invalid {model.__name__} signal: {reason}", fix) from None
+
+
+def read_signal(path: str | Path, model: type[S] | None = None) -> tuple[S, bytes]:
+    """Read a signal file (its size checked before reading) and return the signal with its raw bytes."""
+    path = Path(path)
+    model = model or SIGNAL_MODELS.get(path.name)
+    if model is None:
+        raise SignalError(path, "unknown signal file name", f"name it one of {', '.join(SIGNAL_MODELS)}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_SIGNAL_BYTES:
+            raise SignalError(path, f"{size} bytes, over the {MAX_SIGNAL_BYTES}-byte limit",
+                              "write metadata only; keep large payloads beside the checkpoint and give their path")
+        with open(path, "rb") as fh:
+            # Bounded read: the file may grow between the stat and the read.
+            data = fh.read(MAX_SIGNAL_BYTES + 1)
+    except OSError as exc:
+        raise SignalError(path, f"cannot read it ({exc.strerror or exc})", "check that it exists and is readable") from None
+    return parse_signal(data, model, source=path), data
