@@ -36,6 +36,14 @@ from sensors.signals import (
 )
 from tests.conftest import shrink_experiment
 from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
+from tests.slurm_support.harness import require_slurm
+
+# Tagged runs (evaluation, analysis) become Slurm jobs on the local cluster; small requests so both fit.
+SLURM_RUN_LAUNCHER: dict[str, Any] = {
+    "module": "resources.slurm_launcher",
+    "class": "SlurmRunLauncher",
+    "config": {"route": "tagged", "cpus": 1, "mem": "2G", "time": "00:15:00"},
+}
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
 EVAL_JOB, ANALYSIS_JOB = "checkpoint_evaluation_job", "analysis_report_job"
@@ -209,9 +217,15 @@ def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) ->
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("run_launcher", [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher")])
+@pytest.mark.parametrize(
+    "run_launcher",
+    [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_RUN_LAUNCHER, id="slurm-launcher")],
+)
 def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Path, config_dir: Path,
                                                 run_launcher: dict[str, Any]):
+    on_slurm = run_launcher is SLURM_RUN_LAUNCHER
+    if on_slurm:
+        require_slurm()
     for name in ("salary", "student_engagement"):
         shrink_experiment(config_dir, name, 1500)
     home = tmp_path / "dagster_home"
@@ -270,6 +284,13 @@ def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Pat
             assert tags["mlgraph/checkpoint_id"] == trained["checkpoint_id"]
             assert tags["mlgraph/config_hash"] == catalog.load(experiment).config.config_hash
             assert tags["mlgraph/compute"] == "slurm" and tags["slurm/kind"] == "evaluation"
+            if on_slurm:
+                # The evaluation went through sbatch: its job id is on the run, its log where the template says.
+                job_id = tags["slurm/job_id"]
+                assert (shared_drive / "logs" / "evaluation" / f"{job_id}.log").is_file()
+                assert analysis_run.tags["slurm/job_id"] != job_id
+            else:
+                assert "slurm/job_id" not in tags
             assert tags["mlgraph/mlflow_run_id"]  # added by the evaluation itself
             assert tags["dagster/sensor_name"] == "training_complete_sensor"
 
