@@ -200,8 +200,8 @@ def _signal_training_complete(
 
 
 def _write_and_verify(target: Path, payload: bytes) -> None:
-    # Imported here: resources.storage loads dagster, which a trainer should not pay for at import.
-    from resources.storage import atomic_write_bytes
+    # Imported here: a trainer importing the hook pays only for what it calls.
+    from resources.atomic import atomic_write_bytes
 
     atomic_write_bytes(target, payload)
     written = target.read_bytes()

@@ -14,14 +14,14 @@ from typing import Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# The partition-key rule; it also rules out '..', '/' and absolute paths. (settings loads no Dagster.)
+from pipeline_assets.settings import EXPERIMENT_NAME_RE
+
 TRAINING_COMPLETE = ".training_complete"
 EVAL_COMPLETE = ".eval_complete"
 EVAL_FAILED = ".eval_failed"
 # A signal carries metadata, never payload; anything larger is a mistake or an attack.
 MAX_SIGNAL_BYTES = 1 << 20
-# Same rule as pipeline_assets.settings.EXPERIMENT_NAME_RE (importing settings would load dagster);
-# tests/test_signals.py keeps the two equal. It also rules out '..', '/' and absolute paths.
-EXPERIMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _TEXT_LIMIT = 20_000
 
 # Run tags linking a Dagster run to the signal that caused it (set by the signal sensors, read by

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlgraph_cli.main import main as cli
-from pipeline_assets.settings import EXPERIMENT_NAME_RE as SETTINGS_NAME_RE
 from resources.storage import PROJECT_ROOT
 from sensors.hook import signal_training_complete
 from sensors.signals import (
-    EXPERIMENT_NAME_RE,
     MAX_SIGNAL_BYTES,
     EvalComplete,
     EvalFailed,
@@ -106,10 +104,6 @@ def test_bad_timestamps(stamp):
 def test_traversal_and_invalid_experiment_names(name):
     message = reason(encode({**TRAINING, "experiment": name}), TrainingComplete)
     assert "field 'experiment'" in message and "not an experiment name" in message
-
-
-def test_name_rule_matches_the_settings_rule():
-    assert EXPERIMENT_NAME_RE.pattern == SETTINGS_NAME_RE.pattern
 
 
 def test_encoding_and_framing_errors():

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from resources.storage import PROJECT_ROOT
+from resources.atomic import PROJECT_ROOT
 
 MANIFEST_VERSION = 1
 PACKAGES = ("mlgraph", "dagster", "pyarrow", "numpy", "pandas", "scikit-learn", "scipy", "duckdb", "matplotlib",

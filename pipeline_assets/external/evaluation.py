@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
-from resources.storage import atomic_path
+from resources.atomic import atomic_path
 
 PREDICTION_SCHEMA = pa.schema(
     [

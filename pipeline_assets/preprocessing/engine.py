@@ -81,6 +81,7 @@ from pipeline_assets.preprocessing.reading import (
     csv_block_bytes,
     csv_reader_reserve_mb,
 )
+from resources.atomic import atomic_path, atomic_write_json
 
 __all__ = [
     "OPERATORS", "OTHER", "STAGES", "EngineInputError", "EngineOptions", "Fit", "GramAccumulator",
@@ -100,20 +101,6 @@ SPILL_SPOOL_COMPRESSION = "lz4"
 LOCAL_SPOOL_COMPRESSION = None
 _CHUNK_FILE = "chunk_{:06d}.parquet"
 _CHUNK_GLOB = "chunk_*.parquet"
-
-
-def atomic_path(target: Path) -> contextlib.AbstractContextManager[Path]:
-    # Imported when writing: resources.storage imports Dagster (~40 MB RSS, ~1 s), which the
-    # engine itself does not need (benchmarks and plain-Python callers never write through it).
-    from resources.storage import atomic_path as _atomic_path
-
-    return _atomic_path(target)
-
-
-def atomic_write_json(target: Path, obj: Any) -> Path:
-    from resources.storage import atomic_write_json as _atomic_write_json
-
-    return _atomic_write_json(target, obj)
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

@@ -26,7 +26,7 @@ from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
 from pipeline_assets.training.cv import cv_splits
-from resources.storage import atomic_path
+from resources.atomic import atomic_path
 
 SKLEARN_SUFFIX = ".joblib"
 

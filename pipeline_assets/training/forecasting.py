@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline_assets.settings import ForecastConfig
-from resources.storage import atomic_path, atomic_write_json
+from resources.atomic import atomic_path, atomic_write_json
 
 RECURRENT = ("gru", "lstm")
 ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
