@@ -163,6 +163,9 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
         assert child.data.metrics["cv_roc_auc_mean"] == pytest.approx(manifest["families"][family]["cv"]["roc_auc"]["mean"])
         assert [m.step for m in client.get_metric_history(child.info.run_id, "cv_roc_auc")] == [0, 1, 2]
         assert [a.path for a in client.list_artifacts(child.info.run_id, family)] == [f"{family}/{family}.joblib"]
+        # The child run's duration is the family's own compute time, not the moment it took to log it.
+        compute_ms = 1000 * (child.data.metrics["fit_seconds"] + child.data.metrics["cv_seconds"])
+        assert child.info.end_time - child.info.start_time >= compute_ms - 5
     rf = next(c for c in children if c.info.run_name == "random_forest")
     assert rf.data.params["model.n_estimators"] == "25" and rf.data.params["model.min_samples_leaf"] == "2"
 
