@@ -616,6 +616,19 @@ def run_streaming(
     )
 
 
+def _clean_and_derive(chunk: pa.Table, fit: Fit, probe: MemoryProbe, seconds: dict[str, float]) -> pa.Table:
+    """preprocess then feature_engineering, each timed into `seconds`, with a memory sample after each."""
+    s = time.perf_counter()
+    block = preprocess(chunk, fit)
+    seconds["preprocess"] = time.perf_counter() - s
+    probe.sample()
+    s = time.perf_counter()
+    block = feature_engineering(block, fit)
+    seconds["feature_engineering"] = time.perf_counter() - s
+    probe.sample()
+    return block
+
+
 def _fit_passes(src: Source, options: EngineOptions, state: dict[str, Any], probe: MemoryProbe,
                 limit_mb: float | None, floor: int, records: list, stage_seconds: dict[str, float],
                 spool_path: Path) -> Fit:
@@ -678,15 +691,8 @@ def _fit_passes(src: Source, options: EngineOptions, state: dict[str, Any], prob
     gram = GramAccumulator(len(fit.features))
 
     def fit_work(chunk: pa.Table, probe: MemoryProbe) -> _Attempt:
-        seconds = {}
-        s = time.perf_counter()
-        block = preprocess(chunk, fit)
-        seconds["preprocess"] = time.perf_counter() - s
-        probe.sample()
-        s = time.perf_counter()
-        block = feature_engineering(block, fit)
-        seconds["feature_engineering"] = time.perf_counter() - s
-        probe.sample()
+        seconds: dict[str, float] = {}
+        block = _clean_and_derive(chunk, fit, probe, seconds)
         s = time.perf_counter()
         part = GramAccumulator(len(fit.features))
         part.shift = gram.shift
@@ -721,15 +727,8 @@ def _transform_pass(src: Source, fit: Fit, state: dict[str, Any], probe: MemoryP
     writer = _OutputWriter(output, schema) if output is not None and spill is None else None
 
     def transform_work(chunk: pa.Table, probe: MemoryProbe) -> _Attempt:
-        seconds = {}
-        s = time.perf_counter()
-        block = preprocess(chunk, fit)
-        seconds["preprocess"] = time.perf_counter() - s
-        probe.sample()
-        s = time.perf_counter()
-        block = feature_engineering(block, fit)
-        seconds["feature_engineering"] = time.perf_counter() - s
-        probe.sample()
+        seconds: dict[str, float] = {}
+        block = _clean_and_derive(chunk, fit, probe, seconds)
         s = time.perf_counter()
         block = feature_selection(block, fit)
         seconds["feature_selection"] = time.perf_counter() - s
