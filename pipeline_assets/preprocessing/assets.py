@@ -15,6 +15,19 @@ from resources.storage import SharedDrive, atomic_write_json
 TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
 
 
+def _constraint_partition(context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog):
+    """(experiment, constraint key, experiment config, Constraint, per-constraint output dir) of this partition."""
+    keys = context.partition_key.keys_by_dimension
+    experiment, constraint_key = keys["experiment"], keys["constraint"]
+    return (
+        experiment,
+        constraint_key,
+        catalog.load(experiment).config,
+        Constraint.parse(constraint_key),
+        storage.constraint_dir(experiment, constraint_key),
+    )
+
+
 def _operator_table(result: engine.RunResult) -> dg.MetadataValue:
     rows = [r for r in result.records if r["stage"] == result.records[-1]["stage"] and not r["memory_exceeded"]]
     lines = ["| operator | total s | mean s/chunk |", "|---|---:|---:|"]
@@ -52,11 +65,7 @@ def streaming_features(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Features built chunk by chunk under the partition's chunk size, memory limit and compute cap."""
-    keys = context.partition_key.keys_by_dimension
-    experiment, constraint_key = keys["experiment"], keys["constraint"]
-    config = catalog.load(experiment).config
-    constraint = Constraint.parse(constraint_key)
-    out_dir = storage.constraint_dir(experiment, constraint_key)
+    experiment, constraint_key, config, constraint, out_dir = _constraint_partition(context, storage, catalog)
     features_path = out_dir / outputs.FEATURES
     result = engine.run_streaming(
         source=storage.dataset_path(experiment, "train"),
@@ -98,11 +107,7 @@ def constraint_run(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """The experiment's probe model trained on this constraint's features, under its compute cap."""
-    keys = context.partition_key.keys_by_dimension
-    experiment, constraint_key = keys["experiment"], keys["constraint"]
-    config = catalog.load(experiment).config
-    constraint = Constraint.parse(constraint_key)
-    out_dir = storage.constraint_dir(experiment, constraint_key)
+    experiment, constraint_key, config, constraint, out_dir = _constraint_partition(context, storage, catalog)
     fit = outputs.read_fit(out_dir)
     train = pq.read_table(out_dir / outputs.FEATURES)
     # The test split goes through the same operators with the statistics fitted on train.
