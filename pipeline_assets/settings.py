@@ -126,6 +126,9 @@ class ForecastConfig(_Strict):
     batch_size: int = Field(default=64, gt=0)
     hidden_size: int = Field(default=32, gt=0)
     learning_rate: float = Field(default=1e-3, gt=0)
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Where GRU/LSTM train; models are always saved and served from the CPU"
+    )
 
 
 class ExperimentConfig(_Strict):

@@ -123,6 +123,21 @@ def test_recurrent_training_loss_decreases_and_early_stopping_restores_best(fami
     assert len(stopped.history) < 50  # patience 1 stops at the first epoch without improvement
 
 
+def test_cuda_device_trains_there_or_fails_clearly() -> None:
+    import torch
+
+    cfg = _config("forecasting", forecast={**TINY_FORECAST, "device": "cuda"}).forecast
+    y, ts = _series()
+    if not torch.cuda.is_available():
+        # CI and these machines: asking for CUDA must fail loudly, never fall back to the CPU.
+        with pytest.raises(RuntimeError, match="forecast.device is 'cuda' but torch sees no CUDA device.*Fix:"):
+            fc.fit_forecaster("gru", y, ts, cfg, {}, seed=0)
+        return
+    fit = fc.fit_forecaster("gru", y, ts, cfg, {}, seed=0)
+    assert fit.metadata["device"] == "cuda"
+    assert all(p.device.type == "cpu" for p in fit.model.parameters())  # saved and served from the CPU
+
+
 def test_seasonal_naive_repeats_last_season() -> None:
     cfg = _config("forecasting", forecast={"seasonal_period": 4, "horizon": 1}).forecast
     fit = fc.fit_forecaster("seasonal_naive", np.arange(8.0), None, cfg, {}, 0)

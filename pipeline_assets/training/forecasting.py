@@ -57,6 +57,23 @@ def seasonal_lag(cfg: ForecastConfig) -> int:
     return cfg.seasonal_period * math.ceil(cfg.horizon / cfg.seasonal_period)
 
 
+def torch_device(name: str):
+    """The torch device for `forecast.device`; asking for CUDA without one is an error, not a silent CPU run."""
+    import os
+
+    import torch
+
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "forecast.device is 'cuda' but torch sees no CUDA device "
+                f"(torch {torch.__version__}). Fix: set forecast.device: cpu, or run on a GPU node."
+            )
+        # Deterministic cuBLAS (needed by use_deterministic_algorithms on CUDA); must precede CUDA init.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device(name)
+
+
 @contextlib.contextmanager
 def torch_deterministic(seed: int, threads: int = 1) -> Iterator[None]:
     """Seeded, deterministic, fixed-thread torch for the block; restores the thread count after."""
@@ -117,6 +134,7 @@ def _fit_recurrent(
     epochs = int(params.get("epochs", cfg.epochs))
     patience = int(params.get("patience", cfg.patience))
     batch_size = int(params.get("batch_size", cfg.batch_size))
+    device = torch_device(str(params.get("device", cfg.device)))
     mean, std = float(np.mean(y)), float(np.std(y)) or 1.0
     scaled = ((y - mean) / std).astype(np.float32)
     positions = np.arange(cfg.window + cfg.horizon - 1, len(scaled))
@@ -126,18 +144,20 @@ def _fit_recurrent(
     n_val = max(1, int(round(0.1 * positions.size)))
     X = torch.from_numpy(window_inputs(scaled, positions, cfg.window, cfg.horizon)).unsqueeze(-1)
     t = torch.from_numpy(scaled[positions])
+    X, t = X.to(device), t.to(device)
     X_tr, t_tr, X_va, t_va = X[:-n_val], t[:-n_val], X[-n_val:], t[-n_val:]
 
     start = time.perf_counter()
     with torch_deterministic(seed):
-        model = _recurrent_class()(family, hidden)
+        model = _recurrent_class()(family, hidden).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
         history: list[dict[str, float]] = []
         best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
         for epoch in range(1, epochs + 1):
             model.train()
-            order = torch.randperm(len(X_tr), generator=generator)
+            # The permutation is drawn on the CPU generator: the same batches on every device.
+            order = torch.randperm(len(X_tr), generator=generator).to(device)
             total = 0.0
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
@@ -158,7 +178,7 @@ def _fit_recurrent(
                 if stale >= patience:
                     break
         model.load_state_dict(best_state)
-        model.eval()
+        model = model.cpu().eval()
     metadata = {
         "family": family,
         "window": cfg.window,
@@ -172,6 +192,7 @@ def _fit_recurrent(
         "mean": mean,
         "std": std,
         "seed": seed,
+        "device": device.type,
     }
     return ForecastFit(family, model, metadata, history, time.perf_counter() - start)
 
