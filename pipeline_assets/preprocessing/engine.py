@@ -814,14 +814,7 @@ def run_batch(
         stage_seconds["statistics"] = time.perf_counter() - t0
         seconds: dict[str, float] = {"statistics": time.perf_counter() - s}
         t1 = time.perf_counter()
-        s = time.perf_counter()
-        block = preprocess(table, fit)
-        seconds["preprocess"] = time.perf_counter() - s
-        probe.sample()
-        s = time.perf_counter()
-        block = feature_engineering(block, fit)
-        seconds["feature_engineering"] = time.perf_counter() - s
-        probe.sample()
+        block = _clean_and_derive(table, fit, probe, seconds)
         s = time.perf_counter()
         gram = GramAccumulator(len(fit.features))
         gram.add(_feature_columns(block, fit))
