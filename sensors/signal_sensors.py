@@ -322,6 +322,31 @@ def _skip_message(plan: TickPlan, drive: Path, area: str, reasons: list[str], no
     return message if len(message) <= _SKIP_MESSAGE_LIMIT else message[: _SKIP_MESSAGE_LIMIT - 1] + "…"
 
 
+def _start_tick(
+    context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog, subdir: str,
+    names: tuple[str, ...], settle_seconds: float, max_per_tick: int,
+) -> tuple[Path, TickPlan, _Experiments, list[str], dict[str, str]]:
+    """What both sensors start a tick with: the scan's plan, the known experiments, the rejection
+    reasons, and the runs that already exist for the accepted files' run keys."""
+    drive = storage.root_path
+    plan = plan_tick(drive, subdir, names, SignalCursor.parse(context.cursor), settle_seconds, max_per_tick)
+    reasons = [item_reason(drive, r) for r in plan.rejected]
+    ran = _existing_runs(context.instance, [a.run_key for a in plan.accepted])
+    return drive, plan, _Experiments(context.instance, catalog), reasons, ran
+
+
+def _signal_tags(kind: str, sensor_name: str, item: Accepted, config_hash: str) -> dict[str, str]:
+    """Routing plus the tags linking a run to the signal file that caused it."""
+    return {
+        **_route(kind),
+        TAG_TRIGGER: sensor_name,
+        TAG_SIGNAL_FILE: str(item.file.path),
+        TAG_SIGNAL_SHA256: item.sha256,
+        TAG_EXPERIMENT: item.signal.experiment,
+        TAG_CONFIG_HASH: config_hash,
+    }
+
+
 def build_signal_sensors(
     minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
     settle_seconds: float | None = None,
@@ -340,13 +365,10 @@ def build_signal_sensors(
     def training_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        drive = storage.root_path
-        plan = plan_tick(drive, "models", (TRAINING_COMPLETE,), SignalCursor.parse(context.cursor),
-                         _settle_seconds(settle_seconds), max_per_tick)
-        experiments = _Experiments(context.instance, catalog)
+        drive, plan, experiments, reasons, ran = _start_tick(
+            context, storage, catalog, "models", (TRAINING_COMPLETE,), _settle_seconds(settle_seconds), max_per_tick
+        )
         runs, events, notes = [], [], []
-        reasons = [item_reason(drive, r) for r in plan.rejected]
-        ran = _existing_runs(context.instance, [a.run_key for a in plan.accepted])
         for item in plan.accepted:
             signal: TrainingComplete = item.signal  # type: ignore[assignment]
             rel = _rel(drive, item.file.path)
@@ -361,12 +383,7 @@ def build_signal_sensors(
                 continue
             ckpt_id = checkpoint_id(item.checkpoint)
             tags = {
-                **_route("evaluation"),
-                TAG_TRIGGER: "training_complete_sensor",
-                TAG_SIGNAL_FILE: str(item.file.path),
-                TAG_SIGNAL_SHA256: item.sha256,
-                TAG_EXPERIMENT: signal.experiment,
-                TAG_CONFIG_HASH: config_hash,
+                **_signal_tags("evaluation", "training_complete_sensor", item, config_hash),
                 TAG_CHECKPOINT_ID: ckpt_id,
                 TAG_CHECKPOINT_PATH: str(item.checkpoint),
             }
@@ -405,13 +422,11 @@ def build_signal_sensors(
     def eval_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        drive = storage.root_path
-        plan = plan_tick(drive, "evaluation", (EVAL_COMPLETE, EVAL_FAILED), SignalCursor.parse(context.cursor),
-                         _settle_seconds(settle_seconds), max_per_tick)
-        experiments = _Experiments(context.instance, catalog)
+        drive, plan, experiments, reasons, ran = _start_tick(
+            context, storage, catalog, "evaluation", (EVAL_COMPLETE, EVAL_FAILED), _settle_seconds(settle_seconds),
+            max_per_tick,
+        )
         runs, events, notes = [], [], []
-        reasons = [item_reason(drive, r) for r in plan.rejected]
-        ran = _existing_runs(context.instance, [a.run_key for a in plan.accepted])
         for item in plan.accepted:
             signal = item.signal
             rel = _rel(drive, item.file.path)
@@ -446,12 +461,7 @@ def build_signal_sensors(
                 notes.append(f"{rel}: this content was already analyzed by run {existing}")
                 continue
             tags = {
-                **_route("analysis"),
-                TAG_TRIGGER: "eval_complete_sensor",
-                TAG_SIGNAL_FILE: str(item.file.path),
-                TAG_SIGNAL_SHA256: item.sha256,
-                TAG_EXPERIMENT: signal.experiment,
-                TAG_CONFIG_HASH: signal.config_hash or config_hash,
+                **_signal_tags("analysis", "eval_complete_sensor", item, signal.config_hash or config_hash),
                 TAG_EVAL_JOB_ID: signal.job_id,
             }
             for tag, value in ((TAG_CHECKPOINT_ID, signal.checkpoint_id), (TAG_CHECKPOINT_PATH, signal.checkpoint_path),
