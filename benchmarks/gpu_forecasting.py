@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from pipeline_assets.data.generators import generate
-    from pipeline_assets.settings import ForecastConfig
+    from core.experiment import ForecastConfig
     from pipeline_assets.training import forecasting as fc
 
     table = generate("demand_forecast", rows=args.rows, seed=3)

@@ -31,9 +31,10 @@ import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
 from resources.experiments import ExperimentCatalog  # noqa: E402
-from resources.storage import SharedDrive, atomic_write_text  # noqa: E402
+from resources.storage import SharedDrive  # noqa: E402
+from core.atomic import atomic_write_text
 from sensors.signal_sensors import MAX_SIGNALS_PER_TICK, SignalCursor, build_signal_sensors, plan_tick  # noqa: E402
-from sensors.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
+from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
 
 TARGET_TICK_S = 2.0
 
@@ -114,8 +115,8 @@ def tick_benchmark(n: int, repeats: int) -> dict:
 
 def latency_benchmark(n_dirs: int, samples: int) -> dict:
     from pipeline_assets.definitions import defs
-    from pipeline_assets.materialize import materialize_experiments
-    from sensors.hook import signal_training_complete
+    from mlgraph_cli.staging import materialize_experiments
+    from trainer_hook import signal_training_complete
     from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +188,7 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
 
 
 def _sha(path: Path) -> str:
-    from sensors.signals import content_sha256
+    from core.signals import content_sha256
 
     return content_sha256(path.read_bytes())
 

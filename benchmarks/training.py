@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline_assets.data.generators import generate  # noqa: E402
 from pipeline_assets.data.splitting import split_dataset  # noqa: E402
-from pipeline_assets.settings import load_experiment_file  # noqa: E402
+from core.experiment import load_experiment_file  # noqa: E402
 from pipeline_assets.training.candidates import available_cores, train_candidates  # noqa: E402
 
 

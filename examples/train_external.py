@@ -5,7 +5,7 @@
 Reads the experiment's train split from `$SHARED_DRIVE/datasets/{experiment}/train.parquet` (written
 by the data assets), saves `models/{experiment}/checkpoints/<id>/final/` (model.pt + metadata.json:
 architecture, feature columns, preprocessing statistics) and writes
-`models/{experiment}/.training_complete` through `sensors.hook.signal_training_complete`. The
+`models/{experiment}/.training_complete` through `trainer_hook.hook.signal_training_complete`. The
 training_complete_sensor then evaluates the checkpoint, and the eval_complete_sensor analyzes it.
 Prints a JSON summary; exits 0 when the signal was written, 2 when training succeeded but the signal
 was not, 1 when training failed.
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sensors.hook import shared_drive_root, signal_training_complete  # noqa: E402
+from trainer_hook.hook import shared_drive_root, signal_training_complete  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,19 +1,9 @@
-"""mlgraph's Dagster code location: `pipeline_assets.definitions.defs`.
+"""mlgraph's Dagster code location: `defs` (built in pipeline_assets.definitions).
 
-`defs` is resolved lazily (PEP 562) so that importing a domain module such as
-`pipeline_assets.settings` does not build the whole code location, which would make
-resources/ and sensors/ (imported by the definitions) circular. `dagster ... -m pipeline_assets`
-still finds it: Dagster scans `dir(module)` and reads each attribute.
+`dagster ... -m pipeline_assets` finds it here. The shared contracts this package uses live in
+`core` (no Dagster), so nothing below imports back into the code location.
 """
 
+from pipeline_assets.definitions import defs
 
-def __getattr__(name: str):
-    if name == "defs":
-        from pipeline_assets.definitions import defs
-
-        return defs
-    raise AttributeError(f"module 'pipeline_assets' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), "defs"])
+__all__ = ["defs"]

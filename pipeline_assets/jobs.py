@@ -2,20 +2,7 @@
 
 import dagster as dg
 
-# Run tags understood by resources.slurm_launcher.SlurmRunLauncher.
-COMPUTE_TAG = "mlgraph/compute"
-
-
-def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:
-    """Tags that route a run to Slurm with these resources (`kind` picks the log directory)."""
-    return {
-        COMPUTE_TAG: "slurm",
-        "slurm/cpus": str(cpus),
-        "slurm/mem": mem,
-        "slurm/time": time,
-        "slurm/kind": kind,
-    }
-
+from core.tags import slurm_tags
 
 data_job = dg.define_asset_job(
     "data_job",

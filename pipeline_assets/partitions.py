@@ -7,7 +7,7 @@ import warnings
 
 import dagster as dg
 
-from pipeline_assets.settings import load_constraint_grid
+from core.experiment import load_constraint_grid
 
 
 @functools.cache

@@ -2,15 +2,11 @@
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import dagster as dg
 from pydantic import Field
 
-from resources.storage import PROJECT_ROOT
-
-if TYPE_CHECKING:
-    from pipeline_assets.settings import LoadedExperiment
+from core.drive import PROJECT_ROOT
+from core.experiment import LoadedExperiment, experiment_names, load_experiment_file
 
 CONFIG_DIR_ENV = "MLGRAPH_CONFIG_DIR"
 
@@ -32,15 +28,10 @@ class ExperimentCatalog(dg.ConfigurableResource):
         return self.root / "experiments"
 
     def names(self) -> list[str]:
-        # Imported here: pipeline_assets imports this module while building its definitions.
-        from pipeline_assets.settings import experiment_names
-
         return experiment_names(self.root)
 
     def path(self, experiment: str) -> Path:
         return self.experiments_dir / f"{experiment}.yaml"
 
-    def load(self, experiment: str) -> "LoadedExperiment":
-        from pipeline_assets.settings import load_experiment_file
-
+    def load(self, experiment: str) -> LoadedExperiment:
         return load_experiment_file(self.path(experiment))

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from resources.storage import default_shared_drive
+from core.drive import default_shared_drive
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 

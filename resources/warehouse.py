@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 from dagster_duckdb import DuckDBResource
 
-from resources.storage import default_shared_drive
+from core.drive import default_shared_drive
 
 
 class Warehouse(DuckDBResource):

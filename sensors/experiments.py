@@ -3,7 +3,7 @@
 import dagster as dg
 
 from pipeline_assets.partitions import experiment_partitions_def
-from pipeline_assets.settings import ConfigError, load_experiment_file
+from core.experiment import ConfigError, load_experiment_file
 from resources.experiments import ExperimentCatalog
 
 

@@ -25,37 +25,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline_assets.jobs import COMPUTE_TAG, analysis_report_job, checkpoint_evaluation_job, slurm_tags
+from pipeline_assets.jobs import analysis_report_job, checkpoint_evaluation_job
+from core.tags import COMPUTE_TAG, slurm_tags
 from pipeline_assets.partitions import experiment_partitions_def
-from pipeline_assets.settings import ConfigError
+from core.experiment import ConfigError
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from sensors.signals import (
-    EVAL_COMPLETE,
-    EVAL_FAILED,
-    EXPERIMENT_NAME_RE,
-    MAX_SIGNAL_BYTES,
-    SIGNAL_MODELS,
-    TAG_CHECKPOINT_ID,
-    TAG_CHECKPOINT_PATH,
-    TAG_CONFIG_HASH,
-    TAG_EVAL_JOB_ID,
-    TAG_EXPERIMENT,
-    TAG_MLFLOW_RUN_ID,
-    TAG_SIGNAL_FILE,
-    TAG_SIGNAL_SHA256,
-    TAG_TRAINING_MLFLOW_RUN_ID,
-    TAG_TRIGGER,
-    TRAINING_COMPLETE,
-    EvalComplete,
-    EvalFailed,
-    SignalError,
-    TrainingComplete,
-    checkpoint_id,
-    content_sha256,
-    parse_signal,
-    resolve_checkpoint,
-)
+from core.signals import EVAL_COMPLETE, EVAL_FAILED, EXPERIMENT_NAME_RE, MAX_SIGNAL_BYTES, SIGNAL_MODELS, TRAINING_COMPLETE, EvalComplete, EvalFailed, SignalError, TrainingComplete, checkpoint_id, content_sha256, parse_signal, resolve_checkpoint
+from core.tags import TAG_CHECKPOINT_ID, TAG_CHECKPOINT_PATH, TAG_CONFIG_HASH, TAG_EVAL_JOB_ID, TAG_EXPERIMENT, TAG_MLFLOW_RUN_ID, TAG_SIGNAL_FILE, TAG_SIGNAL_SHA256, TAG_TRAINING_MLFLOW_RUN_ID, TAG_TRIGGER
 
 SETTLE_SECONDS = 2.0
 # Bounds one tick's work (each new file is read, validated and turned into a run) well inside the

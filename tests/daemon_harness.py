@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
 

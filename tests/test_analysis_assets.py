@@ -9,7 +9,7 @@ import yaml
 
 from pipeline_assets.analysis.significance import COLUMNS as SIGNIFICANCE_COLUMNS
 from pipeline_assets.definitions import defs
-from pipeline_assets.materialize import materialize_experiments
+from mlgraph_cli.staging import materialize_experiments
 from pipeline_assets.preprocessing import outputs
 from tests.conftest import shrink_experiment
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 from tests.conftest import shrink_experiment
 
 BIN = Path(sys.executable).parent

@@ -173,7 +173,7 @@ def test_parallel_processes_write_one_sqlite_store(shared_drive: Path) -> None:
     import subprocess
     import sys
 
-    from resources.storage import PROJECT_ROOT
+    from core.drive import PROJECT_ROOT
 
     tracking = MlflowTracking()
     experiment_id = tracking.ensure_experiment("exp")

@@ -12,7 +12,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._time import get_current_datetime
 
 from pipeline_assets.definitions import defs
-from pipeline_assets.materialize import materialize_experiments
+from mlgraph_cli.staging import materialize_experiments
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
@@ -197,8 +197,8 @@ def test_split_report_fails_on_bad_splits():
     import pyarrow as pa
 
     from pipeline_assets.data.quality import split_report
-    from pipeline_assets.settings import load_experiment_file
-    from resources.storage import PROJECT_ROOT
+    from core.experiment import load_experiment_file
+    from core.drive import PROJECT_ROOT
 
     students = load_experiment_file(PROJECT_ROOT / "config/experiments/student_engagement.yaml").config
     meta = {

@@ -7,7 +7,7 @@ import sys
 import dagster as dg
 
 from pipeline_assets.definitions import defs
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 HEAVY = ["torch", "mlflow", "onnxruntime", "matplotlib", "sklearn.ensemble", "prophet", "dagster_mlflow"]
 

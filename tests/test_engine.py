@@ -31,7 +31,8 @@ from pipeline_assets.preprocessing.operators import (
     finish_selection,
     preprocess,
 )
-from resources.storage import PROJECT_ROOT, canonical_json
+from core.hashing import canonical_json
+from core.drive import PROJECT_ROOT
 
 SALARY = EngineOptions(target="salary", column_types={"education": "categorical", "job_title": "categorical",
                                                        "city": "categorical"})

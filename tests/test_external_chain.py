@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from pipeline_assets import evaluation_store
+from core import evaluation_store
 from pipeline_assets.analysis import checkpoint_comparison as comparison
 from pipeline_assets.definitions import defs
-from pipeline_assets.materialize import materialize_experiments
+from mlgraph_cli.staging import materialize_experiments
 from resources.experiments import ExperimentCatalog
-from resources.storage import PROJECT_ROOT
-from sensors.signals import (
+from core.drive import PROJECT_ROOT
+from core.signals import (
     EVAL_COMPLETE,
     EVAL_FAILED,
     TRAINING_COMPLETE,
@@ -40,7 +40,7 @@ from tests.slurm_support.harness import require_slurm
 
 # Tagged runs (evaluation, analysis) become Slurm jobs on the local cluster; small requests so both fit.
 SLURM_RUN_LAUNCHER: dict[str, Any] = {
-    "module": "resources.slurm_launcher",
+    "module": "launcher.slurm_launcher",
     "class": "SlurmRunLauncher",
     "config": {"route": "tagged", "cpus": 1, "mem": "2G", "time": "00:15:00"},
 }
@@ -104,7 +104,7 @@ def test_candidate_predictions_long_and_wide(tmp_path: Path):
 
 def test_feature_spec_survives_metadata_json():
     from pipeline_assets.external.checkpoint import FeatureSpec
-    from resources.storage import canonical_json
+    from core.hashing import canonical_json
 
     frame = pd.DataFrame({"z": [1.0, 2.0, 4.0], "b": ["x", "y", "x"], "a": ["p", "p", "q"]})
     spec = FeatureSpec.fit(frame, ["z"], ["b", "a"])
@@ -183,7 +183,7 @@ def test_broken_checkpoint_writes_eval_failed_and_fails_the_run(shared_drive: Pa
     ckpt = shared_drive / "models" / "salary" / "checkpoints" / "broken" / "final"
     ckpt.mkdir(parents=True)
     (ckpt / "metadata.json").write_text(json.dumps({"format": "mlgraph-mlp/1", "task": "regression"}))
-    from sensors.hook import signal_training_complete
+    from trainer_hook import signal_training_complete
 
     assert signal_training_complete("salary", ckpt, mlflow=False)
     result = materialize(instance, "checkpoint_evaluation", "salary", raise_on_error=False)

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from pipeline_assets.analysis.manifest import build_manifest, verify_manifest
-from pipeline_assets.settings import load_experiment_file
-from resources.storage import PROJECT_ROOT
+from core.experiment import load_experiment_file
+from core.drive import PROJECT_ROOT
 from tests.test_analysis_assets import materialize_salary, small_salary
 
 

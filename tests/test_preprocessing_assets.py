@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_assets.definitions import defs
-from pipeline_assets.materialize import materialize_experiments
+from mlgraph_cli.staging import materialize_experiments
 from pipeline_assets.preprocessing import engine, outputs
 from pipeline_assets.preprocessing.compute import threads_for
-from pipeline_assets.settings import Constraint
+from core.experiment import Constraint
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]

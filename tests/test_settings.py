@@ -5,13 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_assets.settings import (
+from core.experiment import (
     ConfigError,
     Constraint,
     load_constraint_grid,
     load_experiment_file,
 )
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 DEMO_DIR = PROJECT_ROOT / "config" / "experiments"
 BASE = yaml.safe_load((DEMO_DIR / "salary.yaml").read_text())

@@ -11,9 +11,10 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_write_text
+from resources.storage import SharedDrive
+from core.atomic import atomic_write_text
 from sensors.signal_sensors import SignalCursor, build_signal_sensors
-from sensors.signals import MAX_SIGNAL_BYTES, content_sha256
+from core.signals import MAX_SIGNAL_BYTES, content_sha256
 
 TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlgraph_cli.main import main as cli
-from resources.storage import PROJECT_ROOT
-from sensors.hook import signal_training_complete
-from sensors.signals import (
+from core.drive import PROJECT_ROOT
+from trainer_hook import signal_training_complete
+from core.signals import (
     MAX_SIGNAL_BYTES,
     EvalComplete,
     EvalFailed,
@@ -152,7 +152,7 @@ def test_checkpoint_ids_and_resolution(tmp_path: Path):
 
 
 def test_hook_import_is_cheap():
-    code = ("import sys, json, sensors.hook; "
+    code = ("import sys, json, trainer_hook.hook; "
             "print(json.dumps([m for m in ('dagster', 'torch', 'mlflow', 'pandas') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
                          timeout=60, check=True)

@@ -24,9 +24,9 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from tests.slurm_support import harness
 from tests.slurm_support.harness import PIPELINE_LOCATION, SUPPORT_LOCATION, wait_for
 
-from pipeline_assets.jobs import COMPUTE_TAG, slurm_tags
+from core.tags import COMPUTE_TAG, slurm_tags
 from resources.slurm import SlurmClient
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -23,7 +23,7 @@ from dagster._core.test_utils import create_run_for_test
 from dagster._serdes import deserialize_value
 
 from resources.slurm import SlurmError, SlurmJob
-from resources.slurm_launcher import (
+from launcher.slurm_launcher import (
     COMPUTE_TAG,
     JOB_ID_TAG,
     RESOURCE_TAGS,
@@ -32,7 +32,7 @@ from resources.slurm_launcher import (
     record_job_end,
     validate_resources,
 )
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 SLURM = {"mlgraph/compute": "slurm"}
 
@@ -540,7 +540,7 @@ def test_figures_recorded_by_the_footer_are_not_repeated(instance, client, local
 def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive):
     overrides = {
         "run_launcher": {
-            "module": "resources.slurm_launcher",
+            "module": "launcher.slurm_launcher",
             "class": "SlurmRunLauncher",
             "config": {"route": "all", "cpus": 2, "mem": "4G", "partition": "debug", "env_vars": ["HF_TOKEN"]},
         }
@@ -575,8 +575,8 @@ def test_bad_launcher_settings_are_rejected_with_the_setting_named(config, messa
 
 
 def test_job_tag_helper_speaks_the_launchers_tags(instance, client, local):
-    from pipeline_assets.jobs import COMPUTE_TAG as JOBS_COMPUTE_TAG
-    from pipeline_assets.jobs import slurm_tags
+    from core.tags import COMPUTE_TAG as JOBS_COMPUTE_TAG
+    from core.tags import slurm_tags
 
     assert JOBS_COMPUTE_TAG == COMPUTE_TAG
     tags = slurm_tags(cpus=3, mem="2G", time="00:30:00", kind="evaluation")

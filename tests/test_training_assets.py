@@ -14,8 +14,8 @@ import yaml
 
 from mlgraph_cli.main import main
 from pipeline_assets.definitions import defs
-from pipeline_assets.evaluation_store import read_metrics_sql
-from pipeline_assets.materialize import materialize_experiments
+from core.evaluation_store import read_metrics_sql
+from mlgraph_cli.staging import materialize_experiments
 from pipeline_assets.training.lineage import verify_lineage
 from pipeline_assets.training.metrics import CLASSIFICATION_METRICS, FORECAST_METRICS
 from resources.experiments import ExperimentCatalog

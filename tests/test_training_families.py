@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
@@ -253,7 +253,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 from pipeline_assets.training.candidates import train_candidates
 
 config = ExperimentConfig.model_validate({
@@ -274,7 +274,7 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
 
     import psutil
 
-    from resources.storage import PROJECT_ROOT
+    from core.drive import PROJECT_ROOT
 
     proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(tmp_path)], cwd=PROJECT_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from resources.storage import PROJECT_ROOT, default_shared_drive
+from core.drive import PROJECT_ROOT, default_shared_drive
 
 DEMO_EXPERIMENTS = ["salary", "student_engagement", "demand_forecast"]
 
@@ -64,7 +64,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from pipeline_assets.settings import ConfigError
+    from core.experiment import ConfigError
 
     init_home()
     try:
@@ -90,8 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipeline_assets.definitions import defs
-    from pipeline_assets.materialize import materialize_experiments
-    from pipeline_assets.settings import ConfigError
+    from mlgraph_cli.staging import materialize_experiments
+    from core.experiment import ConfigError
 
     home = init_home()
     try:

@@ -18,7 +18,7 @@ def _metric(text: str) -> tuple[str, float]:
 def cmd_training_complete(args: argparse.Namespace) -> int:
     import logging
 
-    from sensors.hook import signal_training_complete
+    from trainer_hook import signal_training_complete
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = signal_training_complete(
@@ -46,7 +46,7 @@ def cmd_training_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from sensors.signals import SignalError, read_signal
+    from core.signals import SignalError, read_signal
 
     status = 0
     for path in args.paths:

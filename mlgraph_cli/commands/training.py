@@ -14,7 +14,7 @@ def _experiment(name: str):
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from pipeline_assets.settings import ConfigError
+    from core.experiment import ConfigError
     from pipeline_assets.training.promotion import PromotionStore, rollback
     from resources.storage import SharedDrive
     from resources.tracking import MlflowTracking

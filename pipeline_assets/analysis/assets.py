@@ -12,9 +12,10 @@ from pipeline_assets.partitions import (
 )
 from pipeline_assets.preprocessing import engine, outputs, validation
 from pipeline_assets.preprocessing.probe import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
-from pipeline_assets.settings import Constraint
+from core.experiment import Constraint
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_write_json, atomic_write_text
+from resources.storage import SharedDrive
+from core.atomic import atomic_write_json, atomic_write_text
 from resources.warehouse import Warehouse
 
 # By key: importing another group's assets here would make the loader claim them for this group.

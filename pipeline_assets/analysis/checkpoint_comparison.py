@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from resources.atomic import atomic_path, atomic_write_bytes, atomic_write_text
+from core.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "log_loss", "composite"})
 # Columns of a wide candidate predictions file that are not a model's predictions.

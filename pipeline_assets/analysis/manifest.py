@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from resources.atomic import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 MANIFEST_VERSION = 1
 PACKAGES = ("mlgraph", "dagster", "pyarrow", "numpy", "pandas", "scikit-learn", "scipy", "duckdb", "matplotlib",
@@ -143,7 +143,7 @@ def _verify_config(manifest: Mapping[str, Any]) -> list[str]:
         differences.append(
             f"config {config_path}: file SHA-256 changed: recorded {manifest['config_sha256'][:12]}…, now {actual_sha[:12]}…"
         )
-    from pipeline_assets.settings import ConfigError, load_experiment_file
+    from core.experiment import ConfigError, load_experiment_file
 
     try:
         config_hash = load_experiment_file(config_path).config.config_hash

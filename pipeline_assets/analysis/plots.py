@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resources.atomic import atomic_path
+from core.atomic import atomic_path
 
 PLOTS = ("latency_vs_accuracy", "memory_vs_accuracy", "latency_memory_accuracy")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

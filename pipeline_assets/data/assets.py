@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from pipeline_assets.data import loading, splitting
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_path, atomic_write_json
+from resources.storage import SharedDrive
+from core.atomic import atomic_path, atomic_write_json
 
 
 def write_parquet(table: pa.Table, path) -> str:

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from resources.atomic import atomic_path
+from core.atomic import atomic_path
 
 BLOCK_ROWS = 100_000
 

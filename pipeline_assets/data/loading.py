@@ -14,7 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline_assets.data import generators
-from pipeline_assets.settings import LoadedExperiment
+from core.experiment import LoadedExperiment
 
 
 class DataValidationError(ValueError):

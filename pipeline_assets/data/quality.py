@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 
 SPLIT_SHARE_TOLERANCE = 0.01
 CLASS_RATIO_TOLERANCE = 0.02

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ExperimentConfig, SamplingConfig
+from core.experiment import ExperimentConfig, SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -7,30 +7,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from pipeline_assets import evaluation_store
+from core import evaluation_store
 from pipeline_assets.external import evaluation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_write_text
+from resources.storage import SharedDrive
+from core.atomic import atomic_write_text
 from resources.tracking import MlflowTracking
-from sensors.signals import (
-    EVAL_COMPLETE,
-    EVAL_FAILED,
-    SLURM_JOB_ID_TAG,
-    TAG_CHECKPOINT_PATH,
-    TAG_MLFLOW_RUN_ID,
-    TAG_SIGNAL_FILE,
-    TAG_TRAINING_MLFLOW_RUN_ID,
-    TRAINING_COMPLETE,
-    EvalComplete,
-    EvalFailed,
-    SignalError,
-    TrainingComplete,
-    checkpoint_id,
-    read_signal,
-    resolve_checkpoint,
-    utc_now,
-)
+from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE, EvalComplete, EvalFailed, SignalError, TrainingComplete, checkpoint_id, read_signal, resolve_checkpoint, utc_now
+from core.tags import SLURM_JOB_ID_TAG, TAG_CHECKPOINT_PATH, TAG_MLFLOW_RUN_ID, TAG_SIGNAL_FILE, TAG_TRAINING_MLFLOW_RUN_ID
 
 # Materialized by no run: training_complete_sensor reports each checkpoint with its signal's metadata.
 external_checkpoint = dg.AssetSpec(

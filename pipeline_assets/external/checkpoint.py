@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from resources.atomic import atomic_path, atomic_write_json
+from core.atomic import atomic_path, atomic_write_json
 
 FORMAT = "mlgraph-mlp/1"
 WEIGHTS_FILE = "model.pt"

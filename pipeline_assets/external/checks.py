@@ -5,12 +5,12 @@ import math
 import dagster as dg
 import pyarrow.parquet as pq
 
-from pipeline_assets import evaluation_store
+from core import evaluation_store
 from pipeline_assets.external import evaluation
 from pipeline_assets.external.assets import checkpoint_evaluation
 from pipeline_assets.training.metrics import TASK_METRICS
 from resources.storage import SharedDrive
-from sensors.signals import EVAL_COMPLETE, read_signal
+from core.signals import EVAL_COMPLETE, read_signal
 
 
 @dg.asset_check(asset=checkpoint_evaluation)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
-from resources.atomic import atomic_path
+from core.atomic import atomic_path
 
 PREDICTION_SCHEMA = pa.schema(
     [

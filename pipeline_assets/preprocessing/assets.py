@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 
 from pipeline_assets.preprocessing import engine, outputs, probe
 from pipeline_assets.partitions import experiment_constraint_partitions_def, experiment_partitions_def
-from pipeline_assets.settings import Constraint
+from core.experiment import Constraint
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_write_json
+from resources.storage import SharedDrive
+from core.atomic import atomic_write_json
 
 # By key: importing another group's asset here would make the loader claim it for this group.
 TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")

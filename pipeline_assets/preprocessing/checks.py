@@ -4,7 +4,7 @@ import dagster as dg
 
 from pipeline_assets.preprocessing import outputs, validation
 from pipeline_assets.preprocessing.assets import streaming_features
-from pipeline_assets.settings import Constraint
+from core.experiment import Constraint
 from resources.storage import SharedDrive
 
 

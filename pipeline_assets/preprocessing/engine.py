@@ -81,7 +81,7 @@ from pipeline_assets.preprocessing.reading import (
     csv_block_bytes,
     csv_reader_reserve_mb,
 )
-from resources.atomic import atomic_path, atomic_write_json
+from core.atomic import atomic_path, atomic_write_json
 
 __all__ = [
     "OPERATORS", "OTHER", "STAGES", "EngineInputError", "EngineOptions", "Fit", "GramAccumulator",

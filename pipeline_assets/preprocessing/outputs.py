@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_assets.preprocessing.engine import Fit, RunResult, operator_profile_rows
-from resources.atomic import atomic_write_json, atomic_write_text
+from core.atomic import atomic_write_json, atomic_write_text
 
 FEATURES = "features.parquet"
 FIT = "fit.json"

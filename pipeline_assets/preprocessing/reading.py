@@ -75,7 +75,7 @@ class EngineOptions:
 
     @classmethod
     def from_config(cls, config: Any) -> EngineOptions:
-        """From a pipeline_assets.settings.ExperimentConfig."""
+        """From a core.experiment.ExperimentConfig."""
         return cls(
             target=config.target,
             task=config.task,

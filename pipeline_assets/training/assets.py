@@ -19,11 +19,12 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from pipeline_assets.evaluation_store import write_metrics
+from core.evaluation_store import write_metrics
 from pipeline_assets.partitions import experiment_partitions_def
-from pipeline_assets.settings import LoadedExperiment
+from core.experiment import LoadedExperiment
 from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive, atomic_path, atomic_write_json, atomic_write_text
+from resources.storage import SharedDrive
+from core.atomic import atomic_path, atomic_write_json, atomic_write_text
 from resources.tracking import MlflowTracking
 
 TRAINING_STEPS = ("candidate_models", "decision_threshold", "evaluation_metrics", "champion_model")

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
 from pipeline_assets.training.cv import cv_splits
-from resources.atomic import atomic_path
+from core.atomic import atomic_path
 
 SKLEARN_SUFFIX = ".joblib"
 

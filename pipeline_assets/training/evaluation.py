@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
@@ -109,7 +109,7 @@ def evaluate(
 def metric_records(
     experiment: str, config_hash: str, dataset: str, values: Mapping[str, Mapping[str, float]], timestamp: Any
 ) -> list[dict[str, Any]]:
-    """Rows for pipeline_assets.evaluation_store.write_metrics (NaN values are skipped)."""
+    """Rows for core.evaluation_store.write_metrics (NaN values are skipped)."""
     return [
         {"experiment": experiment, "model": model, "dataset": dataset, "metric": metric, "value": float(value),
          "config_hash": config_hash, "timestamp": timestamp}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ExperimentConfig
+from core.experiment import ExperimentConfig
 
 # Defaults from the design documents (001 for the classifiers); experiment params override them.
 DEFAULT_PARAMS: dict[str, dict[str, dict[str, Any]]] = {

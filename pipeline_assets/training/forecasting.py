@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline_assets.settings import ForecastConfig
-from resources.atomic import atomic_path, atomic_write_json
+from core.experiment import ForecastConfig
+from core.atomic import atomic_path, atomic_write_json
 
 RECURRENT = ("gru", "lstm")
 ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}

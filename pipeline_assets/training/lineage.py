@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from resources.atomic import atomic_write_json
+from core.atomic import atomic_write_json
 
 LINEAGE_VERSION = 1
 

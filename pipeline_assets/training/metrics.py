@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline_assets.settings import LOWER_IS_BETTER
+from core.experiment import LOWER_IS_BETTER
 
 CLASSIFICATION_METRICS = ("roc_auc", "precision", "recall", "f1", "accuracy")
 REGRESSION_METRICS = ("r2", "rmse", "mae")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_assets.training.metrics import better
-from resources.atomic import atomic_append_line, atomic_write_json
+from core.atomic import atomic_append_line, atomic_write_json
 
 CHAMPION_ALIAS = "champion"
 
@@ -175,7 +175,7 @@ def rollback(store: PromotionStore, client: Any, models_dir: Path) -> tuple[dict
     rolled_back, restored = store.rollback()
     lineage = Path(restored["lineage_path"]) if restored.get("lineage_path") else None
     if lineage is not None and lineage.exists():
-        from resources.atomic import atomic_write_bytes
+        from core.atomic import atomic_write_bytes
 
         atomic_write_bytes(Path(models_dir) / "lineage.json", lineage.read_bytes())
     return rolled_back, restored

@@ -20,7 +20,7 @@ import yaml
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.storage.dagster_run import DagsterRun
 
-from resources.storage import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 SUPPORT_DEFS = Path(__file__).with_name("defs.py")
 SUPPORT_LOCATION = "slurm_support"
@@ -68,7 +68,7 @@ def write_instance_yaml(
     home.mkdir(parents=True, exist_ok=True)
     if launcher == "slurm":
         run_launcher = {
-            "module": "resources.slurm_launcher",
+            "module": "launcher.slurm_launcher",
             "class": "SlurmRunLauncher",
             "config": dict(launcher_config or {}),
         }

@@ -1,25 +1,17 @@
-"""Atomic writes and the shared drive's root: plain Python, no Dagster, importable by trainers.
+"""Atomic writes: plain Python, no Dagster, importable by trainers.
 
 Everything written to the shared drive goes through here: temp file in the same directory, fsync,
 rename, fsync of the directory, so nothing half-written is ever read as complete.
 """
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DRIVE_ENV = "SHARED_DRIVE"
-
-
-def default_shared_drive() -> Path:
-    """`$SHARED_DRIVE` when set, else `<project>/.shared` (read at call time, never at import)."""
-    return Path(os.environ.get(SHARED_DRIVE_ENV) or PROJECT_ROOT / ".shared").resolve()
-
+from core.hashing import canonical_json
 
 def _fsync_dir(directory: Path) -> None:
     # The rename is only durable once the directory entry is on disk too.
@@ -63,11 +55,6 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, fixed separators: the same object always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n"
 
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:

@@ -2,7 +2,7 @@
 
 Signal files are small JSON objects (UTF-8, ISO 8601 timestamps with an offset) that one machine
 drops on the shared drive for another. This module imports neither dagster nor anything heavy:
-trainers load it through `sensors.hook`.
+trainers load it through `trainer_hook.hook`.
 """
 
 import hashlib
@@ -15,28 +15,13 @@ from typing import Literal, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # The partition-key rule; it also rules out '..', '/' and absolute paths. (settings loads no Dagster.)
-from pipeline_assets.settings import EXPERIMENT_NAME_RE
+from core.experiment import EXPERIMENT_NAME_RE
 
-TRAINING_COMPLETE = ".training_complete"
-EVAL_COMPLETE = ".eval_complete"
-EVAL_FAILED = ".eval_failed"
+from core.drive import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: F401 - re-exported with the schemas
 # A signal carries metadata, never payload; anything larger is a mistake or an attack.
 MAX_SIGNAL_BYTES = 1 << 20
 _TEXT_LIMIT = 20_000
 
-# Run tags linking a Dagster run to the signal that caused it (set by the signal sensors, read by
-# the assets); slurm/job_id is added by the Slurm run launcher.
-TAG_TRIGGER = "mlgraph/trigger"
-TAG_SIGNAL_FILE = "mlgraph/signal_file"
-TAG_SIGNAL_SHA256 = "mlgraph/signal_sha256"
-TAG_EXPERIMENT = "mlgraph/experiment"
-TAG_CONFIG_HASH = "mlgraph/config_hash"
-TAG_CHECKPOINT_ID = "mlgraph/checkpoint_id"
-TAG_CHECKPOINT_PATH = "mlgraph/checkpoint_path"
-TAG_EVAL_JOB_ID = "mlgraph/eval_job_id"
-TAG_MLFLOW_RUN_ID = "mlgraph/mlflow_run_id"
-TAG_TRAINING_MLFLOW_RUN_ID = "mlgraph/training_mlflow_run_id"
-SLURM_JOB_ID_TAG = "slurm/job_id"
 
 
 class SignalError(ValueError):
@@ -193,7 +178,7 @@ def parse_signal(data: bytes, model: type[S], source: str | Path = "<signal>") -
         raise SignalError(source, f"{len(data)} bytes, over the {MAX_SIGNAL_BYTES}-byte limit",
                           "write metadata only; keep large payloads beside the checkpoint and give their path")
     if not data.strip():
-        raise SignalError(source, "empty file", "write the JSON object in one atomic rename (sensors.hook does)")
+        raise SignalError(source, "empty file", "write the JSON object in one atomic rename (trainer_hook.hook does)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

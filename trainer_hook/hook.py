@@ -1,6 +1,6 @@
 """The training completion hook: the last call of a training script on any machine that mounts the drive.
 
-    from sensors.hook import signal_training_complete
+    from trainer_hook import signal_training_complete
     result = signal_training_complete("salary", checkpoint_dir, final_loss=0.12, num_epochs=20)
     if not result:
         print(result.error)
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sensors.signals import (
-    TRAINING_COMPLETE,
+from core.drive import SHARED_DRIVE_ENV, DriveLayout, resolve_drive_root
+from core.signals import (
     SignalError,
     TrainingComplete,
     checkpoint_id,
@@ -32,8 +32,6 @@ from sensors.signals import (
 
 log = logging.getLogger("mlgraph.hook")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DRIVE_ENV = "SHARED_DRIVE"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 MLFLOW_EXPERIMENT_PREFIX = "mlgraph"  # same default as resources.tracking.MlflowTracking
 
@@ -55,12 +53,12 @@ class HookResult:
 
 
 def shared_drive_root(shared_drive: str | os.PathLike[str] | None = None) -> Path:
-    """The drive root: the argument, else $SHARED_DRIVE, else <project>/.shared (as resources.storage)."""
-    return Path(shared_drive or os.environ.get(SHARED_DRIVE_ENV) or PROJECT_ROOT / ".shared").resolve()
+    """The drive root: the argument, else $SHARED_DRIVE, else <project>/.shared (as the resource)."""
+    return resolve_drive_root(shared_drive)
 
 
 def signal_path(experiment: str, shared_drive: str | os.PathLike[str] | None = None) -> Path:
-    return shared_drive_root(shared_drive) / "models" / experiment / TRAINING_COMPLETE
+    return DriveLayout.at(shared_drive).training_complete_signal(experiment)
 
 
 def _git_commit() -> str | None:
@@ -161,7 +159,7 @@ def _signal_training_complete(
         )
     except ValueError as exc:
         return _fail(f"invalid training_complete signal for {experiment!r}: {exc}")
-    target = drive / "models" / experiment / TRAINING_COMPLETE
+    target = DriveLayout(drive).training_complete_signal(experiment)
 
     warnings: list[str] = []
     tracking_uri = mlflow_tracking_uri or os.environ.get(TRACKING_URI_ENV)
@@ -201,7 +199,7 @@ def _signal_training_complete(
 
 def _write_and_verify(target: Path, payload: bytes) -> None:
     # Imported here: a trainer importing the hook pays only for what it calls.
-    from resources.atomic import atomic_write_bytes
+    from core.atomic import atomic_write_bytes
 
     atomic_write_bytes(target, payload)
     written = target.read_bytes()
@@ -219,7 +217,7 @@ def _log_to_mlflow(
     from mlflow.tracking import MlflowClient
 
     if not tracking_uri:
-        db = drive / "state" / "mlflow.db"
+        db = DriveLayout(drive).mlflow_db()
         db.parent.mkdir(parents=True, exist_ok=True)
         tracking_uri = f"sqlite:///{db}"
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -248,7 +246,7 @@ def _log_to_mlflow(
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        artifacts = (drive / "mlflow-artifacts" / signal.experiment).resolve()
+        artifacts = (DriveLayout(drive).mlflow_artifacts_dir() / signal.experiment).resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
         experiment_id = client.create_experiment(name, artifact_location=artifacts.as_uri())
     run_name = f"external-training-{checkpoint_id(signal.checkpoint_path)}"

@@ -7,7 +7,7 @@ job's Slurm state to a `WorkerStatus` for the run-monitoring daemon, resolving j
 `squeue` from the completion records. Runs not routed to Slurm go to an internal
 `DefaultRunLauncher`, exactly as if it were configured.
 
-Run with `python -m resources.slurm_launcher finish ...` it is also the footer of every batch
+Run with `python -m launcher.slurm_launcher finish ...` it is also the footer of every batch
 script: it attaches Slurm's figures for the job (elapsed, CPUs, requested memory, peak RSS,
 final state) to the run.
 """
@@ -32,7 +32,8 @@ from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 from resources.slurm import ACTIVE_STATES, PENDING_STATES, SlurmClient, SlurmError, SlurmJob
-from resources.storage import PROJECT_ROOT, atomic_write_text, default_shared_drive
+from core.atomic import atomic_write_text
+from core.drive import PROJECT_ROOT, default_shared_drive
 
 # Run tags (the routing ones are also written by pipeline_assets.jobs.slurm_tags).
 COMPUTE_TAG = "mlgraph/compute"
@@ -143,14 +144,14 @@ def render_batch_script(
         directives.append(f"--gres={resources.gres}")
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives)]
     lines += [
-        f"# Dagster run {run_id}; written by resources.slurm_launcher.SlurmRunLauncher.",
+        f"# Dagster run {run_id}; written by launcher.slurm_launcher.SlurmRunLauncher.",
         "# Only the variables below reach the job; "
         + (f"{', '.join(passed_by_name)} are passed by name (sbatch --export)." if passed_by_name else ""),
         f"cd {shlex.quote(str(working_directory))} || exit 1",
     ]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
     finish = shlex.join(
-        [python_executable, "-m", "resources.slurm_launcher", "finish", "--run-id", run_id, "--job-id"]
+        [python_executable, "-m", "launcher.slurm_launcher", "finish", "--run-id", run_id, "--job-id"]
     )
     lines += [
         "",
@@ -216,7 +217,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
     ```yaml
     # dagster.yaml
     run_launcher:
-      module: resources.slurm_launcher
+      module: launcher.slurm_launcher
       class: SlurmRunLauncher
       config:
         route: auto          # auto | tagged | all | none
@@ -659,7 +660,7 @@ def record_job_end(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resources.slurm_launcher")
+    parser = argparse.ArgumentParser(prog="python -m launcher.slurm_launcher")
     sub = parser.add_subparsers(dest="command", required=True)
     finish = sub.add_parser("finish", help="attach Slurm's figures for a job to its Dagster run")
     finish.add_argument("--run-id", required=True)

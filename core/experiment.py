@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from resources.atomic import PROJECT_ROOT
+from core.drive import PROJECT_ROOT
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

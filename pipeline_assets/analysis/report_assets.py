@@ -6,13 +6,14 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from pipeline_assets import evaluation_store
+from core import evaluation_store
 from pipeline_assets.analysis import checkpoint_comparison as comparison
 from pipeline_assets.external import evaluation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from sensors.signals import EVAL_COMPLETE, TAG_CHECKPOINT_ID, read_signal
+from core.signals import EVAL_COMPLETE, read_signal
+from core.tags import TAG_CHECKPOINT_ID
 
 CANDIDATE_PREDICTIONS = "test.parquet"
 

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resources.atomic import atomic_path
+from core.atomic import atomic_path
 
 METRIC_COLUMNS = ("experiment", "model", "dataset", "metric", "value", "config_hash", "timestamp")
 METRIC_SCHEMA = pa.schema(

@@ -1,0 +1,193 @@
+"""The shared drive: its root and the name of every file the graph exchanges (one home).
+
+`DrivePaths` is a mixin: `DriveLayout` (plain Python, for the trainer hook and domain code) and the
+`SharedDrive` Dagster resource both get every path from it, so a file name is spelled once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DRIVE_ENV = "SHARED_DRIVE"
+
+# File names the design documents give; the paths below are the only place they are joined.
+TRAINING_COMPLETE = ".training_complete"
+EVAL_COMPLETE = ".eval_complete"
+EVAL_FAILED = ".eval_failed"
+DATASET_SPLITS = ("raw", "train", "test")
+
+
+def default_shared_drive() -> Path:
+    """`$SHARED_DRIVE` when set, else `<project>/.shared` (read at call time, never at import)."""
+    return Path(os.environ.get(SHARED_DRIVE_ENV) or PROJECT_ROOT / ".shared").resolve()
+
+
+def resolve_drive_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """An explicit root wins; otherwise `default_shared_drive()`."""
+    return Path(root).resolve() if root else default_shared_drive()
+
+
+class DrivePaths:
+    """Every path on the drive, relative to `root_path` (provided by the concrete class)."""
+
+    @property
+    def root_path(self) -> Path:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _dir(self, *parts: str) -> Path:
+        return self.root_path.joinpath(*parts)
+
+    # datasets/{experiment}/
+    def dataset_dir(self, experiment: str) -> Path:
+        return self._dir("datasets", experiment)
+
+    def dataset_path(self, experiment: str, name: str) -> Path:
+        """`name` is raw, train or test."""
+        if name not in DATASET_SPLITS:
+            raise ValueError(f"dataset split {name!r} is not one of {DATASET_SPLITS}")
+        return self.dataset_dir(experiment) / f"{name}.parquet"
+
+    def dataset_meta(self, experiment: str) -> Path:
+        return self.dataset_dir(experiment) / "meta.json"
+
+    def fingerprint_path(self, experiment: str) -> Path:
+        return self.dataset_dir(experiment) / "fingerprint.json"
+
+    # artifacts/{experiment}/
+    def artifacts_dir(self, experiment: str, *sub: str) -> Path:
+        return self._dir("artifacts", experiment, *sub)
+
+    def constraint_dir(self, experiment: str, constraint: str) -> Path:
+        return self.artifacts_dir(experiment, "constraints", constraint)
+
+    def constraints_root(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "constraints")
+
+    def intermediate_dir(self, experiment: str, constraint: str) -> Path:
+        return self.artifacts_dir(experiment, "intermediate", constraint)
+
+    def batch_dir(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "batch")
+
+    def constraint_run_json(self, experiment: str, constraint: str) -> Path:
+        return self.constraint_dir(experiment, constraint) / "constraint_run.json"
+
+    def constraint_experiment_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "benchmarks") / "constraint_experiment.csv"
+
+    def significance_tests_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "benchmarks") / "significance_tests.csv"
+
+    def significance_runs_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "benchmarks") / "significance_runs.csv"
+
+    def inference_benchmark_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "benchmarks") / "inference_benchmark.csv"
+
+    def operator_profile_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "profiles") / "operator_profile.csv"
+
+    def plots_dir(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "plots")
+
+    def plot_path(self, experiment: str, name: str) -> Path:
+        return self.plots_dir(experiment) / f"{name}.png"
+
+    def run_manifest_json(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "metadata") / "run_manifest.json"
+
+    def pipeline_report_json(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "reports") / "pipeline_report.json"
+
+    # models/{experiment}/
+    def models_dir(self, experiment: str) -> Path:
+        return self._dir("models", experiment)
+
+    def candidates_manifest(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "candidates.json"
+
+    def oof_predictions(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "oof_predictions.parquet"
+
+    def thresholds_json(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "thresholds.json"
+
+    def threshold_txt(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "threshold.txt"
+
+    def lineage_json(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "lineage.json"
+
+    def champions_dir(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "champions"
+
+    def onnx_dir(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / "onnx"
+
+    def training_complete_signal(self, experiment: str) -> Path:
+        return self.models_dir(experiment) / TRAINING_COMPLETE
+
+    # evaluation/{experiment}/
+    def evaluation_dir(self, experiment: str) -> Path:
+        return self._dir("evaluation", experiment)
+
+    def predictions_path(self, experiment: str, dataset: str) -> Path:
+        return self.evaluation_dir(experiment) / "predictions" / f"{dataset}.parquet"
+
+    def eval_complete_signal(self, experiment: str) -> Path:
+        return self.evaluation_dir(experiment) / EVAL_COMPLETE
+
+    def eval_failed_signal(self, experiment: str) -> Path:
+        return self.evaluation_dir(experiment) / EVAL_FAILED
+
+    # analysis/{experiment}/
+    def analysis_dir(self, experiment: str) -> Path:
+        return self._dir("analysis", experiment)
+
+    # model-promotion/global/{config_hash}/
+    def promotion_dir(self, config_hash: str) -> Path:
+        return self._dir("model-promotion", "global", config_hash)
+
+    # serving/{experiment}/
+    def serving_dir(self, experiment: str) -> Path:
+        return self._dir("serving", experiment)
+
+    def prediction_log(self, experiment: str) -> Path:
+        return self.serving_dir(experiment) / "prediction_log.jsonl"
+
+    # state/, mlflow-artifacts/, logs/
+    def state_dir(self) -> Path:
+        return self._dir("state")
+
+    def dagster_home(self) -> Path:
+        return self.state_dir() / "dagster"
+
+    def mlflow_db(self) -> Path:
+        return self.state_dir() / "mlflow.db"
+
+    def warehouse_db(self) -> Path:
+        return self.state_dir() / "warehouse.duckdb"
+
+    def mlflow_artifacts_dir(self) -> Path:
+        return self._dir("mlflow-artifacts")
+
+    def logs_dir(self, kind: str) -> Path:
+        return self._dir("logs", kind)
+
+
+@dataclass(frozen=True)
+class DriveLayout(DrivePaths):
+    """The drive layout outside Dagster (trainer hook, domain modules, CLI)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str] | None = None) -> DriveLayout:
+        return cls(resolve_drive_root(root))
+
+    @property
+    def root_path(self) -> Path:
+        return self.root

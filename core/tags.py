@@ -1,0 +1,39 @@
+"""Run-tag names, one home: set by sensors, jobs and the Slurm launcher; read by assets and the CLI."""
+
+from __future__ import annotations
+
+# Routing: runs tagged `mlgraph/compute: slurm` go to the cluster (launcher.slurm_launcher).
+COMPUTE_TAG = "mlgraph/compute"
+COMPUTE_SLURM = "slurm"
+
+# Set by the Slurm run launcher when it submits a run.
+SLURM_JOB_ID_TAG = "slurm/job_id"
+SLURM_LOG_TAG = "slurm/log"
+SLURM_SCRIPT_TAG = "slurm/script"
+SLURM_STATE_TAG = "slurm/state"
+# Per-run resource requests read by the launcher (`slurm/<name>`).
+SLURM_RESOURCE_NAMES = ("partition", "cpus", "mem", "time", "gres", "kind")
+SLURM_RESOURCE_TAGS = tuple(f"slurm/{name}" for name in SLURM_RESOURCE_NAMES)
+
+# Link a Dagster run to the signal that caused it (set by the signal sensors, read by the assets).
+TAG_TRIGGER = "mlgraph/trigger"
+TAG_SIGNAL_FILE = "mlgraph/signal_file"
+TAG_SIGNAL_SHA256 = "mlgraph/signal_sha256"
+TAG_EXPERIMENT = "mlgraph/experiment"
+TAG_CONFIG_HASH = "mlgraph/config_hash"
+TAG_CHECKPOINT_ID = "mlgraph/checkpoint_id"
+TAG_CHECKPOINT_PATH = "mlgraph/checkpoint_path"
+TAG_EVAL_JOB_ID = "mlgraph/eval_job_id"
+TAG_MLFLOW_RUN_ID = "mlgraph/mlflow_run_id"
+TAG_TRAINING_MLFLOW_RUN_ID = "mlgraph/training_mlflow_run_id"
+
+
+def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:
+    """Tags that route a run to Slurm with these resources (`kind` picks the log directory)."""
+    return {
+        COMPUTE_TAG: COMPUTE_SLURM,
+        "slurm/cpus": str(cpus),
+        "slurm/mem": mem,
+        "slurm/time": time,
+        "slurm/kind": kind,
+    }
