@@ -17,7 +17,17 @@ SHARED_DRIVE_ENV = "SHARED_DRIVE"
 TRAINING_COMPLETE = ".training_complete"
 EVAL_COMPLETE = ".eval_complete"
 EVAL_FAILED = ".eval_failed"
+RUN_MANIFEST_JSON = "run_manifest.json"
+LINEAGE_JSON = "lineage.json"
 DATASET_SPLITS = ("raw", "train", "test")
+# The files of one preprocessing run directory (constraints/{constraint}/ or batch/).
+FEATURES_PARQUET = "features.parquet"
+FIT_JSON = "fit.json"
+SUMMARY_JSON = "summary.json"
+STREAMING_CHUNKS_JSONL = "streaming_chunks.jsonl"
+OPERATOR_PROFILE_CSV = "operator_profile.csv"
+RUN_FILES = (FEATURES_PARQUET, FIT_JSON, SUMMARY_JSON, STREAMING_CHUNKS_JSONL, OPERATOR_PROFILE_CSV)
+CONSTRAINT_RUN_JSON = "constraint_run.json"
 
 
 def default_shared_drive() -> Path:
@@ -28,6 +38,12 @@ def default_shared_drive() -> Path:
 def resolve_drive_root(root: str | os.PathLike[str] | None = None) -> Path:
     """An explicit root wins; otherwise `default_shared_drive()`."""
     return Path(root).resolve() if root else default_shared_drive()
+
+
+def _run_file(name: str) -> str:
+    if name not in RUN_FILES:
+        raise ValueError(f"{name!r} is not a run file; expected one of {RUN_FILES}")
+    return name
 
 
 class DrivePaths:
@@ -73,7 +89,15 @@ class DrivePaths:
         return self.artifacts_dir(experiment, "batch")
 
     def constraint_run_json(self, experiment: str, constraint: str) -> Path:
-        return self.constraint_dir(experiment, constraint) / "constraint_run.json"
+        return self.constraint_dir(experiment, constraint) / CONSTRAINT_RUN_JSON
+
+    def constraint_file(self, experiment: str, constraint: str, name: str) -> Path:
+        """One of RUN_FILES in the streaming run directory of an experiment × constraint partition."""
+        return self.constraint_dir(experiment, constraint) / _run_file(name)
+
+    def batch_file(self, experiment: str, name: str) -> Path:
+        """One of RUN_FILES in the batch run directory of an experiment."""
+        return self.batch_dir(experiment) / _run_file(name)
 
     def constraint_experiment_csv(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "benchmarks") / "constraint_experiment.csv"
@@ -88,7 +112,7 @@ class DrivePaths:
         return self.artifacts_dir(experiment, "benchmarks") / "inference_benchmark.csv"
 
     def operator_profile_csv(self, experiment: str) -> Path:
-        return self.artifacts_dir(experiment, "profiles") / "operator_profile.csv"
+        return self.artifacts_dir(experiment, "profiles") / OPERATOR_PROFILE_CSV
 
     def plots_dir(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "plots")
@@ -97,14 +121,21 @@ class DrivePaths:
         return self.plots_dir(experiment) / f"{name}.png"
 
     def run_manifest_json(self, experiment: str) -> Path:
-        return self.artifacts_dir(experiment, "metadata") / "run_manifest.json"
+        return self.artifacts_dir(experiment, "metadata") / RUN_MANIFEST_JSON
 
     def pipeline_report_json(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "reports") / "pipeline_report.json"
 
+    def streaming_chunks_jsonl(self, experiment: str) -> Path:
+        """Every constraint's chunk records of the experiment, in one file."""
+        return self.artifacts_dir(experiment, "reports") / STREAMING_CHUNKS_JSONL
+
     # models/{experiment}/
+    def models_root(self) -> Path:
+        return self._dir("models")
+
     def models_dir(self, experiment: str) -> Path:
-        return self._dir("models", experiment)
+        return self.models_root() / experiment
 
     def candidates_manifest(self, experiment: str) -> Path:
         return self.models_dir(experiment) / "candidates.json"
@@ -119,10 +150,14 @@ class DrivePaths:
         return self.models_dir(experiment) / "threshold.txt"
 
     def lineage_json(self, experiment: str) -> Path:
-        return self.models_dir(experiment) / "lineage.json"
+        return self.models_dir(experiment) / LINEAGE_JSON
 
     def champions_dir(self, experiment: str) -> Path:
         return self.models_dir(experiment) / "champions"
+
+    def champion_bundle(self, experiment: str, version: str) -> Path:
+        """champions/v{version}/: a promoted model with its threshold.txt and lineage.json, kept as promoted."""
+        return self.champions_dir(experiment) / f"v{version}"
 
     def onnx_dir(self, experiment: str) -> Path:
         return self.models_dir(experiment) / "onnx"
@@ -131,8 +166,11 @@ class DrivePaths:
         return self.models_dir(experiment) / TRAINING_COMPLETE
 
     # evaluation/{experiment}/
+    def evaluation_root(self) -> Path:
+        return self._dir("evaluation")
+
     def evaluation_dir(self, experiment: str) -> Path:
-        return self._dir("evaluation", experiment)
+        return self.evaluation_root() / experiment
 
     def predictions_path(self, experiment: str, dataset: str) -> Path:
         return self.evaluation_dir(experiment) / "predictions" / f"{dataset}.parquet"
@@ -174,8 +212,11 @@ class DrivePaths:
     def mlflow_artifacts_dir(self) -> Path:
         return self._dir("mlflow-artifacts")
 
+    def logs_root(self) -> Path:
+        return self._dir("logs")
+
     def logs_dir(self, kind: str) -> Path:
-        return self._dir("logs", kind)
+        return self.logs_root() / kind
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """SlurmRunLauncher: sends tagged (or all) Dagster runs to Slurm as batch jobs, the rest run locally.
 
+Why this module is long: it is one RunLauncher class whose methods Dagster calls (config schema,
+launch, terminate, worker health, debug info), the shape of Dagster's own DockerRunLauncher; its
+plain parts (batch script, job end, job records) already live in their own modules.
+
 Shaped like Dagster's DockerRunLauncher: `launch_run` writes a batch script that runs
 `dagster api execute_run` for the run, submits it with `sbatch`, tags the run with the job id
 and reports an engine event; `terminate` calls `scancel`; `check_run_worker_health` maps the
@@ -7,19 +11,16 @@ job's Slurm state to a `WorkerStatus` for the run-monitoring daemon, resolving j
 `squeue` from the completion records. Runs not routed to Slurm go to an internal
 `DefaultRunLauncher`, exactly as if it were configured.
 
-Run with `python -m launcher.slurm_launcher finish ...` it is also the footer of every batch
-script: it attaches Slurm's figures for the job (elapsed, CPUs, requested memory, peak RSS,
-final state) to the run.
+The batch script itself is rendered by `launcher.batch_script`; its footer,
+`python -m launcher.job_end finish ...`, attaches Slurm's figures for the job (elapsed, CPUs,
+requested memory, peak RSS, final state) to the run.
 """
 
-import argparse
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,184 +32,27 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-from resources.slurm import ACTIVE_STATES, PENDING_STATES, SlurmClient, SlurmError, SlurmJob
 from core.atomic import atomic_write_text
-from core.drive import PROJECT_ROOT, default_shared_drive
+from core.drive import PROJECT_ROOT, DriveLayout, default_shared_drive
+from core.tags import (
+    COMPUTE_SLURM,
+    COMPUTE_TAG,
+    SLURM_JOB_ID_TAG,
+    SLURM_LOG_TAG,
+    SLURM_SCRIPT_TAG,
+    SLURM_STATE_TAG,
+)
+from launcher.batch_script import SlurmConfigError, SlurmResources, render_batch_script, validate_resources
+from launcher.job_end import figures_message, job_figures, stderr_hints
+from resources.slurm import SlurmClient, SlurmError
+from resources.slurm_jobs import ACTIVE_STATES, PENDING_STATES, SlurmJob
 
-# Run tags (the routing ones are also written by pipeline_assets.jobs.slurm_tags).
-COMPUTE_TAG = "mlgraph/compute"
-JOB_ID_TAG = "slurm/job_id"
-LOG_TAG = "slurm/log"
-SCRIPT_TAG = "slurm/script"
-RESOURCE_TAGS = ("slurm/partition", "slurm/cpus", "slurm/mem", "slurm/time", "slurm/gres", "slurm/kind")
-
-KINDS = ("training", "evaluation", "analysis")
 ROUTES = ("auto", "tagged", "all", "none")
 # Environment a run worker needs; values are paths, written into the script so it can be rerun by hand.
 BASE_ENV = ("SHARED_DRIVE", "DAGSTER_HOME", "MLGRAPH_CONFIG_DIR", "MLFLOW_TRACKING_URI", "PYTHONPATH", "SLURM_CONF")
 # Passed by name with `sbatch --export` (values never written to disk).
 SESSION_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ")
-
-_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$", re.IGNORECASE)
-_MEM = re.compile(r"^[1-9]\d*[KMGT]?$", re.IGNORECASE)
-_PARTITION = re.compile(r"^[A-Za-z0-9_.-]+$")
-_GRES = re.compile(r"^[A-Za-z0-9_.:,/-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# What slurmstepd writes to a job's stderr when it kills it; shown in the failure message.
-_STEPD_LINE = re.compile(r"slurmstepd.*(error|CANCELLED|exceeded|oom)", re.IGNORECASE)
-
-
-class SlurmConfigError(ValueError):
-    """A run tag or launcher setting is not a valid Slurm value."""
-
-
-@dataclass(frozen=True)
-class SlurmResources:
-    """What one batch job asks Slurm for."""
-
-    cpus: int
-    mem: str
-    time: str
-    kind: str
-    partition: str | None = None
-    gres: str | None = None
-
-
-def validate_resources(values: Mapping[str, Any], origin: str) -> SlurmResources:
-    """Check cpus/mem/time/partition/gres/kind; `origin` ("run tag slurm/", "dagster.yaml ...config.")
-    prefixes the setting's name in the error message."""
-
-    def bad(name: str, value: Any, fix: str) -> SlurmConfigError:
-        return SlurmConfigError(f"{origin}{name}={value!r} is not valid; {fix}")
-
-    raw_cpus = values["cpus"]
-    try:
-        cpus = int(str(raw_cpus).strip())
-    except ValueError:
-        raise bad("cpus", raw_cpus, "use a whole number of CPUs, e.g. 2") from None
-    if not 1 <= cpus <= 4096:
-        raise bad("cpus", raw_cpus, "use a whole number of CPUs between 1 and 4096")
-    mem = str(values["mem"]).strip()
-    if not _MEM.match(mem):
-        raise bad("mem", values["mem"], "use a Slurm memory size such as 512M or 4G (K, M, G or T; above 0)")
-    limit = str(values["time"]).strip()
-    if not _TIME.match(limit):
-        raise bad("time", values["time"], "use a Slurm time limit such as 30, 01:30:00 or 1-12:00:00")
-    kind = str(values.get("kind") or "training").strip()
-    if kind not in KINDS:
-        raise bad("kind", values.get("kind"), f"use one of {', '.join(KINDS)} (it picks the log directory)")
-    partition = values.get("partition")
-    if partition not in (None, "") and not _PARTITION.match(str(partition)):
-        raise bad("partition", partition, "use a partition name (letters, digits, '_', '-', '.')")
-    gres = values.get("gres")
-    if gres not in (None, "") and not _GRES.match(str(gres)):
-        raise bad("gres", gres, "use a Slurm GRES such as gpu:1 or gpu:a100:2")
-    return SlurmResources(
-        cpus=cpus,
-        mem=mem.upper(),
-        time=limit,
-        kind=kind,
-        partition=str(partition) if partition else None,
-        gres=str(gres) if gres else None,
-    )
-
-
-def render_batch_script(
-    *,
-    run_id: str,
-    job_name: str,
-    resources: SlurmResources,
-    log_dir: Path,
-    working_directory: Path,
-    exports: Mapping[str, str],
-    passed_by_name: Sequence[str],
-    command: Sequence[str],
-    python_executable: str,
-) -> str:
-    """The batch script for one run (template: design document 004, "Evaluation Job Template")."""
-    kind_dir = log_dir / resources.kind
-    directives = [
-        f"--job-name={job_name}",
-        f"--output={kind_dir}/%j.log",
-        f"--error={kind_dir}/%j.err",
-        f"--time={resources.time}",
-        f"--mem={resources.mem}",
-        f"--cpus-per-task={resources.cpus}",
-        "--ntasks=1",
-        # Requeueing would start a second worker for a run Dagster already counts as started.
-        "--no-requeue",
-    ]
-    if resources.partition:
-        directives.append(f"--partition={resources.partition}")
-    if resources.gres:
-        directives.append(f"--gres={resources.gres}")
-    lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives)]
-    lines += [
-        f"# Dagster run {run_id}; written by launcher.slurm_launcher.SlurmRunLauncher.",
-        "# Only the variables below reach the job; "
-        + (f"{', '.join(passed_by_name)} are passed by name (sbatch --export)." if passed_by_name else ""),
-        f"cd {shlex.quote(str(working_directory))} || exit 1",
-    ]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
-    finish = shlex.join(
-        [python_executable, "-m", "launcher.slurm_launcher", "finish", "--run-id", run_id, "--job-id"]
-    )
-    lines += [
-        "",
-        "finish() {  # Slurm's figures for this job onto the Dagster run; never changes the job's result",
-        f'    {finish} "$SLURM_JOB_ID" --exit-code "$1" "${{@:2}}" || true',
-        "}",
-        "# scancel and the time limit send SIGTERM to every process of the job: the run worker records",
-        "# the interruption itself, then the figures are attached before Slurm's KillWait runs out.",
-        "on_term() {",
-        '    wait "$worker"',
-        "    finish 143 --terminated",
-        "    exit 143",
-        "}",
-        "trap on_term TERM",
-        f"{shlex.join(command)} &",
-        "worker=$!",
-        'wait "$worker"',
-        "status=$?",
-        'finish "$status"',
-        'exit "$status"',
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def job_figures(job: SlurmJob, state: str | None = None, max_rss: str | None = None) -> dict[str, str]:
-    """Run tags for Slurm's own account of the job."""
-    figures = {
-        "slurm/state": state or job.state,
-        "slurm/elapsed": job.elapsed,
-        "slurm/cpus_alloc": str(job.cpus) if job.cpus is not None else None,
-        "slurm/mem_req": job.mem,
-        "slurm/max_rss": max_rss or job.max_rss,
-        "slurm/exit_code": job.exit_code,
-    }
-    return {key: value for key, value in figures.items() if value}
-
-
-def _figures_message(job_id: str, figures: Mapping[str, str]) -> str:
-    parts = [f"{key.split('/', 1)[1]} {value}" for key, value in figures.items() if key != "slurm/state"]
-    return f"Slurm job {job_id} {figures.get('slurm/state', '?')}: " + ", ".join(parts)
-
-
-def stderr_hints(path: str | os.PathLike[str] | None, limit: int = 3) -> list[str]:
-    """The last slurmstepd lines of a job's stderr (memory-limit kills, time limits, cancellations)."""
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(fh.tell() - 65536, 0))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    hits = [line.strip() for line in tail.splitlines() if _STEPD_LINE.search(line)]
-    unique = list(dict.fromkeys(hits))
-    return unique[-limit:]
 
 
 class SlurmRunLauncher(RunLauncher, ConfigurableClass):
@@ -355,7 +199,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
 
     def routes_to_slurm(self, run: DagsterRun) -> tuple[bool, str | None]:
         """(send to Slurm?, note for the run's log when a tagged run stays local)."""
-        tagged = run.tags.get(COMPUTE_TAG) == "slurm"
+        tagged = run.tags.get(COMPUTE_TAG) == COMPUTE_SLURM
         if self.route == "all":
             return True, None
         if self.route == "none":
@@ -386,7 +230,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         return validate_resources({**values, **overrides}, "run tag slurm/")
 
     def resolved_log_dir(self) -> Path:
-        return Path(self.log_dir) if self.log_dir else default_shared_drive() / "logs"
+        return Path(self.log_dir) if self.log_dir else DriveLayout.at().logs_root()
 
     def _exports(self) -> tuple[dict[str, str], list[str]]:
         """(values written into the script, names passed by sbatch --export from this process)."""
@@ -486,7 +330,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         log_path = kind_dir / f"{job_id}.log"
         try:
             self._instance.add_run_tags(
-                run.run_id, {JOB_ID_TAG: job_id, LOG_TAG: str(log_path), SCRIPT_TAG: str(script_path)}
+                run.run_id, {SLURM_JOB_ID_TAG: job_id, SLURM_LOG_TAG: str(log_path), SLURM_SCRIPT_TAG: str(script_path)}
             )
         except Exception:
             # A job Dagster cannot find again would run unmonitored: take it back.
@@ -522,7 +366,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if not run or run.is_finished:
             return False
-        job_id = run.tags.get(JOB_ID_TAG)
+        job_id = run.tags.get(SLURM_JOB_ID_TAG)
         if not job_id:
             return self._local.terminate(run_id)
         self._instance.report_run_canceling(run)
@@ -543,7 +387,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        job_id = run.tags.get(JOB_ID_TAG)
+        job_id = run.tags.get(SLURM_JOB_ID_TAG)
         if not job_id:
             # Local runs: DefaultRunLauncher offers no worker check; leave them to run timeouts.
             return CheckRunHealthResult(WorkerStatus.RUNNING, "local run worker (not a Slurm job); not checked")
@@ -592,29 +436,29 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"{job.describe()} (state not understood)")
 
     def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
-        job_id = run.tags.get(JOB_ID_TAG)
+        job_id = run.tags.get(SLURM_JOB_ID_TAG)
         if not job_id:
             return None
         job = self._job_or_none(job_id)
         if job is None:
             return f"Slurm job {job_id}: not found"
         hints = stderr_hints(job.stderr or self._stderr_path(run))
-        return job.describe() + (f"; log {run.tags.get(LOG_TAG)}" if run.tags.get(LOG_TAG) else "") + (
+        return job.describe() + (f"; log {run.tags.get(SLURM_LOG_TAG)}" if run.tags.get(SLURM_LOG_TAG) else "") + (
             "; job stderr: " + " | ".join(hints) if hints else ""
         )
 
     @staticmethod
     def _stderr_path(run: DagsterRun) -> str | None:
-        log = run.tags.get(LOG_TAG)
+        log = run.tags.get(SLURM_LOG_TAG)
         return str(Path(log).with_suffix(".err")) if log else None
 
     def _record_figures(self, run: DagsterRun, job: SlurmJob) -> None:
-        if run.tags.get("slurm/state"):
+        if run.tags.get(SLURM_STATE_TAG):
             return  # the batch script's footer already recorded them
         figures = job_figures(job)
         self._instance.add_run_tags(run.run_id, figures)
         self._instance.report_engine_event(
-            _figures_message(job.job_id, figures), run, EngineEventData(metadata=dict(figures)), cls=self.__class__
+            figures_message(job.job_id, figures), run, EngineEventData(metadata=dict(figures)), cls=self.__class__
         )
 
     def join(self, timeout: int = 30) -> None:
@@ -623,55 +467,3 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
     def dispose(self) -> None:
         self._local.dispose()
 
-
-def record_job_end(
-    instance: dg.DagsterInstance,
-    run_id: str,
-    job_id: str,
-    exit_code: int,
-    terminated: bool,
-    client: SlurmClient | None = None,
-) -> dict[str, str]:
-    """Footer of every batch script: tag the run with Slurm's figures for its job and log them."""
-    client = client or SlurmClient(retries=1)
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        raise SystemExit(f"run {run_id} not found in the instance at {instance.root_directory}")
-    job = client.show_job(job_id) or SlurmJob(job_id=job_id, state="UNKNOWN", source="none")
-    max_rss = None if terminated else client.step_max_rss(job_id)
-    if terminated:
-        # The job is COMPLETING here; its reason (or slurmstepd's note in stderr) says why.
-        hints = " ".join(stderr_hints(job.stderr, limit=5)).upper()
-        if (job.reason or "") == "TimeLimit" or "TIME LIMIT" in hints:
-            state = "TIMEOUT"
-        elif "PREEMPT" in (job.reason or "").upper() or "PREEMPTION" in hints:
-            state = "PREEMPTED"
-        else:
-            state = "CANCELLED"
-    else:
-        state = "COMPLETED" if exit_code == 0 else "FAILED"
-    figures = job_figures(job, state=state, max_rss=max_rss)
-    figures["slurm/exit_code"] = str(exit_code)
-    instance.add_run_tags(run_id, figures)
-    instance.report_engine_event(
-        _figures_message(job_id, figures), run, EngineEventData(metadata=dict(figures)), cls=SlurmRunLauncher
-    )
-    return figures
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.slurm_launcher")
-    sub = parser.add_subparsers(dest="command", required=True)
-    finish = sub.add_parser("finish", help="attach Slurm's figures for a job to its Dagster run")
-    finish.add_argument("--run-id", required=True)
-    finish.add_argument("--job-id", required=True)
-    finish.add_argument("--exit-code", type=int, required=True)
-    finish.add_argument("--terminated", action="store_true", help="the job was signalled (scancel / time limit)")
-    args = parser.parse_args(argv)
-    with dg.DagsterInstance.get() as instance:
-        record_job_end(instance, args.run_id, args.job_id, args.exit_code, args.terminated)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

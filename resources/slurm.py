@@ -11,9 +11,17 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
+
+from resources.slurm_jobs import (
+    SlurmJob,
+    base_state,
+    int_or_none,
+    job_from_jobcomp,
+    job_from_scontrol,
+    larger_size,
+    parse_key_values,
+)
 
 # (argv, timeout seconds, environment) -> finished process; subprocess.run in production.
 Runner = Callable[[Sequence[str], float, Mapping[str, str] | None], subprocess.CompletedProcess]
@@ -31,31 +39,7 @@ TRANSIENT_MARKERS = (
     "slurmctld not responding",
 )
 
-# Base job states; scontrol/sacct may append qualifiers ("CANCELLED by 0", "COMPLETING+").
-PENDING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
-ACTIVE_STATES = frozenset(
-    {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT", "POWER_UP_NODE"}
-)
-FAILED_STATES = frozenset(
-    {
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "REVOKED",
-        "SPECIAL_EXIT",
-    }
-)
-TERMINAL_STATES = FAILED_STATES | {"COMPLETED"}
-
 _JOB_ID = re.compile(r"^\d+(_\d+)?(\+\d+)?$")
-# key=value pairs of scontrol/jobcomp lines; values may contain spaces (job names, paths),
-# so a pair ends where the next " Key=" begins.
-_PAIR_SPLIT = re.compile(r" +(?=[A-Za-z][A-Za-z0-9_:/]*=)")
 
 
 class SlurmError(RuntimeError):
@@ -68,139 +52,6 @@ class SlurmError(RuntimeError):
         self.transient = transient
         status = "timed out" if returncode is None else f"exit {returncode}"
         super().__init__(f"`{' '.join(self.command)}` failed ({status}): {self.stderr or '(no stderr)'}")
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    """What Slurm knows about one job; `source` says which command or record answered."""
-
-    job_id: str
-    state: str
-    source: str
-    reason: str | None = None
-    exit_code: str | None = None
-    elapsed: str | None = None
-    time_limit: str | None = None
-    cpus: int | None = None
-    mem: str | None = None
-    max_rss: str | None = None
-    node: str | None = None
-    partition: str | None = None
-    name: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    @property
-    def is_failed(self) -> bool:
-        return self.state in FAILED_STATES
-
-    def describe(self) -> str:
-        """One line for run logs: `Slurm job 12 TIMEOUT (reason TimeLimit, exit 0:15, ...)`."""
-        details = [
-            f"{label} {value}"
-            for label, value in (
-                ("reason", self.reason if self.reason not in (None, "None") else None),
-                ("exit", self.exit_code),
-                ("elapsed", self.elapsed),
-                ("time limit", self.time_limit),
-                ("cpus", self.cpus),
-                ("mem", self.mem),
-                ("node", self.node),
-            )
-            if value not in (None, "")
-        ]
-        return f"Slurm job {self.job_id} {self.state}" + (f" ({', '.join(details)})" if details else "")
-
-
-def base_state(state: str) -> str:
-    """`CANCELLED by 0` / `COMPLETING+` / `cancelled` -> `CANCELLED` / `COMPLETING`."""
-    return state.strip().split(" ")[0].rstrip("+").upper()
-
-
-def parse_key_values(line: str) -> dict[str, str]:
-    """Parse `Key=value Key2=value with spaces ...` as printed by `scontrol -o` and jobcomp/filetxt."""
-    pairs: dict[str, str] = {}
-    for chunk in _PAIR_SPLIT.split(line.strip()):
-        key, sep, value = chunk.partition("=")
-        if sep:
-            pairs[key] = value.strip()
-    return pairs
-
-
-def _tres_value(tres: str | None, key: str) -> str | None:
-    for item in (tres or "").split(","):
-        name, _, value = item.partition("=")
-        if name == key:
-            return value
-    return None
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def format_seconds(seconds: float) -> str:
-    """Slurm's elapsed format: `[D-]HH:MM:SS`."""
-    seconds = max(int(round(seconds)), 0)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{days}-{clock}" if days else clock
-
-
-def _elapsed_between(start: str | None, end: str | None) -> str | None:
-    try:
-        return format_seconds((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-def job_from_scontrol(fields: Mapping[str, str]) -> SlurmJob:
-    return SlurmJob(
-        job_id=fields.get("JobId", ""),
-        state=base_state(fields.get("JobState", "UNKNOWN")),
-        source="scontrol",
-        reason=fields.get("Reason"),
-        exit_code=fields.get("ExitCode"),
-        elapsed=fields.get("RunTime"),
-        time_limit=fields.get("TimeLimit"),
-        cpus=_int_or_none(fields.get("NumCPUs")),
-        mem=_tres_value(fields.get("TRES") or fields.get("ReqTRES"), "mem") or fields.get("MinMemoryNode"),
-        node=fields.get("NodeList") if fields.get("NodeList") not in (None, "(null)") else None,
-        partition=fields.get("Partition"),
-        name=fields.get("JobName"),
-        stdout=fields.get("StdOut"),
-        stderr=fields.get("StdErr"),
-        raw=dict(fields),
-    )
-
-
-def job_from_jobcomp(fields: Mapping[str, str]) -> SlurmJob:
-    limit = fields.get("TimeLimit")
-    return SlurmJob(
-        job_id=fields.get("JobId", ""),
-        state=base_state(fields.get("JobState", "UNKNOWN")),
-        source="jobcomp",
-        exit_code=fields.get("ExitCode"),
-        elapsed=_elapsed_between(fields.get("StartTime"), fields.get("EndTime")),
-        # jobcomp/filetxt writes the limit in minutes.
-        time_limit=format_seconds(int(limit) * 60) if limit and limit.isdigit() else limit,
-        cpus=_int_or_none(fields.get("ProcCnt")) or _int_or_none(_tres_value(fields.get("Tres"), "cpu")),
-        mem=_tres_value(fields.get("Tres"), "mem"),
-        node=fields.get("NodeList") or None,
-        partition=fields.get("Partition"),
-        name=fields.get("Name"),
-        raw=dict(fields),
-    )
 
 
 def _default_runner(args: Sequence[str], timeout: float, env: Mapping[str, str] | None) -> subprocess.CompletedProcess:
@@ -355,7 +206,7 @@ class SlurmClient:
                     reason=reason or None,
                     elapsed=elapsed or None,
                     time_limit=limit or None,
-                    cpus=_int_or_none(cpus),
+                    cpus=int_or_none(cpus),
                     mem=mem or None,
                     node=node or None,
                     partition=partition or None,
@@ -438,7 +289,7 @@ class SlurmClient:
                     exit_code=parts[2] or None,
                     elapsed=parts[3] or None,
                     time_limit=parts[4] or None,
-                    cpus=_int_or_none(parts[5]),
+                    cpus=int_or_none(parts[5]),
                     mem=parts[6] or None,
                     node=parts[8] or None,
                     partition=parts[9] or None,
@@ -446,7 +297,7 @@ class SlurmClient:
                 )
             elif parts[7]:
                 # MaxRSS is reported per step; the job's peak is the largest step peak.
-                max_rss = _larger_size(max_rss, parts[7])
+                max_rss = larger_size(max_rss, parts[7])
         if job is not None and max_rss:
             job = SlurmJob(**{**job.__dict__, "max_rss": max_rss})
         return job
@@ -485,23 +336,3 @@ class SlurmClient:
 def is_transient(stderr: str) -> bool:
     text = stderr.lower()
     return any(marker in text for marker in TRANSIENT_MARKERS)
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGTP]?)$", re.IGNORECASE)
-_UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-
-
-def size_bytes(value: str) -> float | None:
-    """`183M` -> bytes (Slurm's binary units; a bare number is bytes)."""
-    match = _SIZE.match(value.strip())
-    if not match:
-        return None
-    number, unit = match.groups()
-    return float(number) * _UNIT[unit.upper()]
-
-
-def _larger_size(current: str | None, candidate: str) -> str:
-    if current is None:
-        return candidate
-    a, b = size_bytes(current), size_bytes(candidate)
-    return candidate if a is not None and b is not None and b > a else current

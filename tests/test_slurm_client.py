@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.slurm import SlurmClient, SlurmError, _reverse_lines, parse_key_values
+from resources.slurm import SlurmClient, SlurmError, _reverse_lines
+from resources.slurm_jobs import parse_key_values
 from tests.slurm_support import harness
 
 CONTROLLER_DOWN = "squeue: error: Unable to contact slurm controller (connect failure)"

@@ -22,16 +22,13 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test
 from dagster._serdes import deserialize_value
 
-from resources.slurm import SlurmError, SlurmJob
-from launcher.slurm_launcher import (
-    COMPUTE_TAG,
-    JOB_ID_TAG,
-    RESOURCE_TAGS,
-    SlurmConfigError,
-    SlurmRunLauncher,
-    record_job_end,
-    validate_resources,
-)
+from resources.slurm import SlurmError
+from resources.slurm_jobs import SlurmJob
+from core.tags import COMPUTE_TAG, SLURM_RESOURCE_TAGS as RESOURCE_TAGS
+from core.tags import SLURM_JOB_ID_TAG as JOB_ID_TAG
+from launcher.batch_script import SlurmConfigError, validate_resources
+from launcher.job_end import record_job_end
+from launcher.slurm_launcher import SlurmRunLauncher
 from core.drive import PROJECT_ROOT
 
 SLURM = {"mlgraph/compute": "slurm"}
@@ -575,10 +572,8 @@ def test_bad_launcher_settings_are_rejected_with_the_setting_named(config, messa
 
 
 def test_job_tag_helper_speaks_the_launchers_tags(instance, client, local):
-    from core.tags import COMPUTE_TAG as JOBS_COMPUTE_TAG
     from core.tags import slurm_tags
 
-    assert JOBS_COMPUTE_TAG == COMPUTE_TAG
     tags = slurm_tags(cpus=3, mem="2G", time="00:30:00", kind="evaluation")
     assert set(tags) - {COMPUTE_TAG} <= set(RESOURCE_TAGS)
     launcher = make_launcher(instance, client, local)
