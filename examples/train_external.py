@@ -5,7 +5,7 @@
 Reads the experiment's train split from `$SHARED_DRIVE/datasets/{experiment}/train.parquet` (written
 by the data assets), saves `models/{experiment}/checkpoints/<id>/final/` (model.pt + metadata.json:
 architecture, feature columns, preprocessing statistics) and writes
-`models/{experiment}/.training_complete` through `trainer_hook.hook.signal_training_complete`. The
+`models/{experiment}/.training_complete` through `trainer_hook.signal_training_complete`. The
 training_complete_sensor then evaluates the checkpoint, and the eval_complete_sensor analyzes it.
 Prints a JSON summary; exits 0 when the signal was written, 2 when training succeeded but the signal
 was not, 1 when training failed.
