@@ -25,8 +25,11 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest
 
+# The daemon that `dagster dev` starts runs the automation sensors (on by default): whatever is missing or
+# outdated for a registered experiment is materialized, heavy runs on Slurm when sbatch is on PATH.
 ui: venv
 	$(BIN)/mlgraph init
+	@echo "automation on: new or changed experiments materialize by themselves (Automation tab; pipeline_assets/automation.py)"
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 mlflow-ui: venv

@@ -16,7 +16,6 @@ CASES = {
     "python_startup": "pass",
     "import_dagster (baseline)": "import dagster",
     "import_trainer_hook (GPU machine)": "import trainer_hook, sys; assert 'dagster' not in sys.modules",
-    "import_pipeline_assets": "import pipeline_assets",
     "load_code_location (defs)": "from pipeline_assets.definitions import defs; defs.resolve_asset_graph()",
     "import_torch (avoided)": "import torch",
     "import_mlflow (avoided)": "import mlflow",

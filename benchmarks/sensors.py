@@ -30,11 +30,16 @@ if str(ROOT) not in sys.path:
 import dagster as dg  # noqa: E402
 import yaml  # noqa: E402
 
+from core.atomic import atomic_write_text  # noqa: E402
+from core.drive import DriveLayout  # noqa: E402
+from core.hashing import sha256_file  # noqa: E402
+from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
 from resources.experiments import ExperimentCatalog  # noqa: E402
 from resources.storage import SharedDrive  # noqa: E402
-from core.atomic import atomic_write_text
-from sensors.signal_sensors import MAX_SIGNALS_PER_TICK, SignalCursor, build_signal_sensors, plan_tick  # noqa: E402
-from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
+from core.tags import DAGSTER_RUN_KEY_TAG  # noqa: E402
+from sensors.signal_scan import MAX_SIGNALS_PER_TICK, SignalCursor, plan_tick  # noqa: E402
+from sensors.signal_scan import run_key as run_key_of  # noqa: E402
+from sensors.signal_sensors import build_signal_sensors  # noqa: E402
 
 TARGET_TICK_S = 2.0
 
@@ -44,17 +49,22 @@ def build_drive(drive: Path, config_dir: Path, n: int) -> list[str]:
     template = (ROOT / "config" / "experiments" / "salary.yaml").read_text()
     (config_dir / "experiments").mkdir(parents=True)
     names = [f"exp{i:05d}" for i in range(n)]
+    layout = DriveLayout(drive)
     for name in names:
         (config_dir / "experiments" / f"{name}.yaml").write_text(template.replace("name: salary", f"name: {name}"))
-        ckpt = drive / "models" / name / "checkpoints" / "ck" / "final"
+        ckpt = checkpoint_dir(drive, name)
         ckpt.mkdir(parents=True)
-        (drive / "models" / name / ".training_complete").write_text(json.dumps({
+        layout.training_complete_signal(name).write_text(json.dumps({
             "timestamp": "2025-09-30T14:32:15Z", "experiment": name, "checkpoint_path": str(ckpt),
             "hostname": "bench", "user": "bench"}))
-        (drive / "evaluation" / name).mkdir(parents=True)
-        (drive / "evaluation" / name / ".eval_complete").write_text(json.dumps({
+        layout.evaluation_dir(name).mkdir(parents=True)
+        layout.eval_complete_signal(name).write_text(json.dumps({
             "timestamp": "2025-09-30T15:00:00Z", "experiment": name, "job_id": "1", "status": "complete"}))
     return names
+
+
+def checkpoint_dir(drive: Path, name: str) -> Path:
+    return DriveLayout(drive).models_dir(name) / "checkpoints" / "ck" / "final"
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -86,16 +96,18 @@ def tick_benchmark(n: int, repeats: int) -> dict:
             cold_s, cold = timed(lambda: run(training, None), 1)
             assert len(cold.run_requests) == min(n, MAX_SIGNALS_PER_TICK), len(cold.run_requests)
             # The cursor once every signal has been handled.
-            handled = plan_tick(drive, "models", (TRAINING_COMPLETE,), SignalCursor(), 0, max_files=n).cursor.serialize()
+            layout = DriveLayout(drive)
+            handled = plan_tick(drive, layout.models_root(), (TRAINING_COMPLETE,), SignalCursor(), 0,
+                                max_files=n).cursor.serialize()
             steady_s, steady = timed(lambda: run(training, handled), repeats)
             assert steady.run_requests == []
             for name in names[:10]:
-                atomic_write_text(drive / "models" / name / ".training_complete", json.dumps({
+                atomic_write_text(layout.training_complete_signal(name), json.dumps({
                     "timestamp": "2025-10-01T00:00:00Z", "experiment": name, "hostname": "bench", "user": "bench",
-                    "checkpoint_path": str(drive / "models" / name / "checkpoints" / "ck" / "final")}))
+                    "checkpoint_path": str(checkpoint_dir(drive, name))}))
             new_s, new = timed(lambda: run(training, handled), repeats)
             assert len(new.run_requests) == 10
-            eval_handled = plan_tick(drive, "evaluation", (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0,
+            eval_handled = plan_tick(drive, layout.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0,
                                      max_files=n).cursor.serialize()
             eval_s, eval_steady = timed(lambda: run(evaluation, eval_handled), repeats)
             assert eval_steady.run_requests == []
@@ -129,8 +141,8 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
         (config_dir / "experiments" / "salary.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         (config_dir / "constraints.yaml").write_text((ROOT / "config" / "constraints.yaml").read_text())
         for i in range(n_dirs):
-            (drive / "models" / f"exp{i:05d}").mkdir(parents=True)
-            (drive / "evaluation" / f"exp{i:05d}").mkdir(parents=True)
+            DriveLayout(drive).models_dir(f"exp{i:05d}").mkdir(parents=True)
+            DriveLayout(drive).evaluation_dir(f"exp{i:05d}").mkdir(parents=True)
         env = {"SHARED_DRIVE": str(drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
         os.environ.update(env)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -151,10 +163,10 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
                                                       detect_git=False)
                     written = time.time()
                     assert result, result.error
-                    run_key = f"models/salary/.training_complete:{_sha(result.signal_path)}"
+                    run_key = run_key_of(drive, result.signal_path, sha256_file(result.signal_path))
 
                     def record(run_key: str = run_key):
-                        runs = instance.get_run_records(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}))
+                        runs = instance.get_run_records(filters=dg.RunsFilter(tags={DAGSTER_RUN_KEY_TAG: run_key}))
                         return runs[0] if runs and runs[0].start_time else None
 
                     rec = wait_for(record, 180, f"run for sample {i}", on_timeout=daemon.logs)
@@ -185,12 +197,6 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
         "daemon_training_sensor_tick_s": {"median": round(statistics.median(ticks), 3), "max": round(max(ticks), 3),
                                           "ticks": len(ticks)} if ticks else None,
     }
-
-
-def _sha(path: Path) -> str:
-    from core.signals import content_sha256
-
-    return content_sha256(path.read_bytes())
 
 
 def main() -> None:

@@ -35,6 +35,11 @@ def default_shared_drive() -> Path:
     return Path(os.environ.get(SHARED_DRIVE_ENV) or PROJECT_ROOT / ".shared").resolve()
 
 
+def checkpoint_source(checkpoint_id: str) -> str:
+    """The evaluation-store source of an external checkpoint: names its metric and prediction files."""
+    return f"checkpoint-{checkpoint_id}"
+
+
 def resolve_drive_root(root: str | os.PathLike[str] | None = None) -> Path:
     """An explicit root wins; otherwise `default_shared_drive()`."""
     return Path(root).resolve() if root else default_shared_drive()
@@ -162,6 +167,18 @@ class DrivePaths:
     def onnx_dir(self, experiment: str) -> Path:
         return self.models_dir(experiment) / "onnx"
 
+    def onnx_model_path(self, experiment: str) -> Path:
+        return self.onnx_dir(experiment) / "model.onnx"
+
+    def onnx_int8_model_path(self, experiment: str) -> Path:
+        return self.onnx_dir(experiment) / "model_int8.onnx"
+
+    def export_report_json(self, experiment: str) -> Path:
+        return self.onnx_dir(experiment) / "export_report.json"
+
+    def quantization_report_json(self, experiment: str) -> Path:
+        return self.onnx_dir(experiment) / "quantization_report.json"
+
     def training_complete_signal(self, experiment: str) -> Path:
         return self.models_dir(experiment) / TRAINING_COMPLETE
 
@@ -174,6 +191,10 @@ class DrivePaths:
 
     def predictions_path(self, experiment: str, dataset: str) -> Path:
         return self.evaluation_dir(experiment) / "predictions" / f"{dataset}.parquet"
+
+    def checkpoint_predictions(self, experiment: str, checkpoint_id: str, dataset: str = "test") -> Path:
+        """An external checkpoint's predictions (the trained candidates own {dataset}.parquet)."""
+        return self.predictions_path(experiment, f"{dataset}-{checkpoint_source(checkpoint_id)}")
 
     def eval_complete_signal(self, experiment: str) -> Path:
         return self.evaluation_dir(experiment) / EVAL_COMPLETE

@@ -52,7 +52,7 @@ def write_metrics(evaluation_dir: Path, records: Iterable[Mapping[str, Any]], so
         groups.setdefault((rec["dataset"], rec["metric"]), []).append(rec)
     written = []
     for (dataset, metric), rows in sorted(groups.items()):
-        directory = evaluation_dir / "metrics" / f"dataset={_safe('dataset', dataset)}" / f"metric={_safe('metric', metric)}"
+        directory = metrics_dir(evaluation_dir) / f"dataset={_safe('dataset', dataset)}" / f"metric={_safe('metric', metric)}"
         table = pa.Table.from_pylist(
             [{c: r[c] for c in METRIC_COLUMNS} for r in sorted(rows, key=lambda r: r["model"])],
             schema=METRIC_SCHEMA,
@@ -64,8 +64,15 @@ def write_metrics(evaluation_dir: Path, records: Iterable[Mapping[str, Any]], so
     return written
 
 
-def metrics_glob(evaluation_dir: Path) -> str:
-    return str(evaluation_dir / "metrics" / "*" / "*" / "*.parquet")
+def metrics_dir(evaluation_dir: Path) -> Path:
+    return evaluation_dir / "metrics"
+
+
+def metrics_glob(evaluation_dir: Path, dataset: str | None = None, source: str | None = None) -> str:
+    """Every metric file of one experiment, or only those of one dataset and/or one source."""
+    partition = f"dataset={_safe('dataset', dataset)}" if dataset else "*"
+    name = f"{_safe('source', source)}.parquet" if source else "*.parquet"
+    return str(metrics_dir(evaluation_dir) / partition / "*" / name)
 
 
 def read_metrics_sql(evaluation_dir: Path) -> str:

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.drive import PROJECT_ROOT
+from core.metrics import DEFAULT_SELECTION_METRIC
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -26,13 +27,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "classification": ("logistic_regression", "knn", "svm", "decision_tree", "random_forest"),
     "forecasting": ("gru", "lstm", "prophet", "seasonal_naive"),
 }
-DEFAULT_SELECTION_METRIC: dict[str, str] = {
-    "regression": "r2",
-    "classification": "roc_auc",
-    "forecasting": "composite",
-}
-# Metrics where lower is better; every other metric is maximised.
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "composite", "log_loss"})
 
 
 class ConfigError(ValueError):

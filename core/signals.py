@@ -5,7 +5,6 @@ drops on the shared drive for another. This module imports neither dagster nor a
 trainers load it through `trainer_hook.hook`.
 """
 
-import hashlib
 import json
 import re
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from core.experiment import EXPERIMENT_NAME_RE
 
 from core.drive import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: F401 - re-exported with the schemas
+# A signal's content hash (its run key) is core.hashing's; the old name stays for existing callers.
 # A signal carries metadata, never payload; anything larger is a mistake or an attack.
 MAX_SIGNAL_BYTES = 1 << 20
 _TEXT_LIMIT = 20_000
@@ -155,10 +155,6 @@ def resolve_checkpoint(drive: str | Path, raw: str, source: str | Path = "<signa
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def content_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _describe(exc: ValidationError) -> tuple[str, str]:

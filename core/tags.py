@@ -5,6 +5,7 @@ from __future__ import annotations
 # Routing: runs tagged `mlgraph/compute: slurm` go to the cluster (launcher.slurm_launcher).
 COMPUTE_TAG = "mlgraph/compute"
 COMPUTE_SLURM = "slurm"
+COMPUTE_LOCAL = "local"
 
 # Set by the Slurm run launcher when it submits a run.
 SLURM_JOB_ID_TAG = "slurm/job_id"
@@ -24,8 +25,12 @@ TAG_CONFIG_HASH = "mlgraph/config_hash"
 TAG_CHECKPOINT_ID = "mlgraph/checkpoint_id"
 TAG_CHECKPOINT_PATH = "mlgraph/checkpoint_path"
 TAG_EVAL_JOB_ID = "mlgraph/eval_job_id"
+TAG_EVAL_RUN_ID = "mlgraph/eval_run_id"
 TAG_MLFLOW_RUN_ID = "mlgraph/mlflow_run_id"
 TAG_TRAINING_MLFLOW_RUN_ID = "mlgraph/training_mlflow_run_id"
+
+# Dagster's own: the run key a sensor gave a run (looked up to avoid requesting the same run twice).
+DAGSTER_RUN_KEY_TAG = "dagster/run_key"
 
 
 def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:

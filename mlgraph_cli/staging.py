@@ -1,8 +1,12 @@
-"""Materialize the whole graph for some experiments, in-process, stage by stage.
+"""Materialize the graph for some experiments in-process, without a daemon: what `mlgraph demo` and tests run.
 
-A Dagster run targets one partitions definition, so the graph is cut into stages:
-experiment assets upstream of the constraint sweep, the experiment × constraint assets,
-then the experiment assets that read the sweep. `mlgraph demo` and the tests use this.
+The stage plan comes from the graph. A Dagster run targets one partitions definition, so each asset
+goes in the first stage after all its parents' stages, one stage later than a parent of another
+partitions definition: today that gives experiment assets upstream of the constraint sweep, the
+experiment × constraint assets, then the experiment assets that read the sweep. The assets are those
+automation keeps fresh (`pipeline_assets.automation.AUTOMATED`): not the signal-driven ones, which
+only a trainer's signal starts. Each experiment's source is observed first, as the daemon's
+`experiment_source_sensor` would, so a daemon started later finds the graph up to date.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from pipeline_assets.automation import AUTOMATED
+from pipeline_assets.data import sources
+from pipeline_assets.data.source_assets import source_observation
 from pipeline_assets.partitions import (
     constraint_partitions_def,
     experiment_constraint_partitions_def,
     experiment_partitions_def,
 )
+from resources.experiments import ExperimentCatalog
 
 
 @dataclass
@@ -36,36 +44,44 @@ class MaterializeSummary:
     partitions: set[str] = field(default_factory=set)
 
 
-# Assets that start from a trainer's signal file: the sensors run them, a batch materialization cannot.
-SIGNAL_DRIVEN_GROUPS = frozenset({"external"})
+STAGE_NAMES = {experiment_partitions_def: "experiment", experiment_constraint_partitions_def: "experiment x constraint"}
 
 
 def default_selection(graph) -> set[dg.AssetKey]:
-    """Every materializable asset except the signal-driven ones and what depends on them."""
-    keys = set(graph.materializable_asset_keys)
-    signal_driven = {k for k in keys if graph.get(k).group_name in SIGNAL_DRIVEN_GROUPS}
-    downstream = {k for k in keys if graph.get_ancestor_asset_keys(k) & signal_driven}
-    return keys - signal_driven - downstream
+    """What automation keeps fresh: every materializable asset but the signal-driven ones."""
+    return set(AUTOMATED.resolve(graph))
 
 
 def plan_stages(defs: dg.Definitions, selection: Iterable[dg.AssetKey] | None = None) -> list[StagePlan]:
+    """Stages in dependency order; one stage per run of a partitions definition (unpartitioned assets aside)."""
     graph = defs.resolve_asset_graph()
     wanted = set(selection) if selection is not None else default_selection(graph)
-    multi = {k for k in wanted if graph.get(k).partitions_def == experiment_constraint_partitions_def}
-    downstream_of_multi = set()
-    for key in wanted - multi:
-        if graph.get(key).partitions_def is None:
+    stage_of: dict[dg.AssetKey, int] = {}
+    for key in graph.toposorted_asset_keys:
+        if key not in wanted or graph.get(key).partitions_def is None:
             continue
-        if graph.get_ancestor_asset_keys(key) & multi:
-            downstream_of_multi.add(key)
-    before = wanted - multi - downstream_of_multi
-    unpartitioned = {k for k in before if graph.get(k).partitions_def is None}
-    stages = [
-        StagePlan("experiment", sorted(before - unpartitioned), multi=False),
-        StagePlan("experiment x constraint", sorted(multi), multi=True),
-        StagePlan("experiment (after sweep)", sorted(downstream_of_multi), multi=False),
-    ]
-    return [s for s in stages if s.keys]
+        own = graph.get(key).partitions_def
+        stage_of[key] = max(
+            (stage_of[p] + (graph.get(p).partitions_def != own) for p in graph.get(key).parent_keys if p in stage_of),
+            default=0,
+        )
+    stages: list[StagePlan] = []
+    for index, partitions_def in sorted({(i, graph.get(k).partitions_def) for k, i in stage_of.items()},
+                                        key=lambda pair: (pair[0], str(pair[1]))):
+        keys = sorted(k for k, i in stage_of.items() if i == index and graph.get(k).partitions_def == partitions_def)
+        if partitions_def not in STAGE_NAMES:
+            raise ValueError(f"{keys}: partitioned by {partitions_def}, which an experiment stage cannot run")
+        label = STAGE_NAMES[partitions_def]
+        name = f"{label} (after {stages[-1].name})" if any(s.name == label for s in stages) else label
+        stages.append(StagePlan(name, keys, multi=partitions_def == experiment_constraint_partitions_def))
+    return stages
+
+
+def observe_sources(instance: dg.DagsterInstance, experiments: list[str]) -> None:
+    """Record each experiment's source version, as experiment_source_sensor does in the daemon."""
+    catalog = ExperimentCatalog()
+    for name in experiments:
+        instance.report_runless_asset_event(source_observation(sources.source_version(catalog.load(name))))
 
 
 def materialize_experiments(
@@ -82,6 +98,7 @@ def materialize_experiments(
     missing = [e for e in experiments if e not in known]
     if missing:
         instance.add_dynamic_partitions(experiment_partitions_def.name, missing)
+    observe_sources(instance, experiments)
     job = defs.resolve_implicit_global_asset_job_def()
     constraint_keys = constraints or constraint_partitions_def.get_partition_keys()
     summary = MaterializeSummary()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipeline_assets import analysis, data, external, preprocessing, training
+from pipeline_assets import analysis, data, deployment, external, preprocessing, training
+from pipeline_assets.automation import automation_sensors, with_automation
+from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.jobs import JOBS
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -13,6 +15,7 @@ from resources.warehouse import Warehouse
 from sensors.experiments import experiment_config_sensor
 from sensors.mlflow_status import mlflow_run_canceled_sensor, mlflow_run_failure_sensor
 from sensors.signal_sensors import eval_complete_sensor, training_complete_sensor
+from sensors.sources import experiment_source_sensor
 
 # group name → subpackage; every module in a subpackage is scanned for assets and checks.
 ASSET_GROUPS = {
@@ -20,25 +23,40 @@ ASSET_GROUPS = {
     "preprocessing": preprocessing,
     "analysis": analysis,
     "training": training,
+    "deployment": deployment,
     "external": external,
 }
 
-defs = dg.Definitions(
-    assets=[
-        asset
+
+def _reads_experiment_source(spec: dg.AssetSpec) -> dg.AssetSpec:
+    # raw_dataset reads the files experiment_source observes: a new source version makes it stale.
+    if spec.key == dg.AssetKey("raw_dataset"):
+        return spec.merge_attributes(deps=[EXPERIMENT_SOURCE])
+    return spec
+
+
+ASSETS = with_automation(
+    [
+        asset.map_asset_specs(_reads_experiment_source) if isinstance(asset, dg.AssetsDefinition) else asset
         for group_name, package in ASSET_GROUPS.items()
         for asset in dg.load_assets_from_package_module(package, group_name=group_name, include_specs=True)
-    ],
+    ]
+)
+
+defs = dg.Definitions(
+    assets=ASSETS,
     asset_checks=[
         check for package in ASSET_GROUPS.values() for check in dg.load_asset_checks_from_package_module(package)
     ],
     jobs=JOBS,
     sensors=[
         experiment_config_sensor,
+        experiment_source_sensor,
         training_complete_sensor,
         eval_complete_sensor,
         mlflow_run_failure_sensor,
         mlflow_run_canceled_sensor,
+        *automation_sensors(),
     ],
     resources={
         "storage": SharedDrive(),

@@ -4,6 +4,12 @@ import dagster as dg
 
 from core.tags import slurm_tags
 
+# The heavy work, named once: these jobs and the automation runs of these assets carry SLURM_RUN_TAGS.
+TRAINING = dg.AssetSelection.groups("training")
+CONSTRAINT_SWEEP = dg.AssetSelection.assets("streaming_features", "constraint_run")
+ON_SLURM = TRAINING | CONSTRAINT_SWEEP
+SLURM_RUN_TAGS = slurm_tags(kind="training", cpus=2, mem="4G")
+
 data_job = dg.define_asset_job(
     "data_job",
     selection=dg.AssetSelection.groups("data"),
@@ -24,15 +30,15 @@ analysis_report_job = dg.define_asset_job(
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.groups("training"),
-    tags=slurm_tags(kind="training", cpus=2, mem="4G"),
+    selection=TRAINING,
+    tags=SLURM_RUN_TAGS,
     description="Train, cross-validate, evaluate and promote one experiment's candidate models.",
 )
 
 constraint_sweep_job = dg.define_asset_job(
     "constraint_sweep_job",
-    selection=dg.AssetSelection.assets("streaming_features", "constraint_run"),
-    tags=slurm_tags(kind="training", cpus=2, mem="4G"),
+    selection=CONSTRAINT_SWEEP,
+    tags=SLURM_RUN_TAGS,
     description="Streaming features and the probe model for one experiment × resource-constraint partition.",
 )
 

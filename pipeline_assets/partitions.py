@@ -8,12 +8,15 @@ import warnings
 import dagster as dg
 
 from core.experiment import load_constraint_grid
+from resources.experiments import ExperimentCatalog
 
 
 @functools.cache
 def constraint_keys() -> list[str]:
-    """Keys of config/constraints.yaml's grid; read once, when the code location is built."""
-    return [c.key for c in load_constraint_grid().constraints()]
+    """Keys of the grid in the configured config directory's constraints.yaml ($MLGRAPH_CONFIG_DIR, else
+    the project's config/); read once, when the code location is built, because a static partition set
+    is part of the definitions."""
+    return [c.key for c in load_constraint_grid(ExperimentCatalog().root / "constraints.yaml").constraints()]
 
 
 experiment_partitions_def = dg.DynamicPartitionsDefinition(name="experiment")

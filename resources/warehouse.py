@@ -4,11 +4,10 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import dagster as dg
-from pydantic import Field
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
-from core.drive import default_shared_drive
+from core.drive import DriveLayout
 
 
 class Warehouse(DuckDBResource):
@@ -22,7 +21,7 @@ class Warehouse(DuckDBResource):
     def database_path(self) -> str:
         if self.database:
             return self.database
-        path = default_shared_drive() / "state" / "warehouse.duckdb"
+        path = DriveLayout.at().warehouse_db()
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
 

@@ -1,7 +1,7 @@
 """Run-status sensors that make an MLflow parent run's final status match its Dagster run.
 
 The training steps end their parent run themselves (FAILED on error, FINISHED after the last training
-step; see pipeline_assets/training/assets.py). A step *after* them in the same Dagster run — a
+step; see pipeline_assets/training/mlflow_runs.py). A step *after* them in the same Dagster run — a
 deployment check, a crash outside the step — can still fail or cancel the run; these sensors, run by
 the daemon, then set the parent run FAILED or KILLED. In-process runs (CI, `mlgraph demo`) have no
 daemon and rely on the in-step handling alone.
@@ -9,7 +9,8 @@ daemon and rely on the in-step handling alone.
 
 import dagster as dg
 
-from pipeline_assets.training.assets import TRAINING_STEPS
+from core.tracking import reconcile_parent
+from pipeline_assets.training.mlflow_runs import ran_training
 from resources.tracking import MlflowTracking
 
 PARTITION_TAG = "dagster/partition"
@@ -18,12 +19,10 @@ PARTITION_TAG = "dagster/partition"
 def _ran_training(run: dg.DagsterRun) -> bool:
     selection = run.asset_selection
     # No explicit selection (None, or empty for op jobs): the whole job ran; let the MLflow lookup decide.
-    return not selection or any(key.to_user_string() in TRAINING_STEPS for key in selection)
+    return not selection or ran_training(key.to_user_string() for key in selection)
 
 
 def reconcile(context: dg.RunStatusSensorContext, tracking: MlflowTracking, status: str) -> dg.SkipReason | None:
-    from pipeline_assets.training.mlflow_runs import reconcile_parent
-
     run = context.dagster_run
     experiment = run.tags.get(PARTITION_TAG)
     if not experiment or not _ran_training(run):

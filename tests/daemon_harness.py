@@ -22,8 +22,13 @@ from core.drive import PROJECT_ROOT
 DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
 
 
-def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = None) -> Path:
-    """dagster.yaml (queued runs, the given launcher, run monitoring) and workspace.yaml under `home`."""
+# Instance-level switch for declarative automation. Its sensors are on by default in code; a test that
+# is not about automation turns them off here, or they would materialize every registered experiment.
+AUTOMATION_OFF: dict[str, Any] = {"enabled": False, "use_sensors": False}
+
+
+def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = None, automation: bool = False) -> Path:
+    """dagster.yaml (queued runs, the given launcher, run monitoring, automation on or off) and workspace.yaml."""
     home.mkdir(parents=True, exist_ok=True)
     config = {
         "telemetry": {"enabled": False},
@@ -36,6 +41,8 @@ def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = N
         "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "poll_interval_seconds": 5},
         "sensors": {"use_threads": True, "num_workers": 2},
     }
+    if not automation:
+        config["auto_materialize"] = AUTOMATION_OFF
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     workspace = home / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {

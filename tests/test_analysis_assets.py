@@ -7,6 +7,7 @@ import duckdb
 import pytest
 import yaml
 
+from core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
 from pipeline_assets.analysis.significance import COLUMNS as SIGNIFICANCE_COLUMNS
 from pipeline_assets.definitions import defs
 from mlgraph_cli.staging import materialize_experiments
@@ -60,9 +61,9 @@ def test_constraint_experiment_table_reports_and_warehouse(instance, shared_driv
     assert float(rows[1]["peak_memory_mb"]) > float(rows[0]["peak_memory_mb"])
     assert float(rows[0]["model_rmse"]) == pytest.approx(float(rows[1]["model_rmse"]), rel=1e-9)
 
-    combined = outputs.read_records(salary_sweep / "reports" / outputs.CHUNKS)
+    combined = outputs.read_records(salary_sweep / "reports" / STREAMING_CHUNKS_JSONL)
     assert {r["constraint"] for r in combined} == set(CONSTRAINTS)
-    profile = outputs.read_csv_rows(salary_sweep / "profiles" / outputs.PROFILE)
+    profile = outputs.read_csv_rows(salary_sweep / "profiles" / OPERATOR_PROFILE_CSV)
     assert list(profile[0]) == ["constraint", *outputs.PROFILE_COLUMNS]
     assert sum(1 for p in profile if p["constraint"] == "c2000-m256-p50") == 3  # 4800 train rows / 2000
 

@@ -7,7 +7,7 @@ Layers, bottom up (docs/architecture.md):
     2 resources       Dagster-facing adapters and the run launcher (resources/, launcher/)
     3 assets          assets, checks and the partitions they share (pipeline_assets/<group>/{assets,checks,*_assets}.py)
     4 orchestration   jobs, sensors, automation (pipeline_assets/jobs.py, sensors/)
-    5 definitions     the one `defs` (pipeline_assets/definitions.py, pipeline_assets/__init__.py)
+    5 definitions     the one `defs` (pipeline_assets/definitions.py)
     6 entry points    the CLI and what only it uses (mlgraph_cli/)
 
 The trainer-side hook (trainer_hook/) runs on GPU machines without Dagster: it may import only core.
@@ -45,7 +45,7 @@ def layer_of(module: str) -> int:
     if top == "mlgraph_cli":
         return 6
     if top == "pipeline_assets":
-        if module in ("pipeline_assets", "pipeline_assets.definitions"):
+        if module == "pipeline_assets.definitions":
             return 5
         if module in ORCHESTRATION_MODULES:
             return 4
@@ -129,6 +129,22 @@ def test_imports_only_point_down():
                     f"{target} ({LAYER_NAMES[layer_of(target)]})"
                 )
     assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
+
+
+def test_package_inits_import_nothing_above_their_lowest_module():
+    """Importing any module first runs its packages' `__init__`: an `__init__` that imports a higher
+    layer (say, the definitions) makes every module below it import upward, and cycles follow."""
+    offenders = []
+    for package, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        lowest = min(layer_of(m) for m in MODULES if m.startswith(package + ".")) if any(
+            m.startswith(package + ".") for m in MODULES) else layer_of(package)
+        offenders += [
+            f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target} ({LAYER_NAMES[layer_of(target)]})"
+            for line, target in imports_of(path, package) if layer_of(target) > lowest
+        ]
+    assert not offenders, offenders
 
 
 def test_core_and_domain_modules_do_not_import_dagster():

@@ -12,14 +12,15 @@ import pytest
 
 from mlgraph_cli.main import main
 from pipeline_assets.training.compare import filter_rows, render, run_rows, sort_rows
-from pipeline_assets.training.mlflow_runs import Tracker, with_retry
+from core.tracking import Tracker, with_retry
 from resources.tracking import MlflowTracking
 
 
-def _execution(tracker: Tracker, dagster_run_id: str, seed: int, auc: float, status: str, families: dict[str, float]) -> str:
+def _execution(tracker: Tracker, dagster_run_id: str, seed: int, auc: float, status: str, families: dict[str, float],
+               start_ms: int) -> str:
     parent, created = tracker.parent_run(
         dagster_run_id, f"exp-{dagster_run_id[:8]}", {"mlgraph.champion": max(families, key=families.get)},
-        {"seed": seed, "cv_folds": 5, "experiment": "exp"},
+        {"seed": seed, "cv_folds": 5, "experiment": "exp"}, start_time_ms=start_ms,
     )
     assert created
     for family, value in families.items():
@@ -28,8 +29,7 @@ def _execution(tracker: Tracker, dagster_run_id: str, seed: int, auc: float, sta
                     series=[("train_loss", 1.0 / epoch, epoch) for epoch in (1, 2, 3)])
         tracker.set_status(child, "FINISHED")
     tracker.log(parent, metrics={"test_roc_auc": auc})
-    time.sleep(0.01)  # distinct end times
-    tracker.set_status(parent, status)
+    tracker.set_status(parent, status, end_time_ms=start_ms + 1_000)
     return parent
 
 
@@ -37,8 +37,10 @@ def _execution(tracker: Tracker, dagster_run_id: str, seed: int, auc: float, sta
 def two_executions(shared_drive: Path) -> tuple[str, str]:
     tracking = MlflowTracking()
     tracker = tracking.tracker("exp")
-    first = _execution(tracker, "aaaaaaaa-1111", 1, 0.71, "FINISHED", {"svm": 0.70, "knn": 0.71})
-    second = _execution(tracker, "bbbbbbbb-2222", 2, 0.83, "FAILED", {"svm": 0.83, "knn": 0.60})
+    # Explicit, distinct start and end times: the executions' order never depends on the clock.
+    start = int(time.time() * 1000) - 60_000
+    first = _execution(tracker, "aaaaaaaa-1111", 1, 0.71, "FINISHED", {"svm": 0.70, "knn": 0.71}, start)
+    second = _execution(tracker, "bbbbbbbb-2222", 2, 0.83, "FAILED", {"svm": 0.83, "knn": 0.60}, start + 10_000)
     return first, second
 
 
@@ -124,6 +126,69 @@ def test_lock_errors_are_retried_and_others_are_not() -> None:
     assert len(calls) == 1
 
 
+class _Racing:
+    """An MlflowClient whose first experiment lookup misses and whose create fails with `error`."""
+
+    def __init__(self, error: Exception, exists_after: bool = True):
+        self.error, self.exists_after, self.lookups = error, exists_after, 0
+
+    def get_experiment_by_name(self, name: str):
+        from types import SimpleNamespace
+
+        self.lookups += 1
+        return SimpleNamespace(experiment_id="7") if self.lookups > 1 and self.exists_after else None
+
+    def create_experiment(self, name: str, artifact_location: str) -> str:
+        raise self.error
+
+
+def test_ensure_experiment_takes_only_already_exists_for_a_creation_race() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_ALREADY_EXISTS
+
+    from core.tracking import ensure_experiment
+
+    race = MlflowException("Experiment(name=mlgraph/exp) already exists.", error_code=RESOURCE_ALREADY_EXISTS)
+    assert ensure_experiment(_Racing(race), "mlgraph/exp", "file:///drive/mlflow-artifacts/exp") == "7"
+    # Any other error is the caller's to see, even when the experiment exists by the time we look again.
+    denied = MlflowException("no write access to the artifact root", error_code=PERMISSION_DENIED)
+    for error in (denied, RuntimeError("disk full")):
+        with pytest.raises(type(error), match="artifact root|disk full"):
+            ensure_experiment(_Racing(error), "mlgraph/exp", "file:///drive/mlflow-artifacts/exp")
+    # A race whose winner then vanished is not papered over either.
+    with pytest.raises(MlflowException, match="already exists"):
+        ensure_experiment(_Racing(race, exists_after=False), "mlgraph/exp", "file:///x")
+
+
+def test_ensure_experiment_survives_a_real_creation_race(shared_drive: Path) -> None:
+    tracking = MlflowTracking()
+    real = tracking.client()
+
+    class Loser:
+        """Another process creates the experiment between this client's lookup and its create."""
+
+        first = True
+
+        def get_experiment_by_name(self, name: str):
+            if self.first:
+                self.first = False
+                real.create_experiment(name)
+                return None
+            return real.get_experiment_by_name(name)
+
+        def create_experiment(self, name: str, artifact_location: str) -> str:
+            return real.create_experiment(name, artifact_location=artifact_location)
+
+    from core.tracking import artifact_location, ensure_experiment
+
+    name = tracking.experiment_name("raced")
+    experiment_id = ensure_experiment(Loser(), name, artifact_location("raced"))
+    assert experiment_id == real.get_experiment_by_name(name).experiment_id
+    assert tracking.ensure_experiment("raced") == experiment_id
+    created = real.get_experiment(tracking.ensure_experiment("exp"))
+    assert created.artifact_location == (shared_drive / "mlflow-artifacts" / "exp").resolve().as_uri()
+
+
 def test_failure_sensor_corrects_a_finished_parent_run(shared_drive: Path, instance) -> None:
     import dagster as dg
 
@@ -158,7 +223,7 @@ def test_failure_sensor_corrects_a_finished_parent_run(shared_drive: Path, insta
 WRITER = """
 import sys
 from mlflow.tracking import MlflowClient
-from pipeline_assets.training.mlflow_runs import Tracker
+from core.tracking import Tracker
 
 uri, experiment_id, worker = sys.argv[1], sys.argv[2], sys.argv[3]
 tracker = Tracker(MlflowClient(tracking_uri=uri), experiment_id)

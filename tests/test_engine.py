@@ -2,7 +2,7 @@
 
 import json
 import math
-import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,20 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline_assets.data.generators import write_dataset
-from pipeline_assets.preprocessing import engine
+from pipeline_assets.preprocessing import engine, spill
 from pipeline_assets.preprocessing.compute import compute_cap, threads_for
-from pipeline_assets.preprocessing.engine import EngineInputError, EngineOptions, MemoryLimitError
-from pipeline_assets.preprocessing.operators import (
-    GramAccumulator,
-    Roles,
-    StatisticsAccumulator,
-    _normalize_table,
-    encode_scale,
-    feature_engineering,
-    feature_selection,
-    finish_selection,
-    preprocess,
-)
+from pipeline_assets.preprocessing.fitting import GramAccumulator, StatisticsAccumulator, finish_selection
+from pipeline_assets.preprocessing.normalized import Roles, normalize_table
+from pipeline_assets.preprocessing.operators import encode_scale, feature_engineering, feature_selection, preprocess
+from pipeline_assets.preprocessing.options import MB, EngineInputError, EngineOptions, MemoryLimitError
 from core.hashing import canonical_json
 from core.drive import PROJECT_ROOT
 
@@ -42,7 +34,7 @@ def fit_of(table: pa.Table, options: EngineOptions):
     """The fit the engine's batch mode computes, step by step (statistics, then selection)."""
     roles = Roles.of(table.schema, options, "test")
     target_type = pa.float64() if options.task != "classification" else table.schema.field(options.target).type
-    normalized = _normalize_table(table, roles, options.task)
+    normalized = normalize_table(table, roles, options.task)
     stats = StatisticsAccumulator(roles, options, target_type, "test")
     stats.add(normalized)
     fit = stats.finish()
@@ -187,34 +179,51 @@ def test_streaming_equals_batch_property(case):
     assert report["passed"], report
     assert streaming.rows_out == sum(t is not None for t in table["y"].to_pylist())
 
+# One thread: no read-ahead thread allocates while a chunk is measured, so a chunk's measured
+# memory is the same from run to run and a limit set from one run holds for the next.
+ONE_THREAD = 1e-6
+
 
 def test_memory_limit_halves_oversized_chunks_and_retries(salary_files):
-    free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000)
-    biggest = max(r["memory_mb"] for r in free.records)
+    free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000, compute_limit=ONE_THREAD)
+    biggest = max(r.memory_mb for r in free.records)
     limit = 0.7 * biggest
-    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000, memory_limit_mb=limit, collect=True)
-    exceeded = [r for r in limited.records if r["memory_exceeded"]]
-    accepted = [r for r in limited.records if not r["memory_exceeded"]]
+    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000, memory_limit_mb=limit,
+                                   compute_limit=ONE_THREAD, collect=True)
+    exceeded = [r for r in limited.records if r.memory_exceeded]
+    accepted = [r for r in limited.records if not r.memory_exceeded]
     # Calibrated on two dry runs, the engine halves chunks that would exceed before reading them.
-    assert exceeded and all(r["memory_mb"] > limit for r in exceeded)
-    assert any(r["predicted"] for r in exceeded)
-    assert all(r["memory_mb"] <= limit for r in accepted)
-    assert any(r["retries"] >= 1 for r in accepted)
+    assert exceeded and all(r.memory_mb > limit for r in exceeded)
+    assert any(r.predicted for r in exceeded)
+    assert all(r.memory_mb <= limit for r in accepted)
+    assert any(r.retries >= 1 for r in accepted)
     assert limited.final_chunk_size < 6000
-    assert {r["chunk_size_used"] for r in limited.transform_records if not r["memory_exceeded"]} == {limited.final_chunk_size}
+    assert {r.chunk_size_used for r in limited.transform_records if not r.memory_exceeded} == {limited.final_chunk_size}
     # Halving changes the chunking, never the features.
     assert engine.compare_features(limited.table, engine.run_batch(salary_files["parquet"], SALARY).table)["passed"]
 
 
 def test_reactive_check_catches_what_no_prediction_covers(salary_files):
     # Chunks of ≤ 2048 rows are not calibrated: the only guard is measuring after the chunk ran.
-    free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000)
-    limit = 0.75 * max(r["memory_mb"] for r in free.records)
-    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000, memory_limit_mb=limit)
-    exceeded = [r for r in limited.records if r["memory_exceeded"]]
-    assert exceeded and not any(r["predicted"] for r in exceeded)
-    assert all(r["input_bytes"] > 0 and r["memory_mb"] > limit for r in exceeded)  # they really ran
-    assert all(r["memory_mb"] <= limit for r in limited.records if not r["memory_exceeded"])
+    free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000, compute_limit=ONE_THREAD)
+    limit = 0.75 * max(r.memory_mb for r in free.records)
+    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000, memory_limit_mb=limit,
+                                   compute_limit=ONE_THREAD)
+    exceeded = [r for r in limited.records if r.memory_exceeded]
+    assert exceeded and not any(r.predicted for r in exceeded)
+    assert all(r.input_bytes > 0 and r.memory_mb > limit for r in exceeded)  # they really ran
+    assert all(r.memory_mb <= limit for r in limited.records if not r.memory_exceeded)
+
+
+def test_working_memory_counts_at_least_the_chunk_input(salary_files):
+    # The bounded, machine-independent part of "bigger chunks need more memory" (the measured
+    # ordering is in benchmarks/streaming.py): every chunk's memory includes its input.
+    small = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=1000)
+    large = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000)
+    for result in (small, large):
+        assert all(r.memory_mb >= round(r.input_bytes / MB, 4) for r in result.records)
+    assert max(r.input_bytes for r in large.records) > max(r.input_bytes for r in small.records)
+    assert large.peak_memory_mb >= max(r.input_bytes for r in large.records) / MB - 1e-4
 
 
 def test_memory_limit_below_the_floor_fails_clearly(salary_files, tmp_path):
@@ -229,51 +238,97 @@ class Crash(RuntimeError):
     pass
 
 
+def crash_after_third(record):
+    if record.chunk_id == 2:
+        raise Crash("injected failure after chunk 2")
+
+
 def test_crash_then_resume_gives_identical_bytes(salary_files, tmp_path):
     clean = tmp_path / "clean.parquet"
-    engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=tmp_path / "spill_a", output=clean)
-
-    def crash_after_third(record):
-        if record["chunk_id"] == 2:
-            raise Crash("injected failure after chunk 2")
+    first = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=tmp_path / "spill_a",
+                                 output=clean)
+    assert first.resume == "fresh" and not first.started_over
 
     resumed_out = tmp_path / "resumed.parquet"
-    spill = tmp_path / "spill_b"
+    spill_dir = tmp_path / "spill_b"
     with pytest.raises(Crash):
-        engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill, output=resumed_out,
+        engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=resumed_out,
                              on_chunk=crash_after_third)
-    manifest = json.loads((spill / engine.MANIFEST).read_text())
+    manifest = json.loads((spill_dir / spill.MANIFEST).read_text())
     assert not manifest["complete"] and len(manifest["chunks"]) == 3
     assert not resumed_out.exists()  # nothing partial looks complete
-    result = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill, output=resumed_out)
+    result = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir,
+                                  output=resumed_out)
     assert result.resumed_chunks == 3 and result.chunks == 6
+    assert result.resume == "resumed after 3 chunk(s)" and not result.started_over
     assert resumed_out.read_bytes() == clean.read_bytes()
-    assert json.loads((spill / engine.MANIFEST).read_text())["complete"]
-    assert not (spill / engine.SPOOL_FILE).exists()
+    assert json.loads((spill_dir / spill.MANIFEST).read_text())["complete"]
+    assert not (spill_dir / spill.SPOOL_FILE).exists()
 
 
-def test_killed_process_resumes_from_the_manifest(salary_files, tmp_path):
+def _truncate(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+def _drop_chunks(text: str) -> str:
+    data = json.loads(text)
+    del data["chunks"]
+    return json.dumps(data)
+
+
+def _other_fit(text: str) -> str:
+    return json.dumps({**json.loads(text), "fit_id": "0" * 64})
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (_truncate, r"manifest\.json is not readable JSON"),
+        (_drop_chunks, r"manifest\.json: missing chunks"),
+        (_other_fit, r"manifest\.json names fit 000000000000, fit\.json holds [0-9a-f]{12}"),
+    ],
+)
+def test_corrupt_manifest_is_reported_then_the_run_starts_over(salary_files, tmp_path, caplog, corrupt, reason):
+    clean = tmp_path / "clean.parquet"
+    engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, output=clean)
+    spill_dir, out = tmp_path / "spill", tmp_path / "features.parquet"
+    with pytest.raises(Crash):
+        engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=out,
+                             on_chunk=crash_after_third)
+    manifest = spill_dir / spill.MANIFEST
+    manifest.write_text(corrupt(manifest.read_text()))
+
+    with caplog.at_level("WARNING", logger=engine.__name__):
+        result = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=out)
+    assert result.started_over and result.resumed_chunks == 0 and result.chunks == 6
+    assert re.fullmatch(rf"manifest corrupt \({reason}.*\), started over", result.resume), result.resume
+    assert result.resume in caplog.text  # the run's log says so too
+    assert out.read_bytes() == clean.read_bytes()
+    assert json.loads(manifest.read_text())["complete"]
+
+
+def test_killed_process_resumes_from_the_manifest(salary_files, tmp_path, monkeypatch):
     """A hard kill (os._exit: no cleanup runs) mid-run, then a resume in a fresh process."""
-    spill, out = tmp_path / "spill", tmp_path / "features.parquet"
+    spill_dir, out = tmp_path / "spill", tmp_path / "features.parquet"
     script = textwrap.dedent(f"""
         import os, sys
         from pipeline_assets.preprocessing import engine
         SALARY = engine.EngineOptions(target="salary")
         kill_at = int(sys.argv[1])
         def maybe_die(record):
-            if record["chunk_id"] == kill_at:
+            if record.chunk_id == kill_at:
                 os._exit(17)
         r = engine.run_streaming({str(salary_files['parquet'])!r}, SALARY, chunk_size=1500,
-                                 spill_dir={str(spill)!r}, output={str(out)!r}, on_chunk=maybe_die)
+                                 spill_dir={str(spill_dir)!r}, output={str(out)!r}, on_chunk=maybe_die)
         print(r.resumed_chunks)
     """)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    killed = subprocess.run([sys.executable, "-c", script, "1"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                            text=True, timeout=120)
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
+    killed = subprocess.run([sys.executable, "-c", script, "1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
     assert killed.returncode == 17, killed.stderr
     assert not out.exists()
-    resumed = subprocess.run([sys.executable, "-c", script, "-1"], cwd=PROJECT_ROOT, env=env, capture_output=True,
-                             text=True, timeout=120)
+    resumed = subprocess.run([sys.executable, "-c", script, "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == "2"
     reference = tmp_path / "reference.parquet"
@@ -285,18 +340,24 @@ def test_killed_process_resumes_from_the_manifest(salary_files, tmp_path):
 def test_records_and_operator_profile(salary_files):
     result = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2500)
     transform = result.transform_records
-    assert [r["chunk_id"] for r in transform] == [0, 1, 2]
-    assert [r["rows"] for r in transform] == [2500, 2500, 1000]
+    assert [r.chunk_id for r in transform] == [0, 1, 2]
+    assert [r.rows for r in transform] == [2500, 2500, 1000]
     expected = {"chunk_id", "rows", "input_bytes", "chunk_size_used", "preprocess_s", "feature_engineering_s",
                 "feature_selection_s", "encode_scale_s", "memory_mb", "memory_exceeded", "retries", "spilled"}
-    assert expected <= set(transform[0])
-    assert all(r["input_bytes"] > 0 and r["memory_mb"] > 0 for r in transform)
+    assert expected <= set(transform[0].to_json())
+    assert all(r.input_bytes > 0 and r.memory_mb > 0 for r in transform)
     profile = engine.operator_profile_rows(result.records)
     assert list(profile[0]) == ["chunk_id", "preprocess_s", "feature_engineering_s", "feature_selection_s",
                                 "encode_scale_s", "estimated_input_bandwidth_mb_s", "input_bytes"]
     assert all(p["estimated_input_bandwidth_mb_s"] > 0 for p in profile)
 
 
+def test_batch_and_streaming_records_carry_the_same_fields(salary_files):
+    batch = engine.run_batch(salary_files["parquet"], SALARY, collect=False)
+    streaming = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2500)
+    assert [r.stage for r in batch.records] == ["batch"]
+    assert set(batch.records[0].to_json()) == set(streaming.records[0].to_json())
+    assert batch.records[0].memory_budget_mb is None and batch.records[0].predicted is False
 def test_compute_cap_sets_and_restores_thread_pools():
     from threadpoolctl import threadpool_info
 

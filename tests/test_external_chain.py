@@ -25,13 +25,13 @@ from pipeline_assets.definitions import defs
 from mlgraph_cli.staging import materialize_experiments
 from resources.experiments import ExperimentCatalog
 from core.drive import PROJECT_ROOT
+from core.hashing import sha256_bytes
 from core.signals import (
     EVAL_COMPLETE,
     EVAL_FAILED,
     TRAINING_COMPLETE,
     EvalComplete,
     EvalFailed,
-    content_sha256,
     read_signal,
 )
 from tests.conftest import shrink_experiment
@@ -66,6 +66,19 @@ def materialize(instance: dg.DagsterInstance, key: str, partition: str, raise_on
     return defs.resolve_implicit_global_asset_job_def().execute_in_process(
         instance=instance, partition_key=partition, asset_selection=[dg.AssetKey(key)], raise_on_error=raise_on_error
     )
+
+
+def run_metrics_check(partition: str) -> dg.AssetCheckResult:
+    """checkpoint_evaluation_metrics_complete alone, on what the drive holds now (invoked directly)."""
+    # A job of checks alone cannot be partitioned ("no PartitionsDefinition shared by all the provided
+    # assets") and build_asset_check_context takes no partition key: wrap an op context that has one.
+    from dagster._core.execution.context.invocation import DirectAssetCheckExecutionContext
+
+    from pipeline_assets.external.checks import checkpoint_evaluation_metrics_complete as check
+    from resources.storage import SharedDrive
+
+    resources = {"storage": SharedDrive(), "catalog": ExperimentCatalog()}
+    return check(DirectAssetCheckExecutionContext(dg.build_op_context(partition_key=partition, resources=resources)))
 
 
 def test_holm_and_paired_statistics():
@@ -135,6 +148,16 @@ def test_evaluation_and_report_in_process(shared_drive: Path, config_dir: Path, 
     [check] = result.get_asset_check_evaluations()
     assert check.passed, check.metadata
     eval_dir = shared_drive / "evaluation" / "salary"
+    # The check takes the task from the experiment, not from the metric names it finds: a regression
+    # checkpoint whose r2 row is gone is still a regression, missing r2.
+    r2_rows = evaluation_store.metrics_dir(eval_dir) / "dataset=test" / "metric=r2" / f"checkpoint-{ckpt_id}.parquet"
+    saved = r2_rows.read_bytes()
+    r2_rows.unlink()
+    gap = run_metrics_check("salary")
+    assert not gap.passed
+    assert gap.metadata["task"].value == "regression" and gap.metadata["missing_metrics"].value == "r2"
+    r2_rows.write_bytes(saved)
+    assert run_metrics_check("salary").passed
     done, _ = read_signal(eval_dir / EVAL_COMPLETE, EvalComplete)
     assert done.checkpoint_id == ckpt_id and done.model == f"checkpoint:{ckpt_id}" and done.mlflow_run_id
     with duckdb.connect() as con:
@@ -280,7 +303,7 @@ def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Pat
             [analysis_run] = runs_of(instance, ANALYSIS_JOB, experiment)
             tags = eval_run.tags
             assert tags["mlgraph/signal_file"] == str(signal_file)
-            assert tags["mlgraph/signal_sha256"] == content_sha256(signal_file.read_bytes())
+            assert tags["mlgraph/signal_sha256"] == sha256_bytes(signal_file.read_bytes())
             assert tags["mlgraph/checkpoint_id"] == trained["checkpoint_id"]
             assert tags["mlgraph/config_hash"] == catalog.load(experiment).config.config_hash
             assert tags["mlgraph/compute"] == "slurm" and tags["slurm/kind"] == "evaluation"

@@ -1,17 +1,12 @@
 """Demo generators: deterministic bytes, the documented schemas, block-size independence."""
 
-import hashlib
-
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from core.hashing import sha256_file as sha
 from pipeline_assets.data import generators
-
-
-def sha(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("name", sorted(generators.GENERATORS))

@@ -91,3 +91,14 @@ def test_mlgraph_verify_after_materialization(instance, shared_drive, config_dir
     bad = verify()
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "1 difference(s)" in bad.stdout and "datasets/salary/train.parquet: SHA-256 changed" in bad.stdout
+
+
+def test_verify_needs_the_manifest_in_its_drive_layout(drive, tmp_path):
+    """The recorded paths are relative to the drive, so a manifest moved out of it cannot be checked."""
+    _, path, _ = drive
+    moved = tmp_path / "elsewhere" / "run_manifest.json"
+    moved.parent.mkdir()
+    moved.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=r"not where a run manifest of experiment 'salary' lives.*"
+                                         r"artifacts/salary/metadata/run_manifest.json"):
+        verify_manifest(moved)

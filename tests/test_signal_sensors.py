@@ -10,11 +10,14 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
+from core.atomic import atomic_write_text
+from core.hashing import sha256_bytes
+from core.signals import MAX_SIGNAL_BYTES
+from pipeline_assets.analysis.report_assets import AnalysisReportConfig
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.atomic import atomic_write_text
-from sensors.signal_sensors import SignalCursor, build_signal_sensors
-from core.signals import MAX_SIGNAL_BYTES, content_sha256
+from sensors.signal_scan import SignalCursor
+from sensors.signal_sensors import ConfigHashCache, build_signal_sensors
 
 TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
 
@@ -49,7 +52,7 @@ def tick(sensor, instance, drive: Path, config_dir: Path, cursor: str | None = N
 
 
 def key(drive: Path, path: Path) -> str:
-    return f"{path.relative_to(drive).as_posix()}:{content_sha256(path.read_bytes())}"
+    return f"{path.relative_to(drive).as_posix()}:{sha256_bytes(path.read_bytes())}"
 
 
 def changed_ns(path: Path) -> int:
@@ -71,7 +74,7 @@ def test_new_same_rewritten_and_older_mtime(env, monkeypatch):
     [request] = result.run_requests
     assert request.run_key == first_key and request.partition_key == "salary"
     ckpt = drive / "models" / "salary" / "checkpoints" / "ck1" / "final"
-    assert request.run_config == {"ops": {"checkpoint_evaluation": {"config": {"checkpoint_path": str(ckpt)}}}}
+    assert request.run_config["ops"] == {"checkpoint_evaluation": {"config": {"checkpoint_path": str(ckpt)}}}
     assert request.tags["mlgraph/signal_file"] == str(first)
     assert request.tags["mlgraph/checkpoint_id"] == "ck1"
     assert request.tags["mlgraph/training_mlflow_run_id"] == "abc123"
@@ -227,7 +230,9 @@ def test_eval_complete_runs_analysis_and_failures_are_reported(env):
     result = tick(EVAL_SENSOR, instance, drive, config_dir)
     [request] = result.run_requests
     assert request.run_key == key(drive, done) and request.partition_key == "salary"
-    assert request.run_config == {"ops": {"analysis_report": {"config": {"checkpoint_id": "ck1"}}}}
+    # The checkpoint named by the signal; every other analysis option at its default.
+    defaults = AnalysisReportConfig().model_dump()
+    assert request.run_config["ops"] == {"analysis_report": {"config": {**defaults, "checkpoint_id": "ck1"}}}
     assert request.tags["mlgraph/eval_run_id"] == "run-1" and request.tags["mlgraph/mlflow_run_id"] == "mlf"
     assert request.tags["mlgraph/eval_job_id"] == "77" and request.tags["mlgraph/config_hash"] == "h" * 64
     assert request.tags["slurm/kind"] == "analysis"
@@ -250,11 +255,15 @@ def test_a_backlog_drains_over_several_ticks_in_change_order(env, config_dir):
     drive, config_dir, instance = env
     names = [f"exp{i}" for i in range(5)]
     salary = (config_dir / "experiments" / "salary.yaml").read_text()
-    for name in names:
+    # Distinct change times, oldest first, set explicitly: an hour ahead, so each mtime (not the ctime
+    # the write just set) is the file's change time; the sensor's clock stands after all of them.
+    base = time.time_ns() + 3600 * 10**9
+    for i, name in enumerate(names):
         (config_dir / "experiments" / f"{name}.yaml").write_text(salary.replace("name: salary", f"name: {name}"))
-        write_training(drive, name)
-        time.sleep(0.02)  # distinct change times, oldest first
-    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2)
+        path = write_training(drive, name)
+        os.utime(path, ns=(base + i * 10**9, base + i * 10**9))
+        assert changed_ns(path) == base + i * 10**9
+    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2, clock=lambda: base + 60 * 10**9)
     seen, cursor = [], None
     for expected in (2, 2, 1, 0):
         result = tick(small, instance, drive, config_dir, cursor)
@@ -262,3 +271,36 @@ def test_a_backlog_drains_over_several_ticks_in_change_order(env, config_dir):
         seen += [r.partition_key for r in result.run_requests]
         cursor = result.cursor
     assert seen == names
+
+
+def test_config_hash_cache_is_bounded_and_keeps_one_entry_per_file(tmp_path: Path):
+    cache = ConfigHashCache(max_entries=3)
+    loads = []
+
+    def hash_of(path: Path) -> str:
+        def load() -> str:
+            loads.append(path.name)
+            return sha256_bytes(path.read_bytes())
+        return cache.config_hash(path, load)
+
+    files = [tmp_path / f"exp{i}.yaml" for i in range(5)]
+    for i, path in enumerate(files):
+        path.write_text(f"name: exp{i}\n")
+    first = hash_of(files[0])
+    assert hash_of(files[0]) == first and loads == ["exp0.yaml"]  # unchanged file: cached
+
+    # A rewritten file replaces its own entry instead of adding one.
+    files[0].write_text("name: exp0\nseed: 7\n")
+    os.utime(files[0], ns=(10**9, 10**9))
+    assert hash_of(files[0]) != first and len(cache) == 1 and loads == ["exp0.yaml"] * 2
+
+    for path in files[1:]:
+        hash_of(path)
+    assert len(cache) == 3  # never more than max_entries
+    assert files[0] not in cache and files[1] not in cache  # least recently used went first
+    assert all(path in cache for path in files[2:])
+    hash_of(files[2])  # used again: now the most recent
+    hash_of(files[0])
+    assert files[3] not in cache and files[2] in cache and len(cache) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        ConfigHashCache(max_entries=0)

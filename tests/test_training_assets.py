@@ -17,7 +17,7 @@ from pipeline_assets.definitions import defs
 from core.evaluation_store import read_metrics_sql
 from mlgraph_cli.staging import materialize_experiments
 from pipeline_assets.training.lineage import verify_lineage
-from pipeline_assets.training.metrics import CLASSIFICATION_METRICS, FORECAST_METRICS
+from core.metrics import CLASSIFICATION_METRICS, FORECAST_METRICS
 from resources.experiments import ExperimentCatalog
 from resources.tracking import MlflowTracking
 from tests.conftest import shrink_experiment
@@ -307,3 +307,14 @@ def test_parent_run_fails_when_a_step_after_training_fails(shared_drive: Path, c
     parent = _parent_of(runs, result.run_id)
     assert parent.data.tags["mlgraph.promoted"] == "true"  # champion_model itself succeeded ...
     assert parent.info.status == "FAILED"  # ... but the Dagster run failed, and so does its MLflow run
+
+
+def test_training_steps_are_the_training_group_in_run_order() -> None:
+    from pipeline_assets.training.mlflow_runs import TRAINING_STEPS
+
+    graph = defs.resolve_asset_graph()
+    group = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).group_name == "training"}
+    assert set(TRAINING_STEPS) == group == set(TRAINING)
+    for position, step in enumerate(TRAINING_STEPS):
+        upstream = {k.to_user_string() for k in graph.get_ancestor_asset_keys(dg.AssetKey(step))}
+        assert set(TRAINING_STEPS[:position]) <= upstream, step

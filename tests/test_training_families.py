@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core import metrics as core_metrics
 from core.experiment import ExperimentConfig
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
@@ -52,8 +53,8 @@ def test_classifier_fits_and_scores(family: str) -> None:
     model.fit(fam.prepare_frame(train, spec), train["y"])
     scores = fam.positive_scores(model, fam.prepare_frame(test, spec))
     assert scores.shape == (120,) and np.all((scores >= 0) & (scores <= 1))
-    result = mt.classification_metrics(test["y"].to_numpy(), scores, threshold=0.5)
-    assert set(result) == set(mt.CLASSIFICATION_METRICS)
+    result = core_metrics.classification_metrics(test["y"].to_numpy(), scores, threshold=0.5)
+    assert set(result) == set(core_metrics.CLASSIFICATION_METRICS)
     assert all(0.0 <= v <= 1.0 for v in result.values())
     assert result["roc_auc"] > 0.8, f"{family} should separate a linear signal: {result}"
     # A served model takes raw rows, unseen categories included.
@@ -68,7 +69,7 @@ def test_regressor_fits_and_predicts(family: str) -> None:
     spec = fam.feature_spec(train, config)
     model = fam.build_model("regression", family, fam.resolved_params("regression", family, {}), spec, seed=0)
     model.fit(fam.prepare_frame(train, spec), train["y"])
-    result = mt.regression_metrics(test["y"].to_numpy(), fam.predict("regression", model, fam.prepare_frame(test, spec)))
+    result = core_metrics.regression_metrics(test["y"].to_numpy(), fam.predict("regression", model, fam.prepare_frame(test, spec)))
     assert result["rmse"] >= result["mae"] > 0
     assert 0.5 < result["r2"] <= 1.0, f"{family}: {result}"
 
@@ -136,6 +137,36 @@ def test_cuda_device_trains_there_or_fails_clearly() -> None:
     fit = fc.fit_forecaster("gru", y, ts, cfg, {}, seed=0)
     assert fit.metadata["device"] == "cuda"
     assert all(p.device.type == "cpu" for p in fit.model.parameters())  # saved and served from the CPU
+
+
+def test_cuda_determinism_setting_is_scoped_to_training(monkeypatch) -> None:
+    import os
+
+    import torch
+
+    monkeypatch.delenv(fc.CUBLAS_WORKSPACE_ENV, raising=False)
+    before = dict(os.environ)
+    # Deterministic cuBLAS reads the workspace setting while the CUDA block runs, and only then needs it.
+    with fc.torch_deterministic(0, device_type="cuda"):
+        assert os.environ[fc.CUBLAS_WORKSPACE_ENV] == fc.CUBLAS_DETERMINISTIC_WORKSPACE
+    assert dict(os.environ) == before
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert fc.torch_device("cuda").type == "cuda"
+    assert dict(os.environ) == before
+    # A value the user set is theirs: used in the block and kept after it.
+    monkeypatch.setenv(fc.CUBLAS_WORKSPACE_ENV, ":16:8")
+    with fc.torch_deterministic(0, device_type="cuda"):
+        assert os.environ[fc.CUBLAS_WORKSPACE_ENV] == ":16:8"
+    assert os.environ[fc.CUBLAS_WORKSPACE_ENV] == ":16:8"
+
+
+def test_recurrent_model_file_bytes_depend_only_on_the_model(tmp_path) -> None:
+    cfg = _config("forecasting", forecast={**TINY_FORECAST, "epochs": 2}).forecast
+    y, ts = _series()
+    fit = fc.fit_forecaster("gru", y, ts, cfg, {}, seed=0)
+    first = fc.save_forecaster(fit, tmp_path / "a" / "gru.pt")
+    second = fc.save_forecaster(fit, tmp_path / "b" / "gru.pt")
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_seasonal_naive_repeats_last_season() -> None:
@@ -266,6 +297,17 @@ train_candidates(config, frame, Path(sys.argv[1]), n_jobs=2)
 """
 
 
+def _running_a_forest(worker) -> bool:
+    """Whether a loky worker is inside run_task: it starts the parent watchdog, then builds the forest,
+    which maps sklearn's tree extension (nothing earlier in a worker loads it)."""
+    import psutil
+
+    try:
+        return any("sklearn/tree/_tree" in m.path for m in worker.memory_maps())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 @pytest.mark.timeout(120)
 def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
     import subprocess
@@ -285,7 +327,10 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
             time.sleep(0.5)
             workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline())]
         assert len(workers) >= 2, "the loky workers did not start"
-        time.sleep(3)  # let them pick up tasks (the watchdog starts with the first task)
+        # The watchdog starts with a worker's first task: wait until every worker is running one.
+        while time.monotonic() < deadline and not all(_running_a_forest(w) for w in workers):
+            time.sleep(0.2)
+        assert all(_running_a_forest(w) for w in workers), "the loky workers did not start a task"
         proc.kill()
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(workers, timeout=20)

@@ -29,11 +29,9 @@ from core.signals import (
     parse_signal,
     utc_now,
 )
+from core.tracking import TRACKING_URI_ENV
 
 log = logging.getLogger("mlgraph.hook")
-
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-MLFLOW_EXPERIMENT_PREFIX = "mlgraph"  # same default as resources.tracking.MlflowTracking
 
 
 @dataclass(frozen=True)
@@ -213,19 +211,14 @@ def _log_to_mlflow(
 ) -> str:
     """Log final metrics to the active MLflow run, else to a new run in mlgraph/{experiment}; return its id."""
     import mlflow
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
-    if not tracking_uri:
-        db = DriveLayout(drive).mlflow_db()
-        db.parent.mkdir(parents=True, exist_ok=True)
-        tracking_uri = f"sqlite:///{db}"
-    client = MlflowClient(tracking_uri=tracking_uri)
+    from core import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri, drive)
     values = {"final_loss": signal.final_loss, "num_epochs": signal.num_epochs, "total_steps": signal.total_steps}
     values.update(signal.metrics or {})
-    now_ms = int(time.time() * 1000)
-    metric_list = [Metric(k, float(v), now_ms, signal.total_steps or 0) for k, v in values.items() if v is not None]
-    param_list = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    step = signal.total_steps or 0
+    series = [(k, float(v), step) for k, v in values.items() if v is not None]
     tags = {
         "mlgraph.experiment": signal.experiment,
         "mlgraph.checkpoint_path": signal.checkpoint_path,
@@ -235,22 +228,13 @@ def _log_to_mlflow(
     if signal.git_commit:
         tags["mlflow.source.git.commit"] = signal.git_commit
     active = mlflow.active_run()
-    if active is not None and mlflow.get_tracking_uri() == tracking_uri:
+    if active is not None and mlflow.get_tracking_uri() == uri:
         # The trainer already tracks this run: its final metrics belong there.
-        run_id = active.info.run_id
-        client.log_batch(run_id, metrics=metric_list, params=param_list,
-                         tags=[RunTag(k, v) for k, v in tags.items()])
-        return run_id
-    name = f"{MLFLOW_EXPERIMENT_PREFIX}/{signal.experiment}"
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        experiment_id = found.experiment_id
-    else:
-        artifacts = (DriveLayout(drive).mlflow_artifacts_dir() / signal.experiment).resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
-        experiment_id = client.create_experiment(name, artifact_location=artifacts.as_uri())
-    run_name = f"external-training-{checkpoint_id(signal.checkpoint_path)}"
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    client.log_batch(run.info.run_id, metrics=metric_list, params=param_list)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        tracker = tracking.Tracker(tracking.mlflow_client(uri), active.info.experiment_id)
+        tracker.log(active.info.run_id, params=params, tags=tags, series=series)
+        return active.info.run_id
+    tracker = tracking.Tracker.open(signal.experiment, uri, drive_root=drive)
+    run_id = tracker.create_run(f"external-training-{checkpoint_id(signal.checkpoint_path)}", tags)
+    tracker.log(run_id, params=params, series=series)
+    tracker.set_status(run_id, "FINISHED")
+    return run_id

@@ -101,7 +101,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     print(f"mlgraph demo: experiments {', '.join(experiments)}; DAGSTER_HOME={home}")
     with dg.DagsterInstance.get() as instance:
-        summary = materialize_experiments(defs, instance, experiments)
+        try:
+            summary = materialize_experiments(defs, instance, experiments)
+        except ConfigError as exc:  # e.g. a dataset file named by a YAML is missing
+            print(exc, file=sys.stderr)
+            return 2
     drive = default_shared_drive()
     print("\n== summary ==")
     print(f"runs: {summary.runs} ({len(summary.failed)} failed) in {summary.seconds:.1f}s")

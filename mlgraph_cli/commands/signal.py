@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+from core.drive import EVAL_COMPLETE, TRAINING_COMPLETE
+
 
 def _metric(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
@@ -61,10 +63,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("signal", help="write or check signal files (.training_complete, .eval_complete)")
+    p = subparsers.add_parser("signal", help=f"write or check signal files ({TRAINING_COMPLETE}, {EVAL_COMPLETE})")
     sub = p.add_subparsers(dest="signal_command", required=True, metavar="SIGNAL")
 
-    t = sub.add_parser("training-complete", help="write models/{experiment}/.training_complete atomically")
+    t = sub.add_parser("training-complete", help=f"write models/{{experiment}}/{TRAINING_COMPLETE} atomically")
     t.add_argument("--experiment", required=True)
     t.add_argument("--checkpoint", required=True, help="checkpoint directory on the shared drive")
     t.add_argument("--config-path")

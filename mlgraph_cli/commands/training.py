@@ -50,12 +50,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from core.tracking import with_retry
     from pipeline_assets.training.compare import filter_rows, render, resolve_column, run_rows, sort_rows
     from resources.tracking import MlflowTracking
 
     tracking = MlflowTracking()
     client = tracking.client()
-    experiment = client.get_experiment_by_name(tracking.experiment_name(args.experiment))
+    experiment = with_retry(client.get_experiment_by_name, tracking.experiment_name(args.experiment))
     if experiment is None:
         print(
             f"no MLflow experiment {tracking.experiment_name(args.experiment)!r} at {tracking.resolved_tracking_uri}. "

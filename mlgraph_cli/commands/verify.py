@@ -7,10 +7,13 @@ import importlib
 import sys
 from pathlib import Path
 
-# manifest file name → "module:function" taking the path and returning a list of differences.
+from core.drive import LINEAGE_JSON, RUN_MANIFEST_JSON
+
+# manifest file name (as the drive layout names it) → "module:function" taking the path and returning a
+# list of differences; imported only for the manifest at hand.
 VERIFIERS = {
-    "run_manifest.json": "pipeline_assets.analysis.manifest:verify_manifest",
-    "lineage.json": "pipeline_assets.training.lineage:verify_lineage",
+    RUN_MANIFEST_JSON: "pipeline_assets.analysis.manifest:verify_manifest",
+    LINEAGE_JSON: "pipeline_assets.training.lineage:verify_lineage",
 }
 
 
@@ -43,6 +46,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("verify", help="check a run_manifest.json or lineage.json against the files it names")
+    p = subparsers.add_parser(
+        "verify", help=f"check a {RUN_MANIFEST_JSON} or {LINEAGE_JSON} against the files it names"
+    )
     p.add_argument("paths", nargs="+", help="manifest file(s)")
     p.set_defaults(func=cmd_verify)

@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from core.drive import FEATURES_PARQUET, FIT_JSON, STREAMING_CHUNKS_JSONL, SUMMARY_JSON
 from pipeline_assets.analysis import manifest, pipeline_summary, plots, significance, sweep
 from pipeline_assets.partitions import (
     constraint_partitions_def,
@@ -11,26 +12,19 @@ from pipeline_assets.partitions import (
     experiment_partitions_def,
 )
 from pipeline_assets.preprocessing import engine, outputs, validation
-from pipeline_assets.preprocessing.probe import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
+from pipeline_assets.preprocessing.probe_model import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
 from core.experiment import Constraint
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from core.atomic import atomic_write_json, atomic_write_text
+from core.markdown import md_image, md_table
 from resources.warehouse import Warehouse
 
 # By key: importing another group's assets here would make the loader claim them for this group.
 TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
 BATCH_FEATURES = dg.AssetKey("batch_features")
 CONSTRAINT_RUN = dg.AssetKey("constraint_run")
-
-
-def _markdown_table(rows: list[dict], columns: list[str]) -> dg.MetadataValue:
-    def cell(value):
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+SIGNIFICANCE_RUN_COLUMNS = ["run", "mode", "latency_s", "rows", "throughput_rows_s", "peak_memory_mb"]
 
 
 def _constraint_dirs(storage: SharedDrive, experiment: str) -> dict:
@@ -39,9 +33,9 @@ def _constraint_dirs(storage: SharedDrive, experiment: str) -> dict:
 
 @dg.asset(
     partitions_def=experiment_partitions_def,
-    group_name="analysis",
     deps=[dg.AssetDep(CONSTRAINT_RUN, partition_mapping=experiment_from_constraints_mapping)],
     kinds={"csv", "duckdb"},
+    code_version="1",
 )
 def constraint_experiment(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, warehouse: Warehouse
@@ -50,27 +44,25 @@ def constraint_experiment(
     experiment = context.partition_key
     config = catalog.load(experiment).config
     dirs = _constraint_dirs(storage, experiment)
-    rows, missing = sweep.collect_runs(dirs)
+    rows, missing = sweep.collect_runs({key: storage.constraint_run_json(experiment, key) for key in dirs})
     if not rows:
         raise dg.Failure(
             description=f"{experiment}: no constraint has a constraint_run result under "
-            f"{storage.artifacts_dir(experiment, 'constraints')}. Fix: materialize constraint_run for this "
+            f"{storage.constraints_root(experiment)}. Fix: materialize constraint_run for this "
             "experiment's constraint partitions (constraint_sweep_job) first."
         )
     if missing:
         context.log.warning(f"{experiment}: {len(missing)} constraint(s) not materialized yet: {', '.join(missing)}")
-    columns = sweep.columns_for(config.task)
     table_path = atomic_write_text(
-        storage.artifacts_dir(experiment, "benchmarks", "constraint_experiment.csv"), outputs.csv_text(rows, columns)
+        storage.constraint_experiment_csv(experiment), outputs.csv_text(rows, sweep.columns_for(config.task))
     )
     present = [r["constraint"] for r in rows]
     # The experiment-level chunk reports hold every constraint's records, each tagged with its key.
     chunks_path = atomic_write_text(
-        storage.artifacts_dir(experiment, "reports", outputs.CHUNKS),
-        outputs.jsonl_text(sweep.combined_chunk_records(dirs, present)),
+        storage.streaming_chunks_jsonl(experiment), outputs.jsonl_text(sweep.combined_chunk_records(dirs, present))
     )
     profile_path = atomic_write_text(
-        storage.artifacts_dir(experiment, "profiles", outputs.PROFILE),
+        storage.operator_profile_csv(experiment),
         outputs.csv_text(sweep.combined_profile_rows(dirs, present), ["constraint", *outputs.PROFILE_COLUMNS]),
     )
     with warehouse.get_connection() as connection:
@@ -82,7 +74,7 @@ def constraint_experiment(
             "missing_constraints": dg.MetadataValue.json(missing),
             "warehouse_table": sweep.WAREHOUSE_TABLE,
             "warehouse_rows": stored,
-            "table": _markdown_table(rows, shown),
+            "table": dg.MetadataValue.md(md_table(shown, rows)),
             "path": dg.MetadataValue.path(str(table_path)),
             "chunk_records": dg.MetadataValue.path(str(chunks_path)),
             "operator_profile": dg.MetadataValue.path(str(profile_path)),
@@ -90,7 +82,7 @@ def constraint_experiment(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[TRAIN_TEST_SPLIT], kinds={"csv"})
+@dg.asset(partitions_def=experiment_partitions_def, deps=[TRAIN_TEST_SPLIT], kinds={"csv"}, code_version="1")
 def significance_tests(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
@@ -104,14 +96,8 @@ def significance_tests(
         config.preprocessing.significance_runs,
     )
     row = significance.significance_row(runs, chunk_size, seed=config.seed)
-    path = atomic_write_text(
-        storage.artifacts_dir(experiment, "benchmarks", "significance_tests.csv"),
-        outputs.csv_text([row], significance.COLUMNS),
-    )
-    atomic_write_text(
-        storage.artifacts_dir(experiment, "benchmarks", "significance_runs.csv"),
-        outputs.csv_text(runs, ["run", "mode", "latency_s", "rows", "throughput_rows_s", "peak_memory_mb"]),
-    )
+    path = atomic_write_text(storage.significance_tests_csv(experiment), outputs.csv_text([row], significance.COLUMNS))
+    atomic_write_text(storage.significance_runs_csv(experiment), outputs.csv_text(runs, SIGNIFICANCE_RUN_COLUMNS))
     context.log.info(
         f"{experiment}: latency p={row['latency_pvalue']:.4f} (Δ {row['latency_mean_delta_s'] * 1e3:+.2f} ms), "
         f"throughput p={row['throughput_pvalue']:.4f} over {row['runs_per_mode']} runs per mode"
@@ -124,21 +110,21 @@ def significance_tests(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[constraint_experiment], kinds={"png"})
+@dg.asset(partitions_def=experiment_partitions_def, deps=[constraint_experiment], kinds={"png"}, code_version="1")
 def tradeoff_plots(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Latency, peak memory and probe accuracy across the constraint sweep, as three PNG plots."""
     experiment = context.partition_key
     config = catalog.load(experiment).config
-    rows = outputs.read_csv_rows(storage.artifacts_dir(experiment, "benchmarks", "constraint_experiment.csv"))
+    rows = outputs.read_csv_rows(storage.constraint_experiment_csv(experiment))
     paths = plots.draw_tradeoff_plots(
-        rows, ACCURACY_COLUMN[config.task], ACCURACY_LABEL[config.task], storage.artifacts_dir(experiment, "plots"),
-        experiment,
+        rows, ACCURACY_COLUMN[config.task], ACCURACY_LABEL[config.task],
+        {name: storage.plot_path(experiment, name) for name in plots.PLOTS}, experiment,
     )
     return dg.MaterializeResult(
         metadata={
-            **{name: dg.MetadataValue.md(plots.markdown_image(path, name)) for name, path in paths.items()},
+            **{name: dg.MetadataValue.md(md_image(path, name)) for name, path in paths.items()},
             **{f"{name}_path": dg.MetadataValue.path(str(path)) for name, path in paths.items()},
         }
     )
@@ -146,9 +132,9 @@ def tradeoff_plots(
 
 @dg.asset(
     partitions_def=experiment_partitions_def,
-    group_name="analysis",
     deps=[constraint_experiment, significance_tests, tradeoff_plots, BATCH_FEATURES],
     kinds={"json"},
+    code_version="1",
 )
 def run_manifest(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
@@ -156,22 +142,24 @@ def run_manifest(
     """Reproducibility manifest: config hash, dataset and artifact SHA-256s, seeds, versions, commit, run id."""
     experiment = context.partition_key
     loaded = catalog.load(experiment)
-    dataset_dir = storage.dataset_dir(experiment)
-    artifacts = storage.artifacts_dir(experiment)
+    run_outputs = (FEATURES_PARQUET, FIT_JSON)
     candidates = [
-        *(dataset_dir / n for n in ("raw.parquet", "train.parquet", "test.parquet", "fingerprint.json", "meta.json")),
-        *(artifacts / "batch" / n for n in (outputs.FEATURES, outputs.FIT)),
-        *(d / n for d in _constraint_dirs(storage, experiment).values()
-          for n in (outputs.FEATURES, outputs.FIT, "constraint_run.json")),
-        *(artifacts / "benchmarks" / n for n in ("constraint_experiment.csv", "significance_tests.csv")),
-        *(artifacts / "plots" / f"{name}.png" for name in plots.PLOTS),
+        *(storage.dataset_path(experiment, split) for split in ("raw", "train", "test")),
+        storage.fingerprint_path(experiment),
+        storage.dataset_meta(experiment),
+        *(storage.batch_dir(experiment) / name for name in run_outputs),
+        *(directory / name for directory in _constraint_dirs(storage, experiment).values() for name in run_outputs),
+        *(storage.constraint_run_json(experiment, key) for key in constraint_partitions_def.get_partition_keys()),
+        storage.constraint_experiment_csv(experiment),
+        storage.significance_tests_csv(experiment),
+        *(storage.plot_path(experiment, name) for name in plots.PLOTS),
     ]
-    files = [p for p in candidates if p.exists()]
-    fingerprint = json.loads((dataset_dir / "fingerprint.json").read_text())
+    fingerprint = json.loads(storage.fingerprint_path(experiment).read_text())
     document = manifest.build_manifest(
-        storage.root_path, experiment, loaded.config, loaded.path, files, context.run.run_id, fingerprint
+        storage.root_path, experiment, loaded.config, loaded.path, [p for p in candidates if p.exists()],
+        context.run.run_id, fingerprint,
     )
-    path = atomic_write_json(artifacts / "metadata" / "run_manifest.json", document)
+    path = atomic_write_json(storage.run_manifest_json(experiment), document)
     return dg.MaterializeResult(
         metadata={
             "config_hash": document["config_hash"],
@@ -183,44 +171,47 @@ def run_manifest(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="analysis", deps=[run_manifest], kinds={"json"})
+def _report_checks(storage: SharedDrive, experiment: str, present: dict, records: dict) -> dict:
+    """The pipeline's checks, re-run over the files as they are now (the report states them all)."""
+    batch_features = storage.batch_dir(experiment) / FEATURES_PARQUET
+    differences = manifest.verify_manifest(storage.run_manifest_json(experiment))
+    return {
+        "streaming_features_match_batch": {
+            k: validation.features_agree(d / FEATURES_PARQUET, batch_features) for k, d in present.items()
+        },
+        "streaming_features_memory_within_limit": {
+            k: validation.memory_compliance(records[k], Constraint.parse(k).memory_limit_mb) for k in present
+        },
+        "run_manifest_verifies": {"differences": differences, "passed": not differences},
+    }
+
+
+@dg.asset(partitions_def=experiment_partitions_def, deps=[run_manifest], kinds={"json"}, code_version="1")
 def pipeline_report(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Complete run summary: fingerprint, reproducibility, chunk metrics, sweep, significance, checks."""
     experiment = context.partition_key
     config = catalog.load(experiment).config
-    artifacts = storage.artifacts_dir(experiment)
-    manifest_path = artifacts / "metadata" / "run_manifest.json"
     dirs = _constraint_dirs(storage, experiment)
-    present = {k: d for k, d in dirs.items() if (d / outputs.CHUNKS).exists()}
-    records = {k: outputs.read_records(d / outputs.CHUNKS) for k, d in present.items()}
-    batch_dir = artifacts / "batch"
-    checks = {
-        "streaming_features_match_batch": {
-            k: validation.features_agree(d / outputs.FEATURES, batch_dir / outputs.FEATURES) for k, d in present.items()
-        },
-        "streaming_features_memory_within_limit": {
-            k: validation.memory_compliance(records[k], Constraint.parse(k).memory_limit_mb) for k in present
-        },
-        "run_manifest_verifies": {"differences": manifest.verify_manifest(manifest_path)},
-    }
-    checks["run_manifest_verifies"]["passed"] = not checks["run_manifest_verifies"]["differences"]
-    significance_rows = outputs.read_csv_rows(artifacts / "benchmarks" / "significance_tests.csv")
-    constraint_rows = outputs.read_csv_rows(artifacts / "benchmarks" / "constraint_experiment.csv")
+    present = {k: d for k, d in dirs.items() if (d / STREAMING_CHUNKS_JSONL).exists()}
+    records = {k: outputs.read_records(d / STREAMING_CHUNKS_JSONL) for k, d in present.items()}
+    checks = _report_checks(storage, experiment, present, records)
+    significance_rows = outputs.read_csv_rows(storage.significance_tests_csv(experiment))
+    batch_dir = storage.batch_dir(experiment)
     report = pipeline_summary.build_report(
         experiment=experiment,
         task=config.task,
-        fingerprint=json.loads((storage.dataset_dir(experiment) / "fingerprint.json").read_text()),
-        manifest=json.loads(manifest_path.read_text()),
+        fingerprint=json.loads(storage.fingerprint_path(experiment).read_text()),
+        manifest=json.loads(storage.run_manifest_json(experiment).read_text()),
         records_by_constraint=records,
-        constraint_rows=[_numbers(r) for r in constraint_rows],
+        constraint_rows=[_numbers(r) for r in outputs.read_csv_rows(storage.constraint_experiment_csv(experiment))],
         significance=_numbers(significance_rows[0]) if significance_rows else None,
-        batch_summary=outputs.read_summary(batch_dir) if (batch_dir / outputs.SUMMARY).exists() else None,
+        batch_summary=outputs.read_summary(batch_dir) if (batch_dir / SUMMARY_JSON).exists() else None,
         checks=checks,
         run_id=context.run.run_id,
     )
-    path = atomic_write_json(artifacts / "reports" / "pipeline_report.json", report)
+    path = atomic_write_json(storage.pipeline_report_json(experiment), report)
     failed = [
         f"{name}:{key}" for name, results in checks.items() if name != "run_manifest_verifies"
         for key, result in results.items() if not result["passed"]

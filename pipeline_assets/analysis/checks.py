@@ -12,8 +12,7 @@ from resources.storage import SharedDrive
 @dg.asset_check(asset=run_manifest, blocking=True)
 def run_manifest_verifies(context: dg.AssetCheckExecutionContext, storage: SharedDrive) -> dg.AssetCheckResult:
     """Every SHA-256 the manifest records matches the file on the drive right after it was written."""
-    path = storage.artifacts_dir(context.partition_key, "metadata", "run_manifest.json")
-    differences = manifest.verify_manifest(path)
+    differences = manifest.verify_manifest(storage.run_manifest_json(context.partition_key))
     return dg.AssetCheckResult(
         passed=not differences,
         metadata={"differences": len(differences), "differences_limit": 0, "details": dg.MetadataValue.json(differences)},
@@ -25,7 +24,7 @@ def constraint_experiment_covers_grid(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive
 ) -> dg.AssetCheckResult:
     """The sweep table has a row for every constraint partition of config/constraints.yaml."""
-    rows = outputs.read_csv_rows(storage.artifacts_dir(context.partition_key, "benchmarks", "constraint_experiment.csv"))
+    rows = outputs.read_csv_rows(storage.constraint_experiment_csv(context.partition_key))
     expected = constraint_partitions_def.get_partition_keys()
     missing = sorted(set(expected) - {r["constraint"] for r in rows})
     return dg.AssetCheckResult(

@@ -7,7 +7,6 @@ root (so a copied drive still verifies) and the experiment YAML by absolute path
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -17,19 +16,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.drive import PROJECT_ROOT
+from core.drive import PROJECT_ROOT, DriveLayout
+from core.hashing import sha256_file
 
 MANIFEST_VERSION = 1
 PACKAGES = ("mlgraph", "dagster", "pyarrow", "numpy", "pandas", "scikit-learn", "scipy", "duckdb", "matplotlib",
             "pydantic", "threadpoolctl")
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -56,9 +48,21 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def drive_root(manifest_path: Path) -> Path:
-    """The shared-drive root of `<root>/artifacts/<experiment>/metadata/run_manifest.json`."""
-    return manifest_path.resolve().parents[3]
+def drive_root(manifest_path: Path, experiment: str) -> Path:
+    """The shared drive whose run manifest of `experiment` is `manifest_path`."""
+    resolved = manifest_path.resolve()
+    for root in resolved.parents:
+        if DriveLayout(root).run_manifest_json(experiment) == resolved:
+            return root
+    raise ValueError(
+        f"not where a run manifest of experiment {experiment!r} lives on a shared drive (expected "
+        f"{DriveLayout(Path('<drive>')).run_manifest_json(experiment)}); verify it in place, where the paths it "
+        "records are relative to"
+    )
+
+
+def _drive_relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def build_manifest(
@@ -72,10 +76,14 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest for `experiment` (config: an ExperimentConfig); `files` must lie under `root`."""
     root = root.resolve()
+    layout = DriveLayout(root)
     hashes = {}
     for path in sorted({Path(p).resolve() for p in files}):
-        hashes[path.relative_to(root).as_posix()] = sha256_file(path)
-    dataset_dir = f"datasets/{experiment}"
+        hashes[_drive_relative(root, path)] = sha256_file(path)
+
+    def dataset_sha(split: str) -> str | None:
+        return hashes.get(_drive_relative(root, layout.dataset_path(experiment, split)))
+
     return {
         "manifest_version": MANIFEST_VERSION,
         "experiment": experiment,
@@ -83,11 +91,11 @@ def build_manifest(
         "config_path": str(config_path.resolve()),
         "config_sha256": sha256_file(config_path),
         "dataset": {
-            "sha256": hashes.get(f"{dataset_dir}/raw.parquet"),
+            "sha256": dataset_sha("raw"),
             "source_sha256": fingerprint.get("source_sha256"),
             "fingerprint": fingerprint.get("fingerprint"),
-            "train_sha256": hashes.get(f"{dataset_dir}/train.parquet"),
-            "test_sha256": hashes.get(f"{dataset_dir}/test.parquet"),
+            "train_sha256": dataset_sha("train"),
+            "test_sha256": dataset_sha("test"),
             "rows": fingerprint.get("rows"),
         },
         "files": hashes,
@@ -115,7 +123,8 @@ def verify_manifest(path: str | Path) -> list[str]:
         raise ValueError(f"not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError("not a run manifest (no 'files' mapping); expected artifacts/<experiment>/metadata/run_manifest.json")
-    root = drive_root(path)
+    experiment = str(manifest.get("experiment"))
+    root = drive_root(path, experiment)
     differences = []
     for relative, recorded in sorted(manifest["files"].items()):
         target = root / relative
@@ -126,7 +135,7 @@ def verify_manifest(path: str | Path) -> list[str]:
         if actual != recorded:
             differences.append(f"{relative}: SHA-256 changed: recorded {recorded[:12]}…, now {actual[:12]}…")
     dataset = manifest.get("dataset", {})
-    raw = f"datasets/{manifest.get('experiment')}/raw.parquet"
+    raw = _drive_relative(root, DriveLayout(root).dataset_path(experiment, "raw"))
     if dataset.get("sha256") and manifest["files"].get(raw) != dataset["sha256"]:
         differences.append(f"dataset.sha256 {dataset['sha256'][:12]}… does not match the recorded {raw}")
     differences.extend(_verify_config(manifest))

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline_assets.preprocessing.engine import OPERATORS
+from pipeline_assets.preprocessing.operators import OPERATORS
 
 
 def chunk_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

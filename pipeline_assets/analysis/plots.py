@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,9 @@ def _spec(accuracy_column: str, accuracy_label: str) -> dict[str, dict[str, str]
 
 
 def draw_tradeoff_plots(rows: Sequence[Mapping[str, Any]], accuracy_column: str, accuracy_label: str,
-                        out_dir: Path, experiment: str) -> dict[str, Path]:
-    """Write the three PNGs (marker shape = chunk size, colour per the design document); return paths."""
+                        paths: Mapping[str, Path], experiment: str) -> dict[str, Path]:
+    """Write the three PNGs to `paths` (one per name in PLOTS; marker shape = chunk size, colour per the
+    design document); return them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,7 +41,7 @@ def draw_tradeoff_plots(rows: Sequence[Mapping[str, Any]], accuracy_column: str,
 
     chunk_sizes = sorted({int(r["chunk_size"]) for r in rows})
     marker = {c: _MARKERS[i % len(_MARKERS)] for i, c in enumerate(chunk_sizes)}
-    paths = {}
+    written = {}
     for name, spec in _spec(accuracy_column, accuracy_label).items():
         fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
         colours = [float(r[spec["c"]]) for r in rows]
@@ -79,15 +79,8 @@ def draw_tradeoff_plots(rows: Sequence[Mapping[str, Any]], accuracy_column: str,
         ax.grid(True, alpha=0.3)
         ax.margins(0.12)
         fig.tight_layout()
-        path = out_dir / f"{name}.png"
-        with atomic_path(path) as tmp:
+        with atomic_path(paths[name]) as tmp:
             fig.savefig(tmp, format="png", metadata={"Software": None})
         plt.close(fig)
-        paths[name] = path
-    return paths
-
-
-def markdown_image(path: Path, alt: str) -> str:
-    """The PNG inline as a data URI, so the Dagster UI shows it in the materialization's metadata."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"![{alt}](data:image/png;base64,{data})"
+        written[name] = paths[name]
+    return written

@@ -1,21 +1,22 @@
 """analysis_report: an evaluated external checkpoint against the trained candidates, as one HTML report."""
 
-import base64
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from core import evaluation_store
+from core.markdown import md_image, md_table
+from core.signals import read_signal
+from core.tags import TAG_CHECKPOINT_ID
 from pipeline_assets.analysis import checkpoint_comparison as comparison
-from pipeline_assets.external import evaluation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.signals import EVAL_COMPLETE, read_signal
-from core.tags import TAG_CHECKPOINT_ID
 
-CANDIDATE_PREDICTIONS = "test.parquet"
+# The candidates' predictions on the test split (written by evaluation_metrics).
+CANDIDATE_DATASET = "test"
 
 
 class AnalysisReportConfig(dg.Config):
@@ -27,7 +28,7 @@ class AnalysisReportConfig(dg.Config):
     bootstrap_resamples: int = Field(default=1000, ge=100, description="Resamples per confidence interval")
 
 
-def _metrics_table(evaluation_dir) -> pd.DataFrame:
+def _metrics_table(evaluation_dir: Path) -> pd.DataFrame:
     """Latest test value of every (model, metric), one row per model, through DuckDB over the parquet files."""
     import duckdb
 
@@ -45,12 +46,13 @@ def _metrics_table(evaluation_dir) -> pd.DataFrame:
     return wide
 
 
-def _checkpoint_id(context: dg.AssetExecutionContext, config: AnalysisReportConfig, eval_dir, metrics) -> tuple[str, str]:
+def _checkpoint_id(context: dg.AssetExecutionContext, config: AnalysisReportConfig, eval_dir: Path,
+                   signal_file: Path, metrics: pd.DataFrame) -> tuple[str, str]:
+    """The checkpoint to report on, and what chose it: run config, run tag, .eval_complete, latest in the metrics."""
     if config.checkpoint_id:
         return config.checkpoint_id, "run config"
     if context.run.tags.get(TAG_CHECKPOINT_ID):
         return context.run.tags[TAG_CHECKPOINT_ID], f"run tag {TAG_CHECKPOINT_ID}"
-    signal_file = eval_dir / EVAL_COMPLETE
     if signal_file.is_file():
         done, _ = read_signal(signal_file)
         if done.checkpoint_id:
@@ -64,10 +66,21 @@ def _checkpoint_id(context: dg.AssetExecutionContext, config: AnalysisReportConf
     return checkpoints[-1].split(":", 1)[1], "latest checkpoint in the metrics"
 
 
+def _paired_markdown(paired: pd.DataFrame) -> str:
+    if not len(paired):
+        return "no candidates to compare"
+    return md_table(
+        ["candidate", "mean diff", "95% CI", "Holm p", "verdict"],
+        [[r.candidate, f"{r.mean_diff:.4g}", f"[{r.ci_low:.4g}, {r.ci_high:.4g}]", f"{r.p_holm:.3g}", r.verdict]
+         for r in paired.itertuples()],
+    )
+
+
 @dg.asset(
     partitions_def=experiment_partitions_def,
     deps=[dg.AssetKey("checkpoint_evaluation"), dg.AssetKey("evaluation_metrics")],
     kinds={"html", "duckdb"},
+    code_version="1",
 )
 def analysis_report(
     context: dg.AssetExecutionContext,
@@ -80,24 +93,17 @@ def analysis_report(
     loaded = catalog.load(experiment)
     eval_dir = storage.evaluation_dir(experiment)
     metrics = _metrics_table(eval_dir)
-    ckpt_id, chosen_by = _checkpoint_id(context, config, eval_dir, metrics)
-    checkpoint_predictions = evaluation.predictions_path(eval_dir, ckpt_id)
+    ckpt_id, chosen_by = _checkpoint_id(context, config, eval_dir, storage.eval_complete_signal(experiment), metrics)
+    checkpoint_predictions = storage.checkpoint_predictions(experiment, ckpt_id)
     if not checkpoint_predictions.is_file():
         raise FileNotFoundError(
             f"{checkpoint_predictions}: predictions of checkpoint {ckpt_id!r} missing (chosen by {chosen_by}). "
             "Fix: materialize checkpoint_evaluation for it."
         )
-    inputs = comparison.load_inputs(checkpoint_predictions, eval_dir / "predictions" / CANDIDATE_PREDICTIONS)
+    candidate_predictions = storage.predictions_path(experiment, CANDIDATE_DATASET)
+    inputs = comparison.load_inputs(checkpoint_predictions, candidate_predictions)
     for note in inputs.notes:
         context.log.warning(note)
-    provenance = {
-        "experiment": experiment,
-        "config_hash": loaded.config.config_hash,
-        "checkpoint": f"{ckpt_id} (chosen by {chosen_by})",
-        "checkpoint predictions": checkpoint_predictions,
-        "candidate predictions": eval_dir / "predictions" / CANDIDATE_PREDICTIONS,
-        "metrics": evaluation_store.metrics_glob(eval_dir),
-    }
     outputs = comparison.build_report(
         experiment=experiment,
         task=loaded.config.task,
@@ -105,32 +111,28 @@ def analysis_report(
         inputs=inputs,
         metrics_table=metrics,
         analysis_dir=storage.analysis_dir(experiment),
-        provenance=provenance,
+        provenance={
+            "experiment": experiment,
+            "config_hash": loaded.config.config_hash,
+            "checkpoint": f"{ckpt_id} (chosen by {chosen_by})",
+            "checkpoint predictions": checkpoint_predictions,
+            "candidate predictions": candidate_predictions,
+            "metrics": evaluation_store.metrics_glob(eval_dir),
+        },
         n_boot=config.bootstrap_resamples,
         seed=loaded.config.seed,
     )
     context.log.info(f"wrote {outputs.report} ({len(inputs.candidates)} candidate(s) compared)")
     figure = next(p for p in outputs.figures if p.name == "checkpoint_metric_ci.png")
-    paired_md = (
-        "| candidate | mean diff | 95% CI | Holm p | verdict |\n|---|---|---|---|---|\n"
-        + "\n".join(
-            f"| {r.candidate} | {r.mean_diff:.4g} | [{r.ci_low:.4g}, {r.ci_high:.4g}] | {r.p_holm:.3g} | {r.verdict} |"
-            for r in outputs.paired.itertuples()
-        )
-        if len(outputs.paired)
-        else "no candidates to compare"
-    )
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(str(outputs.report)),
             "checkpoint_id": ckpt_id,
             "candidates_compared": len(inputs.candidates),
             "models_in_metrics": len(metrics),
-            "paired_tests": dg.MetadataValue.md(paired_md),
+            "paired_tests": dg.MetadataValue.md(_paired_markdown(outputs.paired)),
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in outputs.notes) or "none"),
-            "figure": dg.MetadataValue.md(
-                f"![{figure.name}](data:image/png;base64,{base64.b64encode(figure.read_bytes()).decode('ascii')})"
-            ),
+            "figure": dg.MetadataValue.md(md_image(figure)),
             "tables": dg.MetadataValue.md("\n".join(f"- `{p}`" for p in outputs.tables)),
         }
     )

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
 from pipeline_assets.preprocessing import outputs
-from pipeline_assets.preprocessing.probe import METRIC_COLUMNS
+from pipeline_assets.preprocessing.probe_model import METRIC_COLUMNS
 
 # The design document's columns first (metrics per task), then what helps to read them.
 BASE_COLUMNS = ["chunk_size", "memory_limit_mb", "compute_limit", "preprocessing_latency_s", "peak_memory_mb",
@@ -30,11 +31,11 @@ def columns_for(task: str) -> list[str]:
     return [*BASE_COLUMNS, *METRIC_COLUMNS[task], *EXTRA_COLUMNS]
 
 
-def collect_runs(constraint_dirs: Mapping[str, Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """constraint_run.json of every constraint that has one, sorted by (chunk, memory, compute); the rest."""
+def collect_runs(run_files: Mapping[str, Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """constraint key → its constraint_run.json: the rows of those that exist, sorted by (chunk, memory,
+    compute); the keys of the rest."""
     rows, missing = [], []
-    for key, directory in constraint_dirs.items():
-        path = directory / "constraint_run.json"
+    for key, path in run_files.items():
         if path.exists():
             rows.append(json.loads(path.read_text()))
         else:
@@ -47,7 +48,7 @@ def combined_chunk_records(constraint_dirs: Mapping[str, Path], keys: Sequence[s
     """Every constraint's chunk records in one list (each already carries its constraint key)."""
     records = []
     for key in keys:
-        path = constraint_dirs[key] / outputs.CHUNKS
+        path = constraint_dirs[key] / STREAMING_CHUNKS_JSONL
         if path.exists():
             records.extend(outputs.read_records(path))
     return records
@@ -56,7 +57,7 @@ def combined_chunk_records(constraint_dirs: Mapping[str, Path], keys: Sequence[s
 def combined_profile_rows(constraint_dirs: Mapping[str, Path], keys: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for key in keys:
-        path = constraint_dirs[key] / outputs.PROFILE
+        path = constraint_dirs[key] / OPERATOR_PROFILE_CSV
         if path.exists():
             rows.extend({"constraint": key, **row} for row in outputs.read_csv_rows(path))
     return rows

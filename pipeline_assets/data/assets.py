@@ -1,31 +1,21 @@
 """Data assets: raw dataset, its fingerprint, and the seeded train/test split."""
 
-import hashlib
-import json
-
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline_assets.data import loading, splitting
+from core.atomic import atomic_write_json
+from pipeline_assets.data import datasets, loading, splitting
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.atomic import atomic_path, atomic_write_json
-
-
-def write_parquet(table: pa.Table, path) -> str:
-    """Write atomically with fixed writer options (same table → same bytes); return the SHA-256."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True)
-    return loading.sha256_file(path)
 
 
 def _schema_metadata(table: pa.Table) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema])
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="data", kinds={"parquet"})
+@dg.asset(partitions_def=experiment_partitions_def, kinds={"parquet"}, code_version="1")
 def raw_dataset(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
@@ -34,7 +24,7 @@ def raw_dataset(
     source = loading.load_source(experiment)
     table = loading.validate_source(source.table, experiment, source.description)
     out = storage.dataset_path(experiment.config.name, "raw")
-    digest = write_parquet(table, out)
+    digest = datasets.write_parquet(table, out)
     context.log.info(f"{source.description}: {table.num_rows} rows × {table.num_columns} columns → {out}")
     return dg.MaterializeResult(
         metadata={
@@ -50,31 +40,17 @@ def raw_dataset(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="data", deps=[raw_dataset], kinds={"json"})
+@dg.asset(partitions_def=experiment_partitions_def, deps=[raw_dataset], kinds={"json"}, code_version="1")
 def dataset_fingerprint(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """SHA-256 of the source bytes, schema hash and row count; its data version drives staleness."""
     experiment = catalog.load(context.partition_key)
     name = experiment.config.name
-    raw_path = storage.dataset_path(name, "raw")
-    schema = pq.read_schema(raw_path)
-    raw_sha = loading.sha256_file(raw_path)
-    source_file = experiment.source_path
-    fingerprint = {
-        "experiment": name,
-        "source": str(source_file) if source_file else f"generator:{experiment.config.dataset.generator}",
-        # Generated data has no file of its own: its canonical bytes are raw.parquet.
-        "source_sha256": loading.sha256_file(source_file) if source_file else raw_sha,
-        "raw_parquet_sha256": raw_sha,
-        "schema_hash": loading.schema_hash(schema),
-        "rows": pq.read_metadata(raw_path).num_rows,
-        "columns": len(schema.names),
-    }
-    fingerprint["fingerprint"] = hashlib.sha256(
-        json.dumps(fingerprint, sort_keys=True).encode("utf-8")
-    ).hexdigest()
-    out = atomic_write_json(storage.dataset_dir(name) / "fingerprint.json", fingerprint)
+    fingerprint = datasets.build_fingerprint(
+        name, storage.dataset_path(name, "raw"), experiment.source_path, experiment.config.dataset.generator
+    )
+    out = atomic_write_json(storage.fingerprint_path(name), fingerprint)
     return dg.MaterializeResult(
         metadata={
             "source_sha256": fingerprint["source_sha256"],
@@ -88,9 +64,9 @@ def dataset_fingerprint(
 
 @dg.asset(
     partitions_def=experiment_partitions_def,
-    group_name="data",
     deps=[raw_dataset, dataset_fingerprint],
     kinds={"parquet"},
+    code_version="1",
 )
 def train_test_split(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
@@ -103,9 +79,9 @@ def train_test_split(
     digests = {}
     for split, frame in (("train", result.train), ("test", result.test)):
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        digests[split] = write_parquet(table, storage.dataset_path(config.name, split))
+        digests[split] = datasets.write_parquet(table, storage.dataset_path(config.name, split))
     meta = {**result.meta, "experiment": config.name, "train_sha256": digests["train"], "test_sha256": digests["test"]}
-    atomic_write_json(storage.dataset_dir(config.name) / "meta.json", meta)
+    atomic_write_json(storage.dataset_meta(config.name), meta)
     context.log.info(
         f"{config.name}: {meta['split_method']} split {meta['train_rows_before']}/{meta['test_rows_before']} "
         f"→ sampled ({meta['strategy']}) {meta['train_rows_after']}/{meta['test_rows_after']}"
@@ -119,5 +95,5 @@ def train_test_split(
             "config_hash": config.config_hash,
             "dagster/row_count": meta["train_rows_after"] + meta["test_rows_after"],
         },
-        data_version=dg.DataVersion(hashlib.sha256((digests["train"] + digests["test"]).encode()).hexdigest()),
+        data_version=dg.DataVersion(datasets.splits_version(digests["train"], digests["test"])),
     )

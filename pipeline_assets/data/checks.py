@@ -37,10 +37,9 @@ def train_test_split_proportions(
 ) -> dg.AssetCheckResult:
     """Test share matches the config; classes keep their ratio; forecasting test rows come after train."""
     config = catalog.load(context.partition_key).config
-    directory = storage.dataset_dir(config.name)
-    meta = json.loads((directory / "meta.json").read_text())
-    train = pq.read_table(directory / "train.parquet")
-    test = pq.read_table(directory / "test.parquet")
+    meta = json.loads(storage.dataset_meta(config.name).read_text())
+    train = pq.read_table(storage.dataset_path(config.name, "train"))
+    test = pq.read_table(storage.dataset_path(config.name, "test"))
     report = split_report(meta, train, test, config)
     return dg.AssetCheckResult(passed=report.passed, metadata=report.metadata)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline_assets.data import generators
 from core.experiment import LoadedExperiment
+from core.hashing import sha256_text
+from pipeline_assets.data import generators
 
 
 class DataValidationError(ValueError):
@@ -157,15 +157,7 @@ def validate_source(table: pa.Table, experiment: LoadedExperiment, where: str) -
     return table
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def schema_hash(schema: pa.Schema) -> str:
     """Hash of column names and types only (pandas/arrow metadata does not count)."""
     fields = [[f.name, str(f.type)] for f in schema]
-    return hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()
+    return sha256_text(json.dumps(fields))

@@ -8,14 +8,15 @@ import dagster as dg
 from pydantic import Field
 
 from core import evaluation_store
+from core.atomic import atomic_write_text
+from core.markdown import md_table
+from core.signals import SignalError, TrainingComplete, checkpoint_id, read_signal, resolve_checkpoint, utc_now
+from core.tags import SLURM_JOB_ID_TAG, TAG_CHECKPOINT_PATH, TAG_MLFLOW_RUN_ID, TAG_SIGNAL_FILE, TAG_TRAINING_MLFLOW_RUN_ID
 from pipeline_assets.external import evaluation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.atomic import atomic_write_text
 from resources.tracking import MlflowTracking
-from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE, EvalComplete, EvalFailed, SignalError, TrainingComplete, checkpoint_id, read_signal, resolve_checkpoint, utc_now
-from core.tags import SLURM_JOB_ID_TAG, TAG_CHECKPOINT_PATH, TAG_MLFLOW_RUN_ID, TAG_SIGNAL_FILE, TAG_TRAINING_MLFLOW_RUN_ID
 
 # Materialized by no run: training_complete_sensor reports each checkpoint with its signal's metadata.
 external_checkpoint = dg.AssetSpec(
@@ -45,7 +46,7 @@ def _resolve(
     """The checkpoint to evaluate: run config, then the sensor's run tag, then the current signal file."""
     drive = storage.root_path
     signal = None
-    signal_file = context.run.tags.get(TAG_SIGNAL_FILE) or str(storage.models_dir(experiment) / TRAINING_COMPLETE)
+    signal_file = context.run.tags.get(TAG_SIGNAL_FILE) or str(storage.training_complete_signal(experiment))
     if Path(signal_file).is_file():
         try:
             signal, _ = read_signal(signal_file)
@@ -76,30 +77,11 @@ def _names(drive: Path, signal: TrainingComplete, signal_file: str) -> Path | No
         return None
 
 
-def _log_to_mlflow(
-    mlflow: MlflowTracking, experiment: str, result: evaluation.CheckpointEvaluation, run_tags: dict[str, str],
-    dagster_run_id: str,
-) -> str:
-    client = mlflow.client()
-    experiment_id = mlflow.ensure_experiment(experiment)
-    tags = {"mlgraph.dagster_run_id": dagster_run_id, "mlgraph.checkpoint_id": result.checkpoint_id,
-            "mlgraph.kind": "checkpoint_evaluation"}
-    training_run = run_tags.get(TAG_TRAINING_MLFLOW_RUN_ID)
-    if training_run:
-        # Links the evaluation under the trainer's run in the MLflow UI.
-        tags["mlflow.parentRunId"] = training_run
-    run = client.create_run(experiment_id, run_name=f"checkpoint-evaluation-{result.checkpoint_id}", tags=tags)
-    for name, value in sorted(result.metrics.items()):
-        client.log_metric(run.info.run_id, f"test_{name}", value)
-    client.log_param(run.info.run_id, "test_rows", result.rows)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
 @dg.asset(
     partitions_def=experiment_partitions_def,
     deps=[external_checkpoint, dg.AssetKey("train_test_split")],
     kinds={"pytorch", "parquet"},
+    code_version="1",
 )
 def checkpoint_evaluation(
     context: dg.AssetExecutionContext,
@@ -110,7 +92,6 @@ def checkpoint_evaluation(
 ) -> dg.MaterializeResult:
     """The reported checkpoint scored on the experiment's test split, in the candidates' evaluation schema."""
     experiment = context.partition_key
-    eval_dir = storage.evaluation_dir(experiment)
     started = utc_now()
     job_id = _job_id(context)
     checkpoint_path: Path | None = None
@@ -123,34 +104,25 @@ def checkpoint_evaluation(
         context.log.info(f"evaluating {checkpoint_path} on {test_path}")
         result = evaluation.evaluate_checkpoint(checkpoint_path, ckpt_id, test_path, loaded.config.target)
         metric_files = evaluation_store.write_metrics(
-            eval_dir,
+            storage.evaluation_dir(experiment),
             evaluation.metric_records(result, experiment, config_hash, started),
             source=evaluation.source_name(ckpt_id),
         )
-        predictions = evaluation.write_predictions(result.predictions, evaluation.predictions_path(eval_dir, ckpt_id))
-        mlflow_run_id = _log_to_mlflow(mlflow, experiment, result, dict(context.run.tags), context.run.run_id)
-        context.instance.add_run_tags(context.run.run_id, {TAG_MLFLOW_RUN_ID: mlflow_run_id})
-        done = EvalComplete(
-            timestamp=utc_now(),
-            experiment=experiment,
-            job_id=job_id,
-            status="complete",
-            datasets_evaluated=["test"],
-            metrics_summary=result.metrics,
-            eval_duration_seconds=round((utc_now() - started).total_seconds(), 3),
-            checkpoint_id=ckpt_id,
-            checkpoint_path=str(checkpoint_path),
-            model=result.model,
-            dagster_run_id=context.run.run_id,
-            mlflow_run_id=mlflow_run_id,
-            config_hash=config_hash,
+        predictions = storage.checkpoint_predictions(experiment, ckpt_id)
+        evaluation.write_predictions(result.predictions, predictions)
+        mlflow_run_id = evaluation.log_to_mlflow(
+            mlflow.tracker(experiment), result, context.run.run_id, context.run.tags.get(TAG_TRAINING_MLFLOW_RUN_ID)
         )
+        context.instance.add_run_tags(context.run.run_id, {TAG_MLFLOW_RUN_ID: mlflow_run_id})
+        done = evaluation.completion_signal(result, experiment, job_id, started, checkpoint_path, context.run.run_id,
+                                            mlflow_run_id, config_hash)
         # Written last: analysis may start the moment this file appears.
-        signal_out = atomic_write_text(eval_dir / EVAL_COMPLETE, done.to_json())
+        signal_out = atomic_write_text(storage.eval_complete_signal(experiment), done.to_json())
     except Exception as exc:
-        _write_failure(context, eval_dir, experiment, job_id, checkpoint_path, exc)
+        _write_failure(context, storage, experiment, job_id, checkpoint_path, exc)
         raise
     context.log.info(f"{result.model}: {result.metrics} on {result.rows} test rows; wrote {signal_out}")
+    metrics = sorted(result.metrics.items())
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt_id,
@@ -158,11 +130,8 @@ def checkpoint_evaluation(
             "model": result.model,
             "architecture": dg.MetadataValue.json(result.metadata.get("architecture", {})),
             "test_rows": result.rows,
-            **{f"test_{k}": float(v) for k, v in sorted(result.metrics.items())},
-            "metrics": dg.MetadataValue.md(
-                "| metric | value |\n|---|---|\n"
-                + "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(result.metrics.items()))
-            ),
+            **{f"test_{k}": float(v) for k, v in metrics},
+            "metrics": dg.MetadataValue.md(md_table(["metric", "value"], [(k, f"{v:.6g}") for k, v in metrics])),
             "metric_files": len(metric_files),
             "predictions": dg.MetadataValue.path(str(predictions)),
             "eval_complete": dg.MetadataValue.path(str(signal_out)),
@@ -178,24 +147,18 @@ def checkpoint_evaluation(
 
 
 def _write_failure(
-    context: dg.AssetExecutionContext, eval_dir: Path, experiment: str, job_id: str, checkpoint_path: Path | None,
-    exc: BaseException,
+    context: dg.AssetExecutionContext, storage: SharedDrive, experiment: str, job_id: str,
+    checkpoint_path: Path | None, exc: BaseException,
 ) -> None:
     """Record a critical failure as evaluation/{experiment}/.eval_failed; the caller re-raises."""
-    failed = EvalFailed(
-        timestamp=utc_now(),
-        experiment=experiment,
-        job_id=job_id,
-        error_type=type(exc).__name__,
-        error_message=(str(exc) or type(exc).__name__)[:20_000],
-        traceback=traceback.format_exc()[-20_000:],
-        checkpoint_id=checkpoint_id(checkpoint_path) if checkpoint_path else None,
-        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
-        dagster_run_id=context.run.run_id,
+    failed = evaluation.failure_signal(
+        experiment, job_id, exc, traceback.format_exc(), checkpoint_id(checkpoint_path) if checkpoint_path else None,
+        checkpoint_path, context.run.run_id,
     )
+    target = storage.eval_failed_signal(experiment)
     try:
-        path = atomic_write_text(eval_dir / EVAL_FAILED, failed.to_json())
+        path = atomic_write_text(target, failed.to_json())
     except OSError as write_exc:
-        context.log.error(f"could not write {eval_dir / EVAL_FAILED}: {write_exc}")
+        context.log.error(f"could not write {target}: {write_exc}")
         return
     context.log.error(f"evaluation failed ({type(exc).__name__}: {exc}); wrote {path}")

@@ -10,7 +10,6 @@ Plain Python (numpy, pandas; torch inside the functions that need it): a trainer
 machine uses it to save, the checkpoint_evaluation asset to load.
 """
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from core.atomic import atomic_path, atomic_write_json
+from core.hashing import sha256_file
 
 FORMAT = "mlgraph-mlp/1"
 WEIGHTS_FILE = "model.pt"
@@ -131,22 +131,15 @@ def build_model(architecture: Mapping[str, Any]):
     return torch.nn.Sequential(*layers)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(directory: str | Path, model, metadata: Mapping[str, Any]) -> Path:
     """Write weights, then metadata.json (with the weights' hash), both atomically; return the directory."""
     import torch
 
     directory = Path(directory)
     weights = directory / WEIGHTS_FILE
-    with atomic_path(weights) as tmp:
-        torch.save(model.state_dict(), tmp)
+    with atomic_path(weights) as tmp, open(tmp, "wb") as fh:
+        # A file object, not a path: torch would name the archive after the random temporary file.
+        torch.save(model.state_dict(), fh)
     atomic_write_json(directory / METADATA_FILE,
                       {**metadata, "format": FORMAT, "weights": WEIGHTS_FILE, "weights_sha256": sha256_file(weights)})
     return directory

@@ -1,40 +1,35 @@
 """Checks on checkpoint evaluation: the observed metric set and row counts next to what they must be."""
 
-import math
-
 import dagster as dg
 import pyarrow.parquet as pq
 
 from core import evaluation_store
+from core.signals import EvalComplete, read_signal
 from pipeline_assets.external import evaluation
 from pipeline_assets.external.assets import checkpoint_evaluation
-from pipeline_assets.training.metrics import TASK_METRICS
+from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.signals import EVAL_COMPLETE, read_signal
 
 
 @dg.asset_check(asset=checkpoint_evaluation)
 def checkpoint_evaluation_metrics_complete(
-    context: dg.AssetCheckExecutionContext, storage: SharedDrive
+    context: dg.AssetCheckExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.AssetCheckResult:
-    """Every metric of the task is present and finite, and there is one prediction per test row."""
+    """Every metric of the experiment's task is present and finite, and there is one prediction per test row."""
     import duckdb
 
     experiment = context.partition_key
-    eval_dir = storage.evaluation_dir(experiment)
-    done, _ = read_signal(eval_dir / EVAL_COMPLETE)
+    task = catalog.load(experiment).config.task
+    done, _ = read_signal(storage.eval_complete_signal(experiment), EvalComplete)
     with duckdb.connect() as con:
         rows = con.execute(
-            f"SELECT metric, value FROM {evaluation_store.read_metrics_sql(eval_dir)} "
+            f"SELECT metric, value FROM {evaluation_store.read_metrics_sql(storage.evaluation_dir(experiment))} "
             "WHERE model = ? AND dataset = 'test'",
             [done.model],
         ).fetchall()
-    values = dict(rows)
-    task = "regression" if "r2" in values else "classification"
-    missing = sorted(set(TASK_METRICS[task]) - set(values))
-    non_finite = sorted(k for k, v in values.items() if v is None or not math.isfinite(v))
+    missing, non_finite = evaluation.metric_gaps(task, dict(rows))
     test_rows = pq.read_metadata(storage.dataset_path(experiment, "test")).num_rows
-    prediction_rows = pq.read_metadata(evaluation.predictions_path(eval_dir, done.checkpoint_id)).num_rows
+    prediction_rows = pq.read_metadata(storage.checkpoint_predictions(experiment, done.checkpoint_id)).num_rows
     return dg.AssetCheckResult(
         passed=not missing and not non_finite and prediction_rows == test_rows,
         metadata={

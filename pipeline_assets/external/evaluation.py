@@ -3,7 +3,9 @@
 Plain Python: no Dagster. The asset in assets.py wires it to the drive, the run and the signals.
 """
 
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,8 +16,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
+from core import metrics
 from core.atomic import atomic_path
+from core.drive import checkpoint_source
+from core.signals import EvalComplete, EvalFailed, utc_now
+from core.tracking import PARENT_TAG, Tracker
+from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -34,14 +40,12 @@ def model_name(checkpoint_id: str) -> str:
 
 def source_name(checkpoint_id: str) -> str:
     """The evaluation_store source (file name) for one checkpoint's metric rows."""
-    return f"checkpoint-{checkpoint_id}"
+    return checkpoint_source(checkpoint_id)
 
 
 def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None,
                     threshold: float = 0.5) -> dict[str, float]:
-    """The trained candidates' metrics (pipeline_assets.training.metrics), so the rows compare like for like."""
-    from pipeline_assets.training import metrics
-
+    """The trained candidates' metrics (core.metrics), so the rows compare like for like."""
     if task == "regression":
         return metrics.regression_metrics(y_true, y_pred)
     if task == "classification":
@@ -112,12 +116,67 @@ def metric_records(evaluation: CheckpointEvaluation, experiment: str, config_has
     ]
 
 
-def predictions_path(evaluation_dir: Path, checkpoint_id: str, dataset: str = "test") -> Path:
-    """evaluation/{experiment}/predictions/{dataset}-checkpoint-<id>.parquet (candidates own {dataset}.parquet)."""
-    return evaluation_dir / "predictions" / f"{dataset}-{source_name(checkpoint_id)}.parquet"
-
-
 def write_predictions(table: pa.Table, path: Path) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path
+
+
+def metric_gaps(task: str, values: Mapping[str, float | None]) -> tuple[list[str], list[str]]:
+    """(metrics of `task` that are missing, metrics whose value is not finite) among `values`."""
+    missing = sorted(set(metrics.task_metrics(task)) - set(values))
+    non_finite = sorted(k for k, v in values.items() if v is None or not math.isfinite(v))
+    return missing, non_finite
+
+
+def log_to_mlflow(tracker: Tracker, result: CheckpointEvaluation, dagster_run_id: str,
+                  training_run_id: str | None = None) -> str:
+    """One finished MLflow run with the test metrics, nested under the trainer's run when it has one."""
+    tags = {"mlgraph.dagster_run_id": dagster_run_id, "mlgraph.checkpoint_id": result.checkpoint_id,
+            "mlgraph.kind": "checkpoint_evaluation"}
+    if training_run_id:
+        # Links the evaluation under the trainer's run in the MLflow UI.
+        tags[PARENT_TAG] = training_run_id
+    run_id = tracker.create_run(f"checkpoint-evaluation-{result.checkpoint_id}", tags)
+    tracker.log(run_id, params={"test_rows": result.rows},
+                metrics={f"test_{name}": value for name, value in sorted(result.metrics.items())})
+    tracker.set_status(run_id, "FINISHED")
+    return run_id
+
+
+def completion_signal(
+    result: CheckpointEvaluation, experiment: str, job_id: str, started: datetime, checkpoint_path: Path,
+    dagster_run_id: str, mlflow_run_id: str, config_hash: str,
+) -> EvalComplete:
+    return EvalComplete(
+        timestamp=utc_now(),
+        experiment=experiment,
+        job_id=job_id,
+        status="complete",
+        datasets_evaluated=["test"],
+        metrics_summary=result.metrics,
+        eval_duration_seconds=round((utc_now() - started).total_seconds(), 3),
+        checkpoint_id=result.checkpoint_id,
+        checkpoint_path=str(checkpoint_path),
+        model=result.model,
+        dagster_run_id=dagster_run_id,
+        mlflow_run_id=mlflow_run_id,
+        config_hash=config_hash,
+    )
+
+
+def failure_signal(
+    experiment: str, job_id: str, exc: BaseException, formatted_traceback: str, checkpoint_id: str | None,
+    checkpoint_path: Path | None, dagster_run_id: str,
+) -> EvalFailed:
+    return EvalFailed(
+        timestamp=utc_now(),
+        experiment=experiment,
+        job_id=job_id,
+        error_type=type(exc).__name__,
+        error_message=(str(exc) or type(exc).__name__)[:20_000],
+        traceback=formatted_traceback[-20_000:],
+        checkpoint_id=checkpoint_id,
+        checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
+        dagster_run_id=dagster_run_id,
+    )

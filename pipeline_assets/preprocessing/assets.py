@@ -5,12 +5,15 @@ import json
 import dagster as dg
 import pyarrow.parquet as pq
 
-from pipeline_assets.preprocessing import engine, outputs, probe
-from pipeline_assets.partitions import experiment_constraint_partitions_def, experiment_partitions_def
+from core.atomic import atomic_write_json
+from core.drive import FEATURES_PARQUET
 from core.experiment import Constraint
+from core.hashing import sha256_file
+from core.markdown import md_table
+from pipeline_assets.partitions import experiment_constraint_partitions_def, experiment_partitions_def
+from pipeline_assets.preprocessing import engine, outputs, probe_model
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.atomic import atomic_write_json
 
 # By key: importing another group's asset here would make the loader claim it for this group.
 TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
@@ -30,12 +33,13 @@ def _constraint_partition(context: dg.AssetExecutionContext, storage: SharedDriv
 
 
 def _operator_table(result: engine.RunResult) -> dg.MetadataValue:
-    rows = [r for r in result.records if r["stage"] == result.records[-1]["stage"] and not r["memory_exceeded"]]
-    lines = ["| operator | total s | mean s/chunk |", "|---|---:|---:|"]
+    last_stage = result.records[-1].stage
+    rows = [r for r in result.records if r.stage == last_stage and not r.memory_exceeded]
+    lines = []
     for op in engine.OPERATORS:
-        total = sum(r[f"{op}_s"] for r in rows)
-        lines.append(f"| {op} | {total:.4f} | {total / max(len(rows), 1):.5f} |")
-    return dg.MetadataValue.md("\n".join(lines))
+        total = sum(r.operator_seconds()[op] for r in rows)
+        lines.append([op, f"{total:.4f}", f"{total / max(len(rows), 1):.5f}"])
+    return dg.MetadataValue.md(md_table(["operator", "total s", "mean s/chunk"], lines, align=["", "r", "r"]))
 
 
 def _run_metadata(result: engine.RunResult, path) -> dict:
@@ -58,16 +62,16 @@ def _run_metadata(result: engine.RunResult, path) -> dict:
 
 @dg.asset(
     partitions_def=experiment_constraint_partitions_def,
-    group_name="preprocessing",
     deps=[TRAIN_TEST_SPLIT],
     kinds={"parquet"},
+    code_version="1",
 )
 def streaming_features(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Features built chunk by chunk under the partition's chunk size, memory limit and compute cap."""
     experiment, constraint_key, config, constraint, out_dir = _constraint_partition(context, storage, catalog)
-    features_path = out_dir / outputs.FEATURES
+    features_path = storage.constraint_file(experiment, constraint_key, FEATURES_PARQUET)
     result = engine.run_streaming(
         source=storage.dataset_path(experiment, "train"),
         options=engine.EngineOptions.from_config(config),
@@ -78,10 +82,12 @@ def streaming_features(
         output=features_path,
     )
     outputs.write_run_outputs(out_dir, result, {"experiment": experiment, "constraint": constraint_key})
+    if result.started_over:
+        context.log.warning(f"{experiment} [{constraint_key}]: resume {result.resume}")
     context.log.info(
         f"{experiment} [{constraint_key}]: {result.rows_in} rows in {result.chunks} chunks, "
-        f"{result.retries} attempt(s) over the memory limit, {result.resumed_chunks} resumed, "
-        f"{result.latency_s:.3f}s, peak {result.peak_memory_mb:.2f} MB, {result.threads} thread(s)"
+        f"{result.retries} attempt(s) over the memory limit, {result.resumed_chunks} resumed (resume: "
+        f"{result.resume}), {result.latency_s:.3f}s, peak {result.peak_memory_mb:.2f} MB, {result.threads} thread(s)"
     )
     return dg.MaterializeResult(
         metadata={
@@ -89,20 +95,21 @@ def streaming_features(
             "chunks": result.chunks,
             "attempts_over_limit": result.retries,
             "resumed_chunks": result.resumed_chunks,
+            "resume": result.resume,
             "final_chunk_size": result.final_chunk_size,
             "memory_limit_mb": constraint.memory_limit_mb,
             "compute_limit": constraint.compute_limit,
         },
         # Features are deterministic for a given input and chunk size (timings are not part of them).
-        data_version=dg.DataVersion(engine.sha256_file(features_path)),
+        data_version=dg.DataVersion(sha256_file(features_path)),
     )
 
 
 @dg.asset(
     partitions_def=experiment_constraint_partitions_def,
-    group_name="preprocessing",
     deps=[streaming_features],
     kinds={"sklearn"},
+    code_version="1",
 )
 def constraint_run(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
@@ -110,35 +117,16 @@ def constraint_run(
     """The experiment's probe model trained on this constraint's features, under its compute cap."""
     experiment, constraint_key, config, constraint, out_dir = _constraint_partition(context, storage, catalog)
     fit = outputs.read_fit(out_dir)
-    train = pq.read_table(out_dir / outputs.FEATURES)
+    train = pq.read_table(storage.constraint_file(experiment, constraint_key, FEATURES_PARQUET))
     # The test split goes through the same operators with the statistics fitted on train.
     test = engine.transform_table(pq.read_table(storage.dataset_path(experiment, "test")), fit)
-    result = probe.train_probe(
+    result = probe_model.train_probe(
         config.task, train, test, config.target, compute_limit=constraint.compute_limit,
         time_column=config.time_column, window=config.forecast.window, seed=config.seed,
     )
-    summary = outputs.read_summary(out_dir)
-    row = {
-        "experiment": experiment,
-        "constraint": constraint_key,
-        "task": config.task,
-        "chunk_size": constraint.chunk_size,
-        "memory_limit_mb": constraint.memory_limit_mb,
-        "compute_limit": constraint.compute_limit,
-        "preprocessing_latency_s": summary["latency_s"],
-        "peak_memory_mb": summary["peak_memory_mb"],
-        "training_time_s": result.training_time_s,
-        **result.metrics,
-        "probe_model": result.model,
-        "probe_params": result.params,
-        "train_rows": result.train_rows,
-        "test_rows": result.test_rows,
-        "threads": result.threads,
-        "chunks": summary["chunks"],
-        "attempts_over_limit": summary["attempts_over_limit"],
-        "resumed_chunks": summary["resumed_chunks"],
-    }
-    path = atomic_write_json(out_dir / "constraint_run.json", row)
+    row = probe_model.constraint_run_row(experiment, constraint_key, config.task, constraint,
+                                         outputs.read_summary(out_dir), result)
+    path = atomic_write_json(storage.constraint_run_json(experiment, constraint_key), row)
     context.log.info(f"{experiment} [{constraint_key}]: {result.model} {json.dumps(result.metrics)}")
     return dg.MaterializeResult(
         metadata={
@@ -153,21 +141,20 @@ def constraint_run(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, group_name="preprocessing", deps=[TRAIN_TEST_SPLIT], kinds={"parquet"})
+@dg.asset(partitions_def=experiment_partitions_def, deps=[TRAIN_TEST_SPLIT], kinds={"parquet"}, code_version="1")
 def batch_features(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """The same four operators on the whole train split in memory: the reference streaming must match."""
     experiment = context.partition_key
     config = catalog.load(experiment).config
-    out_dir = storage.artifacts_dir(experiment, "batch")
-    features_path = out_dir / outputs.FEATURES
+    features_path = storage.batch_file(experiment, FEATURES_PARQUET)
     result = engine.run_batch(
         storage.dataset_path(experiment, "train"), engine.EngineOptions.from_config(config), output=features_path,
         collect=False,
     )
-    outputs.write_run_outputs(out_dir, result, {"experiment": experiment})
+    outputs.write_run_outputs(storage.batch_dir(experiment), result, {"experiment": experiment})
     return dg.MaterializeResult(
         metadata=_run_metadata(result, features_path),
-        data_version=dg.DataVersion(engine.sha256_file(features_path)),
+        data_version=dg.DataVersion(sha256_file(features_path)),
     )

@@ -2,9 +2,11 @@
 
 import dagster as dg
 
-from pipeline_assets.preprocessing import outputs, validation
-from pipeline_assets.preprocessing.assets import streaming_features
+from core.drive import FEATURES_PARQUET, STREAMING_CHUNKS_JSONL
 from core.experiment import Constraint
+from pipeline_assets.partitions import experiment_from_constraints_mapping
+from pipeline_assets.preprocessing import outputs, validation
+from pipeline_assets.preprocessing.assets import batch_features, streaming_features
 from resources.storage import SharedDrive
 
 
@@ -13,15 +15,20 @@ def _keys(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
     return keys["experiment"], keys["constraint"]
 
 
-@dg.asset_check(asset=streaming_features, blocking=True)
+@dg.asset_check(
+    asset=streaming_features,
+    blocking=True,
+    # Read from the drive, not loaded as an input: declared so the graph shows the check depends on it.
+    additional_deps=[dg.AssetDep(batch_features, partition_mapping=experiment_from_constraints_mapping)],
+)
 def streaming_features_match_batch(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive
 ) -> dg.AssetCheckResult:
     """Same columns, same rows and values within 1e-9 as batch_features (whole-data statistics)."""
     experiment, constraint = _keys(context)
     report = validation.features_agree(
-        storage.constraint_dir(experiment, constraint) / outputs.FEATURES,
-        storage.artifacts_dir(experiment, "batch") / outputs.FEATURES,
+        storage.constraint_file(experiment, constraint, FEATURES_PARQUET),
+        storage.batch_file(experiment, FEATURES_PARQUET),
     )
     metadata = {
         "max_abs_diff": float(report.get("max_abs_diff", float("inf"))),
@@ -44,6 +51,6 @@ def streaming_features_memory_within_limit(
 ) -> dg.AssetCheckResult:
     """After halving and retrying, every accepted chunk's working memory is within the memory limit."""
     experiment, constraint = _keys(context)
-    records = outputs.read_records(storage.constraint_dir(experiment, constraint) / outputs.CHUNKS)
+    records = outputs.read_records(storage.constraint_file(experiment, constraint, STREAMING_CHUNKS_JSONL))
     report = validation.memory_compliance(records, Constraint.parse(constraint).memory_limit_mb)
     return dg.AssetCheckResult(passed=report["passed"], metadata={k: v for k, v in report.items() if k != "passed"})

@@ -14,22 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline_assets.preprocessing.engine import Fit, RunResult, operator_profile_rows
 from core.atomic import atomic_write_json, atomic_write_text
+from core.drive import FIT_JSON, OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL, SUMMARY_JSON
+from pipeline_assets.preprocessing.engine import RunResult
+from pipeline_assets.preprocessing.fitting import Fit
+from pipeline_assets.preprocessing.records import PROFILE_COLUMNS, operator_profile_rows
 
-FEATURES = "features.parquet"
-FIT = "fit.json"
-SUMMARY = "summary.json"
-CHUNKS = "streaming_chunks.jsonl"
-PROFILE = "operator_profile.csv"
-PROFILE_COLUMNS = [
-    "chunk_id",
-    "preprocess_s",
-    "feature_engineering_s",
-    "feature_selection_s",
-    "encode_scale_s",
-    "estimated_input_bandwidth_mb_s",
-    "input_bytes",
+__all__ = [
+    "PROFILE_COLUMNS", "csv_text", "jsonl_text", "read_csv_rows", "read_fit", "read_records", "read_summary",
+    "write_run_outputs",
 ]
 
 
@@ -49,28 +42,28 @@ def jsonl_text(records: Iterable[Mapping[str, Any]]) -> str:
 def write_run_outputs(directory: Path, result: RunResult, extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """fit.json and summary.json; for streaming runs also streaming_chunks.jsonl and operator_profile.csv."""
     extra = dict(extra or {})
-    records = [{**extra, **r} for r in result.records]
+    records = [{**extra, **r.to_json()} for r in result.records]
     summary = {**extra, **result.summary()}
     if result.mode == "batch":
-        summary["record"] = records[0]  # one "chunk": the whole table
+        summary["record"] = records[0]  # one "chunk": the whole table, with the fields of a streaming one
     paths = {
-        "fit": atomic_write_json(directory / FIT, result.fit.to_json()),
-        "summary": atomic_write_json(directory / SUMMARY, summary),
+        "fit": atomic_write_json(directory / FIT_JSON, result.fit.to_json()),
+        "summary": atomic_write_json(directory / SUMMARY_JSON, summary),
     }
     if result.mode == "streaming":
-        paths["chunks"] = atomic_write_text(directory / CHUNKS, jsonl_text(records))
+        paths["chunks"] = atomic_write_text(directory / STREAMING_CHUNKS_JSONL, jsonl_text(records))
         paths["profile"] = atomic_write_text(
-            directory / PROFILE, csv_text(operator_profile_rows(result.records), PROFILE_COLUMNS)
+            directory / OPERATOR_PROFILE_CSV, csv_text(operator_profile_rows(result.records), PROFILE_COLUMNS)
         )
     return paths
 
 
 def read_fit(directory: Path) -> Fit:
-    return Fit.from_json(json.loads((directory / FIT).read_text()))
+    return Fit.from_json(json.loads((directory / FIT_JSON).read_text()))
 
 
 def read_summary(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / SUMMARY).read_text())
+    return json.loads((directory / SUMMARY_JSON).read_text())
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

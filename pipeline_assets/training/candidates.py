@@ -10,7 +10,6 @@ atomically by the worker that fits them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -21,22 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import metrics as core_metrics
+from core.atomic import atomic_path
 from core.experiment import ExperimentConfig
+from core.hashing import sha256_file
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
 from pipeline_assets.training.cv import cv_splits
-from core.atomic import atomic_path
 
 SKLEARN_SUFFIX = ".joblib"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def available_cores() -> int:
@@ -217,9 +210,9 @@ def _run_tabular_task(task: Task, data: TrainingData, config: ExperimentConfig) 
     seconds = time.perf_counter() - start
     y_va = data.y[task.val_idx]
     if data.task == "classification":
-        metrics = mt.classification_metrics(y_va, preds, threshold=0.5)
+        metrics = core_metrics.classification_metrics(y_va, preds, threshold=0.5)
     else:
-        metrics = mt.regression_metrics(y_va, preds)
+        metrics = core_metrics.regression_metrics(y_va, preds)
     return TaskResult(task.family, task.fold, seconds, metrics, preds, task.val_idx)
 
 

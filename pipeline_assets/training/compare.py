@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pipeline_assets.training.mlflow_runs import PARENT_TAG, ROLE_CANDIDATE, ROLE_PARENT, ROLE_TAG, with_retry
+from core.tracking import PARENT_TAG, ROLE_CANDIDATE, ROLE_PARENT, ROLE_TAG, with_retry
 
 _WIDTH = {"run_id": 8, "dagster_run_id": 8, "parent_run_id": 8, "params.config_hash": 12}
 _FILTER = re.compile(r"^(?P<key>[^!<>=]+?)\s*(?P<op>==|!=|>=|<=|=|>|<)\s*(?P<value>.*)$")

@@ -16,12 +16,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import evaluation_store
+from core import metrics as core_metrics
+from core.atomic import atomic_path
+from core.drive import DrivePaths
 from core.experiment import ExperimentConfig
+from core.markdown import md_table
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
 from pipeline_assets.training.candidates import binary_labels
 
+SOURCE = "candidates"  # the evaluation_store source (file name) of the trained candidates' rows
 BASELINE = {
     "classification": "baseline_majority_class",
     "regression": "baseline_mean",
@@ -90,7 +96,7 @@ def evaluate(
         thresholds.setdefault(baseline, 0.5)
         for model, score in scores.items():
             threshold = thresholds.get(model, 0.5)
-            metrics[model] = {**mt.classification_metrics(y_true, score, threshold), "threshold": float(threshold)}
+            metrics[model] = {**core_metrics.classification_metrics(y_true, score, threshold), "threshold": float(threshold)}
             parts.append(
                 pd.DataFrame({"model": model, "row": rows, "y_true": y_true,
                               "y_pred": (score >= threshold).astype(np.int64), "y_score": score})
@@ -101,7 +107,7 @@ def evaluate(
     values = {f: fam.predict(task, load_model(task, f, p), X_test) for f, p in artifacts.items()}
     values[baseline] = np.full(len(test), float(np.mean(train[config.target].to_numpy(dtype=np.float64))))
     for model, y_pred in values.items():
-        metrics[model] = mt.regression_metrics(y_true, y_pred)
+        metrics[model] = core_metrics.regression_metrics(y_true, y_pred)
         parts.append(pd.DataFrame({"model": model, "row": rows, "y_true": y_true, "y_pred": y_pred}))
     return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
 
@@ -119,6 +125,52 @@ def metric_records(
     ]
 
 
+def cv_values(manifest: Mapping[str, Any], thresholds: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """family → cross-validated mean and std of every metric (+ its threshold), as `cv` metric rows."""
+    values: dict[str, dict[str, float]] = {}
+    for family, entry in manifest["families"].items():
+        values[family] = {m: s["mean"] for m, s in entry["cv"].items()}
+        values[family].update({f"{m}_std": s["std"] for m, s in entry["cv"].items()})
+        if family in thresholds:
+            values[family]["threshold"] = thresholds[family]
+    return values
+
+
+def write_evaluation(
+    drive: DrivePaths,
+    config: ExperimentConfig,
+    manifest: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    outcome: EvaluationOutcome,
+    timestamp: Any,
+) -> list[Path]:
+    """Test and CV metric rows (hive-partitioned parquet), then the test and out-of-fold predictions."""
+    evaluation_dir = drive.evaluation_dir(config.name)
+    records = metric_records(config.name, config.config_hash, "test", outcome.metrics, timestamp)
+    records += metric_records(config.name, config.config_hash, "cv", cv_values(manifest, thresholds), timestamp)
+    written = evaluation_store.write_metrics(evaluation_dir, records, source=SOURCE)
+    with atomic_path(drive.predictions_path(config.name, "test")) as tmp:
+        outcome.predictions.to_parquet(tmp, index=False)
+    with atomic_path(drive.predictions_path(config.name, "cv")) as tmp:
+        pd.read_parquet(drive.oof_predictions(config.name)).to_parquet(tmp, index=False)
+    return written
+
+
+def read_test_metrics(drive: DrivePaths, experiment: str, config_hash: str) -> dict[str, dict[str, float]]:
+    """model → metric → value from the candidates' own test-metric files of this config, read through DuckDB."""
+    import duckdb
+
+    pattern = evaluation_store.metrics_glob(drive.evaluation_dir(experiment), dataset="test", source=SOURCE)
+    rows = duckdb.sql(
+        f"SELECT model, metric, value FROM read_parquet('{pattern}', hive_partitioning = true) WHERE config_hash = ?",
+        params=[config_hash],
+    ).fetchall()
+    test: dict[str, dict[str, float]] = {}
+    for model, metric, value in rows:
+        test.setdefault(model, {})[metric] = value
+    return test
+
+
 def scoreboard_markdown(
     task: str,
     selection_metric: str,
@@ -127,22 +179,20 @@ def scoreboard_markdown(
     champion_candidate: str | None = None,
 ) -> str:
     """Markdown table ranked by the cross-validated selection metric; baselines listed last."""
-    test_metrics = [m for m in mt.TASK_METRICS[task]]
+    test_metrics = [m for m in core_metrics.task_metrics(task)]
     if task == "classification":
         test_metrics.append("threshold")
     ranked = sorted(
         cv,
-        key=lambda f: (cv[f][selection_metric]["mean"] if mt.lower_is_better(selection_metric) else -cv[f][selection_metric]["mean"]),
+        key=lambda f: (cv[f][selection_metric]["mean"] if core_metrics.lower_is_better(selection_metric) else -cv[f][selection_metric]["mean"]),
     )
     header = ["rank", "model", f"cv {selection_metric} (mean ± std)", *[f"test {m}" for m in test_metrics]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for rank, family in enumerate(ranked, 1):
         s = cv[family][selection_metric]
         name = f"**{family}**" if family == champion_candidate else family
         cells = [str(rank), name, f"{s['mean']:.4f} ± {s['std']:.4f}"]
-        cells += [f"{test.get(family, {}).get(m, float('nan')):.4f}" for m in test_metrics]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells + [f"{test.get(family, {}).get(m, float('nan')):.4f}" for m in test_metrics])
     for model in sorted(set(test) - set(cv)):
-        cells = ["–", f"_{model}_", "–"] + [f"{test[model].get(m, float('nan')):.4f}" for m in test_metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(["–", f"_{model}_", "–"] + [f"{test[model].get(m, float('nan')):.4f}" for m in test_metrics])
+    return md_table(header, rows)

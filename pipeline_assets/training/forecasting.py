@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from core.experiment import ForecastConfig
 from core.atomic import atomic_path, atomic_write_json
 
 RECURRENT = ("gru", "lstm")
+CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
 
 
@@ -59,36 +62,51 @@ def seasonal_lag(cfg: ForecastConfig) -> int:
 
 def torch_device(name: str):
     """The torch device for `forecast.device`; asking for CUDA without one is an error, not a silent CPU run."""
-    import os
-
     import torch
 
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "forecast.device is 'cuda' but torch sees no CUDA device "
-                f"(torch {torch.__version__}). Fix: set forecast.device: cpu, or run on a GPU node."
-            )
-        # Deterministic cuBLAS (needed by use_deterministic_algorithms on CUDA); must precede CUDA init.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "forecast.device is 'cuda' but torch sees no CUDA device "
+            f"(torch {torch.__version__}). Fix: set forecast.device: cpu, or run on a GPU node."
+        )
     return torch.device(name)
 
 
 @contextlib.contextmanager
-def torch_deterministic(seed: int, threads: int = 1) -> Iterator[None]:
-    """Seeded, deterministic, fixed-thread torch for the block; restores the thread count after."""
+def _cublas_workspace(device_type: str) -> Iterator[None]:
+    """CUBLAS_WORKSPACE_CONFIG for the block only, on CUDA, unless the process already sets it.
+
+    Deterministic cuBLAS (use_deterministic_algorithms on CUDA) needs it, and PyTorch reads it from the
+    process environment when a cuBLAS kernel runs and when it first sizes the workspace: there is no
+    torch API for it. Setting it for the block, not for the process, leaves the environment of
+    everything else in the process (the daemon's run worker, other assets) as it was.
+    """
+    if device_type != "cuda" or CUBLAS_WORKSPACE_ENV in os.environ:
+        yield
+        return
+    os.environ[CUBLAS_WORKSPACE_ENV] = CUBLAS_DETERMINISTIC_WORKSPACE
+    try:
+        yield
+    finally:
+        os.environ.pop(CUBLAS_WORKSPACE_ENV, None)
+
+
+@contextlib.contextmanager
+def torch_deterministic(seed: int, threads: int = 1, device_type: str = "cpu") -> Iterator[None]:
+    """Seeded, deterministic, fixed-thread torch for the block; restores the previous settings after."""
     import torch
 
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_det)
+    with _cublas_workspace(device_type):
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous_threads)
+            torch.use_deterministic_algorithms(previous_det)
 
 
 @functools.cache
@@ -148,7 +166,7 @@ def _fit_recurrent(
     X_tr, t_tr, X_va, t_va = X[:-n_val], t[:-n_val], X[-n_val:], t[-n_val:]
 
     start = time.perf_counter()
-    with torch_deterministic(seed):
+    with torch_deterministic(seed, device_type=device.type):
         model = _recurrent_class()(family, hidden).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
@@ -273,8 +291,10 @@ def save_forecaster(fit: ForecastFit, path: Path) -> Path:
     if fit.family in RECURRENT:
         import torch
 
-        with atomic_path(path) as tmp:
-            torch.save({"state_dict": fit.model.state_dict(), "metadata": fit.metadata}, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            # To a file object: given a path, torch names the archive's root folder after the (random)
+            # temporary file name, and the same model would get different bytes on every save.
+            torch.save({"state_dict": fit.model.state_dict(), "metadata": fit.metadata}, fh)
         return path
     if fit.family == "prophet":
         _import_prophet()

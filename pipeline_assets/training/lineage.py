@@ -9,7 +9,6 @@ to the drive root, so a drive mounted elsewhere still verifies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -17,16 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_json
+from core.hashing import sha256_file
 
 LINEAGE_VERSION = 1
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _drive_root(lineage_path: Path) -> Path:

@@ -1,4 +1,7 @@
-"""Metrics per task, the forecasting composite score, and the "which is better" rule.
+"""Training-side metrics: the forecasting composite score and the cross-validation fold summary.
+
+The metric names per task, which way each improves, and the classification and regression metrics that
+external checkpoints share live in core/metrics.py.
 
 Composite score (forecasting; lower is better): the weighted mean of RMSE, MAE and MSE computed on the
 target standardised by the *training* target's standard deviation σ, i.e.
@@ -19,61 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
-from core.experiment import LOWER_IS_BETTER
-
-CLASSIFICATION_METRICS = ("roc_auc", "precision", "recall", "f1", "accuracy")
-REGRESSION_METRICS = ("r2", "rmse", "mae")
-FORECAST_METRICS = ("mse", "rmse", "mae", "composite")
-TASK_METRICS = {
-    "classification": CLASSIFICATION_METRICS,
-    "regression": REGRESSION_METRICS,
-    "forecasting": FORECAST_METRICS,
-}
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER
-
-
-def better(metric: str, a: float, b: float) -> bool:
-    """True when value `a` is strictly better than `b` for `metric`."""
-    return a < b if lower_is_better(metric) else a > b
-
-
-def classification_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """ROC-AUC of the scores; precision, recall, F1 and accuracy of `scores >= threshold`.
-
-    `y_true` holds 0/1 (1 = positive class). A single-class `y_true` has no ROC-AUC: it is NaN.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y_true = np.asarray(y_true).astype(int)
-    scores = np.asarray(scores, dtype=np.float64)
-    y_pred = (scores >= threshold).astype(int)
-    tp = int(np.sum((y_pred == 1) & (y_true == 1)))
-    fp = int(np.sum((y_pred == 1) & (y_true == 0)))
-    fn = int(np.sum((y_pred == 0) & (y_true == 1)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    roc = float(roc_auc_score(y_true, scores)) if len(np.unique(y_true)) == 2 else float("nan")
-    return {
-        "roc_auc": roc,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "accuracy": float(np.mean(y_pred == y_true)),
-    }
-
-
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_pred = np.asarray(y_pred, dtype=np.float64)
-    err = y_pred - y_true
-    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else float("nan")
-    return {"r2": r2, "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err)))}
 
 
 def composite_score(rmse: float, mae: float, mse: float, weights: Mapping[str, float], scale: float) -> float:

@@ -1,132 +1,116 @@
-"""MLflow bookkeeping: one parent run per Dagster run, one child run per model family.
+"""The training group's MLflow runs: one parent run per Dagster run, one child run per model family.
 
-Everything goes through an explicit `MlflowClient` (no fluent global "active run"), from the
-asset's own process: training workers return results and the parent process writes them, so a
-SQLite backend never sees two writers from one Dagster run. Writers from *other* runs (parallel
-partitions, Slurm jobs) can still collide; every call retries "database is locked" with backoff.
-
-The parent run carries dagster-mlflow's `dagster_run_id` tag, so the dagster-mlflow resource
-(`dagster_mlflow.mlflow_tracking`) used in an op job would attach to the same run. Its status is
-set here, not by dagster-mlflow's hook, which ends the MLflow run when the *first* op finishes
-(dagster issue #21872): FAILED as soon as a step fails, FINISHED after the run's last training step,
-and FAILED again at the end of the run if any other step of it failed (MlflowTracking's teardown,
-and the run-status sensors in sensors/mlflow_status.py for runs the daemon sees).
+Runs are written through core.tracking (explicit client, lock retries), from the asset's own process:
+training workers return results and the parent process logs them, so one Dagster run never makes
+two writers. The parent run's status is set here, not by dagster-mlflow's hook (which can mark the
+MLflow run finished while later ops still run, dagster issue #21872): FAILED as soon as a step fails,
+FINISHED after the run's last training step, and FAILED again at the end of the run if any other step
+of it failed (MlflowTracking's teardown, and the run-status sensors in sensors/mlflow_status.py).
 """
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-T = TypeVar("T")
+from core.experiment import LoadedExperiment
+from core.tracking import Tracker
 
-DAGSTER_RUN_TAG = "dagster_run_id"  # dagster-mlflow's tag name
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests on it)
-ROLE_TAG = "mlgraph.role"
-ROLE_PARENT = "execution"
-ROLE_CANDIDATE = "candidate"
-_LOCKED = ("database is locked", "database table is locked", "sqlite_busy", "database schema has changed")
-MAX_PARAM_LENGTH = 6000
+# The assets that write this Dagster run's parent run, in run order (the training group).
+TRAINING_STEPS = ("candidate_models", "decision_threshold", "evaluation_metrics", "champion_model")
 
 
-def is_lock_error(exc: BaseException) -> bool:
-    text = f"{exc} {exc.__cause__ or ''}".lower()
-    return any(marker in text for marker in _LOCKED)
+def later_steps(step: str) -> tuple[str, ...]:
+    """The training steps that run after `step` when a run selects them."""
+    return TRAINING_STEPS[TRAINING_STEPS.index(step) + 1 :]
 
 
-def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay: float = 0.05, **kwargs: Any) -> T:
-    """Call `fn`, retrying SQLite lock errors with jittered exponential backoff (≈ 25 s in all)."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not is_lock_error(exc) or attempt == attempts - 1:
-                raise
-            # Jitter from a private RNG: the global one is seeded for the models.
-            time.sleep(min(5.0, base_delay * 2**attempt) * (0.5 + random.Random().random()))
-    raise AssertionError("unreachable")
+def ran_training(selected: Iterable[str]) -> bool:
+    return any(name in TRAINING_STEPS for name in selected)
 
 
-def _param_value(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+def execution_params(loaded: LoadedExperiment, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The execution's inputs, as the comparison table shows them."""
+    config = loaded.config
+    params = {
+        "experiment": config.name,
+        "task": config.task,
+        "config_hash": config.config_hash,
+        "families": ",".join(config.families),
+        "selection_metric": config.selection_metric,
+        "cv_folds": config.cv_folds,
+        "seed": config.seed,
+        "sampling.strategy": config.sampling.strategy,
+        "sampling.train_rows": config.sampling.train_rows,
+        "sampling.test_rows": config.sampling.test_rows,
+        "split.test_size": config.split.test_size,
+        "train_rows": meta.get("train_rows_after"),
+        "test_rows": meta.get("test_rows_after"),
+    }
+    if config.task == "classification":
+        params["precision_target"] = config.precision_target
+    if config.task == "forecasting":
+        params.update({f"forecast.{k}": v for k, v in config.forecast.model_dump().items()})
+        params.update({f"composite.{k}": v for k, v in config.selection.composite_weights.items()})
+    return params
 
 
-class Tracker:
-    """Runs of one MLflow experiment, written through one client with lock retries."""
+class ExecutionRun:
+    """One Dagster run's MLflow parent run, as one training step sees it."""
 
-    def __init__(self, client: Any, experiment_id: str):
-        self.client = client
-        self.experiment_id = experiment_id
+    def __init__(self, tracker: Tracker, dagster_run_id: str, partition: str, job_name: str):
+        self.tracker = tracker
+        self.dagster_run_id = dagster_run_id
+        self.partition = partition
+        self.job_name = job_name
+        self.run_id: str | None = None
+        self.created = False
+        self.failed = False  # set when the step knows the Dagster run will fail (a blocking check)
 
-    def find_parent(self, dagster_run_id: str) -> str | None:
-        runs = with_retry(
-            self.client.search_runs,
-            [self.experiment_id],
-            filter_string=f"tags.{DAGSTER_RUN_TAG} = '{dagster_run_id}'",
-            max_results=100,
+    def open(self, loaded: LoadedExperiment, meta: Mapping[str, Any]) -> str:
+        """Create the parent run (first step of the Dagster run) or reopen it; returns its id."""
+        config = loaded.config
+        tags = {
+            "mlgraph.experiment": config.name,
+            "mlgraph.partition": self.partition,
+            "mlgraph.config_hash": config.config_hash,
+            "mlgraph.dataset_sha256": meta["dataset_sha256"],
+            "mlgraph.train_sha256": meta["train_sha256"],
+            "mlgraph.test_sha256": meta["test_sha256"],
+            "mlgraph.job": self.job_name,
+            "mlgraph.config_file": str(loaded.path),
+        }
+        name = f"{config.name}-{self.dagster_run_id[:8]}"
+        self.run_id, self.created = self.tracker.parent_run(
+            self.dagster_run_id, name, tags, execution_params(loaded, meta)
         )
-        parents = [r for r in runs if PARENT_TAG not in r.data.tags]
-        return parents[0].info.run_id if parents else None
+        return self.run_id
 
-    def parent_run(
-        self, dagster_run_id: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
-    ) -> tuple[str, bool]:
-        """The parent run of this Dagster run, created (with its params) on first use; (run_id, created)."""
-        existing = self.find_parent(dagster_run_id)
-        if existing is not None:
-            self.set_status(existing, "RUNNING")
-            return existing, False
-        all_tags = {**tags, DAGSTER_RUN_TAG: dagster_run_id, ROLE_TAG: ROLE_PARENT}
-        run = with_retry(self.client.create_run, self.experiment_id, run_name=run_name, tags=all_tags)
-        self.log(run.info.run_id, params=params)
-        return run.info.run_id, True
+    def existing(self) -> str | None:
+        return self.run_id or self.tracker.find_parent(self.dagster_run_id)
 
-    def child_run(self, parent_id: str, run_name: str, tags: Mapping[str, str], start_time_ms: int | None = None) -> str:
-        all_tags = {**tags, PARENT_TAG: parent_id, ROLE_TAG: ROLE_CANDIDATE}
-        run = with_retry(
-            self.client.create_run, self.experiment_id, run_name=run_name, tags=all_tags, start_time=start_time_ms
-        )
-        return run.info.run_id
+    def child_tags(self, loaded: LoadedExperiment, meta: Mapping[str, Any]) -> dict[str, str]:
+        config = loaded.config
+        return {
+            "dagster_run_id": self.dagster_run_id,
+            "mlgraph.experiment": config.name,
+            "mlgraph.partition": self.partition,
+            "mlgraph.config_hash": config.config_hash,
+            "mlgraph.dataset_sha256": meta["dataset_sha256"],
+            "mlgraph.train_sha256": meta["train_sha256"],
+            "mlgraph.task": config.task,
+        }
 
-    def log(
-        self,
-        run_id: str,
-        params: Mapping[str, Any] | None = None,
-        metrics: Mapping[str, float] | None = None,
-        tags: Mapping[str, str] | None = None,
-        series: Iterable[tuple[str, float, int]] = (),
-    ) -> None:
-        """One batch: params, metrics (step 0), tags and (key, value, step) series such as per-epoch losses."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        metric_list = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v == v]  # drop NaN
-        metric_list += [Metric(k, float(v), now, int(step)) for k, v, step in series if v == v]
-        param_list = [Param(k, _param_value(v)) for k, v in (params or {}).items() if v is not None]
-        tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        # MLflow caps one batch at 1000 metrics / 100 params / 100 tags.
-        for i in range(0, len(metric_list), 1000):
-            with_retry(self.client.log_batch, run_id, metrics=metric_list[i : i + 1000])
-        for i in range(0, len(param_list), 100):
-            with_retry(self.client.log_batch, run_id, params=param_list[i : i + 100])
-        for i in range(0, len(tag_list), 100):
-            with_retry(self.client.log_batch, run_id, tags=tag_list[i : i + 100])
-
-    def log_artifact(self, run_id: str, path: str, artifact_path: str) -> None:
-        with_retry(self.client.log_artifact, run_id, path, artifact_path=artifact_path)
-
-    def set_status(self, run_id: str, status: str) -> None:
-        """RUNNING reopens a run; FINISHED / FAILED / KILLED end it (and stamp its end time)."""
-        if status == "RUNNING":
-            with_retry(self.client.update_run, run_id, status="RUNNING")
-        else:
-            with_retry(self.client.set_terminated, run_id, status=status)
-
-    def status(self, run_id: str) -> str:
-        return with_retry(self.client.get_run, run_id).info.status
+    def finish(self, run_continues: bool) -> None:
+        """After a successful step: FAILED if the step failed the run, FINISHED if no training step follows."""
+        run_id = self.existing()
+        if run_id is None:
+            return
+        if self.failed:
+            self.tracker.set_status(run_id, "FAILED")
+        elif not run_continues:
+            self.tracker.set_status(run_id, "FINISHED")
 
 
 def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[str, str], config: Any) -> str:
@@ -155,17 +139,30 @@ def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[s
     return run_id
 
 
-def reconcile_parent(client: Any, experiment_name: str, dagster_run_id: str, status: str) -> str | None:
-    """Set the parent run of `dagster_run_id` to `status` if it says otherwise; returns its id when changed.
+def log_candidates(
+    tracker: Tracker, parent_id: str, outcome: Any, tags: Mapping[str, str], config: Any
+) -> dict[str, str]:
+    """Child runs for every family of a candidates.TrainingOutcome, then the parent's totals; family → run id.
 
-    Never creates anything: a Dagster run without an MLflow experiment or parent run is left alone.
+    Written one after another once the workers are done: the workers never touch MLflow.
     """
-    experiment = with_retry(client.get_experiment_by_name, experiment_name)
-    if experiment is None:
-        return None
-    tracker = Tracker(client, experiment.experiment_id)
-    run_id = tracker.find_parent(dagster_run_id)
-    if run_id is None or tracker.status(run_id) == status:
-        return None
-    tracker.set_status(run_id, status)
-    return run_id
+    run_ids = {
+        family: log_candidate(tracker, parent_id, result, tags, config) for family, result in outcome.families.items()
+    }
+    tracker.log(parent_id, metrics={"training_seconds": outcome.wall_seconds, "workers": outcome.n_jobs})
+    return run_ids
+
+
+def log_thresholds(
+    tracker: Tracker, parent_id: str, manifest: Mapping[str, Any], results: Mapping[str, Any], chosen: str
+) -> None:
+    """Each family's calibrated threshold on its child run; the chosen family's on the parent run."""
+    for family, entry in manifest["families"].items():
+        result = results[family]
+        tracker.log(
+            entry["run_id"],
+            metrics={"threshold": result.threshold, "oof_precision_at_threshold": result.precision,
+                     "oof_recall_at_threshold": result.recall},
+            tags={"mlgraph.threshold_reached_target": str(result.reached_target).lower()},
+        )
+    tracker.log(parent_id, metrics={"threshold": results[chosen].threshold})

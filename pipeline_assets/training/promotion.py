@@ -5,6 +5,10 @@ model (run_id, model_type, config_hash, model_uri, score, timestamp, ...); `hist
 records every event, one JSON object a line: {"event": "promote", ...pointer} or
 {"event": "rollback", ...restored pointer, "rolled_back_run_id": ...}. Replaying the history as a
 stack (promote pushes, rollback pops) gives the current champion and the one a rollback restores.
+
+The champion is chosen on the cross-validated selection metric, never on the test set, so the gate
+in front of promotion (`baseline_gate`: the champion must beat the task's trivial baseline on the
+test set) is a real hold-out test.
 """
 
 from __future__ import annotations
@@ -16,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_assets.training.metrics import better
-from core.atomic import atomic_append_line, atomic_write_json
+from core.atomic import atomic_append_line, atomic_write_bytes, atomic_write_json
+from core.drive import LINEAGE_JSON, DrivePaths
+from core.experiment import ExperimentConfig, LoadedExperiment
+from core.metrics import better, lower_is_better
+from core.tracking import is_already_exists, with_retry
+from pipeline_assets.training.evaluation import BASELINE
+from pipeline_assets.training.lineage import write_lineage
+from pipeline_assets.training.model_files import copy_file
 
 CHAMPION_ALIAS = "champion"
 
@@ -36,6 +46,68 @@ def select_champion(scores: Mapping[str, float], metric: str, order: list[str]) 
         if better(metric, scores[family], scores[best]):
             best = family
     return best
+
+
+@dataclass(frozen=True)
+class BaselineGate:
+    """The champion (best cross-validated family) against the task's trivial baseline on the test set."""
+
+    metric: str
+    champion: str
+    cv_score: float
+    champion_test: float
+    baseline: str
+    baseline_test: float
+    champion_metrics: dict[str, float]  # every test metric of the champion
+
+    @property
+    def beats(self) -> bool:
+        return bool(better(self.metric, self.champion_test, self.baseline_test))
+
+    def check_metadata(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "rule": "lower is better" if lower_is_better(self.metric) else "higher is better",
+            "champion": self.champion,
+            "champion_test_value": self.champion_test,
+            "baseline": self.baseline,
+            "baseline_test_value": self.baseline_test,
+        }
+
+    def run_metrics(self) -> dict[str, float]:
+        """What the parent MLflow run records about the champion."""
+        summary = {f"test_{k}": v for k, v in self.champion_metrics.items()}
+        summary.update({f"cv_{self.metric}": self.cv_score, f"baseline_test_{self.metric}": self.baseline_test})
+        return summary
+
+    def failure(self) -> str:
+        return (
+            f"{self.champion} does not beat {self.baseline} on test {self.metric} "
+            f"({self.champion_test:.4f} vs {self.baseline_test:.4f}): not promoted"
+        )
+
+
+def baseline_gate(
+    config: ExperimentConfig, cv_scores: Mapping[str, float], test: Mapping[str, Mapping[str, float]], where: Path
+) -> BaselineGate:
+    """Pick the champion on `cv_scores` and set it against the baseline's `test` value (model → metric → value)."""
+    metric = config.selection_metric
+    baseline = BASELINE[config.task]
+    missing = [m for m in [*config.families, baseline] if metric not in test.get(m, {})]
+    if missing:
+        raise ValueError(
+            f"{where}: no test {metric!r} for {missing}. Fix: materialize evaluation_metrics for this experiment first."
+        )
+    champion = select_champion(cv_scores, metric, config.families)
+    return BaselineGate(
+        metric=metric,
+        champion=champion,
+        cv_score=cv_scores[champion],
+        champion_test=test[champion][metric],
+        baseline=baseline,
+        baseline_test=test[baseline][metric],
+        champion_metrics=dict(test[champion]),
+    )
 
 
 @dataclass(frozen=True)
@@ -138,20 +210,16 @@ def register_version(client: Any, name: str, model_uri: str, run_id: str, tags: 
     """A new version of registered model `name` for `model_uri`; returns its version number."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline_assets.training.mlflow_runs import with_retry
-
     try:
         with_retry(client.create_registered_model, name, description="mlgraph champion models of one experiment")
     except MlflowException as exc:
-        if "already exists" not in str(exc).lower() and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+        if not is_already_exists(exc):
             raise
     version = with_retry(client.create_model_version, name, source=model_uri, run_id=run_id, tags=dict(tags))
     return str(version.version)
 
 
 def move_alias(client: Any, name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
-    from pipeline_assets.training.mlflow_runs import with_retry
-
     with_retry(client.set_registered_model_alias, name, alias, version)
 
 
@@ -175,7 +243,75 @@ def rollback(store: PromotionStore, client: Any, models_dir: Path) -> tuple[dict
     rolled_back, restored = store.rollback()
     lineage = Path(restored["lineage_path"]) if restored.get("lineage_path") else None
     if lineage is not None and lineage.exists():
-        from core.atomic import atomic_write_bytes
-
-        atomic_write_bytes(Path(models_dir) / "lineage.json", lineage.read_bytes())
+        atomic_write_bytes(Path(models_dir) / LINEAGE_JSON, lineage.read_bytes())
     return rolled_back, restored
+
+
+def promote_champion(
+    store: PromotionStore,
+    drive: DrivePaths,
+    loaded: LoadedExperiment,
+    meta: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    gate: BaselineGate,
+    client: Any,
+    registered: str,
+    dagster_run_id: str,
+) -> dict[str, Any]:
+    """Register a model version, keep its bundle and lineage, move the alias, then the pointer; returns the pointer."""
+    exp = loaded.config
+    entry = manifest["families"][gate.champion]
+    version = register_version(
+        client, registered, entry["model_uri"], entry["run_id"],
+        {"config_hash": exp.config_hash, "model_type": gate.champion, "dataset_sha256": meta["dataset_sha256"]},
+    )
+    # One bundle per registered version: retraining rewrites models/{exp}/<family>.*, but a promoted
+    # model, its threshold and its lineage stay as promoted (and a rollback finds them).
+    bundle = drive.champion_bundle(exp.name, version)
+    champion_file = copy_file(drive.models_dir(exp.name) / entry["artifact"], bundle / entry["artifact"])
+    threshold_file = None
+    if exp.task == "classification":
+        threshold = drive.threshold_txt(exp.name)
+        threshold_file = copy_file(threshold, bundle / threshold.name)
+    lineage = bundle / LINEAGE_JSON
+    pointer = {
+        "run_id": entry["run_id"],
+        "model_type": gate.champion,
+        "config_hash": exp.config_hash,
+        "model_uri": entry["model_uri"],
+        "score": gate.cv_score,
+        "metric": gate.metric,
+        "score_source": "cv",
+        "test_score": gate.champion_test,
+        "baseline_test_score": gate.baseline_test,
+        "timestamp": utc_now(),
+        "experiment": exp.name,
+        "dataset_sha256": meta["dataset_sha256"],
+        "registered_model": registered,
+        "model_version": version,
+        "model_path": str(champion_file),
+        "artifact_sha256": entry["artifact_sha256"],
+        "lineage_path": str(lineage),
+        "parent_run_id": manifest["parent_run_id"],
+        "dagster_run_id": dagster_run_id,
+    }
+    if threshold_file is not None:
+        pointer["threshold"] = float(threshold_file.read_text().strip())
+        pointer["threshold_path"] = str(threshold_file)
+    write_lineage(
+        lineage,
+        {key: pointer[key] for key in ("experiment", "run_id", "parent_run_id", "dagster_run_id", "model_type",
+                                        "model_uri", "registered_model", "model_version", "config_hash",
+                                        "dataset_sha256", "timestamp")},
+        {
+            "dataset_train": drive.dataset_path(exp.name, "train"),
+            "dataset_test": drive.dataset_path(exp.name, "test"),
+            "config": loaded.path,
+            "model": champion_file,
+            "threshold": threshold_file,
+        },
+    )
+    copy_file(lineage, drive.lineage_json(exp.name))
+    move_alias(client, registered, version)
+    store.promote(pointer)
+    return pointer

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,3 +69,12 @@ def calibrate_threshold(y_true: np.ndarray, scores: np.ndarray, precision_target
         precision_target=float(precision_target),
         candidates=int(thresholds.size),
     )
+
+
+def calibrate_families(families: Iterable[str], oof: Any, precision_target: float) -> dict[str, ThresholdResult]:
+    """family → its threshold, from the out-of-fold scores (`oof`: model, y_true, y_score columns)."""
+    results = {}
+    for family in families:
+        part = oof[oof["model"] == family]
+        results[family] = calibrate_threshold(part["y_true"].to_numpy(), part["y_score"].to_numpy(), precision_target)
+    return results

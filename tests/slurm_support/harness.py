@@ -21,6 +21,7 @@ from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.storage.dagster_run import DagsterRun
 
 from core.drive import PROJECT_ROOT
+from tests.daemon_harness import AUTOMATION_OFF
 
 SUPPORT_DEFS = Path(__file__).with_name("defs.py")
 SUPPORT_LOCATION = "slurm_support"
@@ -89,6 +90,8 @@ def write_instance_yaml(
             "max_resume_run_attempts": 0,
             "poll_interval_seconds": poll_seconds,
         },
+        # The automation sensors are on by default; here they would materialize every registered experiment.
+        "auto_materialize": AUTOMATION_OFF,
     }
     path = home / "dagster.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,4 +1,5 @@
-"""Experiment configs: the demo files validate; every kind of bad config fails with file, field and fix."""
+"""Experiment configs (core.experiment): the demo files validate; every kind of bad config fails with file,
+field and fix; the constraint grid and its keys."""
 
 from pathlib import Path
 

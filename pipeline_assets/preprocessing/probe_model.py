@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from core.experiment import Constraint
 from pipeline_assets.preprocessing.compute import compute_cap
 
 MAX_LAGS = 24
@@ -132,3 +134,28 @@ def _classification_metrics(model: Any, x: np.ndarray, y: np.ndarray) -> dict[st
         auc = float(roc_auc_score(y, proba, multi_class="ovr", labels=classes)) if len(present) > 1 else float("nan")
         f1 = float(f1_score(y, pred, average="macro", zero_division=0))
     return {"model_accuracy": float(accuracy_score(y, pred)), "model_roc_auc": auc, "model_f1": f1}
+
+
+def constraint_run_row(experiment: str, constraint_key: str, task: str, constraint: Constraint,
+                       summary: Mapping[str, Any], result: ProbeResult) -> dict[str, Any]:
+    """constraint_run.json: the constraint, its streaming run's summary and the probe model's scores."""
+    return {
+        "experiment": experiment,
+        "constraint": constraint_key,
+        "task": task,
+        "chunk_size": constraint.chunk_size,
+        "memory_limit_mb": constraint.memory_limit_mb,
+        "compute_limit": constraint.compute_limit,
+        "preprocessing_latency_s": summary["latency_s"],
+        "peak_memory_mb": summary["peak_memory_mb"],
+        "training_time_s": result.training_time_s,
+        **result.metrics,
+        "probe_model": result.model,
+        "probe_params": result.params,
+        "train_rows": result.train_rows,
+        "test_rows": result.test_rows,
+        "threads": result.threads,
+        "chunks": summary["chunks"],
+        "attempts_over_limit": summary["attempts_over_limit"],
+        "resumed_chunks": summary["resumed_chunks"],
+    }

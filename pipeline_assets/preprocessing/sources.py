@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import re
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-MB = 1024 * 1024
+from pipeline_assets.preprocessing.options import MB, EngineInputError, EngineOptions
+
 CSV_BLOCK_BYTES = 4 * MB  # measured best for the streaming CSV reader on this machine class
 CSV_BLOCK_CHOICES = (128 * 1024, 256 * 1024, 512 * 1024, 1 * MB, 2 * MB, 4 * MB)
 SCHEMA_SAMPLE_BYTES = 1 * MB  # type inference reads this much of the file's head, whatever the block size
@@ -38,52 +37,10 @@ def csv_block_bytes(memory_limit_mb: float | None) -> int:
         return CSV_BLOCK_BYTES
     fitting = [b for b in CSV_BLOCK_CHOICES if csv_reader_reserve_mb(b) <= 0.4 * memory_limit_mb]
     return max(fitting) if fitting else CSV_BLOCK_CHOICES[0]
+
+
 # pyarrow's default CSV null markers, plus the empty string.
 _NULL_MARKERS = frozenset(pacsv.ConvertOptions().null_values) | {""}
-
-
-class EngineInputError(ValueError):
-    """The input cannot be processed; the message names the file, the row/column and the fix."""
-
-
-class MemoryLimitError(RuntimeError):
-    """A chunk at the minimum size still needs more working memory than the limit allows."""
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """What the operators need to know about the data, and their knobs."""
-
-    target: str
-    task: str = "regression"
-    time_column: str | None = None
-    column_types: Mapping[str, str] = field(default_factory=dict)  # the experiment's `columns:`
-    correlation_threshold: float = 0.95
-    outlier_z: float = 4.0
-    max_categories: int = 30
-    max_ratio_columns: int = 4
-    skew_threshold: float = 1.0
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["column_types"] = dict(sorted(self.column_types.items()))
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> EngineOptions:
-        return cls(**data)
-
-    @classmethod
-    def from_config(cls, config: Any) -> EngineOptions:
-        """From a core.experiment.ExperimentConfig."""
-        return cls(
-            target=config.target,
-            task=config.task,
-            time_column=config.time_column,
-            column_types=dict(config.columns),
-            correlation_threshold=config.preprocessing.correlation_threshold,
-            outlier_z=config.preprocessing.outlier_z,
-        )
 
 
 class Source:
@@ -252,9 +209,9 @@ class Source:
     def read_all(self) -> pa.Table:
         """The whole file in memory (batch mode)."""
         batches = list(self.batches(1 << 20))
-        return pa.Table.from_batches(batches) if batches else self._stream_schema().empty_table()
+        return pa.Table.from_batches(batches) if batches else self.stream_schema().empty_table()
 
-    def _stream_schema(self) -> pa.Schema:
+    def stream_schema(self) -> pa.Schema:
         if self.kind == "csv":
             return self.schema
         casts = self._parquet_casts()
@@ -319,62 +276,4 @@ def _diagnose_csv(path: Path, exc: Exception, header: list[str], types: Mapping[
                 f"or blank the value, or declare {header[column]!r} as categorical under `columns:` if it is text."
             )
     return f"{path}: cannot parse as CSV: {message}. Fix: every row needs the header's {len(header)} fields and each column one type."
-
-
-class RowStream:
-    """Record batches re-cut into chunks of exactly the requested number of rows."""
-
-    def __init__(self, batches: Iterable[pa.RecordBatch]):
-        self._batches = iter(batches)
-        self._buffer: deque[pa.RecordBatch] = deque()
-        self._buffered = 0
-        self._schema: pa.Schema | None = None
-        self.rows_read = 0
-
-    def _fill(self, n: int) -> None:
-        while self._buffered < n:
-            try:
-                batch = next(self._batches)
-            except StopIteration:
-                return
-            if self._schema is None:
-                self._schema = batch.schema
-            if batch.num_rows:
-                self._buffer.append(batch)
-                self._buffered += batch.num_rows
-                self.rows_read += batch.num_rows
-
-    def take(self, n: int) -> pa.Table | None:
-        self._fill(n)
-        if self._buffered == 0:
-            return None
-        parts: list[pa.RecordBatch] = []
-        need = n
-        while need and self._buffer:
-            head = self._buffer.popleft()
-            if head.num_rows <= need:
-                parts.append(head)
-                need -= head.num_rows
-            else:
-                parts.append(head.slice(0, need))
-                self._buffer.appendleft(head.slice(need))
-                need = 0
-        taken = n - need
-        self._buffered -= taken
-        return pa.Table.from_batches(parts, schema=self._schema)
-
-    def push_front(self, table: pa.Table) -> None:
-        """Give rows back (a chunk being retried at a smaller size)."""
-        for batch in reversed(table.to_batches()):
-            if batch.num_rows:
-                self._buffer.appendleft(batch)
-                self._buffered += batch.num_rows
-
-    def skip(self, n: int) -> None:
-        while n > 0:
-            table = self.take(min(n, 1 << 20))
-            if table is None:
-                return
-            n -= table.num_rows
-
 

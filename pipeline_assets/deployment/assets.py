@@ -1,0 +1,157 @@
+"""Deployment assets: the champion in ONNX, its INT8 form, and the inference benchmark of every variant.
+
+Thin wrappers over export.py, quantize.py and bench.py; the release gates are the blocking checks in
+checks.py, so a failed gate stops the benchmark (and serving) downstream.
+"""
+
+import dagster as dg
+
+from core.markdown import md_image, md_table
+from pipeline_assets.partitions import experiment_partitions_def
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive
+from resources.tracking import MlflowTracking
+from resources.warehouse import Warehouse
+
+# By key: importing the training asset would make the group loader claim it for 'deployment'.
+CHAMPION_MODEL = dg.AssetKey("champion_model")
+
+
+class InferenceBenchmarkConfig(dg.Config):
+    """Launchpad config of inference_benchmark."""
+
+    settings: str = "light"  # "light" (seconds; what mlgraph demo runs) or "full" (benchmarks/inference.py's)
+
+
+@dg.asset(partitions_def=experiment_partitions_def, deps=[CHAMPION_MODEL], kinds={"onnx"}, code_version="1")
+def onnx_model(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """The promoted champion exported to ONNX with its export report, or why it has no faithful export."""
+    from pipeline_assets.deployment import export
+    from pipeline_assets.deployment.champion import read_champion
+
+    config = catalog.load(context.partition_key).config
+    champion = read_champion(storage, config)
+    outcome = export.export_champion(storage, champion, champion.load())
+    report = outcome.report
+    common = {"champion": champion.label(), "status": outcome.status,
+              "report": dg.MetadataValue.path(str(storage.export_report_json(config.name)))}
+    if not outcome.exported:
+        context.log.warning(f"{champion.label()} is not exportable ({report['reason']}): the native model is served")
+        return dg.MaterializeResult(metadata={**common, "reason": report["reason"]},
+                                    data_version=dg.DataVersion(f"not-exportable-{champion.model_version}"))
+    context.log.info(
+        f"{champion.label()} → {outcome.path} ({report['bytes']:,} bytes, {report['conversion_seconds']}s)"
+    )
+    inputs = md_table(["input", "type", "shape"], [[i["name"], i["type"], str(i["shape"])] for i in report["inputs"]])
+    return dg.MaterializeResult(
+        metadata={
+            **common,
+            "path": dg.MetadataValue.path(str(outcome.path)),
+            "bytes": report["bytes"],
+            "sha256": report["sha256"],
+            "conversion_seconds": report["conversion_seconds"],
+            "converter": report["converter"]["name"],
+            "opset": dg.MetadataValue.json(report["opset"]),
+            "opset_duplicates_removed": dg.MetadataValue.json(report["opset_duplicates_removed"]),
+            "inputs": dg.MetadataValue.md(inputs),
+        },
+        data_version=dg.DataVersion(report["sha256"]),
+    )
+
+
+@dg.asset(partitions_def=experiment_partitions_def, deps=[onnx_model], kinds={"onnx"}, code_version="1")
+def onnx_int8_model(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """Dynamic INT8 quantization of the ONNX champion: what it changed, or that nothing was quantizable."""
+    from pipeline_assets.deployment import quantize
+    from pipeline_assets.deployment.champion import read_champion
+    from pipeline_assets.deployment.gates import read_report
+
+    config = catalog.load(context.partition_key).config
+    champion = read_champion(storage, config)
+    export_report = read_report(storage.export_report_json(config.name), "onnx_model", champion)
+    outcome = quantize.quantize_champion(storage, config.name, export_report)
+    report = outcome.report
+    context.log.info(f"{champion.label()}: {report['summary']}")
+    metadata = {
+        "champion": champion.label(),
+        "status": outcome.status,
+        "summary": report["summary"],
+        "quantized_nodes": dg.MetadataValue.json(report.get("quantized_nodes", {})),
+        "report": dg.MetadataValue.path(str(storage.quantization_report_json(config.name))),
+    }
+    if "fp32_ops" in report:
+        metadata["fp32_ops"] = dg.MetadataValue.json(report["fp32_ops"])
+    if not outcome.applicable:
+        return dg.MaterializeResult(metadata=metadata,
+                                    data_version=dg.DataVersion(f"int8-not-applicable-{champion.model_version}"))
+    metadata.update({"path": dg.MetadataValue.path(str(outcome.path)), "fp32_bytes": report["fp32_bytes"],
+                     "int8_bytes": report["bytes"], "size_ratio": report["size_ratio"], "sha256": report["sha256"]})
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report["sha256"]))
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    deps=[CHAMPION_MODEL, onnx_model, onnx_int8_model],
+    kinds={"csv", "duckdb", "mlflow"},
+    code_version="1",
+)
+def inference_benchmark(
+    context: dg.AssetExecutionContext,
+    config: InferenceBenchmarkConfig,
+    storage: SharedDrive,
+    catalog: ExperimentCatalog,
+    warehouse: Warehouse,
+    mlflow: MlflowTracking,
+) -> dg.MaterializeResult:
+    """Latency, throughput, memory and accuracy of each served variant, its Pareto front, and vs the last champion."""
+    from pipeline_assets.deployment import bench
+
+    if config.settings not in bench.SETTINGS:
+        raise dg.Failure(
+            f"inference_benchmark config 'settings': {config.settings!r}. Fix: use one of {sorted(bench.SETTINGS)}."
+        )
+    settings = bench.SETTINGS[config.settings]
+    exp = catalog.load(context.partition_key).config
+    measured = bench.benchmark_champion(storage, exp, settings)
+    champion, rows = measured.champion, measured.rows
+    csv_path = bench.write_csv(rows, storage.inference_benchmark_csv(exp.name))
+    plot = bench.pareto_plot(rows, exp.selection_metric, storage.plot_path(exp.name, "inference_pareto"),
+                             f"{exp.name}: {champion.label()} ({settings.name} settings)")
+    with warehouse.get_connection() as connection:
+        previous = bench.previous_champion_rows(connection, exp.name, champion.model_version, settings.name)
+        stored = bench.store_rows(connection, rows)
+    comparison = bench.compare_with_previous(rows, previous)
+    tracker = mlflow.tracker(exp.name)
+    tracker.log(champion.run_id, metrics=bench.mlflow_metrics(rows))
+    for artifact in (csv_path, plot):
+        tracker.log_artifact(champion.run_id, str(artifact), "inference_benchmark")
+
+    points = bench.pareto_points(rows)
+    front = [p["point"] for p in points if p["pareto_optimal"]]
+    context.log.info(f"{exp.name}: Pareto-optimal (test {exp.selection_metric} vs one-row p99): {', '.join(front)}")
+    shown = ["point", "latency_p50_us", "latency_p99_us", "metric_value", "peak_rss_mb", "model_bytes",
+             "pareto_optimal"]
+    return dg.MaterializeResult(
+        metadata={
+            "champion": champion.label(),
+            "settings": settings.name,
+            "variants": dg.MetadataValue.json([v.name for v in measured.variants]),
+            "not_benchmarked": dg.MetadataValue.json(measured.not_benchmarked),
+            "pareto_front": dg.MetadataValue.json(front),
+            "points": dg.MetadataValue.md(md_table(shown, points)),
+            "pareto_plot": dg.MetadataValue.md(md_image(plot, "accuracy vs one-row p99 latency")),
+            "vs_previous_champion": dg.MetadataValue.md(
+                md_table(["variant", "figure", "current", "previous", "previous_version", "change"], comparison)
+                if comparison else "no earlier champion of this experiment was benchmarked with these settings"
+            ),
+            "rows": len(rows),
+            "path": dg.MetadataValue.path(str(csv_path)),
+            "warehouse_table": bench.WAREHOUSE_TABLE,
+            "warehouse_rows": stored,
+            "mlflow_run_id": champion.run_id,
+        }
+    )

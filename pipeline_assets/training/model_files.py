@@ -1,0 +1,171 @@
+"""The model-file contract: what each training asset reads and writes on the drive, and its data version.
+
+    datasets/{experiment}/meta.json       read: the split's digests name the data a model was trained on
+    models/{experiment}/candidates.json   candidate_models: per family artifact, hash, MLflow run, CV
+    models/{experiment}/oof_predictions.parquet   candidate_models: out-of-fold predictions
+    models/{experiment}/thresholds.json, threshold.txt   decision_threshold (classification)
+
+Plain Python: every path comes from a `core.drive.DrivePaths` (the SharedDrive resource is one), and
+each reader names the asset to materialize when its file is missing or stale.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.atomic import atomic_path, atomic_write_json, atomic_write_text
+from core.drive import DrivePaths
+from core.experiment import ExperimentConfig, LoadedExperiment
+from core.hashing import sha256_text
+
+
+def read_json(path: Path, producer: str) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing. Fix: materialize {producer} for this experiment first.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def split_meta(drive: DrivePaths, experiment: str) -> dict[str, Any]:
+    """train_test_split's meta.json plus `dataset_sha256`, the digest of the train and test splits."""
+    path = drive.dataset_meta(experiment)
+    meta = read_json(path, "train_test_split")
+    for key in ("train_sha256", "test_sha256"):
+        if key not in meta:
+            raise ValueError(f"{path}: field {key!r} missing. Fix: materialize train_test_split again.")
+    # The digest train_test_split uses as its data version: it names the data a model was trained on.
+    meta["dataset_sha256"] = sha256_text(meta["train_sha256"] + meta["test_sha256"])
+    return meta
+
+
+def read_split(drive: DrivePaths, experiment: str, split: str) -> pd.DataFrame:
+    path = drive.dataset_path(experiment, split)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing. Fix: materialize train_test_split for {experiment!r} first.")
+    return pd.read_parquet(path)
+
+
+def current_manifest(drive: DrivePaths, loaded: LoadedExperiment, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """candidates.json, provided it was trained for this config and this split."""
+    path = drive.candidates_manifest(loaded.config.name)
+    manifest = read_json(path, "candidate_models")
+    trained_for = (manifest.get("config_hash"), manifest.get("dataset_sha256"))
+    if trained_for != (loaded.config.config_hash, meta["dataset_sha256"]):
+        raise ValueError(
+            f"{path} was trained for another config or dataset than {loaded.path} and the current split. "
+            "Fix: materialize candidate_models again."
+        )
+    return manifest
+
+
+def cv_scores(manifest: Mapping[str, Any], metric: str) -> dict[str, float]:
+    """family → mean cross-validated `metric`."""
+    return {family: entry["cv"][metric]["mean"] for family, entry in manifest["families"].items()}
+
+
+def artifacts(drive: DrivePaths, experiment: str, manifest: Mapping[str, Any]) -> dict[str, Path]:
+    """family → its saved model file."""
+    return {family: drive.models_dir(experiment) / entry["artifact"] for family, entry in manifest["families"].items()}
+
+
+def _py(value: Any) -> Any:
+    """numpy scalars → plain Python, so JSON sees numbers, not strings."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_candidates(
+    drive: DrivePaths,
+    config: ExperimentConfig,
+    meta: Mapping[str, Any],
+    outcome: Any,
+    run_ids: Mapping[str, str],
+    dagster_run_id: str,
+    parent_run_id: str,
+) -> Path:
+    """oof_predictions.parquet, then candidates.json (`outcome` is a candidates.TrainingOutcome)."""
+    with atomic_path(drive.oof_predictions(config.name)) as tmp:
+        outcome.oof.to_parquet(tmp, index=False)
+    return atomic_write_json(
+        drive.candidates_manifest(config.name),
+        {
+            "experiment": config.name,
+            "task": config.task,
+            "config_hash": config.config_hash,
+            "dataset_sha256": meta["dataset_sha256"],
+            "train_sha256": meta["train_sha256"],
+            "test_sha256": meta["test_sha256"],
+            "selection_metric": config.selection_metric,
+            "dagster_run_id": dagster_run_id,
+            "parent_run_id": parent_run_id,
+            "positive_label": _py(outcome.data.positive_label),
+            "scale": outcome.data.scale,
+            "features": outcome.data.features.to_dict() if outcome.data.features else None,
+            "workers": outcome.n_jobs,
+            "wall_seconds": round(outcome.wall_seconds, 3),
+            "families": {
+                family: {
+                    "artifact": r.artifact.name,
+                    "artifact_sha256": r.artifact_sha256,
+                    "run_id": run_ids[family],
+                    "model_uri": f"runs:/{run_ids[family]}/{family}",
+                    "params": r.params,
+                    "fit_seconds": round(r.fit_seconds, 3),
+                    "cv_seconds": round(r.cv_seconds, 3),
+                    "cv": r.cv,
+                    "folds": r.fold_metrics,
+                    "epochs_run": len(r.history) or None,
+                    "best_epoch": r.metadata.get("best_epoch"),
+                }
+                for family, r in outcome.families.items()
+            },
+        },
+    )
+
+
+def candidates_version(outcome: Any) -> str:
+    """The data version of candidate_models: what the models do, not their bytes.
+
+    Pickle bytes can differ between identical fits (memo sharing across worker processes), so this
+    hashes the fold metrics and the out-of-fold predictions: deterministic training, same version.
+    """
+    semantic = json.dumps({f: r.fold_metrics for f, r in outcome.families.items()}, sort_keys=True)
+    semantic += str(pd.util.hash_pandas_object(outcome.oof, index=False).sum())
+    return sha256_text(semantic)
+
+
+def read_oof(drive: DrivePaths, experiment: str) -> pd.DataFrame:
+    path = drive.oof_predictions(experiment)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing. Fix: materialize candidate_models for this experiment first.")
+    return pd.read_parquet(path)
+
+
+def write_thresholds(drive: DrivePaths, config: ExperimentConfig, results: Mapping[str, Any], chosen: str) -> Path:
+    """thresholds.json (every family's ThresholdResult) and threshold.txt (the chosen family's cut-off)."""
+    atomic_write_json(
+        drive.thresholds_json(config.name),
+        {"precision_target": config.precision_target, "champion_candidate": chosen,
+         "config_hash": config.config_hash, "families": {f: r.to_dict() for f, r in results.items()}},
+    )
+    return atomic_write_text(drive.threshold_txt(config.name), f"{results[chosen].threshold!r}\n")
+
+
+def read_thresholds(drive: DrivePaths, experiment: str) -> dict[str, float]:
+    """family → calibrated threshold, from thresholds.json."""
+    recorded = read_json(drive.thresholds_json(experiment), "decision_threshold")
+    return {family: r["threshold"] for family, r in recorded["families"].items()}
+
+
+def thresholds_version(results: Mapping[str, Any]) -> str:
+    return sha256_text(repr(sorted((f, r.threshold) for f, r in results.items())))
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
