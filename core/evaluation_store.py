@@ -2,7 +2,9 @@
 
 Layout: evaluation/{experiment}/metrics/dataset={split}/metric={name}/{source}.parquet, one row per
 model, columns METRIC_COLUMNS (dataset and metric are also hive partition keys, so DuckDB's
-`hive_partitioning` and plain parquet readers see the same values). Predictions go to
+`hive_partitioning` and plain parquet readers see the same values). A metric name with other characters
+than letters, digits, '_', '.', '-' (a per-class metric such as `recall[setosa]`) is percent-encoded in
+its directory (`metric=recall%5Bsetosa%5D`), which DuckDB and pyarrow decode back. Predictions go to
 evaluation/{experiment}/predictions/{split}.parquet (trained candidates) or {split}-{source}.parquet.
 """
 
@@ -12,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,12 +34,21 @@ METRIC_SCHEMA = pa.schema(
     ]
 )
 _SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_ENCODED = re.compile(r"^[A-Za-z0-9_.~%-]{1,240}$")
 
 
 def _safe(kind: str, value: str) -> str:
     if not _SAFE.match(value):
         raise ValueError(f"{kind} {value!r} cannot be a path component: use letters, digits, '_', '.', '-'")
     return value
+
+
+def _metric_component(metric: str) -> str:
+    """A metric name as a hive partition value: unchanged when safe, else percent-encoded."""
+    encoded = quote(metric, safe="")
+    if not _ENCODED.match(encoded):
+        raise ValueError(f"metric {metric!r} cannot be a path component: empty, or over 240 characters once encoded")
+    return encoded
 
 
 def write_metrics(evaluation_dir: Path, records: Iterable[Mapping[str, Any]], source: str) -> list[Path]:
@@ -52,7 +64,7 @@ def write_metrics(evaluation_dir: Path, records: Iterable[Mapping[str, Any]], so
         groups.setdefault((rec["dataset"], rec["metric"]), []).append(rec)
     written = []
     for (dataset, metric), rows in sorted(groups.items()):
-        directory = metrics_dir(evaluation_dir) / f"dataset={_safe('dataset', dataset)}" / f"metric={_safe('metric', metric)}"
+        directory = metrics_dir(evaluation_dir) / f"dataset={_safe('dataset', dataset)}" / f"metric={_metric_component(metric)}"
         table = pa.Table.from_pylist(
             [{c: r[c] for c in METRIC_COLUMNS} for r in sorted(rows, key=lambda r: r["model"])],
             schema=METRIC_SCHEMA,

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core.drive import PROJECT_ROOT
-from core.metrics import DEFAULT_SELECTION_METRIC
+from core.metrics import DEFAULT_SELECTION_METRIC, default_selection_metric
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -48,6 +48,8 @@ class DatasetConfig(_Strict):
     )
     rows: int | None = Field(default=None, gt=0, description="Rows to generate (generators only)")
     seed: int = Field(default=0, description="Generator seed")
+    na_values: list[str] | None = Field(default=None, description="A file's texts for a missing cell besides "
+                                        "the empty one (unset: pandas' NA, N/A, NaN, null, None, ...)")
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetConfig:
@@ -58,6 +60,8 @@ class DatasetConfig(_Strict):
                 raise ValueError("'rows' applies to generators only; remove it for a file source")
             if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
                 raise ValueError(f"path {self.path!r} must end in .csv or .parquet")
+        elif self.na_values is not None:
+            raise ValueError("'na_values' applies to file sources only; remove it for a generator")
         return self
 
 
@@ -123,6 +127,42 @@ class ForecastConfig(_Strict):
     device: Literal["cpu", "cuda"] = Field(
         default="cpu", description="Where GRU/LSTM train; models are always saved and served from the CPU"
     )
+    target_mode: Literal["change", "level"] = Field(
+        default="change",
+        description="What GRU/LSTM learn: the change from the window's last value, or the standardised level",
+    )
+    frequency: str | None = Field(
+        default=None,
+        description="The series' spacing as a pandas alias ('1h', 'W-SUN', 'MS'; a number for a numeric time "
+        "column); inferred from the training timestamps when unset",
+    )
+
+    @field_validator("frequency")
+    @classmethod
+    def _frequency(cls, value: str | None) -> str | None:
+        if value is None or _is_number(value):
+            return value
+        from pandas.tseries.frequencies import to_offset  # only when set: core stays light to import
+
+        try:
+            to_offset(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a pandas frequency; use e.g. '1h', '15min', 'D', 'W-SUN', 'MS'") from None
+        return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+# Fields added after config hashes were first recorded, with their defaults: left out of the hash while
+# unset, so a field added to the schema never makes an existing experiment's models stale.
+HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("dataset", "na_values"): None, ("exclude_columns",): [],
+                                                       ("forecast", "target_mode"): "change",
+                                                       ("forecast", "frequency"): None}
 
 
 class ExperimentConfig(_Strict):
@@ -136,6 +176,9 @@ class ExperimentConfig(_Strict):
     time_column: str | None = None
     columns: dict[str, ColumnType] = Field(
         default_factory=dict, description="Declared column types, checked on load"
+    )
+    exclude_columns: list[str] = Field(
+        default_factory=list, description="Columns that are not features (row ids, leaks); left out of the splits"
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -163,6 +206,13 @@ class ExperimentConfig(_Strict):
     def _target(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("target must name the column to predict")
+        return value
+
+    @field_validator("exclude_columns")
+    @classmethod
+    def _excludable(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if kept := [info.data[k] for k in ("target", "time_column") if info.data.get(k) in value]:
+            raise ValueError(f"{kept} name the target or time column, which cannot be excluded; remove them")
         return value
 
     @model_validator(mode="after")
@@ -193,7 +243,12 @@ class ExperimentConfig(_Strict):
 
     @property
     def selection_metric(self) -> str:
+        """The configured metric, else the task's default (classification: the binary default, roc_auc)."""
         return self.selection.metric or DEFAULT_SELECTION_METRIC[self.task]
+
+    def selection_metric_for(self, n_classes: int | None) -> str:
+        """The configured metric, else the default for a target with `n_classes` classes (3+: f1_macro)."""
+        return self.selection.metric or default_selection_metric(self.task, n_classes)
 
     @property
     def config_hash(self) -> str:
@@ -202,6 +257,12 @@ class ExperimentConfig(_Strict):
         The description is prose: editing it must not make every model stale.
         """
         payload = self.model_dump(mode="json", exclude={"description"})
+        for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():
+            node = payload
+            for key in parents:
+                node = node[key]
+            if node[field] == default:
+                del node[field]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -241,6 +302,7 @@ _FIXES = {
     "extra_forbidden": "remove this key or fix its spelling",
     "missing": "add this required field",
     "literal_error": "use one of the allowed values",
+    "string_type": "quote it (YAML reads unquoted numbers, null, ~ and yes/no as other types)",
 }
 
 

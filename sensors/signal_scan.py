@@ -13,32 +13,40 @@ before the tick started, so a file that appears during a scan is never skipped. 
 `<path relative to the drive>:<sha256 of the content>`: a rewrite with new content runs again, and
 the same content never runs twice (Dagster also refuses a run key twice per sensor, which covers a
 daemon killed between launching a run and saving the cursor).
+
+One file never breaks a tick: reading goes through `core.signals.read_signal_bytes` (regular files
+only, bounded in bytes and time), every decode failure is a rejection with its reason, and
+`inspect_signal` turns any unexpected error into a rejection of that file carrying its traceback.
+A tick also stops taking new files after `MAX_TICK_SECONDS`, leaving the rest for the next one.
 """
 
 import json
 import os
-import stat
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.hashing import sha256_bytes
 from core.signals import (
     EXPERIMENT_NAME_RE,
-    MAX_SIGNAL_BYTES,
     SIGNAL_MODELS,
     EvalComplete,
     EvalFailed,
     SignalError,
     TrainingComplete,
     parse_signal,
+    read_signal_bytes,
     resolve_checkpoint,
 )
+from core.untrusted import printable
 
 # Bounds one tick's work (each new file is read, validated and turned into a run) well inside the
 # daemon's 60 s sensor timeout; a backlog, e.g. after the cursor was reset, drains over several ticks.
 MAX_SIGNALS_PER_TICK = 300
+# Wall time after which a tick takes no further files (slow reads, a flood of hostile files).
+MAX_TICK_SECONDS = 20.0
 SKIP_MESSAGE_LIMIT = 2000
 
 
@@ -73,8 +81,6 @@ class SignalFile:
     name: str
     changed_ns: int
     size: int
-    is_symlink: bool
-    dir_is_symlink: bool
 
 
 @dataclass
@@ -91,6 +97,8 @@ class Rejected:
     file: SignalFile
     reason: str
     run_key: str
+    # Set when the rejection is an unexpected error (a bug to report), not a problem of the file.
+    traceback: str | None = None
 
 
 def scan(base: Path, names: tuple[str, ...]) -> Iterator[SignalFile]:
@@ -104,7 +112,6 @@ def scan(base: Path, names: tuple[str, ...]) -> Iterator[SignalFile]:
             try:
                 if not entry.is_dir():
                     continue
-                dir_is_symlink = entry.is_symlink()
             except OSError:
                 continue
             for name in names:
@@ -120,8 +127,6 @@ def scan(base: Path, names: tuple[str, ...]) -> Iterator[SignalFile]:
                     name=name,
                     changed_ns=max(st.st_mtime_ns, st.st_ctime_ns),
                     size=st.st_size,
-                    is_symlink=stat.S_ISLNK(st.st_mode),
-                    dir_is_symlink=dir_is_symlink,
                 )
 
 
@@ -134,22 +139,35 @@ def run_key(drive: Path, path: Path, sha256: str) -> str:
 
 
 def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
-    """Read and validate one settled signal file (size checked before reading); never raises."""
-    unread_key = f"{relative_name(drive, file.path)}:unread-{file.changed_ns}-{file.size}"
-    if not EXPERIMENT_NAME_RE.match(file.experiment):
-        return Rejected(file, f"directory name {file.experiment!r} is not an experiment name", unread_key)
-    if file.is_symlink or file.dir_is_symlink:
-        real = file.path.resolve()
-        if not real.is_relative_to(drive):
-            return Rejected(file, f"symlink leads outside the shared drive (to {real})", unread_key)
+    """Read and validate one settled signal file; never raises (an unexpected error rejects the file)."""
     try:
-        size = file.path.stat().st_size
-        if size > MAX_SIGNAL_BYTES:
-            return Rejected(file, f"{size} bytes, over the {MAX_SIGNAL_BYTES}-byte limit", unread_key)
-        with open(file.path, "rb") as fh:
-            data = fh.read(MAX_SIGNAL_BYTES + 1)
-    except OSError as exc:
-        return Rejected(file, f"cannot read it ({exc.strerror or exc})", unread_key)
+        return _inspect(drive, file)
+    except Exception as exc:  # noqa: BLE001 - the boundary: one file's surprise must not stop the tick
+        try:
+            where = relative_name(drive, file.path)
+        except ValueError:
+            where = str(file.path)
+        return Rejected(
+            file,
+            f"unexpected error while checking it ({type(exc).__name__}: {str(exc)[:300]}). Fix: report this "
+            "mlgraph bug with the traceback from the sensor log; the file is re-checked when it changes",
+            f"{where}:error-{file.changed_ns}-{file.size}",
+            traceback=traceback.format_exc(),
+        )
+
+
+def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
+    unread_key = f"{relative_name(drive, file.path)}:unread-{file.changed_ns}-{file.size}"
+    # fullmatch: the pattern's '$' would also accept a trailing newline.
+    if not EXPERIMENT_NAME_RE.fullmatch(file.experiment):
+        return Rejected(file, f"directory name '{printable(file.experiment)[:80]}' is not an experiment name. Fix: "
+                              "name the directory after its experiment (the stem of config/experiments/*.yaml)",
+                        unread_key)
+    try:
+        # A regular file only, never opened if it is a FIFO or device; symlinks only to inside the drive.
+        data = read_signal_bytes(file.path, within=drive)
+    except SignalError as exc:
+        return Rejected(file, f"{exc.reason}. Fix: {exc.fix}", unread_key)
     sha = sha256_bytes(data)
     key = run_key(drive, file.path, sha)
     try:
@@ -182,10 +200,12 @@ class TickPlan:
 
 
 def plan_tick(drive: Path, base: Path, names: tuple[str, ...], cursor: SignalCursor, settle_seconds: float,
-              max_files: int = MAX_SIGNALS_PER_TICK, now_ns: int | None = None) -> TickPlan:
+              max_files: int = MAX_SIGNALS_PER_TICK, now_ns: int | None = None,
+              max_seconds: float = MAX_TICK_SECONDS, monotonic: Callable[[], float] = time.monotonic) -> TickPlan:
     """Scan `base` (a directory of experiment directories on `drive`), keep the settled files changed since
-    the cursor (oldest first, at most about `max_files`), inspect them, and advance the cursor to the last
-    one taken."""
+    the cursor (oldest first, at most about `max_files`, taken within about `max_seconds`), inspect them,
+    and advance the cursor to the last one taken. Never raises for a file: each becomes accepted or rejected."""
+    deadline = monotonic() + max_seconds
     now_ns = time.time_ns() if now_ns is None else now_ns
     settle_ns = int(settle_seconds * 1e9)
     plan = TickPlan(base=base, cursor=SignalCursor(cursor.high_water_ns, list(cursor.keys)))
@@ -203,7 +223,7 @@ def plan_tick(drive: Path, base: Path, names: tuple[str, ...], cursor: SignalCur
     taken = 0
     for position, file in enumerate(fresh):
         # Stop only between distinct change times, so the files left all lie above the new cursor.
-        if taken >= max_files and file.changed_ns > plan.cursor.high_water_ns:
+        if (taken >= max_files or monotonic() > deadline) and file.changed_ns > plan.cursor.high_water_ns:
             plan.backlog = len(fresh) - position
             break
         outcome = inspect_signal(drive, file)
@@ -219,7 +239,9 @@ def plan_tick(drive: Path, base: Path, names: tuple[str, ...], cursor: SignalCur
 
 
 def rejection_reason(drive: Path, rejected: Rejected) -> str:
-    return f"{relative_name(drive, rejected.file.path)}: {rejected.reason}"
+    # Escaped: a directory name may hold control characters or undecodable bytes, and this text goes to
+    # the tick record (Postgres refuses NUL) and the logs.
+    return printable(f"{relative_name(drive, rejected.file.path)}: {rejected.reason}")
 
 
 def skip_message(plan: TickPlan, drive: Path, reasons: list[str], notes: list[str]) -> str:
@@ -235,5 +257,5 @@ def skip_message(plan: TickPlan, drive: Path, reasons: list[str], notes: list[st
         parts.append(f"{plan.backlog} more left for the next tick")
     if not parts:
         parts.append(f"no new signal files ({plan.scanned} seen under {plan.base})")
-    message = "; ".join(parts)
+    message = printable("; ".join(parts))
     return message if len(message) <= SKIP_MESSAGE_LIMIT else message[: SKIP_MESSAGE_LIMIT - 1] + "…"

@@ -2,14 +2,18 @@
 
 What a tick finds, and how its cursor moves, is `sensors.signal_scan`. Here each accepted signal of a
 known experiment becomes a run request tagged with the signal that caused it (or, for a failed
-evaluation, an observation saying so), and a tick that requests nothing says why.
+evaluation, an observation saying so), and a tick that requests nothing says why. An unexpected
+error while turning one accepted signal into a run rejects that signal (its traceback logged); the
+other signals of the tick still run.
 """
 
 import os
 import threading
 import time
+import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -41,6 +45,7 @@ from core.tags import (
     TAG_TRIGGER,
     slurm_tags,
 )
+from core.untrusted import printable
 from pipeline_assets.analysis.report_assets import AnalysisReportConfig
 from pipeline_assets.external.assets import CheckpointEvaluationConfig
 from pipeline_assets.jobs import analysis_report_job, checkpoint_evaluation_job
@@ -259,6 +264,10 @@ class _Tick:
                                         max_per_tick, now_ns)
         self.experiments = _Experiments(context.instance, catalog, _CONFIG_HASHES)
         self.reasons = [rejection_reason(self.drive, r) for r in self.plan.rejected]
+        for rejected in self.plan.rejected:
+            if rejected.traceback:
+                context.log.error(f"signal check failed unexpectedly: {rejection_reason(self.drive, rejected)}\n"
+                                  f"{rejected.traceback}")
         self.notes: list[str] = []
         self.runs: list[dg.RunRequest] = []
         self.events: list = []
@@ -275,6 +284,18 @@ class _Tick:
             self.reasons.append(f"{self.rel(item)}: {exc}")
             return None
 
+    @contextmanager
+    def guard(self, item: Accepted) -> Iterator[None]:
+        """The per-signal boundary: an unexpected error rejects this signal, logged with its traceback."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - one signal's surprise must not cost the others their runs
+            reason = printable(f"{self.rel(item)}: unexpected error while requesting its run "
+                               f"({type(exc).__name__}: {str(exc)[:300]}). Fix: report this mlgraph bug with "
+                               "the traceback from the sensor log")
+            self.reasons.append(reason)
+            self.context.log.error(f"{reason}\n{traceback.format_exc()}")
+
     def already_ran(self, item: Accepted, verb: str) -> bool:
         existing = self._ran.get(item.run_key)
         if existing:
@@ -283,9 +304,9 @@ class _Tick:
 
     def result(self) -> dg.SensorResult:
         for reason in self.reasons:
-            self.context.log.warning(f"rejected signal {reason}")
+            self.context.log.warning(f"rejected signal {printable(reason)}")
         for note in self.notes:
-            self.context.log.info(note)
+            self.context.log.info(printable(note))
         return dg.SensorResult(
             run_requests=self.runs,
             asset_events=self.events,
@@ -293,6 +314,26 @@ class _Tick:
             cursor=self.plan.cursor.serialize(),
             skip_reason=None if self.runs else skip_message(self.plan, self.drive, self.reasons, self.notes),
         )
+
+
+def _handle_evaluation_signal(tick: _Tick, item: Accepted) -> None:
+    """.eval_complete → an analysis run; a failed evaluation → an observation saying so, no analysis."""
+    signal = item.signal
+    config_hash = tick.config_hash(item)
+    if config_hash is None:
+        return
+    if isinstance(signal, EvalFailed) or (isinstance(signal, EvalComplete) and signal.status == "failed"):
+        # Reported, not analyzed: there is nothing sound to analyze.
+        message = signal.error_message or "evaluation reported status 'failed' without a message"
+        tick.context.log.error(f"{tick.rel(item)}: evaluation of {signal.experiment} failed "
+                               f"(job {signal.job_id}): {message}")
+        tick.events.append(_failed_evaluation(item, message))
+        tick.notes.append(f"{tick.rel(item)}: evaluation failed ({message[:200]}); reported, not analyzed")
+        return
+    if tick.already_ran(item, "analyzed"):
+        return
+    tick.runs.append(_analysis_request(item, config_hash))
+    tick.context.log.info(f"{tick.rel(item)}: analyzing {signal.experiment} (evaluation job {signal.job_id})")
 
 
 def build_signal_sensors(
@@ -318,14 +359,15 @@ def build_signal_sensors(
         tick = _Tick(context, storage, catalog, storage.models_root(), (TRAINING_COMPLETE,),
                      _settle_seconds(settle_seconds), max_per_tick, clock())
         for item in tick.plan.accepted:
-            config_hash = tick.config_hash(item)
-            if config_hash is None or tick.already_ran(item, "evaluated"):
-                continue
-            request, event = _evaluation_request(item, config_hash)
-            tick.runs.append(request)
-            tick.events.append(event)
-            context.log.info(f"{tick.rel(item)}: evaluating checkpoint {request.tags[TAG_CHECKPOINT_ID]} "
-                             f"of {item.signal.experiment}")
+            with tick.guard(item):
+                config_hash = tick.config_hash(item)
+                if config_hash is None or tick.already_ran(item, "evaluated"):
+                    continue
+                request, event = _evaluation_request(item, config_hash)
+                tick.runs.append(request)
+                tick.events.append(event)
+                context.log.info(f"{tick.rel(item)}: evaluating checkpoint {request.tags[TAG_CHECKPOINT_ID]} "
+                                 f"of {item.signal.experiment}")
         return tick.result()
 
     @dg.sensor(
@@ -341,22 +383,8 @@ def build_signal_sensors(
         tick = _Tick(context, storage, catalog, storage.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED),
                      _settle_seconds(settle_seconds), max_per_tick, clock())
         for item in tick.plan.accepted:
-            signal = item.signal
-            config_hash = tick.config_hash(item)
-            if config_hash is None:
-                continue
-            if isinstance(signal, EvalFailed) or (isinstance(signal, EvalComplete) and signal.status == "failed"):
-                # Reported, not analyzed: there is nothing sound to analyze.
-                message = signal.error_message or "evaluation reported status 'failed' without a message"
-                context.log.error(f"{tick.rel(item)}: evaluation of {signal.experiment} failed "
-                                  f"(job {signal.job_id}): {message}")
-                tick.events.append(_failed_evaluation(item, message))
-                tick.notes.append(f"{tick.rel(item)}: evaluation failed ({message[:200]}); reported, not analyzed")
-                continue
-            if tick.already_ran(item, "analyzed"):
-                continue
-            tick.runs.append(_analysis_request(item, config_hash))
-            context.log.info(f"{tick.rel(item)}: analyzing {signal.experiment} (evaluation job {signal.job_id})")
+            with tick.guard(item):
+                _handle_evaluation_signal(tick, item)
         return tick.result()
 
     return training_complete_sensor, eval_complete_sensor

@@ -4,6 +4,7 @@ and nothing downstream of it materializes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -11,8 +12,11 @@ import pandas as pd
 import pytest
 
 from core.drive import DriveLayout
+from core.hashing import sha256_file
+from mlgraph_cli.main import main
 from pipeline_assets.definitions import defs
 from pipeline_assets.deployment import bench, export
+from pipeline_assets.training.lineage import verify_lineage, write_lineage
 from resources.tracking import MlflowTracking
 from tests.deployment_support import EXPERIMENT, demo_frames, perturb_first_weight, tabular_champion  # noqa: F401
 
@@ -44,6 +48,9 @@ def champion(shared_drive, config_dir, demo_frames):  # noqa: F811
     pointer_path = drive.promotion_dir(config.config_hash) / "current.json"
     pointer = json.loads(pointer_path.read_text())
     pointer_path.write_text(json.dumps({**pointer, "run_id": run_id}))
+    # As champion_model leaves it: the lineage the ONNX hashes join.
+    write_lineage(drive.lineage_json(NAME), {"run_id": run_id, "config_hash": config.config_hash},
+                  {"model": Path(pointer["model_path"])})
     return drive, run_id
 
 
@@ -69,6 +76,22 @@ def test_gates_pass_and_the_benchmark_lands_everywhere(instance, champion) -> No
     logged = MlflowTracking().client().get_run(run_id).data.metrics
     assert logged["bench_onnx_fp32_t1_latency_p50_us"] > 0
     assert set(export.onnx_hashes(drive, NAME)) == {"onnx_model", "onnx_int8_model"}
+
+    # The ONNX hashes joined lineage.json: `mlgraph verify` passes, then catches one changed byte.
+    lineage = drive.lineage_json(NAME)
+    recorded = json.loads(lineage.read_text())["files"]
+    assert {"model", "onnx_model", "onnx_int8_model"} <= set(recorded)
+    assert recorded["onnx_model"]["sha256"] == export.onnx_hashes(drive, NAME)["onnx_model"]
+    assert main(["verify", str(lineage)]) == 0
+    onnx_file = drive.onnx_model_path(NAME)
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    assert verify_lineage(lineage) == [
+        f"onnx_model: {onnx_file.resolve()} SHA-256 differs: recorded {recorded['onnx_model']['sha256'][:16]}…, "
+        f"now {sha256_file(onnx_file)[:16]}…"
+    ]
+    assert main(["verify", str(lineage)]) == 1
 
 
 def test_a_perturbed_export_fails_its_gate_and_blocks_everything_downstream(

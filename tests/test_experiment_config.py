@@ -58,6 +58,10 @@ def test_demo_configs_validate(name):
         ({"task": "clustering"}, "task", "allowed values"),
         ({"sampling__strategy": "stratified"}, "(top level)", "needs task 'classification'"),
         ({"models": [{"family": "svm"}]}, "(top level)", "not available for regression"),
+        ({"exclude_columns": ["age", "salary"]}, "exclude_columns", "['salary'] name the target or time column"),
+        ({"exclude_columns": "age"}, "exclude_columns", "correct the value"),
+        ({"dataset": {"path": "d.csv", "na_values": ["NA", None]}}, "dataset.na_values.1", "quote it"),
+        ({"dataset__na_values": ["NA"]}, "dataset", "'na_values' applies to file sources only"),
     ],
 )
 def test_bad_config_names_file_field_and_fix(tmp_path, changes, field, hint):
@@ -137,6 +141,38 @@ def test_config_hash_is_canonical_and_covers_sampling(tmp_path):
     # A default written out explicitly is the same config.
     explicit = variant(cv_folds=5)
     assert load_experiment_file(write(tmp_path, "salary", explicit)).config.config_hash == original
+
+
+# Recorded before issue 10 added exclude_columns and dataset.na_values: a config that does not use a
+# new field keeps its hash, so existing models, promotions and evaluation rows stay current.
+DEMO_CONFIG_HASHES = {
+    "salary": "98ebc4c746917fd682e0f9e1839b25eb9505e444ad1a5ca5d9f5174409f65de9",
+    "student_engagement": "d0ab6bf04452daf1f89915aca965008594921c4380509944bf757956e2af8b07",
+    "demand_forecast": "f7a64abf6096eb19b99e41f0e94936d6630a25da4b4790627c3e00e6b68bb003",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEMO_CONFIG_HASHES))
+def test_demo_config_hashes_do_not_move(name):
+    assert load_experiment_file(DEMO_DIR / f"{name}.yaml").config.config_hash == DEMO_CONFIG_HASHES[name]
+
+
+def test_new_fields_enter_the_hash_once_set(tmp_path):
+    from core.experiment import HASH_OMITTED_AT_DEFAULT, ExperimentConfig
+
+    for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():  # the table matches the schema
+        model = ExperimentConfig
+        for key in parents:
+            model = model.model_fields[key].annotation
+        assert model.model_fields[field].get_default(call_default_factory=True) == default
+    original = load_experiment_file(write(tmp_path, "salary", BASE)).config.config_hash
+    assert load_experiment_file(write(tmp_path, "salary", variant(exclude_columns=[]))).config.config_hash == original
+    excluded = variant(exclude_columns=["age"])
+    assert load_experiment_file(write(tmp_path, "salary", excluded)).config.config_hash != original
+    from_file = variant(dataset={"path": "d.csv"})
+    base = load_experiment_file(write(tmp_path, "salary", from_file)).config.config_hash
+    spelled = variant(dataset={"path": "d.csv", "na_values": ["-999"]})
+    assert load_experiment_file(write(tmp_path, "salary", spelled)).config.config_hash != base
 
 
 def test_constraint_keys_round_trip():

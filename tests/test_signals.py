@@ -1,10 +1,14 @@
 """Signal schemas (core.signals): strict parsing with file, field and fix; checkpoint ids and resolution."""
 
 import json
+import os
+import random
+import socket
 from pathlib import Path
 
 import pytest
 
+from core import untrusted
 from core.signals import (
     MAX_SIGNAL_BYTES,
     EvalComplete,
@@ -16,6 +20,8 @@ from core.signals import (
     read_signal,
     resolve_checkpoint,
 )
+from core.untrusted import control_character, printable
+from trainer_hook import signal_training_complete
 
 TRAINING = {
     "timestamp": "2025-09-30T14:32:15Z",
@@ -141,3 +147,135 @@ def test_checkpoint_ids_and_resolution(tmp_path: Path):
             resolve_checkpoint(drive, raw)
     with pytest.raises(SignalError, match="does not exist"):
         resolve_checkpoint(drive, "models/salary/checkpoints/missing")
+
+
+# ---- hostile input: bounded decoding, control characters, non-regular files (core.untrusted) ----
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"metrics": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested 50001 levels deep"),
+        (b'{"num_epochs": ' + b"7" * 4301 + b"}", "integer with 4301 digits"),
+        (b'{"final_loss": 1e400}', "the number 1e400 is out of range"),
+        (b'{"final_loss": NaN}', "NaN is not a JSON value"),
+        (b'{"user": "a", "user": "b"}', "key 'user' appears more than once"),
+        (b"\xef\xbb\xbf{}", "byte-order mark"),
+        (b'{"user": "\\ud800"}', "lone UTF-16 surrogate"),
+        (b'{"hostname": "[[[[[[[[[[[[[[[[[[[[[[[[[["}', "field 'timestamp'"),  # brackets in strings do not nest
+    ],
+)
+def test_json_the_decoder_cannot_bound_is_a_rejection(data, expected):
+    assert expected in reason(data, TrainingComplete)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("user", "a\x00b", "field 'user': holds control character U+0000 (NUL) at position 1"),
+        ("hostname", "gpu\x1b[0m", "U+001B (ESC)"),
+        ("checkpoint_path", "/x\x7f", "U+007F (DEL)"),
+        ("config_path", "/c\x9b.yaml", "U+009B"),
+        ("hostname", "two\nlines", "U+000A (LF)"),
+        ("metrics", {"ok": 1.0, "lo\tss": 2.0}, "key 'lo\\x09ss' holds control character U+0009 (TAB)"),
+    ],
+)
+def test_identifiers_refuse_control_characters(field, value, expected):
+    message = reason(encode({**TRAINING, field: value}), TrainingComplete)
+    assert expected in message and "Fix: write plain text" in message
+    assert printable(message) == message  # the message itself is safe to log and store
+
+
+def test_free_text_keeps_line_breaks_but_refuses_other_controls():
+    multiline = {**FAILED, "error_message": "line 1\n\tline 2\r\n", "traceback": "Traceback\n  File x"}
+    assert parse_signal(encode(multiline), EvalFailed).error_message == "line 1\n\tline 2\r\n"
+    for bad in ("\x00", "\x1b[2J", "\x85"):
+        assert "field 'error_message'" in reason(encode({**FAILED, "error_message": f"oops{bad}"}), EvalFailed)
+    with pytest.raises(ValueError, match="control character U\\+0000"):
+        EvalFailed(timestamp="2025-09-30T15:00:00Z", experiment="salary", job_id="1", error_message="a\x00")
+
+
+def test_printable_escapes_what_storage_and_logs_refuse():
+    assert printable("a\x00b\x1b\x7f\x85\ud800") == "a\\x00b\\x1b\\x7f\\x85\\ud800"
+    assert printable("keep\ttabs\nand lines", multiline=True) == "keep\ttabs\nand lines"
+    assert control_character({"ok": ["fine", "bad\x00"]}) == "value of 'ok' item 1 holds control character U+0000 (NUL) at position 3"
+    assert control_character("plain text, ünïcode ✓") is None
+
+
+def test_any_corruption_of_a_signal_is_a_signal_error_or_a_signal():
+    """Every decode failure of any kind is a SignalError: random corruption of a valid file never raises
+    anything else, and every message is safe to log."""
+    rng = random.Random(10)
+    valid = encode({**TRAINING, "metrics": {"acc": 0.9}, "num_epochs": 3})
+    alphabet = b'{}[]":,\\0123456789eE.-+ \x00\x1b\x7f\xff\xc3\x85ntrufalsNI'
+    outcomes = {"ok": 0, "rejected": 0}
+    for _ in range(3000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data) + 1)
+            op = rng.random()
+            if op < 0.4:
+                data[at:at + 1] = bytes([rng.choice(alphabet)])
+            elif op < 0.7:
+                data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+            elif op < 0.85:
+                data[at:at] = rng.choice([b"[" * 2000, b"9" * 5000, b'"\\u0000"', b'"\\udfff"', b"NaN", b"1e999"])
+            else:
+                del data[at:]
+        try:
+            parse_signal(bytes(data), TrainingComplete)
+            outcomes["ok"] += 1
+        except SignalError as exc:
+            assert printable(str(exc)) == str(exc)
+            outcomes["rejected"] += 1
+    assert outcomes["rejected"] > 2000
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device", "socket"])
+def test_only_regular_files_are_opened(kind, tmp_path: Path, monkeypatch):
+    path = tmp_path / ".training_complete"
+    if kind == "fifo":
+        os.mkfifo(path)  # an ordinary open() for reading would block here forever
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "device":
+        path = Path("/dev/null")
+    else:
+        monkeypatch.chdir(tmp_path)  # AF_UNIX names are limited to about 100 bytes
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(path.name)
+    opened = []
+    monkeypatch.setattr(untrusted.os, "open", lambda *a, **k: opened.append(a) or os.open(*a, **k))
+    with pytest.raises(SignalError, match="not a regular file; it was not opened"):
+        read_signal(path, TrainingComplete)
+    assert opened == []  # refused from its stat: a device is never touched
+
+
+def test_symlinks_are_followed_only_to_regular_files_inside_the_drive(tmp_path: Path):
+    drive, outside = tmp_path / "drive", tmp_path / "outside"
+    (drive / "models" / "salary").mkdir(parents=True)
+    outside.mkdir()
+    real = drive / "models" / "salary" / "signal.json"
+    real.write_text(json.dumps(TRAINING))
+    link = drive / "models" / "salary" / ".training_complete"
+    link.symlink_to(real)
+    assert read_signal(link, within=drive)[0].user == "tmorton"
+    link.unlink()
+    (outside / ".training_complete").write_text(json.dumps(TRAINING))
+    link.symlink_to(outside / ".training_complete")
+    with pytest.raises(SignalError, match="symlink leads outside the shared drive"):
+        read_signal(link, within=drive)
+
+
+def test_hook_refuses_a_signal_with_control_characters(shared_drive: Path):
+    checkpoint = shared_drive / "models" / "salary" / "checkpoints" / "ck1"
+    checkpoint.mkdir(parents=True)
+    for kwargs, expected in (
+        ({"user": "t\x00m"}, "field 'user': holds control character U+0000 (NUL)"),
+        ({"hostname": "gpu\x1b[31m"}, "field 'hostname': holds control character U+001B (ESC)"),
+        ({"metrics": {"acc\n": 1.0}}, "field 'metrics': key 'acc\\x0a' holds control character"),
+        ({"metrics": {"acc": float("nan")}}, "field 'metrics.acc'"),
+    ):
+        result = signal_training_complete("salary", checkpoint, mlflow=False, detect_git=False, **kwargs)
+        assert not result and expected in result.error and "Fix:" in result.error, result.error
+        assert not (shared_drive / "models" / "salary" / ".training_complete").exists()

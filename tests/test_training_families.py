@@ -265,9 +265,12 @@ def test_training_is_deterministic_and_independent_of_workers(tmp_path) -> None:
 
 
 def test_bad_training_input_names_the_column_and_the_fix(tmp_path) -> None:
-    three_classes = _tabular(60, "classification").assign(y=lambda f: np.arange(len(f)) % 3)
-    with pytest.raises(ValueError, match=r"train.parquet: column 'y'.*exactly two target classes.*Fix"):
-        train_candidates(_config("classification"), three_classes, tmp_path, n_jobs=1)
+    one_class = _tabular(60, "classification").assign(y=1)
+    with pytest.raises(ValueError, match=r"train.parquet: column 'y'.*at least two target classes, found 1.*Fix"):
+        train_candidates(_config("classification"), one_class, tmp_path, n_jobs=1)
+    rare = _tabular(60, "classification").assign(y=lambda f: np.where(np.arange(len(f)) < 3, 2, f.y))
+    with pytest.raises(ValueError, match=r"class 2 \(3 rows\) has fewer training rows than cv_folds=5.*Fix: lower 'cv_folds'"):
+        train_candidates(_config("classification"), rare, tmp_path, n_jobs=1)
     text_target = _tabular(60, "regression").assign(y="high")
     with pytest.raises(ValueError, match=r"column 'y' has type object.*must be numeric.*Fix"):
         train_candidates(_config("regression"), text_target, tmp_path, n_jobs=1)

@@ -21,15 +21,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from core.drive import SHARED_DRIVE_ENV, DriveLayout, resolve_drive_root
 from core.signals import (
     SignalError,
     TrainingComplete,
     checkpoint_id,
+    describe_invalid,
     parse_signal,
     utc_now,
 )
 from core.tracking import TRACKING_URI_ENV
+from core.untrusted import printable
 
 log = logging.getLogger("mlgraph.hook")
 
@@ -155,8 +159,12 @@ def _signal_training_complete(
             git_commit=git_commit or (_git_commit() if detect_git else None),
             metrics={k: float(v) for k, v in metrics.items()} if metrics else None,
         )
+    except ValidationError as exc:
+        # The readers' own rules (core.signals), so what the hook writes the sensor accepts.
+        reason, fix = describe_invalid(exc)
+        return _fail(f"invalid training_complete signal for {printable(str(experiment))[:80]!r}: {reason}. Fix: {fix}")
     except ValueError as exc:
-        return _fail(f"invalid training_complete signal for {experiment!r}: {exc}")
+        return _fail(f"invalid training_complete signal for {printable(str(experiment))[:80]!r}: {exc}")
     target = DriveLayout(drive).training_complete_signal(experiment)
 
     warnings: list[str] = []

@@ -15,7 +15,8 @@ def _schema_metadata(table: pa.Table) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in table.schema])
 
 
-@dg.asset(partitions_def=experiment_partitions_def, kinds={"parquet"}, code_version="1")
+# code_version 2: empty and NA-spelled cells are read as nulls in every column type.
+@dg.asset(partitions_def=experiment_partitions_def, kinds={"parquet"}, code_version="2")
 def raw_dataset(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
@@ -31,6 +32,9 @@ def raw_dataset(
             "dagster/row_count": table.num_rows,
             "dagster/column_schema": _schema_metadata(table),
             "columns": table.num_columns,
+            # Empty and NA-spelled cells (dataset.na_values) are nulls in every column type.
+            "missing_cells": sum(column.null_count for column in table.columns),
+            "cells_read_as_missing": source.cells_read_as_missing,
             "bytes": out.stat().st_size,
             "source": source.description,
             "path": dg.MetadataValue.path(str(out)),
@@ -66,7 +70,7 @@ def dataset_fingerprint(
     partitions_def=experiment_partitions_def,
     deps=[raw_dataset, dataset_fingerprint],
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",  # 2: exclude_columns dropped here; meta.json counts missing cells
 )
 def train_test_split(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog

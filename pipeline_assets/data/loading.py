@@ -26,6 +26,45 @@ class SourceData:
     table: pa.Table
     description: str  # file path or "generator:<name>(rows=..., seed=...)"
     file: Path | None
+    cells_read_as_missing: int = 0  # empty or NA-spelled cells the reader turned into nulls
+
+
+# pandas' default missing-value spellings (pandas._libs.parsers.STR_NA_VALUES in pandas 2.x), copied
+# because that module is private; a test compares the two. The empty cell is always missing.
+PANDAS_NA_VALUES = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+     "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+
+
+def missing_spellings(na_values: list[str] | None) -> list[str]:
+    """Cell texts read as missing: the empty cell plus `dataset.na_values` (pandas' set when unset)."""
+    return sorted({"", *(PANDAS_NA_VALUES if na_values is None else na_values)})
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def null_missing_text(table: pa.Table, spellings: list[str]) -> tuple[pa.Table, int]:
+    """Text cells spelled as missing become null; returns the table and how many cells changed.
+
+    A parquet file converted from CSV by a tool that kept '' or 'NA' as text must load like the CSV.
+    """
+    changed = 0
+    value_set = pa.array(spellings, pa.string())
+    for i, field in enumerate(table.schema):
+        if not _is_text(field.type):
+            continue
+        column = table.column(i)
+        mask = pc.is_in(column, value_set=value_set)
+        hits = pc.sum(mask).as_py() or 0
+        if hits:  # untouched columns keep their exact chunks, so unaffected files give identical bytes
+            table = table.set_column(i, field, pc.if_else(mask, pa.scalar(None, field.type), column))
+            changed += hits
+    return table, changed
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -42,8 +81,11 @@ def _check_duplicate_columns(names: list[str], where: str) -> None:
         )
 
 
-def read_source_file(path: Path) -> pa.Table:
-    """Read a CSV or parquet file; parse failures name the file and the row pyarrow reports."""
+def read_source_file(path: Path, na_values: list[str] | None = None) -> tuple[pa.Table, int]:
+    """Read a CSV or parquet file with missing cells as nulls in every column type.
+
+    Returns the table and the number of cells read as missing; parse failures name the file and the row.
+    """
     if not path.exists():
         raise DataValidationError(f"{path}: dataset file not found. Fix: check dataset.path in the experiment YAML.")
     if path.stat().st_size == 0:
@@ -51,19 +93,22 @@ def read_source_file(path: Path) -> pa.Table:
     if path.suffix.lower() == ".csv":
         header = _csv_header(path)
         _check_duplicate_columns(header, str(path))
+        # Without strings_can_be_null pyarrow keeps an empty or 'NA' cell of a text column as text.
+        options = pacsv.ConvertOptions(null_values=missing_spellings(na_values), strings_can_be_null=True)
         try:
-            return pacsv.read_csv(path)
+            table = pacsv.read_csv(path, convert_options=options)
         except pa.ArrowInvalid as exc:
             raise DataValidationError(
                 f"{path}: cannot parse as CSV: {exc}. Fix: every row needs the header's "
                 f"{len(header)} fields and each column one type."
             ) from None
+        return table, sum(column.null_count for column in table.columns)
     try:
         schema = pq.read_schema(path)
     except pa.ArrowInvalid as exc:
         raise DataValidationError(f"{path}: not a readable parquet file: {exc}.") from None
     _check_duplicate_columns(schema.names, str(path))
-    return pq.read_table(path)
+    return null_missing_text(pq.read_table(path), missing_spellings(na_values))
 
 
 def load_source(experiment: LoadedExperiment) -> SourceData:
@@ -74,7 +119,8 @@ def load_source(experiment: LoadedExperiment) -> SourceData:
         return SourceData(table, f"generator:{cfg.generator}(rows={rows}, seed={cfg.seed})", None)
     path = experiment.source_path
     assert path is not None  # the config validator guarantees path or generator
-    return SourceData(read_source_file(path), str(path), path)
+    table, missing = read_source_file(path, cfg.na_values)
+    return SourceData(table, str(path), path, missing)
 
 
 _NUMERIC_CHECK = {
@@ -134,10 +180,20 @@ def validate_source(table: pa.Table, experiment: LoadedExperiment, where: str) -
         raise DataValidationError(
             f"{where}: time column {cfg.time_column!r} not found. Fix: set 'time_column' in {experiment.path}."
         )
-    all_null = [name for name in table.column_names if table[name].null_count == table.num_rows]
+    unknown = [name for name in cfg.exclude_columns if name not in table.column_names]
+    if unknown:
+        raise DataValidationError(
+            f"{where}: column(s) {unknown} under 'exclude_columns' in {experiment.path} not found "
+            f"(columns: {', '.join(table.column_names)}). Fix: correct the names or remove them from exclude_columns."
+        )
+    excluded = set(cfg.exclude_columns)
+    all_null = [
+        name for name in table.column_names if name not in excluded and table[name].null_count == table.num_rows
+    ]
     if all_null:
         raise DataValidationError(
-            f"{where}: column(s) {all_null} hold no values at all. Fix: drop them from the file or fill them."
+            f"{where}: column(s) {all_null} hold no values at all. Fix: drop them from the file, fill them, "
+            f"or list them under 'exclude_columns' in {experiment.path}."
         )
     for column, declared in cfg.columns.items():
         if column not in table.column_names:

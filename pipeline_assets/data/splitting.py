@@ -32,15 +32,39 @@ def sample_rows(
         return df.iloc[np.sort(rng.choice(len(df), size=n, replace=False))]
     from sklearn.model_selection import train_test_split
 
+    part = "train" if seed_offset == 0 else "test"
+    check_stratifiable(df[target], n, f"stratified sampling of {n} {part} rows", f"raise sampling.{part}_rows")
     kept, _ = train_test_split(np.arange(len(df)), train_size=n, stratify=df[target], random_state=seed)
     return df.iloc[np.sort(kept)]
+
+
+def check_stratifiable(labels: pd.Series, kept: int, what: str, fix: str) -> None:
+    """A stratified draw keeping `kept` of these rows needs 2+ rows of every class and a class's room on both
+    sides; sklearn's own errors name neither the class nor the YAML field, so say it here."""
+    counts = labels.value_counts(dropna=True)
+    lonely = [f"{label!r}" for label, count in counts.items() if count < 2]
+    if lonely:
+        raise ValueError(
+            f"target {labels.name!r}: class {', '.join(lonely[:10])} has a single row, but {what} needs at least 2 "
+            "rows of every class. Fix: add rows of that class, or merge or drop it in the data (training needs at "
+            "least cv_folds rows of each class anyway)."
+        )
+    if min(kept, len(labels) - kept) < len(counts):
+        raise ValueError(
+            f"target {labels.name!r}: {what} leaves {min(kept, len(labels) - kept)} row(s) on one side for "
+            f"{len(counts)} classes; each side needs one row per class. Fix: {fix} in the experiment YAML."
+        )
 
 
 def split_dataset(df: pd.DataFrame, config: ExperimentConfig) -> SplitResult:
     """Stratified split for classification, chronological for forecasting, shuffled for regression."""
     from sklearn.model_selection import train_test_split
 
+    # Excluded columns leave here, once: every consumer of the splits (training, the preprocessing
+    # engine, the served schema, external trainers) then sees the same features.
+    df = df.drop(columns=config.exclude_columns)
     rows_total = len(df)
+    missing_cells = int(df.isna().to_numpy().sum())
     df = df[df[config.target].notna()].reset_index(drop=True)
     dropped = rows_total - len(df)
     test_size = config.split.test_size
@@ -52,6 +76,10 @@ def split_dataset(df: pd.DataFrame, config: ExperimentConfig) -> SplitResult:
         method = "chronological"
     else:
         stratify = df[config.target] if config.task == "classification" else None
+        if stratify is not None:
+            test_rows = int(np.ceil(test_size * len(df)))  # sklearn's rounding of a fractional test_size
+            check_stratifiable(stratify, len(df) - test_rows, f"the stratified split (split.test_size {test_size})",
+                               "change split.test_size")
         idx_train, idx_test = train_test_split(
             np.arange(len(df)), test_size=test_size, random_state=config.split.seed, stratify=stratify
         )
@@ -68,6 +96,8 @@ def split_dataset(df: pd.DataFrame, config: ExperimentConfig) -> SplitResult:
         "split_seed": config.split.seed,
         "rows_total": rows_total,
         "rows_dropped_missing_target": dropped,
+        "missing_cells": missing_cells,
+        "excluded_columns": list(config.exclude_columns),
         "train_rows_before": len(train),
         "test_rows_before": len(test),
         "train_rows_after": len(train_after),

@@ -8,6 +8,7 @@ import dagster as dg
 
 from core.markdown import md_image, md_table
 from pipeline_assets.partitions import experiment_partitions_def
+from pipeline_assets.training.lineage import extend_lineage
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
@@ -35,6 +36,9 @@ def onnx_model(
     champion = read_champion(storage, config)
     outcome = export.export_champion(storage, champion, champion.load())
     report = outcome.report
+    # The ONNX hashes join the champion's lineage.json, so `mlgraph verify` checks them too.
+    extend_lineage(storage.lineage_json(config.name), champion.run_id,
+                   {"onnx_model": outcome.path if outcome.exported else None})
     common = {"champion": champion.label(), "status": outcome.status,
               "report": dg.MetadataValue.path(str(storage.export_report_json(config.name)))}
     if not outcome.exported:
@@ -75,6 +79,8 @@ def onnx_int8_model(
     export_report = read_report(storage.export_report_json(config.name), "onnx_model", champion)
     outcome = quantize.quantize_champion(storage, config.name, export_report)
     report = outcome.report
+    extend_lineage(storage.lineage_json(config.name), champion.run_id,
+                   {"onnx_int8_model": outcome.path if outcome.applicable else None})
     context.log.info(f"{champion.label()}: {report['summary']}")
     metadata = {
         "champion": champion.label(),
@@ -119,7 +125,8 @@ def inference_benchmark(
     measured = bench.benchmark_champion(storage, exp, settings)
     champion, rows = measured.champion, measured.rows
     csv_path = bench.write_csv(rows, storage.inference_benchmark_csv(exp.name))
-    plot = bench.pareto_plot(rows, exp.selection_metric, storage.plot_path(exp.name, "inference_pareto"),
+    metric = champion.metric or exp.selection_metric  # what the champion was promoted on
+    plot = bench.pareto_plot(rows, metric, storage.plot_path(exp.name, "inference_pareto"),
                              f"{exp.name}: {champion.label()} ({settings.name} settings)")
     with warehouse.get_connection() as connection:
         previous = bench.previous_champion_rows(connection, exp.name, champion.model_version, settings.name)
@@ -132,7 +139,7 @@ def inference_benchmark(
 
     points = bench.pareto_points(rows)
     front = [p["point"] for p in points if p["pareto_optimal"]]
-    context.log.info(f"{exp.name}: Pareto-optimal (test {exp.selection_metric} vs one-row p99): {', '.join(front)}")
+    context.log.info(f"{exp.name}: Pareto-optimal (test {metric} vs one-row p99): {', '.join(front)}")
     shown = ["point", "latency_p50_us", "latency_p99_us", "metric_value", "peak_rss_mb", "model_bytes",
              "pareto_optimal"]
     return dg.MaterializeResult(

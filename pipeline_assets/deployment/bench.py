@@ -135,9 +135,12 @@ def throughput(predictor: runtime.Predictor, rows: Rows, batch: int, settings: B
 
 
 def accuracy(config: ExperimentConfig, evaluation: Evaluation, threshold: float | None,
-             predictions: np.ndarray) -> float:
-    """The experiment's selection metric on the test split, computed the way evaluation_metrics does."""
-    metric, y = config.selection_metric, evaluation.y_true
+             predictions: np.ndarray, metric: str | None = None) -> float:
+    """The selection metric (`metric`, else the experiment's) on the test split, computed the way
+    evaluation_metrics does."""
+    metric, y = metric or config.selection_metric, evaluation.y_true
+    if config.task == "classification" and predictions.ndim == 2:  # multiclass: (n, k) probabilities
+        return core_metrics.multiclass_metrics(y, predictions)[metric]
     if config.task == "classification":
         return core_metrics.classification_metrics(y, predictions, threshold if threshold is not None else 0.5)[metric]
     if config.task == "forecasting":
@@ -217,12 +220,13 @@ def run_benchmark(
     """One row per variant × threads × batch size, with the columns of COLUMNS."""
     threads = tuple(threads or thread_counts())
     rss = peak_rss(variants_, champion, evaluation.rows.tile(settings.rss_rows))
+    metric = champion.metric or config.selection_metric  # what it was promoted on (multiclass default differs)
     measured_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
     for variant in variants_:
         loaded = load_seconds(variant, champion)
         predictors = {t: load(variant, champion, native, t) for t in threads}
-        metric_value = accuracy(config, evaluation, champion.threshold, predictors[threads[0]](evaluation.rows))
+        metric_value = accuracy(config, evaluation, champion.threshold, predictors[threads[0]](evaluation.rows), metric)
         for t, predictor in predictors.items():
             latency = one_row_latency(predictor, evaluation.rows, settings)
             for batch in settings.batch_sizes:
@@ -231,11 +235,11 @@ def run_benchmark(
                     "run_id": champion.run_id, "family": champion.family, "variant": variant.name, "threads": t,
                     "batch_size": batch, **throughput(predictor, evaluation.rows, batch, settings), **latency,
                     "peak_rss_mb": rss[variant.name], "model_bytes": variant.bytes, "load_seconds": loaded,
-                    "metric": config.selection_metric, "metric_value": metric_value, "settings": settings.name,
+                    "metric": metric, "metric_value": metric_value, "settings": settings.name,
                     "measured_at": measured_at,
                 })
     points = {point_key(r): (r["latency_p99_us"], r["metric_value"]) for r in rows}
-    front = set(pareto_front(points, core_metrics.lower_is_better(config.selection_metric)))
+    front = set(pareto_front(points, core_metrics.lower_is_better(metric)))
     for row in rows:
         row["pareto_optimal"] = point_key(row) in front
     return rows

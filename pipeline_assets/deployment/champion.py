@@ -19,7 +19,9 @@ from core.experiment import ExperimentConfig
 from core.hashing import sha256_file
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
-from pipeline_assets.training.candidates import binary_labels
+from pipeline_assets.training.forecast_data import evaluation_series, window_inputs
+from pipeline_assets.training.labels import binary_labels, encode_labels, target_classes
+from pipeline_assets.training.model_files import ARGMAX_DECISION
 from pipeline_assets.training.promotion import PromotionStore
 
 
@@ -32,7 +34,13 @@ class Champion:
     model_version: str
     run_id: str
     config_hash: str
-    threshold: float | None  # classification: the promoted cut-off
+    threshold: float | None  # binary classification: the promoted cut-off (multiclass: None, the label is the argmax)
+    metric: str | None = None  # the selection metric it was promoted on
+    classes: tuple[Any, ...] | None = None  # multiclass: the class labels, in index order
+
+    @property
+    def multiclass(self) -> bool:
+        return self.classes is not None and len(self.classes) > 2
 
     def load(self) -> Any:
         """The native model: a fitted sklearn Pipeline, or a forecasting.ForecastFit."""
@@ -73,7 +81,8 @@ def read_champion(drive: DrivePaths, config: ExperimentConfig) -> Champion:
             "after promotion. Fix: roll back (`mlgraph promote --rollback`) or materialize champion_model again."
         )
     threshold = pointer.get("threshold")
-    if config.task == "classification" and threshold is None:
+    argmax = pointer.get("decision") == ARGMAX_DECISION
+    if config.task == "classification" and threshold is None and not argmax:
         raise ValueError(f"{store.current_path}: field 'threshold' is missing for a classifier. Fix: promote again.")
     return Champion(
         experiment=config.name,
@@ -84,6 +93,8 @@ def read_champion(drive: DrivePaths, config: ExperimentConfig) -> Champion:
         run_id=str(pointer["run_id"]),
         config_hash=config.config_hash,
         threshold=float(threshold) if threshold is not None else None,
+        metric=pointer.get("metric") or config.selection_metric,
+        classes=tuple(pointer["classes"]) if argmax and pointer.get("classes") else None,
     )
 
 
@@ -140,14 +151,17 @@ def evaluation_split(
 ) -> Evaluation:
     """The test split as the champion sees it (the same rows and truth evaluation_metrics scored)."""
     if config.task == "forecasting":
-        frame = pd.concat([train, test], ignore_index=True).sort_values(config.time_column, kind="stable")
-        series = frame[config.target].to_numpy(dtype=np.float64)
-        positions = np.arange(len(train), len(frame))
+        regular, positions = evaluation_series(config, train, test)
+        series = regular.values
         meta = native.metadata
-        windows = fc.window_inputs(series, positions, meta["window"], meta["horizon"])
+        windows = window_inputs(series, positions, meta["window"], meta["horizon"])
         unit = float(np.std(train[config.target].to_numpy(dtype=np.float64))) or 1.0
         return Evaluation(Rows(windows=windows), series[positions], unit, train, config.target)
     X = fam.prepare_frame(test, model_features(native))
+    if config.task == "classification" and len(classes := target_classes(train[config.target], "train.parquet")) > 2:
+        # Multiclass: class indices, as the champion predicts them (probabilities are (n, k)).
+        y_true = encode_labels(test[config.target], classes, "test.parquet")
+        return Evaluation(Rows(frame=X), y_true, 1.0, train, config.target)
     if config.task == "classification":
         _, positive = binary_labels(train[config.target], "train.parquet")
         y_true = (test[config.target].to_numpy() == positive).astype(np.int64)

@@ -3,7 +3,8 @@
 - tabular Pipelines: sklearn_graph.py (one typed input per raw column, preprocessing inside the graph);
 - GRU / LSTM: `torch.onnx.export(dynamo=False)` — torch 2.13's dynamo exporter needs onnxscript, which
   is not installed — with dynamic batch and sequence axes; the graph takes raw values and returns raw
-  forecasts (the standardisation the model was trained with is inside);
+  forecasts (the transform the model was trained with is part of the torch module, see
+  training/forecasting.py);
 - Prophet and seasonal naive have no faithful export: the report says why, no ONNX file exists (a stale
   one from an earlier champion is removed) and serving keeps the native model.
 
@@ -62,30 +63,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _recurrent_module(fit: fc.ForecastFit):
-    import torch
-
-    class ServedForecaster(torch.nn.Module):
-        """Raw window (N, steps, 1) in, raw forecast (N,) out: the training standardisation is inside."""
-
-        def __init__(self, net: torch.nn.Module, mean: float, std: float):
-            super().__init__()
-            self.net, self.mean, self.std = net, mean, std
-
-        def forward(self, window: torch.Tensor) -> torch.Tensor:
-            out, _ = self.net.rnn((window - self.mean) / self.std)
-            # The head on a 3-D slice exports as MatMul + Add (quantizable), on a 2-D one as Gemm (not).
-            return self.net.head(out[:, -1:, :])[:, 0, 0] * self.std + self.mean
-
-    return ServedForecaster(fit.model, float(fit.metadata["mean"]), float(fit.metadata["std"])).eval()
-
-
 def recurrent_to_onnx(fit: fc.ForecastFit):
     """The ModelProto of a GRU/LSTM forecaster: input `window` (batch, steps, 1), output `forecast` (batch,)."""
     import onnx
     import torch
 
-    module = _recurrent_module(fit)
+    module = fit.model.eval()  # raw window in, raw forecast out: its transform is part of the module
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # TorchScript-exporter deprecation and "batch_first RNN" notes: the parity gate is the real check.
@@ -128,7 +111,8 @@ def _remove(*paths: Path) -> None:
 def _fix(champion: Champion) -> str:
     if champion.task == "forecasting":
         return ("check that torch and onnxruntime are the versions pyproject.toml allows (reinstall with `make venv`); "
-                "if the model class changed, update deployment/export.py's ServedForecaster to match")
+                "if the model class changed, check that training/forecasting.py's RecurrentForecaster still "
+                "traces (TorchScript) with raw windows in and forecasts out")
     return ("if skl2onnx has no converter for this estimator, choose another family in the experiment YAML; if it is "
             "a version mismatch, install skl2onnx, onnx and onnxruntime within pyproject.toml's ranges (`make venv`)")
 

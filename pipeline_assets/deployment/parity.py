@@ -7,7 +7,8 @@ each call's activations over that call's rows, so a row can score differently al
 the edge rows sent together as one batch are therefore reported too (`mixed_batch_max_abs_err`), not
 gated: an extreme row degrades its batch neighbours under INT8, which the metadata says in numbers.
 
-Errors are in probability units (classification) or in units of the training target's standard
+Errors are in probability units (classification; a multiclass champion's every class probability is
+compared, and labels agree when the most probable class does) or in units of the training target's standard
 deviation (regression, forecasting): a float32 graph cannot hold a salary of 300,000 to better than
 0.03, so an absolute limit of 0.04 in raw units would judge float32, not the export.
 """
@@ -94,7 +95,7 @@ class ParityResult:
         }
         if self.label_agreement is not None:
             data.update({"label_agreement": self.label_agreement, "label_agreement_limit": LABEL_AGREEMENT_LIMIT,
-                         "threshold": self.threshold})
+                         "threshold": self.threshold if self.threshold is not None else "argmax"})
         if self.metric_loss:
             loss = self.metric_loss
             data.update({f"{loss['metric']}_fp32": loss["fp32"], f"{loss['metric']}_int8": loss["int8"],
@@ -114,6 +115,15 @@ def _errors(expected: np.ndarray, actual: np.ndarray, unit: float) -> np.ndarray
     err[both_nan] = 0.0
     err[np.isnan(err)] = np.inf  # one side NaN: as wrong as it gets
     return err
+
+
+def predicted_labels(predictions: np.ndarray, threshold: float | None) -> np.ndarray | None:
+    """Labels the predictions stand for: the most probable class of (n, k) probabilities, `score >= threshold`
+    of binary scores; None for values (regression, forecasting)."""
+    predictions = np.asarray(predictions)
+    if predictions.ndim == 2:
+        return predictions.argmax(axis=1)
+    return predictions >= threshold if threshold is not None else None
 
 
 def _one_at_a_time(predictor: Predictor, rows: Rows) -> np.ndarray:
@@ -143,10 +153,11 @@ def compare(
         if "(alone)" not in pattern:  # each row once in the mean
             mean_errors.append(err)
         if err.size and err.max() > worst:
-            i = int(err.argmax())
+            i = int(np.unravel_index(err.argmax(), err.shape)[0])  # the row (a multiclass error is per class)
             worst, worst_label = float(err.max()), pattern.format(names[i] if names else i)
-        if threshold is not None:
-            labels_equal.append((np.asarray(expected) >= threshold) == (np.asarray(actual) >= threshold))
+        expected_labels = predicted_labels(expected, threshold)
+        if expected_labels is not None:
+            labels_equal.append(expected_labels == predicted_labels(actual, threshold))
     compared = sum(len(p[2]) for p in parts)
     result = ParityResult(
         variant=candidate.variant,
@@ -163,7 +174,10 @@ def compare(
 
 
 def gate_metric(task: str, y_true: np.ndarray, predictions: np.ndarray) -> tuple[str, float]:
-    """The metric the INT8 budget is written in: ROC AUC (classification) or RMSE (others)."""
+    """The metric the INT8 budget is written in: ROC AUC (classification; multiclass: one-vs-rest, macro) or
+    RMSE (others)."""
+    if task == "classification" and np.ndim(predictions) == 2:
+        return "roc_auc_ovr_macro", core_metrics.multiclass_metrics(y_true, predictions)["roc_auc_ovr_macro"]
     if task == "classification":
         return "roc_auc", core_metrics.classification_metrics(y_true, predictions, 0.5)["roc_auc"]
     return "rmse", core_metrics.regression_metrics(y_true, predictions)["rmse"]
@@ -174,7 +188,7 @@ def int8_metric_loss(
 ) -> dict[str, Any]:
     metric, base = gate_metric(task, y_true, fp32)
     _, quantized = gate_metric(task, y_true, int8)
-    if metric == "roc_auc":
+    if metric.startswith("roc_auc"):
         return {"metric": metric, "fp32": base, "int8": quantized, "name": "roc_auc_loss",
                 "loss": base - quantized, "limit": budget.roc_auc_loss}
     return {"metric": metric, "fp32": base, "int8": quantized, "name": "rmse_relative_increase",

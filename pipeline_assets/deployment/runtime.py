@@ -2,7 +2,8 @@
 
 A `Predictor` turns `Rows` into its own input form once (`prepare`: a frame, a tensor or an ONNX feed)
 and predicts from it (`predict`), so a benchmark times only the model. Every predictor returns one
-float64 per row: the positive-class probability (classification) or the value (regression, forecasting).
+float64 per row — the positive-class probability (binary classification) or the value (regression,
+forecasting) — or, for a multiclass champion, the (n, k) class probabilities (column c = class index c).
 Also the ONNX file helpers shared by export and quantization. onnx, onnxruntime, torch and sklearn are
 imported inside the functions.
 """
@@ -129,23 +130,22 @@ class Predictor:
             return rows.frame
         import torch
 
-        meta = self.model.metadata
-        scaled = ((rows.windows - meta["mean"]) / meta["std"]).astype(np.float32)
-        return torch.from_numpy(scaled).unsqueeze(-1)
+        # Raw windows, as the ONNX graph takes them: the model's transform is inside the module.
+        return torch.from_numpy(np.ascontiguousarray(rows.windows, dtype=np.float32)).unsqueeze(-1)
 
     def predict(self, prepared: Any) -> np.ndarray:
         if self.variant != NATIVE:
             outputs = self.model.run(self.output_names, prepared)
             values = outputs[-1]
-            return np.asarray(values[:, -1] if self.task == "classification" else values.reshape(-1), dtype=np.float64)
+            if self.task == "classification":
+                return np.asarray(values[:, -1] if values.shape[1] == 2 else values, dtype=np.float64)
+            return np.asarray(values.reshape(-1), dtype=np.float64)
         if self.task != "forecasting":
             return fam.predict(self.task, self.model, prepared)
         import torch
 
-        meta = self.model.metadata
         with torch.no_grad():
-            out = self.model.model(prepared).numpy()
-        return out.astype(np.float64) * meta["std"] + meta["mean"]
+            return self.model.model(prepared).numpy().astype(np.float64)
 
     def row(self, prepared: Any, i: int) -> Any:
         """Row `i` of prepared input, still prepared (so one-row calls time only the model)."""

@@ -21,6 +21,7 @@ from core.atomic import atomic_path
 from core.drive import checkpoint_source
 from core.signals import EvalComplete, EvalFailed, utc_now
 from core.tracking import PARENT_TAG, Tracker
+from core.untrusted import printable
 from pipeline_assets.external.checkpoint import CheckpointError, load_checkpoint, predict
 
 PREDICTION_SCHEMA = pa.schema(
@@ -174,8 +175,9 @@ def failure_signal(
         experiment=experiment,
         job_id=job_id,
         error_type=type(exc).__name__,
-        error_message=(str(exc) or type(exc).__name__)[:20_000],
-        traceback=formatted_traceback[-20_000:],
+        # Escaped: the readers refuse control characters in a signal, and this one must still be written.
+        error_message=printable(str(exc) or type(exc).__name__, multiline=True)[:20_000],
+        traceback=printable(formatted_traceback, multiline=True)[-20_000:],
         checkpoint_id=checkpoint_id,
         checkpoint_path=str(checkpoint_path) if checkpoint_path else None,
         dagster_run_id=dagster_run_id,

@@ -17,6 +17,7 @@ import dagster as dg
 
 from core import evaluation_store
 from core.markdown import md_table
+from core.metrics import mlflow_metric_key
 from pipeline_assets.partitions import experiment_partitions_def
 from pipeline_assets.training import model_files
 from pipeline_assets.training.mlflow_runs import ExecutionRun, later_steps
@@ -83,6 +84,7 @@ def candidate_models(
 ) -> dg.MaterializeResult:
     """Every configured model family, cross-validated and fitted in parallel, one MLflow child run each."""
     from pipeline_assets.training.candidates import train_candidates
+    from pipeline_assets.training.labels import class_count
     from pipeline_assets.training.mlflow_runs import log_candidates
 
     with _mlflow_execution(context, mlflow, "candidate_models") as execution:
@@ -90,7 +92,7 @@ def candidate_models(
         config = loaded.config
         meta = model_files.split_meta(storage, config.name)
         train = model_files.read_split(storage, config.name, "train")
-        parent_id = execution.open(loaded, meta)
+        parent_id = execution.open(loaded, meta, config.selection_metric_for(class_count(train, config)))
         where = str(storage.dataset_path(config.name, "train"))
         outcome = train_candidates(config, train, storage.models_dir(config.name), where=where)
         context.log.info(
@@ -100,7 +102,7 @@ def candidate_models(
         run_ids = log_candidates(execution.tracker, parent_id, outcome, execution.child_tags(loaded, meta), config)
         model_files.write_candidates(storage, config, meta, outcome, run_ids, context.run.run_id, parent_id)
 
-    selection = config.selection_metric
+    selection = outcome.selection_metric
     table = md_table(
         ["family", f"cv {selection}", "fit s", "cv s", "MLflow run"],
         [[family, f"{r.cv[selection]['mean']:.4f} ± {r.cv[selection]['std']:.4f}", f"{r.fit_seconds:.2f}",
@@ -113,6 +115,9 @@ def candidate_models(
             "workers": outcome.n_jobs,
             "train_rows": len(train),
             "cv_folds": config.cv_folds,
+            **_class_metadata(outcome.data.classes, selection),
+            # Forecasting: the series on its regular grid — missing points and how they were filled.
+            **({"series": dg.MetadataValue.json(outcome.data.series)} if outcome.data.series else {}),
             "mlflow_parent_run_id": parent_id,
             "models_dir": dg.MetadataValue.path(str(storage.models_dir(config.name))),
         },
@@ -125,7 +130,7 @@ def candidate_models(
 def decision_threshold(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
-    """Classification cut-off: most out-of-fold recall with precision ≥ the target (not applicable to other tasks)."""
+    """Binary cut-off: most out-of-fold recall with precision ≥ the target (multiclass: argmax; other tasks: none)."""
     from pipeline_assets.training.mlflow_runs import log_thresholds
     from pipeline_assets.training.promotion import select_champion
     from pipeline_assets.training.threshold import calibrate_families
@@ -142,12 +147,15 @@ def decision_threshold(
             )
         meta = model_files.split_meta(storage, config.name)
         manifest = model_files.current_manifest(storage, loaded, meta)
-        oof = model_files.read_oof(storage, config.name)
-        execution.open(loaded, meta)
-        results = calibrate_families(manifest["families"], oof, config.precision_target)
+        metric = model_files.selection_metric(manifest, config)
+        execution.open(loaded, meta, metric)
         # Ties go to the family listed first in the config (the manifest's JSON keys are sorted).
-        chosen = select_champion(model_files.cv_scores(manifest, config.selection_metric), config.selection_metric,
-                                 config.families)
+        chosen = select_champion(model_files.cv_scores(manifest, metric), metric, config.families)
+        if model_files.is_multiclass(manifest):
+            path = model_files.write_argmax_decision(storage, config, manifest, chosen)
+            return _argmax_decision(model_files.classes(manifest), chosen, path)
+        oof = model_files.read_oof(storage, config.name)
+        results = calibrate_families(manifest["families"], oof, config.precision_target)
         path = model_files.write_thresholds(storage, config, results, chosen)
         log_thresholds(execution.tracker, execution.run_id, manifest, results, chosen)
 
@@ -179,6 +187,31 @@ def decision_threshold(
     )
 
 
+def _class_metadata(classes, selection: str) -> dict:
+    if classes is None:
+        return {}
+    return {"classes": dg.MetadataValue.json([str(c) for c in classes]), "selection_metric": selection}
+
+
+def _argmax_decision(classes: list, chosen: str, path) -> dg.MaterializeResult:
+    """decision_threshold of a multiclass target: recorded, not calibrated (the precision target is binary)."""
+    from core.hashing import sha256_text
+    from pipeline_assets.training.model_files import ARGMAX_DECISION
+
+    return dg.MaterializeResult(
+        metadata={
+            "applicable": False,
+            "decision": ARGMAX_DECISION,
+            "reason": f"multiclass target ({len(classes)} classes): the label is the most probable class; "
+            "precision_target applies to binary targets only",
+            "family": chosen,
+            "classes": dg.MetadataValue.json([str(c) for c in classes]),
+            "path": dg.MetadataValue.path(str(path)),
+        },
+        data_version=dg.DataVersion(f"argmax-{sha256_text(repr(classes))[:16]}"),
+    )
+
+
 @dg.asset(
     partitions_def=experiment_partitions_def,
     deps=[candidate_models, decision_threshold],
@@ -200,27 +233,37 @@ def evaluation_metrics(
         thresholds = model_files.read_thresholds(storage, config.name) if config.task == "classification" else {}
         train = model_files.read_split(storage, config.name, "train")
         test = model_files.read_split(storage, config.name, "test")
-        execution.open(loaded, meta)
+        selection = model_files.selection_metric(manifest, config)
+        execution.open(loaded, meta, selection)
         artifacts = model_files.artifacts(storage, config.name, manifest)
         outcome = evaluation.evaluate(config, train, test, artifacts, thresholds, manifest.get("scale"))
         written = evaluation.write_evaluation(storage, config, manifest, thresholds, outcome, dt.datetime.now(dt.UTC))
         for family, entry in manifest["families"].items():
-            execution.tracker.log(entry["run_id"], metrics={f"test_{m}": v for m, v in outcome.metrics[family].items()})
+            execution.tracker.log(entry["run_id"], metrics={f"test_{mlflow_metric_key(m)}": v
+                                                            for m, v in outcome.metrics[family].items()})
 
-    selection = config.selection_metric
     cv = {f: v["cv"] for f, v in manifest["families"].items()}
     leader = select_champion(model_files.cv_scores(manifest, selection), selection, config.families)
-    scoreboard = evaluation.scoreboard_markdown(config.task, selection, cv, outcome.metrics, leader)
+    classes = model_files.classes(manifest)
+    scoreboard = evaluation.scoreboard_markdown(config.task, selection, cv, outcome.metrics, leader,
+                                                len(classes) if classes else None)
+    per_class = {}
+    if outcome.classes is not None:
+        table = evaluation.per_class_markdown(outcome.metrics, outcome.classes, outcome.predictions)
+        context.log.info(f"{config.name} per-class test metrics:\n{table}")
+        per_class = {"per_class": dg.MetadataValue.md(table)}
     context.log.info(f"{config.name} scoreboard (ranked by cv {selection}; test metrics beside):\n{scoreboard}")
     evaluation_dir = storage.evaluation_dir(config.name)
     return dg.MaterializeResult(
         metadata={
             "scoreboard": dg.MetadataValue.md(scoreboard),
+            **per_class,
             "selection_metric": selection,
             "leader": leader,
             "baseline": outcome.baseline,
             "metric_files": len(written),
             "test_rows": len(test),
+            **({"series": dg.MetadataValue.json(outcome.series)} if outcome.series else {}),
             "metrics_dir": dg.MetadataValue.path(str(evaluation_store.metrics_dir(evaluation_dir))),
             "predictions": dg.MetadataValue.path(str(storage.predictions_path(config.name, "test"))),
             "duckdb": f"SELECT * FROM read_parquet('{evaluation_store.metrics_glob(evaluation_dir)}', "
@@ -261,8 +304,9 @@ def champion_model(
         manifest = model_files.current_manifest(storage, loaded, meta)
         test = read_test_metrics(storage, exp.name, exp.config_hash)
         where = evaluation_store.metrics_dir(storage.evaluation_dir(exp.name))
-        gate = promotion.baseline_gate(exp, model_files.cv_scores(manifest, exp.selection_metric), test, where)
-        parent_id = execution.open(loaded, meta)
+        metric = model_files.selection_metric(manifest, exp)
+        gate = promotion.baseline_gate(exp, model_files.cv_scores(manifest, metric), test, where, metric)
+        parent_id = execution.open(loaded, meta, metric)
         execution.tracker.log(parent_id, metrics=gate.run_metrics(), tags={"mlgraph.champion": gate.champion})
         check = dg.AssetCheckResult(check_name=BASELINE_CHECK, passed=gate.beats, metadata=gate.check_metadata())
         if not gate.beats:

@@ -28,6 +28,8 @@ from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
 from pipeline_assets.training.cv import cv_splits
+from pipeline_assets.training.forecast_data import training_series
+from pipeline_assets.training.labels import class_labels, probability_columns, selection_metric
 
 SKLEARN_SUFFIX = ".joblib"
 
@@ -48,23 +50,19 @@ class TrainingData:
     """One experiment's training split, prepared for the task."""
 
     task: str
-    y: np.ndarray  # classification: 0/1 (1 = positive label); otherwise float
+    y: np.ndarray  # classification: class index 0..k-1 of the sorted classes (binary: 1 = positive label); otherwise float
     X: pd.DataFrame | None = None  # tabular tasks
     features: fam.FeatureSpec | None = None
     timestamps: np.ndarray | None = None  # forecasting
-    positive_label: Any = None
+    positive_label: Any = None  # binary classification: the larger class
     scale: float | None = None  # forecasting: std of the training target (composite normalisation)
+    observed: np.ndarray | None = None  # forecasting: False where forecast_data filled a gap (never scored)
+    series: dict[str, Any] | None = None  # forecasting: how the series was reindexed (missing points, fill)
+    classes: tuple[Any, ...] | None = None  # classification: the class labels, in index order
 
-
-def binary_labels(values: pd.Series, where: str) -> tuple[np.ndarray, Any]:
-    """0/1 labels with 1 = the larger of exactly two classes."""
-    classes = sorted(pd.unique(values.dropna()))
-    if len(classes) != 2:
-        raise ValueError(
-            f"{where}: column {values.name!r}: classification needs exactly two target classes, found "
-            f"{len(classes)} ({classes[:10]}). Fix: binarise the target column or choose another task."
-        )
-    return (values.to_numpy() == classes[1]).astype(np.int64), classes[1]
+    @property
+    def n_classes(self) -> int | None:
+        return len(self.classes) if self.classes is not None else None
 
 
 def prepare_training_data(train: pd.DataFrame, config: ExperimentConfig, where: str = "train.parquet") -> TrainingData:
@@ -76,21 +74,15 @@ def prepare_training_data(train: pd.DataFrame, config: ExperimentConfig, where: 
             "must be numeric. Fix: point 'target' at a numeric column or declare it numeric in 'columns'."
         )
     if config.task == "forecasting":
-        if config.time_column not in train.columns:
-            raise ValueError(f"{where}: time column {config.time_column!r} is missing. Fix: check 'time_column'.")
-        frame = train.sort_values(config.time_column, kind="stable")
-        y = frame[config.target].to_numpy(dtype=np.float64)
-        return TrainingData(
-            task="forecasting",
-            y=y,
-            timestamps=frame[config.time_column].to_numpy(),
-            scale=float(np.std(y)) or 1.0,
-        )
+        series = training_series(train, config, where)
+        return TrainingData(task="forecasting", y=series.values, timestamps=series.timestamps, scale=series.scale,
+                            observed=series.observed, series=series.report)
     spec = fam.feature_spec(train, config)
     X = fam.prepare_frame(train, spec)
     if config.task == "classification":
-        y, positive = binary_labels(train[config.target], where)
-        return TrainingData(task="classification", y=y, X=X, features=spec, positive_label=positive)
+        y, classes = class_labels(train[config.target], where, config.cv_folds)
+        positive = classes[1] if len(classes) == 2 else None
+        return TrainingData(task="classification", y=y, X=X, features=spec, positive_label=positive, classes=classes)
     y = train[config.target].to_numpy(dtype=np.float64)
     return TrainingData(task="regression", y=y, X=X, features=spec)
 
@@ -209,7 +201,9 @@ def _run_tabular_task(task: Task, data: TrainingData, config: ExperimentConfig) 
     preds = fam.predict(data.task, model, data.X.iloc[task.val_idx])
     seconds = time.perf_counter() - start
     y_va = data.y[task.val_idx]
-    if data.task == "classification":
+    if data.task == "classification" and preds.ndim == 2:
+        metrics = core_metrics.multiclass_metrics(y_va, preds)
+    elif data.task == "classification":
         metrics = core_metrics.classification_metrics(y_va, preds, threshold=0.5)
     else:
         metrics = core_metrics.regression_metrics(y_va, preds)
@@ -224,7 +218,8 @@ def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig)
     params = {k: v for k, v in task.params.items() if k not in ("window", "horizon", "seasonal_period")}
     end = int(task.train_idx.max()) + 1  # expanding window: the training part is a prefix
     start = time.perf_counter()
-    fit = fc.fit_forecaster(task.family, data.y[:end], data.timestamps[:end], cfg, params, config.seed)
+    observed = data.observed if data.observed is not None else np.ones(len(data.y), dtype=bool)
+    fit = fc.fit_forecaster(task.family, data.y[:end], data.timestamps[:end], cfg, params, config.seed, observed[:end])
     if task.fold is None:
         seconds = time.perf_counter() - start
         assert task.artifact is not None
@@ -234,10 +229,11 @@ def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig)
             history=fit.history, metadata=fit.metadata,
         )
     assert task.val_idx is not None
-    preds = fc.predict_forecaster(fit, data.y, data.timestamps, task.val_idx)
+    val_idx = task.val_idx[observed[task.val_idx]]  # filled points are not scored
+    preds = fc.predict_forecaster(fit, data.y, data.timestamps, val_idx)
     seconds = time.perf_counter() - start
-    metrics = mt.forecast_metrics(data.y[task.val_idx], preds, config.selection.composite_weights, data.scale)
-    return TaskResult(task.family, task.fold, seconds, metrics, preds, task.val_idx, history=fit.history)
+    metrics = mt.forecast_metrics(data.y[val_idx], preds, config.selection.composite_weights, data.scale)
+    return TaskResult(task.family, task.fold, seconds, metrics, preds, val_idx, history=fit.history)
 
 
 @dataclass
@@ -261,6 +257,7 @@ class TrainingOutcome:
     data: TrainingData
     n_jobs: int
     wall_seconds: float
+    selection_metric: str = ""  # resolved for this target (multiclass default: f1_macro)
 
 
 def plan_tasks(config: ExperimentConfig, data: TrainingData, models_dir: Path) -> list[Task]:
@@ -286,6 +283,7 @@ def train_candidates(
     """Cross-validate and fit every configured family; save each final model under `models_dir`."""
     start = time.perf_counter()
     data = prepare_training_data(train, config, where)
+    metric = selection_metric(config, data.n_classes)
     models_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(config, data, models_dir)
     n_jobs = max(1, min(n_jobs or available_cores(), len(tasks)))
@@ -323,14 +321,20 @@ def train_candidates(
             history=final.history,
             metadata=final.metadata,
         )
-        for r in folds:
-            # Classifiers give scores (positive-class probability); the threshold turns them into labels later.
-            column = "y_score" if data.task == "classification" else "y_pred"
-            part = pd.DataFrame(
-                {"model": family, "row": r.val_idx, "fold": r.fold, "y_true": data.y[r.val_idx], column: r.predictions}
-            )
-            if data.timestamps is not None:
-                part["timestamp"] = data.timestamps[r.val_idx]
-            oof_parts.append(part)
+        oof_parts.extend(_oof_part(family, r, data) for r in folds)
     oof = pd.concat(oof_parts, ignore_index=True)
-    return TrainingOutcome(outcomes, oof, data, n_jobs, time.perf_counter() - start)
+    return TrainingOutcome(outcomes, oof, data, n_jobs, time.perf_counter() - start, metric)
+
+
+def _oof_part(family: str, r: TaskResult, data: TrainingData) -> pd.DataFrame:
+    """One fold's out-of-fold rows: binary classifiers give scores (the threshold turns them into labels
+    later), multiclass ones the argmax label and every class probability, the others values."""
+    part = pd.DataFrame({"model": family, "row": r.val_idx, "fold": r.fold, "y_true": data.y[r.val_idx]})
+    if data.task == "classification" and r.predictions.ndim == 2:
+        part["y_pred"] = r.predictions.argmax(axis=1).astype(np.int64)
+        part[probability_columns(data.classes)] = r.predictions
+    else:
+        part["y_score" if data.task == "classification" else "y_pred"] = r.predictions
+    if data.timestamps is not None:
+        part["timestamp"] = data.timestamps[r.val_idx]
+    return part

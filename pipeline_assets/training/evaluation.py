@@ -1,9 +1,11 @@
 """Test-set evaluation of every trained family and of the task's trivial baseline.
 
 Baselines: classification predicts the training majority class (its score is the training positive
-rate, so its ROC-AUC is 0.5); regression predicts the training mean; forecasting repeats the value
-one season earlier (seasonal naive). They are evaluated like the models and stored beside them as
-`baseline_*` rows, so the champion gate and any later analysis compare like with like.
+rate, so its ROC-AUC is 0.5; multiclass: the training class shares as every row's probabilities);
+regression predicts the training mean; forecasting repeats the value one season earlier (seasonal
+naive). They are evaluated like the models and stored beside them as `baseline_*` rows, so the
+champion gate and any later analysis compare like with like. A multiclass target also gets per-class
+precision, recall and F1 on the test set (`precision[<class>]`, ...; core/metrics.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from core.markdown import md_table
 from pipeline_assets.training import families as fam
 from pipeline_assets.training import forecasting as fc
 from pipeline_assets.training import metrics as mt
-from pipeline_assets.training.candidates import binary_labels
+from pipeline_assets.training.forecast_data import evaluation_series
+from pipeline_assets.training.labels import binary_labels, encode_labels, probability_columns, target_classes
 
 SOURCE = "candidates"  # the evaluation_store source (file name) of the trained candidates' rows
 BASELINE = {
@@ -38,8 +41,12 @@ BASELINE = {
 @dataclass
 class EvaluationOutcome:
     metrics: dict[str, dict[str, float]]  # model → metric → value (test set)
-    predictions: pd.DataFrame  # model, row, y_true, y_pred (+ y_score for classification, timestamp for forecasting)
+    # model, row, y_true, y_pred (+ y_score for binary classification, proba[<class>] per class for
+    # multiclass, timestamp for forecasting); classification's y_true and y_pred are class indices
+    predictions: pd.DataFrame
     baseline: str
+    classes: tuple[Any, ...] | None = None  # multiclass: the class labels, in index order
+    series: dict[str, Any] | None = None  # forecasting: how train + test were reindexed (forecast_data)
 
 
 def load_model(task: str, family: str, path: Path):
@@ -65,10 +72,8 @@ def evaluate(
     parts: list[pd.DataFrame] = []
 
     if task == "forecasting":
-        frame = pd.concat([train, test], ignore_index=True).sort_values(config.time_column, kind="stable")
-        series = frame[config.target].to_numpy(dtype=np.float64)
-        ts = frame[config.time_column].to_numpy()
-        positions = np.arange(len(train), len(frame))
+        regular, positions = evaluation_series(config, train, test)
+        series, ts = regular.values, regular.timestamps
         y_true = series[positions]
         sigma = scale if scale is not None else float(np.std(train[config.target].to_numpy(dtype=np.float64))) or 1.0
         weights = config.selection.composite_weights
@@ -81,11 +86,13 @@ def evaluate(
                 pd.DataFrame({"model": model, "row": np.arange(len(positions)), "timestamp": ts[positions],
                               "y_true": y_true, "y_pred": y_pred})
             )
-        return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
+        return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline, series=regular.report)
 
     spec = fam.feature_spec(train, config)
     X_test = fam.prepare_frame(test, spec)
     rows = np.arange(len(test))
+    if task == "classification" and len(target_classes(train[config.target], "train.parquet")) > 2:
+        return _evaluate_multiclass(config, train, test, X_test, artifacts)
     if task == "classification":
         y_train, positive = binary_labels(train[config.target], "train.parquet")
         y_true = (test[config.target].to_numpy() == positive).astype(np.int64)
@@ -110,6 +117,29 @@ def evaluate(
         metrics[model] = core_metrics.regression_metrics(y_true, y_pred)
         parts.append(pd.DataFrame({"model": model, "row": rows, "y_true": y_true, "y_pred": y_pred}))
     return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline)
+
+
+def _evaluate_multiclass(
+    config: ExperimentConfig, train: pd.DataFrame, test: pd.DataFrame, X_test: pd.DataFrame,
+    artifacts: Mapping[str, Path],
+) -> EvaluationOutcome:
+    """Every class's probability; the label is the most probable class (no threshold); per-class metrics too."""
+    baseline = BASELINE["classification"]
+    classes = target_classes(train[config.target], "train.parquet")
+    y_train = encode_labels(train[config.target], classes, "train.parquet")
+    y_true = encode_labels(test[config.target], classes, "test.parquet")
+    probabilities = {f: fam.class_probabilities(load_model("classification", f, p), X_test) for f, p in artifacts.items()}
+    # Majority class: the training class shares for every row, so its label is the most frequent class.
+    shares = np.bincount(y_train, minlength=len(classes)) / len(y_train)
+    probabilities[baseline] = np.tile(shares, (len(test), 1))
+    metrics, parts = {}, []
+    for model, proba in probabilities.items():
+        metrics[model] = core_metrics.multiclass_metrics(y_true, proba, classes)
+        part = pd.DataFrame({"model": model, "row": np.arange(len(test)), "y_true": y_true,
+                             "y_pred": proba.argmax(axis=1).astype(np.int64)})
+        part[probability_columns(classes)] = proba
+        parts.append(part)
+    return EvaluationOutcome(metrics, pd.concat(parts, ignore_index=True), baseline, classes)
 
 
 def metric_records(
@@ -177,10 +207,11 @@ def scoreboard_markdown(
     cv: Mapping[str, Mapping[str, Mapping[str, float]]],
     test: Mapping[str, Mapping[str, float]],
     champion_candidate: str | None = None,
+    n_classes: int | None = None,
 ) -> str:
     """Markdown table ranked by the cross-validated selection metric; baselines listed last."""
-    test_metrics = [m for m in core_metrics.task_metrics(task)]
-    if task == "classification":
+    test_metrics = list(core_metrics.target_metrics(task, n_classes))
+    if task == "classification" and not core_metrics.is_multiclass(task, n_classes):
         test_metrics.append("threshold")
     ranked = sorted(
         cv,
@@ -196,3 +227,14 @@ def scoreboard_markdown(
     for model in sorted(set(test) - set(cv)):
         rows.append(["–", f"_{model}_", "–"] + [f"{test[model].get(m, float('nan')):.4f}" for m in test_metrics])
     return md_table(header, rows)
+
+
+def per_class_markdown(test: Mapping[str, Mapping[str, float]], classes: tuple[Any, ...], predictions: pd.DataFrame) -> str:
+    """Markdown table of each model's test precision, recall and F1 per class, with the class's test rows."""
+    support = np.bincount(predictions.drop_duplicates("row")["y_true"], minlength=len(classes))
+    rows = []
+    for model, values in test.items():
+        for index, label in enumerate(classes):
+            cells = [values.get(core_metrics.per_class_metric(m, label), float("nan")) for m in core_metrics.PER_CLASS_METRICS]
+            rows.append([model, str(label), str(int(support[index])), *(f"{v:.4f}" for v in cells)])
+    return md_table(["model", "class", "test rows", *core_metrics.PER_CLASS_METRICS], rows)

@@ -204,8 +204,18 @@ def positive_scores(model, X: pd.DataFrame) -> np.ndarray:
     return np.asarray(proba[:, -1], dtype=np.float64)
 
 
+def class_probabilities(model, X: pd.DataFrame) -> np.ndarray:
+    """(n, k) probabilities of a fitted classifier, column c for class index c (training encodes labels 0..k-1)."""
+    return np.asarray(model.predict_proba(X), dtype=np.float64)
+
+
+def is_multiclass_model(model) -> bool:
+    return len(getattr(model, "classes_", ())) > 2
+
+
 def predict(task: str, model, X: pd.DataFrame) -> np.ndarray:
-    """Scores for classification (positive-class probability), values for regression."""
+    """Scores for classification (binary: positive-class probability, (n,); multiclass: (n, k) class
+    probabilities), values for regression."""
     if task == "classification":
-        return positive_scores(model, X)
+        return class_probabilities(model, X) if is_multiclass_model(model) else positive_scores(model, X)
     return np.asarray(model.predict(X), dtype=np.float64)

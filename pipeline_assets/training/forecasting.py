@@ -1,10 +1,19 @@
 """Forecasting families: GRU and LSTM (torch), Prophet, and the seasonal-naive baseline.
 
 All four forecast the target one `horizon` ahead from the series itself (univariate: covariates would
-need their own forecasts at serving time). Evaluation is rolling-origin: the prediction for time step
-p may use every observed value up to p - horizon, so the recurrent models read the `window` values
-ending there and seasonal naive repeats the value one season earlier; Prophet predicts each
-timestamp from its fitted trend and seasonalities.
+need their own forecasts at serving time), on the regular grid of forecast_data.py (gaps filled and
+masked there). Evaluation is rolling-origin: the prediction for time step p may use every value up to
+p - horizon, so the recurrent models read the `window` values ending there and seasonal naive repeats
+the value one season earlier; Prophet predicts each timestamp from its fitted trend and seasonalities.
+
+GRU/LSTM targets (`forecast.target_mode`):
+- "change" (default): the net learns y[p] - last, where `last` is the window's last value, from the
+  window minus `last`; inputs and targets are divided by their root mean square over the training
+  windows. Nothing depends on the level, so a trend that carries the test stretch above every training
+  value costs nothing, and the naive "no change" forecast is the net's zero output.
+- "level": the window and target standardised by the training series' mean and std (the original
+  method; a level outside the training range then lies outside what the net has seen).
+The transform is part of the torch module, so every consumer passes raw windows and gets raw forecasts.
 
 torch and prophet are imported inside functions: this module is scanned when the code location loads.
 """
@@ -26,13 +35,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.experiment import ForecastConfig
 from core.atomic import atomic_path, atomic_write_json
+from core.experiment import ForecastConfig
+from pipeline_assets.training.forecast_data import window_inputs
+
 
 RECURRENT = ("gru", "lstm")
 CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
 ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
+CHANGE, LEVEL = "change", "level"
 
 
 @dataclass
@@ -116,32 +128,71 @@ def _recurrent_class():
     from torch import nn
 
     class RecurrentForecaster(nn.Module):
-        """GRU or LSTM over a window of the standardised series; a linear head on the last state."""
+        """GRU or LSTM with a linear head on the last state: raw window (N, steps, 1) in, raw forecast (N,) out.
 
-        def __init__(self, cell: str, hidden_size: int):
+        The net works in scaled units (`scaled`); `forward` wraps it in the transform of the module
+        docstring, so training, evaluation, the native predictor and the ONNX export run one graph. The
+        constants are plain attributes, not buffers: the state_dict holds the weights only, as it always did.
+        """
+
+        def __init__(self, cell: str, hidden_size: int, transform: dict[str, Any]):
             super().__init__()
             rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
             self.rnn = rnn(input_size=1, hidden_size=hidden_size, batch_first=True)
             self.head = nn.Linear(hidden_size, 1)
+            self.target_mode = transform.get("target_mode", LEVEL)  # files saved before "change" existed
+            self.mean, self.std = float(transform["mean"]), float(transform["std"])
+            if self.target_mode == CHANGE:
+                self.in_scale, self.out_scale = float(transform["input_scale"]), float(transform["output_scale"])
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def scaled(self, x: torch.Tensor) -> torch.Tensor:
+            """The net alone: scaled windows (N, steps, 1) → scaled targets (N,)."""
             out, _ = self.rnn(x)
-            return self.head(out[:, -1, :]).squeeze(-1)
+            # The head on a 3-D slice exports as MatMul + Add (quantizable), on a 2-D one as Gemm (not).
+            return self.head(out[:, -1:, :])[:, 0, 0]
+
+        def forward(self, window: torch.Tensor) -> torch.Tensor:
+            if self.target_mode == CHANGE:
+                last = window[:, -1:, :]
+                return self.scaled((window - last) / self.in_scale) * self.out_scale + last[:, 0, 0]
+            return self.scaled((window - self.mean) / self.std) * self.std + self.mean
 
     return RecurrentForecaster
 
 
-def window_inputs(series: np.ndarray, positions: np.ndarray, window: int, horizon: int) -> np.ndarray:
-    """Input windows (len(positions), window): for target position p, series[p-horizon-window+1 : p-horizon+1]."""
-    positions = np.asarray(positions, dtype=np.int64)
-    first = positions - horizon - window + 1
-    if positions.size and first.min() < 0:
-        raise ValueError(f"position {int(positions[first.argmin()])} has fewer than {window + horizon - 1} steps of history")
-    return series[first[:, None] + np.arange(window)[None, :]]
+def recurrent_model(family: str, metadata: dict[str, Any]):
+    """A GRU/LSTM forecaster (untrained) with the size and transform recorded in `metadata`."""
+    return _recurrent_class()(family, int(metadata["hidden_size"]), metadata)
+
+
+def fit_transform(y: np.ndarray, positions: np.ndarray, window: int, horizon: int, mode: str) -> dict[str, Any]:
+    """The scaling constants of `mode` from the training targets at `positions` (module docstring)."""
+    transform: dict[str, Any] = {"target_mode": mode, "mean": float(np.mean(y)), "std": float(np.std(y)) or 1.0}
+    if mode == CHANGE:
+        windows = window_inputs(y, positions, window, horizon)
+        last = windows[:, -1:]
+        transform["input_scale"] = float(np.sqrt(np.mean((windows - last) ** 2))) or 1.0
+        transform["output_scale"] = float(np.sqrt(np.mean((y[positions] - last[:, 0]) ** 2))) or 1.0
+    return transform
+
+
+def scaled_examples(
+    y: np.ndarray, positions: np.ndarray, window: int, horizon: int, transform: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scaled input windows (n, window, 1) and scaled targets (n,) for target `positions`, float32."""
+    windows = window_inputs(y, positions, window, horizon)
+    if transform["target_mode"] == CHANGE:
+        last = windows[:, -1:]
+        x = (windows - last) / transform["input_scale"]
+        t = (y[positions] - last[:, 0]) / transform["output_scale"]
+    else:
+        x = (windows - transform["mean"]) / transform["std"]
+        t = (y[positions] - transform["mean"]) / transform["std"]
+    return x.astype(np.float32)[:, :, None], t.astype(np.float32)
 
 
 def _fit_recurrent(
-    family: str, y: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
+    family: str, y: np.ndarray, observed: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
 ) -> ForecastFit:
     import copy
 
@@ -153,21 +204,22 @@ def _fit_recurrent(
     patience = int(params.get("patience", cfg.patience))
     batch_size = int(params.get("batch_size", cfg.batch_size))
     device = torch_device(str(params.get("device", cfg.device)))
-    mean, std = float(np.mean(y)), float(np.std(y)) or 1.0
-    scaled = ((y - mean) / std).astype(np.float32)
-    positions = np.arange(cfg.window + cfg.horizon - 1, len(scaled))
+    candidates = np.arange(cfg.window + cfg.horizon - 1, len(y))
+    positions = candidates[observed[candidates]]  # a filled point is never a target
     if positions.size < 4:
         raise ValueError(f"{family}: {len(y)} time steps leave {positions.size} training windows; need at least 4")
+    transform = fit_transform(y, positions, cfg.window, cfg.horizon, cfg.target_mode)
     # Early stopping watches the most recent 10% of windows: the forecaster's job is the future.
     n_val = max(1, int(round(0.1 * positions.size)))
-    X = torch.from_numpy(window_inputs(scaled, positions, cfg.window, cfg.horizon)).unsqueeze(-1)
-    t = torch.from_numpy(scaled[positions])
-    X, t = X.to(device), t.to(device)
+    x, target = scaled_examples(y, positions, cfg.window, cfg.horizon, transform)
+    X, t = torch.from_numpy(x).to(device), torch.from_numpy(target).to(device)
     X_tr, t_tr, X_va, t_va = X[:-n_val], t[:-n_val], X[-n_val:], t[-n_val:]
+    metadata: dict[str, Any] = {"family": family, "window": cfg.window, "horizon": cfg.horizon, "hidden_size": hidden,
+                                **transform}
 
     start = time.perf_counter()
     with torch_deterministic(seed, device_type=device.type):
-        model = _recurrent_class()(family, hidden).to(device)
+        model = recurrent_model(family, metadata).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)
         history: list[dict[str, float]] = []
@@ -179,14 +231,14 @@ def _fit_recurrent(
             total = 0.0
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
-                loss = torch.mean((model(X_tr[idx]) - t_tr[idx]) ** 2)
+                loss = torch.mean((model.scaled(X_tr[idx]) - t_tr[idx]) ** 2)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 total += loss.item() * len(idx)
             model.eval()
             with torch.no_grad():
-                val_loss = float(torch.mean((model(X_va) - t_va) ** 2))
+                val_loss = float(torch.mean((model.scaled(X_va) - t_va) ** 2))
             history.append({"epoch": epoch, "train_loss": total / len(X_tr), "val_loss": val_loss})
             if val_loss < best_loss - 1e-9:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
@@ -197,21 +249,17 @@ def _fit_recurrent(
                     break
         model.load_state_dict(best_state)
         model = model.cpu().eval()
-    metadata = {
-        "family": family,
-        "window": cfg.window,
-        "horizon": cfg.horizon,
-        "hidden_size": hidden,
+    metadata.update({
         "learning_rate": lr,
         "batch_size": batch_size,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "best_val_loss": best_loss,
-        "mean": mean,
-        "std": std,
+        "training_windows": int(positions.size),
+        "filled_targets_skipped": int(candidates.size - positions.size),
         "seed": seed,
         "device": device.type,
-    }
+    })
     return ForecastFit(family, model, metadata, history, time.perf_counter() - start)
 
 
@@ -233,7 +281,7 @@ def _import_prophet():
     return prophet
 
 
-def _fit_prophet(y: np.ndarray, ts: np.ndarray, params: dict[str, Any], seed: int) -> ForecastFit:
+def _fit_prophet(y: np.ndarray, ts: np.ndarray, observed: np.ndarray, params: dict[str, Any], seed: int) -> ForecastFit:
     Prophet = _import_prophet().Prophet
     start = time.perf_counter()
     # No uncertainty sampling: the point forecast is all we score, and sampling is slow and random.
@@ -241,19 +289,30 @@ def _fit_prophet(y: np.ndarray, ts: np.ndarray, params: dict[str, Any], seed: in
         model = Prophet(**{"uncertainty_samples": 0, **params})
     except TypeError as exc:
         raise ValueError(f"prophet: invalid params {params}: {exc}. Fix: correct models[prophet].params.") from None
-    model.fit(pd.DataFrame({"ds": pd.to_datetime(ts), "y": y}))
+    # Observed points only: Prophet needs no regular grid, and a filled value is not data.
+    model.fit(pd.DataFrame({"ds": pd.to_datetime(np.asarray(ts)[observed]), "y": y[observed]}))
     return ForecastFit("prophet", model, {"family": "prophet", "params": params, "seed": seed}, [], time.perf_counter() - start)
 
 
 def fit_forecaster(
-    family: str, y: np.ndarray, ts: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
+    family: str,
+    y: np.ndarray,
+    ts: np.ndarray,
+    cfg: ForecastConfig,
+    params: dict[str, Any],
+    seed: int,
+    observed: np.ndarray | None = None,
 ) -> ForecastFit:
-    """Fit one forecaster on the observed series `y` (time order) with timestamps `ts`."""
+    """Fit one forecaster on the regular series `y` (time order) with timestamps `ts`.
+
+    `observed` (default: all) is False where forecast_data filled a gap: never a target, never fitted.
+    """
     y = np.asarray(y, dtype=np.float64)
+    observed = np.ones(y.size, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
     if family in RECURRENT:
-        return _fit_recurrent(family, y, cfg, params, seed)
+        return _fit_recurrent(family, y, observed, cfg, params, seed)
     if family == "prophet":
-        return _fit_prophet(y, ts, params, seed)
+        return _fit_prophet(y, ts, observed, params, seed)
     if family == "seasonal_naive":
         meta = {"family": family, "seasonal_period": cfg.seasonal_period, "horizon": cfg.horizon, "lag": seasonal_lag(cfg)}
         return ForecastFit(family, None, meta)
@@ -261,7 +320,7 @@ def fit_forecaster(
 
 
 def predict_forecaster(fit: ForecastFit, series: np.ndarray, ts: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Forecasts for `positions` of the observed `series` (history plus the evaluated stretch)."""
+    """Forecasts for `positions` of the regular `series` (history plus the evaluated stretch)."""
     series = np.asarray(series, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.int64)
     family = fit.family
@@ -269,11 +328,12 @@ def predict_forecaster(fit: ForecastFit, series: np.ndarray, ts: np.ndarray, pos
         import torch
 
         meta = fit.metadata
-        scaled = ((series - meta["mean"]) / meta["std"]).astype(np.float32)
-        X = torch.from_numpy(window_inputs(scaled, positions, meta["window"], meta["horizon"])).unsqueeze(-1)
+        # Raw windows in float32, exactly what the ONNX graph and the native predictor are given.
+        X = torch.from_numpy(window_inputs(series, positions, meta["window"], meta["horizon"]).astype(np.float32))
+        X = X.unsqueeze(-1)
         with torch_deterministic(meta["seed"]), torch.no_grad():
             out = np.concatenate([fit.model(X[i : i + 4096]).numpy() for i in range(0, len(X), 4096)]) if len(X) else np.array([])
-        return out.astype(np.float64) * meta["std"] + meta["mean"]
+        return out.astype(np.float64)
     if family == "prophet":
         frame = pd.DataFrame({"ds": pd.to_datetime(np.asarray(ts)[positions])})
         return fit.model.predict(frame)["yhat"].to_numpy(dtype=np.float64)
@@ -312,7 +372,7 @@ def load_forecaster(family: str, path: Path) -> ForecastFit:
 
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = payload["metadata"]
-        model = _recurrent_class()(family, int(meta["hidden_size"]))
+        model = recurrent_model(family, meta)
         model.load_state_dict(payload["state_dict"])
         model.eval()
         return ForecastFit(family, model, meta)

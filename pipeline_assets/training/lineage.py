@@ -51,6 +51,33 @@ def write_lineage(path: Path, ids: Mapping[str, Any], files: Mapping[str, Path |
     return record
 
 
+def extend_lineage(path: Path, run_id: str, files: Mapping[str, Path | None]) -> dict[str, Any]:
+    """Add (or, for None, drop) file entries of artifacts derived from the promoted model, such as its ONNX
+    export, to an existing lineage.json; refuses a lineage that belongs to another run."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing; materialize champion_model first") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); rematerialize champion_model") from None
+    if record.get("run_id") != run_id:
+        raise ValueError(
+            f"{path}: records run {record.get('run_id')!r}, not the champion's run {run_id!r}; "
+            "rematerialize champion_model, then this asset"
+        )
+    root = _drive_root(path)
+    entries = dict(record.get("files") or {})
+    for name, file in files.items():
+        if file is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = file_entry(file, root)
+    record["files"] = entries
+    atomic_write_json(path, record)
+    return record
+
+
 def _resolve(entry: Mapping[str, Any], root: Path) -> Path:
     recorded = Path(entry["path"])
     if recorded.exists() or "drive_relative" not in entry:

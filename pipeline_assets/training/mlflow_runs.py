@@ -30,15 +30,17 @@ def ran_training(selected: Iterable[str]) -> bool:
     return any(name in TRAINING_STEPS for name in selected)
 
 
-def execution_params(loaded: LoadedExperiment, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The execution's inputs, as the comparison table shows them."""
+def execution_params(
+    loaded: LoadedExperiment, meta: Mapping[str, Any], selection_metric: str | None = None
+) -> dict[str, Any]:
+    """The execution's inputs, as the comparison table shows them (`selection_metric`: resolved for the target)."""
     config = loaded.config
     params = {
         "experiment": config.name,
         "task": config.task,
         "config_hash": config.config_hash,
         "families": ",".join(config.families),
-        "selection_metric": config.selection_metric,
+        "selection_metric": selection_metric or config.selection_metric,
         "cv_folds": config.cv_folds,
         "seed": config.seed,
         "sampling.strategy": config.sampling.strategy,
@@ -68,7 +70,7 @@ class ExecutionRun:
         self.created = False
         self.failed = False  # set when the step knows the Dagster run will fail (a blocking check)
 
-    def open(self, loaded: LoadedExperiment, meta: Mapping[str, Any]) -> str:
+    def open(self, loaded: LoadedExperiment, meta: Mapping[str, Any], selection_metric: str | None = None) -> str:
         """Create the parent run (first step of the Dagster run) or reopen it; returns its id."""
         config = loaded.config
         tags = {
@@ -83,7 +85,7 @@ class ExecutionRun:
         }
         name = f"{config.name}-{self.dagster_run_id[:8]}"
         self.run_id, self.created = self.tracker.parent_run(
-            self.dagster_run_id, name, tags, execution_params(loaded, meta)
+            self.dagster_run_id, name, tags, execution_params(loaded, meta, selection_metric)
         )
         return self.run_id
 

@@ -3,7 +3,8 @@
     datasets/{experiment}/meta.json       read: the split's digests name the data a model was trained on
     models/{experiment}/candidates.json   candidate_models: per family artifact, hash, MLflow run, CV
     models/{experiment}/oof_predictions.parquet   candidate_models: out-of-fold predictions
-    models/{experiment}/thresholds.json, threshold.txt   decision_threshold (classification)
+    models/{experiment}/thresholds.json, threshold.txt   decision_threshold (binary classification;
+                                          a multiclass target gets thresholds.json saying "argmax, no threshold")
 
 Plain Python: every path comes from a `core.drive.DrivePaths` (the SharedDrive resource is one), and
 each reader names the asset to materialize when its file is missing or stale.
@@ -23,6 +24,7 @@ from core.atomic import atomic_path, atomic_write_json, atomic_write_text
 from core.drive import DrivePaths
 from core.experiment import ExperimentConfig, LoadedExperiment
 from core.hashing import sha256_text
+from pipeline_assets.training.labels import plain
 
 
 def read_json(path: Path, producer: str) -> dict[str, Any]:
@@ -63,6 +65,21 @@ def current_manifest(drive: DrivePaths, loaded: LoadedExperiment, meta: Mapping[
     return manifest
 
 
+def classes(manifest: Mapping[str, Any]) -> list[Any] | None:
+    """The class labels a classifier was trained on (None for other tasks)."""
+    return manifest.get("classes")
+
+
+def is_multiclass(manifest: Mapping[str, Any]) -> bool:
+    """Whether candidates.json was trained on a target with three or more classes."""
+    return len(manifest.get("classes") or ()) > 2
+
+
+def selection_metric(manifest: Mapping[str, Any], config: ExperimentConfig) -> str:
+    """The metric candidate_models resolved for this target (multiclass default: f1_macro)."""
+    return manifest.get("selection_metric") or config.selection_metric
+
+
 def cv_scores(manifest: Mapping[str, Any], metric: str) -> dict[str, float]:
     """family → mean cross-validated `metric`."""
     return {family: entry["cv"][metric]["mean"] for family, entry in manifest["families"].items()}
@@ -71,11 +88,6 @@ def cv_scores(manifest: Mapping[str, Any], metric: str) -> dict[str, float]:
 def artifacts(drive: DrivePaths, experiment: str, manifest: Mapping[str, Any]) -> dict[str, Path]:
     """family → its saved model file."""
     return {family: drive.models_dir(experiment) / entry["artifact"] for family, entry in manifest["families"].items()}
-
-
-def _py(value: Any) -> Any:
-    """numpy scalars → plain Python, so JSON sees numbers, not strings."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def write_candidates(
@@ -99,11 +111,13 @@ def write_candidates(
             "dataset_sha256": meta["dataset_sha256"],
             "train_sha256": meta["train_sha256"],
             "test_sha256": meta["test_sha256"],
-            "selection_metric": config.selection_metric,
+            "selection_metric": outcome.selection_metric or config.selection_metric,
             "dagster_run_id": dagster_run_id,
             "parent_run_id": parent_run_id,
-            "positive_label": _py(outcome.data.positive_label),
+            "positive_label": plain(outcome.data.positive_label),
+            **({"classes": list(outcome.data.classes)} if outcome.data.classes is not None else {}),
             "scale": outcome.data.scale,
+            **({"series": outcome.data.series} if outcome.data.series is not None else {}),  # forecasting gaps
             "features": outcome.data.features.to_dict() if outcome.data.features else None,
             "workers": outcome.n_jobs,
             "wall_seconds": round(outcome.wall_seconds, 3),
@@ -153,6 +167,22 @@ def write_thresholds(drive: DrivePaths, config: ExperimentConfig, results: Mappi
          "config_hash": config.config_hash, "families": {f: r.to_dict() for f, r in results.items()}},
     )
     return atomic_write_text(drive.threshold_txt(config.name), f"{results[chosen].threshold!r}\n")
+
+
+ARGMAX_DECISION = "argmax, no threshold"
+
+
+def write_argmax_decision(drive: DrivePaths, config: ExperimentConfig, manifest: Mapping[str, Any], chosen: str) -> Path:
+    """thresholds.json of a multiclass target: the label is the most probable class, nothing is calibrated.
+
+    A threshold.txt left by an earlier binary target of this experiment is removed, so nothing promotes it.
+    """
+    drive.threshold_txt(config.name).unlink(missing_ok=True)
+    return atomic_write_json(
+        drive.thresholds_json(config.name),
+        {"decision": ARGMAX_DECISION, "precision_target": None, "champion_candidate": chosen,
+         "config_hash": config.config_hash, "classes": classes(manifest), "families": {}},
+    )
 
 
 def read_thresholds(drive: DrivePaths, experiment: str) -> dict[str, float]:

@@ -23,11 +23,11 @@ from typing import Any
 from core.atomic import atomic_append_line, atomic_write_bytes, atomic_write_json
 from core.drive import LINEAGE_JSON, DrivePaths
 from core.experiment import ExperimentConfig, LoadedExperiment
-from core.metrics import better, lower_is_better
+from core.metrics import better, lower_is_better, mlflow_metric_key
 from core.tracking import is_already_exists, with_retry
 from pipeline_assets.training.evaluation import BASELINE
 from pipeline_assets.training.lineage import write_lineage
-from pipeline_assets.training.model_files import copy_file
+from pipeline_assets.training.model_files import ARGMAX_DECISION, classes, copy_file, is_multiclass
 
 CHAMPION_ALIAS = "champion"
 
@@ -75,8 +75,8 @@ class BaselineGate:
         }
 
     def run_metrics(self) -> dict[str, float]:
-        """What the parent MLflow run records about the champion."""
-        summary = {f"test_{k}": v for k, v in self.champion_metrics.items()}
+        """What the parent MLflow run records about the champion (per-class names in MLflow's spelling)."""
+        summary = {f"test_{mlflow_metric_key(k)}": v for k, v in self.champion_metrics.items()}
         summary.update({f"cv_{self.metric}": self.cv_score, f"baseline_test_{self.metric}": self.baseline_test})
         return summary
 
@@ -88,10 +88,17 @@ class BaselineGate:
 
 
 def baseline_gate(
-    config: ExperimentConfig, cv_scores: Mapping[str, float], test: Mapping[str, Mapping[str, float]], where: Path
+    config: ExperimentConfig,
+    cv_scores: Mapping[str, float],
+    test: Mapping[str, Mapping[str, float]],
+    where: Path,
+    metric: str | None = None,
 ) -> BaselineGate:
-    """Pick the champion on `cv_scores` and set it against the baseline's `test` value (model → metric → value)."""
-    metric = config.selection_metric
+    """Pick the champion on `cv_scores` and set it against the baseline's `test` value (model → metric → value).
+
+    `metric` is the selection metric candidate_models resolved (a multiclass target's default differs).
+    """
+    metric = metric or config.selection_metric
     baseline = BASELINE[config.task]
     missing = [m for m in [*config.families, baseline] if metric not in test.get(m, {})]
     if missing:
@@ -270,7 +277,8 @@ def promote_champion(
     bundle = drive.champion_bundle(exp.name, version)
     champion_file = copy_file(drive.models_dir(exp.name) / entry["artifact"], bundle / entry["artifact"])
     threshold_file = None
-    if exp.task == "classification":
+    multiclass = is_multiclass(manifest)
+    if exp.task == "classification" and not multiclass:
         threshold = drive.threshold_txt(exp.name)
         threshold_file = copy_file(threshold, bundle / threshold.name)
     lineage = bundle / LINEAGE_JSON
@@ -298,6 +306,8 @@ def promote_champion(
     if threshold_file is not None:
         pointer["threshold"] = float(threshold_file.read_text().strip())
         pointer["threshold_path"] = str(threshold_file)
+    if multiclass:
+        pointer.update({"decision": ARGMAX_DECISION, "classes": classes(manifest)})
     write_lineage(
         lineage,
         {key: pointer[key] for key in ("experiment", "run_id", "parent_run_id", "dagster_run_id", "model_type",
