@@ -33,12 +33,12 @@ class ConfigError(ValueError):
     """A config file is invalid; the message names the file, the field and the fix."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of ignoring them.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(Strict):
     generator: Literal["salary", "student_engagement", "demand_forecast"] | None = Field(
         default=None, description="Built-in deterministic demo generator"
     )
@@ -65,24 +65,24 @@ class DatasetConfig(_Strict):
         return self
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     train_rows: int | None = Field(default=None, gt=0, description="Rows kept from the train split")
     test_rows: int | None = Field(default=None, gt=0, description="Rows kept from the test split")
     strategy: Literal["head", "random", "stratified"] = "head"
     seed: int = 42
 
 
-class SplitConfig(_Strict):
+class SplitConfig(Strict):
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 42
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     family: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(Strict):
     metric: str | None = Field(default=None, description="Metric that picks the champion")
     composite_weights: dict[str, float] = Field(
         default_factory=lambda: {"rmse": 0.5, "mae": 0.3, "mse": 0.2},
@@ -100,13 +100,13 @@ class SelectionConfig(_Strict):
         return value
 
 
-class DriftConfig(_Strict):
+class DriftConfig(Strict):
     psi_threshold: float = Field(default=0.2, gt=0)
     ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
     min_samples: int = Field(default=200, gt=0)
 
 
-class PreprocessingConfig(_Strict):
+class PreprocessingConfig(Strict):
     correlation_threshold: float = Field(
         default=0.95, gt=0, le=1, description="Drop one of each feature pair with |r| above this"
     )
@@ -115,7 +115,7 @@ class PreprocessingConfig(_Strict):
     spill_to_disk: bool = True
 
 
-class ForecastConfig(_Strict):
+class ForecastConfig(Strict):
     window: int = Field(default=24, gt=0, description="Input window length (time steps)")
     horizon: int = Field(default=1, gt=0)
     seasonal_period: int = Field(default=24, gt=0)
@@ -165,7 +165,7 @@ HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("dataset", "na_values"):
                                                        ("forecast", "frequency"): None}
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     """One experiment: one dataset, one task, the models to compare and how to judge them."""
 
     name: str
@@ -306,7 +306,7 @@ _FIXES = {
 }
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
+def format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid experiment config ({exc.error_count()} problem(s))"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -324,7 +324,7 @@ def parse_experiment(path: Path, data: Any) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(path, exc)) from None
+        raise ConfigError(format_validation_error(path, exc)) from None
     if config.name != path.stem:
         raise ConfigError(
             f"{path}: field 'name': {config.name!r} does not match the file name {path.stem!r}. "
@@ -369,59 +369,3 @@ def experiment_names(config_dir: str | Path | None = None) -> list[str]:
     return sorted(
         p.stem for p in directory.glob("*.yaml") if p.is_file() and EXPERIMENT_NAME_RE.match(p.stem)
     )
-
-
-CONSTRAINT_KEY_RE = re.compile(r"^c(?P<chunk>\d+)-m(?P<mem>\d+)-p(?P<pct>\d+)$")
-
-
-class Constraint(BaseModel):
-    """One resource constraint: rows per chunk, a memory limit and a share of the CPU cores."""
-
-    model_config = ConfigDict(frozen=True)
-    chunk_size: int = Field(gt=0)
-    memory_limit_mb: int = Field(gt=0)
-    compute_limit: float = Field(gt=0, le=1)
-
-    @property
-    def key(self) -> str:
-        return f"c{self.chunk_size}-m{self.memory_limit_mb}-p{round(self.compute_limit * 100)}"
-
-    @classmethod
-    def parse(cls, key: str) -> Constraint:
-        match = CONSTRAINT_KEY_RE.match(key)
-        if not match:
-            raise ValueError(f"constraint key {key!r} is not of the form c<chunk>-m<MB>-p<percent>")
-        return cls(
-            chunk_size=int(match["chunk"]),
-            memory_limit_mb=int(match["mem"]),
-            compute_limit=int(match["pct"]) / 100,
-        )
-
-
-class ConstraintGrid(_Strict):
-    """config/constraints.yaml: the cross product of these lists is the constraint partition set."""
-
-    chunk_sizes: list[int] = Field(min_length=1)
-    memory_limits_mb: list[int] = Field(min_length=1)
-    compute_limits: list[float] = Field(min_length=1)
-
-    def constraints(self) -> list[Constraint]:
-        return [
-            Constraint(chunk_size=c, memory_limit_mb=m, compute_limit=p)
-            for c in self.chunk_sizes
-            for m in self.memory_limits_mb
-            for p in self.compute_limits
-        ]
-
-
-def load_constraint_grid(path: str | Path | None = None) -> ConstraintGrid:
-    path = Path(path or DEFAULT_CONFIG_DIR / "constraints.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return ConstraintGrid.model_validate(data)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: missing. Fix: create it with chunk_sizes, memory_limits_mb, compute_limits.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(path, exc).replace("experiment config", "constraint grid")) from None

@@ -98,7 +98,8 @@ def _job_id(value: object) -> object:
 class TrainingComplete(_Signal):
     """models/{experiment}/.training_complete: a trainer finished and its checkpoint is on the drive."""
 
-    checkpoint_path: PathText = Field(min_length=1, description="Checkpoint directory, absolute or relative to the drive")
+    checkpoint_path: PathText = Field(min_length=1,
+                                      description="Checkpoint directory, absolute or relative to the drive")
     hostname: str = Field(min_length=1, max_length=255)
     user: str = Field(min_length=1, max_length=255)
     config_path: PathText | None = None

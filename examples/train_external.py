@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from core.drive import DriveLayout  # noqa: E402
 from trainer_hook.hook import shared_drive_root, signal_training_complete  # noqa: E402
 
 
@@ -56,10 +57,10 @@ def train(args: argparse.Namespace) -> dict:
     config = loaded.config
     if config.task not in ("regression", "classification"):
         raise SystemExit(f"{loaded.path}: task {config.task!r}; this example trains regression or classification")
-    train_path = drive / "datasets" / config.name / "train.parquet"
+    train_path = DriveLayout(drive).dataset_path(config.name, "train")
     if not train_path.is_file():
         raise SystemExit(f"{train_path}: missing. Fix: materialize the data first "
-                         f"(dagster asset materialize -m pipeline_assets --select train_test_split --partition {config.name})")
+                         f"(dagster asset materialize -m pipeline_assets.definitions --select train_test_split --partition {config.name})")
     frame = pd.read_parquet(train_path)
     if args.max_rows:
         frame = frame.iloc[: args.max_rows]

@@ -6,7 +6,6 @@ import dagster as dg
 
 from pipeline_assets import analysis, data, deployment, external, preprocessing, training
 from pipeline_assets.automation import automation_sensors, with_automation
-from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.jobs import JOBS
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -28,16 +27,9 @@ ASSET_GROUPS = {
 }
 
 
-def _reads_experiment_source(spec: dg.AssetSpec) -> dg.AssetSpec:
-    # raw_dataset reads the files experiment_source observes: a new source version makes it stale.
-    if spec.key == dg.AssetKey("raw_dataset"):
-        return spec.merge_attributes(deps=[EXPERIMENT_SOURCE])
-    return spec
-
-
 ASSETS = with_automation(
     [
-        asset.map_asset_specs(_reads_experiment_source) if isinstance(asset, dg.AssetsDefinition) else asset
+        asset
         for group_name, package in ASSET_GROUPS.items()
         for asset in dg.load_assets_from_package_module(package, group_name=group_name, include_specs=True)
     ]

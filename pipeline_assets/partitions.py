@@ -7,7 +7,7 @@ import warnings
 
 import dagster as dg
 
-from core.experiment import load_constraint_grid
+from core.constraints import load_constraint_grid
 from resources.experiments import ExperimentCatalog
 
 

@@ -6,12 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.experiment import (
-    ConfigError,
-    Constraint,
-    load_constraint_grid,
-    load_experiment_file,
-)
+from core.experiment import ConfigError, load_experiment_file
+from core.constraints import Constraint, load_constraint_grid
 from core.drive import PROJECT_ROOT
 
 DEMO_DIR = PROJECT_ROOT / "config" / "experiments"

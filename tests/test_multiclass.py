@@ -92,6 +92,14 @@ def test_labels_and_their_errors_name_the_class_count_and_field(tmp_path) -> Non
         train_candidates(_config(selection={"metric": "roc_auc"}), _frame(60, 0), tmp_path, n_jobs=1)
 
 
+def test_a_binary_target_keeps_its_scores_threshold_and_default(tmp_path) -> None:
+    binary = _frame(150, 8).assign(level=lambda f: np.where(f.level == "high", "high", "other"))
+    outcome = train_candidates(_config(models=[{"family": "logistic_regression"}]), binary, tmp_path, n_jobs=1)
+    assert outcome.selection_metric == "roc_auc" and outcome.data.positive_label == "other"
+    assert list(outcome.oof.columns) == ["model", "row", "fold", "y_true", "y_score"]
+    assert set(outcome.families["logistic_regression"].cv) == set(core_metrics.CLASSIFICATION_METRICS)
+
+
 def test_stratified_split_and_sampling_keep_every_class_share() -> None:
     frame = _frame(400, 1)
     config = _config(sampling={"strategy": "stratified", "train_rows": 150, "test_rows": 40})

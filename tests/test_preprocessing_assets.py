@@ -13,7 +13,7 @@ from pipeline_assets.preprocessing import engine, outputs
 from pipeline_assets.preprocessing.checks import streaming_features_match_batch
 from pipeline_assets.preprocessing.compute import threads_for
 from pipeline_assets.preprocessing.options import MB
-from core.experiment import Constraint
+from core.constraints import Constraint
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]

@@ -189,7 +189,7 @@ CORPUS: dict[str, tuple[Callable[[Path], None], str]] = {
     "nul-in-user": (field_value("user", "tm\x00rton"), "field 'user': holds control character U+0000 (NUL)"),
     "escape-in-hostname": (field_value("hostname", "gpu\x1b[31m"), "U+001B (ESC)"),
     "del-in-run-id": (field_value("mlflow_run_id", "abc\x7f"), "U+007F (DEL)"),
-    "c1-in-config-path": (field_value("config_path", "/c\x85.yaml"), "field 'config_path': holds control character U+0085"),
+    "c1-in-config-path": (field_value("config_path", "/c\x85.yaml"), "'config_path': holds control character U+0085"),
     "newline-in-checkpoint-path": (field_value("checkpoint_path", "models/x\nck"), "U+000A (LF)"),
     "newline-after-experiment": (field_value("experiment", HOSTILE + "\n"), "field 'experiment'"),
     "control-in-metric-name": (field_value("metrics", {"acc\x00": 1.0}), "key 'acc\\x00' holds control character"),
@@ -223,7 +223,10 @@ def test_hostile_training_signal_is_rejected_and_the_good_one_runs(case, instanc
                unblock=hostile if case == "fifo" else None)
 
 
-@pytest.mark.parametrize("name", ["Bad\x1bName", "tab\there", "newline\n", b"\xff\xfe".decode("utf-8", "surrogateescape")])
+BAD_DIRECTORY_NAMES = ["Bad\x1bName", "tab\there", "newline\n", b"\xff\xfe".decode("utf-8", "surrogateescape")]
+
+
+@pytest.mark.parametrize("name", BAD_DIRECTORY_NAMES)
 def test_directory_names_with_control_characters_or_bad_bytes(name, instance, config_dir, tmp_path):
     drive = tmp_path / "shared"
     good = write_training(drive, "salary")
@@ -311,3 +314,15 @@ def test_the_fifo_case_is_a_real_fifo(tmp_path):
     path = tmp_path / "pipe"
     fifo(path)
     assert stat.S_ISFIFO(os.lstat(path).st_mode)
+
+
+def test_an_evaluation_failure_with_control_characters_still_writes_a_readable_signal(tmp_path):
+    """The readers refuse control characters; the writer of .eval_failed escapes them instead of failing."""
+    from core.signals import EvalFailed, parse_signal
+    from pipeline_assets.external.evaluation import failure_signal
+
+    exc = RuntimeError("CUDA \x1b[31merror\x1b[0m at \x00")
+    failed = failure_signal("salary", "7", exc, "Traceback:\n\tboom\x07\n", None, None, "run-1")
+    signal = parse_signal(failed.to_json().encode(), EvalFailed)
+    assert signal.error_message == "CUDA \\x1b[31merror\\x1b[0m at \\x00"
+    assert signal.traceback == "Traceback:\n\tboom\\x07\n"

@@ -198,7 +198,8 @@ def test_free_text_keeps_line_breaks_but_refuses_other_controls():
 def test_printable_escapes_what_storage_and_logs_refuse():
     assert printable("a\x00b\x1b\x7f\x85\ud800") == "a\\x00b\\x1b\\x7f\\x85\\ud800"
     assert printable("keep\ttabs\nand lines", multiline=True) == "keep\ttabs\nand lines"
-    assert control_character({"ok": ["fine", "bad\x00"]}) == "value of 'ok' item 1 holds control character U+0000 (NUL) at position 3"
+    assert (control_character({"ok": ["fine", "bad\x00"]})
+            == "value of 'ok' item 1 holds control character U+0000 (NUL) at position 3")
     assert control_character("plain text, ünïcode ✓") is None
 
 

@@ -13,7 +13,7 @@ from pipeline_assets.partitions import (
 )
 from pipeline_assets.preprocessing import engine, outputs, validation
 from pipeline_assets.preprocessing.probe_model import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
-from core.experiment import Constraint
+from core.constraints import Constraint
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from core.atomic import atomic_write_json, atomic_write_text

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
 from pipeline_assets.data import datasets, loading, splitting
+from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -16,7 +17,7 @@ def _schema_metadata(table: pa.Table) -> dg.TableSchema:
 
 
 # code_version 2: empty and NA-spelled cells are read as nulls in every column type.
-@dg.asset(partitions_def=experiment_partitions_def, kinds={"parquet"}, code_version="2")
+@dg.asset(partitions_def=experiment_partitions_def, deps=[EXPERIMENT_SOURCE], kinds={"parquet"}, code_version="2")
 def raw_dataset(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from core.atomic import atomic_write_json
 from core.drive import FEATURES_PARQUET
-from core.experiment import Constraint
+from core.constraints import Constraint
 from core.hashing import sha256_file
 from core.markdown import md_table
 from pipeline_assets.partitions import experiment_constraint_partitions_def, experiment_partitions_def

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from core.drive import FEATURES_PARQUET, STREAMING_CHUNKS_JSONL
-from core.experiment import Constraint
+from core.constraints import Constraint
 from pipeline_assets.partitions import experiment_from_constraints_mapping
 from pipeline_assets.preprocessing import outputs, validation
 from pipeline_assets.preprocessing.assets import batch_features, streaming_features

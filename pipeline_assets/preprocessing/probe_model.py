@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core.experiment import Constraint
+from core.constraints import Constraint
 from pipeline_assets.preprocessing.compute import compute_cap
 
 MAX_LAGS = 24

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from core import evaluation_store
+from core.hashing import sha256_text
 from core.markdown import md_table
 from core.metrics import mlflow_metric_key
 from pipeline_assets.partitions import experiment_partitions_def
@@ -188,6 +189,7 @@ def decision_threshold(
 
 
 def _class_metadata(classes, selection: str) -> dict:
+    """A classifier's classes and the selection metric resolved for them (multiclass: f1_macro by default)."""
     if classes is None:
         return {}
     return {"classes": dg.MetadataValue.json([str(c) for c in classes]), "selection_metric": selection}
@@ -195,13 +197,10 @@ def _class_metadata(classes, selection: str) -> dict:
 
 def _argmax_decision(classes: list, chosen: str, path) -> dg.MaterializeResult:
     """decision_threshold of a multiclass target: recorded, not calibrated (the precision target is binary)."""
-    from core.hashing import sha256_text
-    from pipeline_assets.training.model_files import ARGMAX_DECISION
-
     return dg.MaterializeResult(
         metadata={
             "applicable": False,
-            "decision": ARGMAX_DECISION,
+            "decision": model_files.ARGMAX_DECISION,
             "reason": f"multiclass target ({len(classes)} classes): the label is the most probable class; "
             "precision_target applies to binary targets only",
             "family": chosen,

@@ -59,11 +59,12 @@ def class_labels(values: pd.Series, where: str, cv_folds: int | None = None) -> 
             named = ", ".join(f"{classes[c]!r} ({int(counts[c])} row{'' if counts[c] == 1 else 's'})" for c in rare)
             lowest = int(counts.min())
             lower = f"lower 'cv_folds' in the experiment YAML to {lowest} or less, or " if lowest >= 2 else ""
+            one = rare.size == 1
             raise ValueError(
-                f"{where}: column {values.name!r}: {'class' if rare.size == 1 else 'classes'} {named} "
-                f"{'has' if rare.size == 1 else 'have'} fewer training rows than cv_folds={cv_folds}, so stratified "
-                f"cross-validation cannot put {'it' if rare.size == 1 else 'them'} in every fold. Fix: {lower}add rows "
-                "of that class (or merge or drop it in the data)."
+                f"{where}: column {values.name!r}: {'class' if one else 'classes'} {named} {'has' if one else 'have'} "
+                f"fewer training rows than cv_folds={cv_folds}, so stratified cross-validation cannot put "
+                f"{'it' if one else 'them'} in every fold. Fix: {lower}add rows of {'that class' if one else 'those classes'} "
+                f"(or merge or drop {'it' if one else 'them'} in the data)."
             )
     return codes, classes
 
