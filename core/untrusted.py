@@ -216,11 +216,11 @@ def read_regular_file(path: str | Path, max_bytes: int, within: str | Path | Non
                                    "check the drive's mount")
         finally:
             os.close(fd)
+    except Unusable:
+        raise
     except OSError as exc:
         raise Unusable(f"cannot read it ({exc.strerror or exc})", "check that it exists and is readable") from None
     except (ValueError, TypeError) as exc:
-        if isinstance(exc, Unusable):
-            raise
-        # A NUL or undecodable name in a path handed in by a caller.
+        # A NUL in a path handed in by a caller.
         raise Unusable(f"cannot read it ({exc})", "give the file's path") from None
     return b"".join(chunks)

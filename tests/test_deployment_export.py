@@ -42,6 +42,8 @@ def test_tabular_family_exports_and_passes_parity(tmp_path, demo_frames, task, f
     report = json.loads(drive.export_report_json(config.name).read_text())
     assert report["sha256"] == sha256_file(outcome.path) == export.onnx_hashes(drive, config.name)["onnx_model"]
     assert report["opset"]["ai.onnx"] >= 17 and report["conversion_seconds"] >= 0 and report["bytes"] > 0
+    # The same champion exports to the same bytes (lineage.json and the data version hash them).
+    assert sha256_file(export_current(drive, config).path) == report["sha256"]
     spec = fam.feature_spec(demo_frames[task][0], config)
     assert [(i["name"], i["type"]) for i in report["inputs"]] == (
         [(c, "tensor(double)") for c in spec.numeric] + [(c, "tensor(string)") for c in spec.categorical]

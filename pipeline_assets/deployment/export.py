@@ -88,6 +88,16 @@ def recurrent_to_onnx(fit: fc.ForecastFit):
     return model
 
 
+def _reset_skl2onnx_names() -> None:
+    """skl2onnx names KNN distance subgraphs and some variables from process-wide counters (private, with
+    no public reset), so a second export of the same model in one process would name nodes differently;
+    every export starts from the same counts, and a test checks the bytes repeat."""
+    from skl2onnx.common import _topology, utils
+
+    utils._unique_index["subgraph"] = 0
+    _topology.Variable._UNIQUE_NUMBER_ = 0
+
+
 def build_onnx(champion: Champion, native: Any) -> tuple[Any, dict[str, Any]]:
     """(ModelProto, converter description) for an exportable champion."""
     if champion.task == "forecasting":
@@ -99,7 +109,11 @@ def build_onnx(champion: Champion, native: Any) -> tuple[Any, dict[str, Any]]:
         "mlgraph preprocessing + MatMul linear estimator" if champion.family in sklearn_graph.LINEAR_FAMILIES
         else "mlgraph preprocessing + skl2onnx estimator"
     )
+    _reset_skl2onnx_names()
     model = sklearn_graph.pipeline_to_onnx(native, champion.family, champion.task == "classification")
+    # Merging the preprocessing and estimator graphs names them with random UUIDs in the doc string;
+    # the same champion must export to the same bytes (lineage and data versions hash them).
+    model.graph.doc_string = f"{champion.family} pipeline: preprocessing + estimator"
     return model, {"name": converter, "opset_requested": sklearn_graph.OPSET, "missing_values": MISSING_VALUES}
 
 
