@@ -106,6 +106,17 @@ class DriftConfig(Strict):
     min_samples: int = Field(default=200, gt=0)
 
 
+class DeploymentConfig(Strict):
+    """Release-gate budgets for the ONNX variants (design document 001, stage 3)."""
+
+    int8_max_roc_auc_loss: float = Field(
+        default=0.01, ge=0, le=1, description="Classification: ROC AUC INT8 may lose against FP32 on the test split"
+    )
+    int8_max_rmse_increase: float = Field(
+        default=0.01, ge=0, description="Regression/forecasting: relative RMSE increase INT8 may add against FP32"
+    )
+
+
 class PreprocessingConfig(Strict):
     correlation_threshold: float = Field(
         default=0.95, gt=0, le=1, description="Drop one of each feature pair with |r| above this"
@@ -162,7 +173,8 @@ def _is_number(text: str) -> bool:
 # unset, so a field added to the schema never makes an existing experiment's models stale.
 HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("dataset", "na_values"): None, ("exclude_columns",): [],
                                                        ("forecast", "target_mode"): "change",
-                                                       ("forecast", "frequency"): None}
+                                                       ("forecast", "frequency"): None,
+                                                       ("deployment",): DeploymentConfig().model_dump()}
 
 
 class ExperimentConfig(Strict):
@@ -189,6 +201,7 @@ class ExperimentConfig(Strict):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     forecast: ForecastConfig = Field(default_factory=ForecastConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
     seed: int = 42
 
     @field_validator("name")

@@ -160,7 +160,8 @@ def test_new_fields_enter_the_hash_once_set(tmp_path):
         model = ExperimentConfig
         for key in parents:
             model = model.model_fields[key].annotation
-        assert model.model_fields[field].get_default(call_default_factory=True) == default
+        value = model.model_fields[field].get_default(call_default_factory=True)
+        assert (value.model_dump() if hasattr(value, "model_dump") else value) == default
     original = load_experiment_file(write(tmp_path, "salary", BASE)).config.config_hash
     assert load_experiment_file(write(tmp_path, "salary", variant(exclude_columns=[]))).config.config_hash == original
     excluded = variant(exclude_columns=["age"])
@@ -169,6 +170,8 @@ def test_new_fields_enter_the_hash_once_set(tmp_path):
     base = load_experiment_file(write(tmp_path, "salary", from_file)).config.config_hash
     spelled = variant(dataset={"path": "d.csv", "na_values": ["-999"]})
     assert load_experiment_file(write(tmp_path, "salary", spelled)).config.config_hash != base
+    budget = variant(deployment={"int8_max_roc_auc_loss": 0.02})
+    assert load_experiment_file(write(tmp_path, "salary", budget)).config.config_hash != original
 
 
 def test_constraint_keys_round_trip():

@@ -86,16 +86,18 @@ def test_hook_retries_a_transient_failure(shared_drive: Path, checkpoint: Path, 
         waits.append(seconds)
         blocker.unlink(missing_ok=True)
 
+    # `time` is the module object: subprocess's own waits (the git lookup) would land here too, so no git.
     monkeypatch.setattr(trainer_hook.hook.time, "sleep", back_off)
     result = signal_training_complete("other", shared_drive / "models" / "other_ckpt", mlflow=False,
-                                      retries=5, backoff_seconds=0.1)
+                                      retries=5, backoff_seconds=0.1, detect_git=False)
     assert result and result.attempts > 1 and waits == [0.1]
     assert read_signal(shared_drive / "models" / "other" / ".training_complete")[0].experiment == "other"
 
     (shared_drive / "models" / "stuck").write_text("in the way for good")
     waits.clear()
     monkeypatch.setattr(trainer_hook.hook.time, "sleep", waits.append)
-    result = signal_training_complete("stuck", checkpoint, mlflow=False, retries=2, backoff_seconds=0.05)
+    result = signal_training_complete("stuck", checkpoint, mlflow=False, retries=2, backoff_seconds=0.05,
+                                      detect_git=False)
     assert not result and result.attempts == 3 and "after 3 attempts" in result.error
     # Exponential back-off between the three attempts: 0.05 s, then 0.1 s.
     assert waits == [0.05, 0.1]
