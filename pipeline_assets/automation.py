@@ -15,7 +15,7 @@ materializes what is missing or outdated downstream, once, with blocking checks 
   flows through the graph once. Within one run boundary `eager()` already requests an asset in the same
   run as its updated parents, so each asset looks only as far up as its farthest boundary crossing.
 - The signal-driven assets (the `external` group and what reads it: `checkpoint_evaluation`,
-  `analysis_report`) get no condition; their sensors run them when a trainer signals.
+  `checkpoint_comparison_report`) get no condition; their sensors run them when a trainer signals.
 - Two automation sensors with disjoint targets, both on by default: runs of the heavy assets
   (`jobs.ON_SLURM`: training and the constraint sweep) carry `jobs.SLURM_RUN_TAGS`, so the run launcher
   sends them to Slurm; the rest run locally. One run per partition (no backfills), as the launcher expects.

@@ -6,7 +6,7 @@ from core.tags import slurm_tags
 
 # The heavy work, named once: these jobs and the automation runs of these assets carry SLURM_RUN_TAGS.
 TRAINING = dg.AssetSelection.groups("training")
-CONSTRAINT_SWEEP = dg.AssetSelection.assets("streaming_features", "constraint_run")
+CONSTRAINT_SWEEP = dg.AssetSelection.assets("streaming_features", "constraint_probe_result")
 ON_SLURM = TRAINING | CONSTRAINT_SWEEP
 SLURM_RUN_TAGS = slurm_tags(kind="training", cpus=2, mem="4G")
 
@@ -22,9 +22,9 @@ checkpoint_evaluation_job = dg.define_asset_job(
     description="Evaluate an externally trained checkpoint on its experiment's test split (training_complete_sensor).",
 )
 
-analysis_report_job = dg.define_asset_job(
-    "analysis_report_job",
-    selection=dg.AssetSelection.assets("analysis_report"),
+checkpoint_comparison_report_job = dg.define_asset_job(
+    "checkpoint_comparison_report_job",
+    selection=dg.AssetSelection.assets("checkpoint_comparison_report"),
     description="Compare an evaluated checkpoint with the trained candidates; HTML report (eval_complete_sensor).",
 )
 
@@ -45,10 +45,10 @@ constraint_sweep_job = dg.define_asset_job(
 analysis_job = dg.define_asset_job(
     "analysis_job",
     selection=dg.AssetSelection.assets(
-        "batch_features", "constraint_experiment", "significance_tests", "tradeoff_plots", "run_manifest",
-        "pipeline_report",
+        "batch_features", "constraint_sweep_table", "significance_tests", "tradeoff_plots", "run_manifest",
+        "run_summary",
     ),
     description="Batch reference features, the constraint sweep table, significance tests, plots, manifest and report.",
 )
 
-JOBS = [data_job, checkpoint_evaluation_job, analysis_report_job, training_job, constraint_sweep_job, analysis_job]
+JOBS = [data_job, checkpoint_evaluation_job, checkpoint_comparison_report_job, training_job, constraint_sweep_job, analysis_job]

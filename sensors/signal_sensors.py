@@ -48,7 +48,7 @@ from core.tags import (
 from core.untrusted import printable
 from pipeline_assets.analysis.report_assets import AnalysisReportConfig
 from pipeline_assets.external.assets import CheckpointEvaluationConfig
-from pipeline_assets.jobs import analysis_report_job, checkpoint_evaluation_job
+from pipeline_assets.jobs import checkpoint_comparison_report_job, checkpoint_evaluation_job
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -247,7 +247,7 @@ def _analysis_request(item: Accepted, config_hash: str) -> dg.RunRequest:
         if value:
             tags[tag] = value
     run_config = (
-        dg.RunConfig(ops={"analysis_report": AnalysisReportConfig(checkpoint_id=signal.checkpoint_id)})
+        dg.RunConfig(ops={"checkpoint_comparison_report": AnalysisReportConfig(checkpoint_id=signal.checkpoint_id)})
         if signal.checkpoint_id else None
     )
     return dg.RunRequest(run_key=item.run_key, partition_key=signal.experiment, tags=tags, run_config=run_config)
@@ -372,7 +372,7 @@ def build_signal_sensors(
 
     @dg.sensor(
         name="eval_complete_sensor",
-        job=analysis_report_job,
+        job=checkpoint_comparison_report_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description="Analyzes each completed evaluation (.eval_complete); reports .eval_failed without analysis.",

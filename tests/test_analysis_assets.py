@@ -19,8 +19,8 @@ MY_KEYS = [
     dg.AssetKey(k)
     for k in (
         "raw_dataset", "dataset_fingerprint", "train_test_split", "batch_features", "streaming_features",
-        "constraint_run", "constraint_experiment", "significance_tests", "tradeoff_plots", "run_manifest",
-        "pipeline_report",
+        "constraint_probe_result", "constraint_sweep_table", "significance_tests", "tradeoff_plots", "run_manifest",
+        "run_summary",
     )
 ]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -79,10 +79,10 @@ def test_constraint_experiment_table_reports_and_warehouse(instance, shared_driv
     # Rematerializing replaces the experiment's rows instead of appending.
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(instance=instance, partition_key="salary",
-                                    asset_selection=[dg.AssetKey("constraint_experiment")])
+                                    asset_selection=[dg.AssetKey("constraint_sweep_table")])
     assert result.success
     assert warehouse_rows() == first
-    coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}["constraint_experiment_covers_grid"]
+    coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}["constraint_sweep_table_covers_grid"]
     assert not coverage.passed and len(coverage.metadata["missing"].value) == 6  # 2 of the 8 grid keys ran
 
 

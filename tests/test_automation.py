@@ -75,13 +75,13 @@ candidate_models = _asset("candidate_models", [train_test_split], group="trainin
 champion_model = _asset("champion_model", [candidate_models], group="training")
 streaming_features = _asset("streaming_features", [dg.AssetDep(train_test_split, partition_mapping=per_experiment)],
                             partitions_def=sweep, group="preprocessing")
-constraint_run = _asset("constraint_run", [streaming_features], partitions_def=sweep, group="preprocessing")
-constraint_experiment = _asset("constraint_experiment", [dg.AssetDep(constraint_run, partition_mapping=per_experiment)],
+constraint_probe_result = _asset("constraint_probe_result", [streaming_features], partitions_def=sweep, group="preprocessing")
+constraint_sweep_table = _asset("constraint_sweep_table", [dg.AssetDep(constraint_probe_result, partition_mapping=per_experiment)],
                                group="analysis")
-tradeoff_plots = _asset("tradeoff_plots", [constraint_experiment], group="analysis")
-run_manifest = _asset("run_manifest", [batch_features, significance_tests, constraint_experiment, tradeoff_plots],
+tradeoff_plots = _asset("tradeoff_plots", [constraint_sweep_table], group="analysis")
+run_manifest = _asset("run_manifest", [batch_features, significance_tests, constraint_sweep_table, tradeoff_plots],
                       group="analysis")
-pipeline_report = _asset("pipeline_report", [run_manifest], group="analysis")
+run_summary = _asset("run_summary", [run_manifest], group="analysis")
 checkpoint_evaluation = _asset("checkpoint_evaluation", [train_test_split], group="external")
 
 
@@ -97,7 +97,7 @@ def streaming_features_match_batch() -> dg.AssetCheckResult:
 
 
 STAND_INS = [raw_dataset, train_test_split, batch_features, significance_tests, candidate_models, champion_model,
-             streaming_features, constraint_run, constraint_experiment, tradeoff_plots, run_manifest, pipeline_report,
+             streaming_features, constraint_probe_result, constraint_sweep_table, tradeoff_plots, run_manifest, run_summary,
              checkpoint_evaluation]
 DOWNSTREAM_OF_SOURCE = {a.key.to_user_string() for a in STAND_INS} - {"checkpoint_evaluation"}
 
@@ -159,7 +159,7 @@ def observe(instance: dg.DagsterInstance, sha: str) -> None:
 
 
 def once_each(assets: set[str]) -> Counter:
-    sweep_assets = {"streaming_features", "constraint_run"}
+    sweep_assets = {"streaming_features", "constraint_probe_result"}
     return Counter({(a, p): 1 for a in assets for p in (["c1|e", "c2|e"] if a in sweep_assets else ["e"])})
 
 
@@ -180,7 +180,7 @@ def test_automation_runs_what_is_missing_then_each_change_once(daemonless):
     # experiment summary wait for what they read, so nothing runs twice.
     by_sensor = {(s, p): assets for s, p, assets in daemonless.runs}
     assert by_sensor[("slurm_automation_sensor", "e")] == ("candidate_models", "champion_model")
-    assert by_sensor[("slurm_automation_sensor", "c1|e")] == ("constraint_run", "streaming_features")
+    assert by_sensor[("slurm_automation_sensor", "c1|e")] == ("constraint_probe_result", "streaming_features")
     assert ("automation_sensor", "e") in by_sensor
 
     observe(instance, "v1")  # the same version again (e.g. the sensor's cursor was cleared)
@@ -216,7 +216,7 @@ def test_automation_reruns_a_bumped_code_version_and_its_downstream(daemonless):
     observe(instance, "v1")
     daemonless.settle()
     daemonless.defs = stand_in_defs({"significance_tests": "2"})
-    assert daemonless.settle() == once_each({"significance_tests", "run_manifest", "pipeline_report"})
+    assert daemonless.settle() == once_each({"significance_tests", "run_manifest", "run_summary"})
 
 
 def test_signal_driven_assets_have_no_automation():
@@ -354,7 +354,7 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
     env = {"SHARED_DRIVE": str(shared_drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
     daemon = DagsterDaemon(home, env, tmp_path)
     automated, on_slurm = automated_assets()
-    assert {"champion_model", "constraint_run", "pipeline_report"} <= set(automated)
+    assert {"champion_model", "constraint_probe_result", "run_summary"} <= set(automated)
     with dg.DagsterInstance.from_config(str(home)) as instance:
 
         def runs() -> list[dg.DagsterRun]:

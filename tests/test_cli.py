@@ -75,9 +75,9 @@ def test_demo_stage_plan_follows_the_graph():
                                         "experiment (after experiment x constraint)"]
     position = {key: i for i, stage in enumerate(stages) for key in stage.keys}
     # Every automated asset, each after its parents; nothing a trainer's signal starts.
-    assert {k.to_user_string() for k in position} >= {"raw_dataset", "champion_model", "constraint_run",
-                                                       "pipeline_report"}
-    assert not {"checkpoint_evaluation", "analysis_report"} & {k.to_user_string() for k in position}
+    assert {k.to_user_string() for k in position} >= {"raw_dataset", "champion_model", "constraint_probe_result",
+                                                       "run_summary"}
+    assert not {"checkpoint_evaluation", "checkpoint_comparison_report"} & {k.to_user_string() for k in position}
     for key, stage in position.items():
         assert all(position[p] <= stage for p in graph.get(key).parent_keys if p in position), key
     assert all(graph.get(k).partitions_def == graph.get(s.keys[0]).partitions_def for s in stages for k in s.keys)

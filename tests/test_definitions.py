@@ -38,7 +38,7 @@ def test_every_asset_has_a_code_version_and_a_group():
 
 def test_automation_covers_the_graph_but_the_signal_driven_assets():
     graph = defs.resolve_asset_graph()
-    signal_driven = {"checkpoint_evaluation", "analysis_report"}
+    signal_driven = {"checkpoint_evaluation", "checkpoint_comparison_report"}
     for key in graph.materializable_asset_keys:
         condition = graph.get(key).automation_condition
         if key.to_user_string() in signal_driven:
@@ -61,7 +61,7 @@ def test_automation_sensors_run_by_default_and_route_heavy_runs_to_slurm():
     automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
     assert local_keys | slurm_keys == automated and not local_keys & slurm_keys
     heavy = {"candidate_models", "decision_threshold", "evaluation_metrics", "champion_model", "streaming_features",
-             "constraint_run"}
+             "constraint_probe_result"}
     assert {k.to_user_string() for k in slurm_keys} == heavy
     assert slurm.run_tags[COMPUTE_TAG] == COMPUTE_SLURM and COMPUTE_TAG not in local.run_tags
     # The jobs that run the same assets by hand carry the same tags.

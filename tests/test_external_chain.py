@@ -46,7 +46,7 @@ SLURM_RUN_LAUNCHER: dict[str, Any] = {
 }
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
-EVAL_JOB, ANALYSIS_JOB = "checkpoint_evaluation_job", "analysis_report_job"
+EVAL_JOB, ANALYSIS_JOB = "checkpoint_evaluation_job", "checkpoint_comparison_report_job"
 # Each wait covers a sensor tick (≤5 s), the settle time (2 s), a run process start and its work on 2 cores.
 RUN_TIMEOUT = 120
 
@@ -181,8 +181,8 @@ def test_evaluation_and_report_in_process(shared_drive: Path, config_dir: Path, 
          "config_hash": "c", "timestamp": pd.Timestamp("2025-01-01", tz="UTC")} for m, v in (("oracle", 0.99), ("mean", 0.0))
     ], source="candidates")
 
-    result = materialize(instance, "analysis_report", "salary")
-    metadata = result.asset_materializations_for_node("analysis_report")[0].metadata
+    result = materialize(instance, "checkpoint_comparison_report", "salary")
+    metadata = result.asset_materializations_for_node("checkpoint_comparison_report")[0].metadata
     assert metadata["candidates_compared"].value == 2 and metadata["models_in_metrics"].value == 3
     paired = pd.read_csv(shared_drive / "analysis" / "salary" / "tables" / "checkpoint_paired_tests.csv")
     verdicts = dict(zip(paired["candidate"], paired["verdict"], strict=True))
@@ -196,7 +196,7 @@ def test_evaluation_and_report_in_process(shared_drive: Path, config_dir: Path, 
     assert figures == ["checkpoint_loss_distribution.png", "checkpoint_metric_ci.png", "checkpoint_predictions.png"]
     # Same inputs, same report bytes.
     first = html
-    materialize(instance, "analysis_report", "salary")
+    materialize(instance, "checkpoint_comparison_report", "salary")
     assert (shared_drive / "analysis" / "salary" / "reports" / "report.html").read_text() == first
 
 

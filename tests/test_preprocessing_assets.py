@@ -17,7 +17,7 @@ from core.constraints import Constraint
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
-SWEEP_KEYS = [dg.AssetKey("streaming_features"), dg.AssetKey("constraint_run")]
+SWEEP_KEYS = [dg.AssetKey("streaming_features"), dg.AssetKey("constraint_probe_result")]
 CONSTRAINTS = ["c2000-m256-p50", "c10000-m1024-p100"]
 
 
@@ -95,7 +95,7 @@ def test_sweep_job_is_tagged_for_slurm():
     job = defs.resolve_job_def("constraint_sweep_job")
     assert job.tags["mlgraph/compute"] == "slurm" and job.tags["slurm/kind"] == "training"
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
-    assert keys == {"streaming_features", "constraint_run"}
+    assert keys == {"streaming_features", "constraint_probe_result"}
     defs.resolve_job_def("analysis_job")  # raises when the job is not defined
 
 

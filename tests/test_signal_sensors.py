@@ -232,7 +232,7 @@ def test_eval_complete_runs_analysis_and_failures_are_reported(env):
     assert request.run_key == key(drive, done) and request.partition_key == "salary"
     # The checkpoint named by the signal; every other analysis option at its default.
     defaults = AnalysisReportConfig().model_dump()
-    assert request.run_config["ops"] == {"analysis_report": {"config": {**defaults, "checkpoint_id": "ck1"}}}
+    assert request.run_config["ops"] == {"checkpoint_comparison_report": {"config": {**defaults, "checkpoint_id": "ck1"}}}
     assert request.tags["mlgraph/eval_run_id"] == "run-1" and request.tags["mlgraph/mlflow_run_id"] == "mlf"
     assert request.tags["mlgraph/eval_job_id"] == "77" and request.tags["mlgraph/config_hash"] == "h" * 64
     assert request.tags["slurm/kind"] == "analysis"

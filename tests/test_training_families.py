@@ -116,7 +116,7 @@ def test_recurrent_training_loss_decreases_and_early_stopping_restores_best(fami
     fit = fc.fit_forecaster(family, y, ts, cfg, {}, seed=0)
     losses = [h["train_loss"] for h in fit.history]
     assert len(losses) == 8 and all(set(h) == {"epoch", "train_loss", "val_loss"} for h in fit.history)
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.7 * losses[0], losses
     best = min(h["val_loss"] for h in fit.history)
     assert fit.metadata["best_val_loss"] == best
     assert fit.history[fit.metadata["best_epoch"] - 1]["val_loss"] == best

@@ -23,7 +23,7 @@ from resources.warehouse import Warehouse
 # By key: importing another group's assets here would make the loader claim them for this group.
 TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
 BATCH_FEATURES = dg.AssetKey("batch_features")
-CONSTRAINT_RUN = dg.AssetKey("constraint_run")
+CONSTRAINT_PROBE_RESULT = dg.AssetKey("constraint_probe_result")
 SIGNIFICANCE_RUN_COLUMNS = ["run", "mode", "latency_s", "rows", "throughput_rows_s", "peak_memory_mb"]
 
 
@@ -33,11 +33,11 @@ def _constraint_dirs(storage: SharedDrive, experiment: str) -> dict:
 
 @dg.asset(
     partitions_def=experiment_partitions_def,
-    deps=[dg.AssetDep(CONSTRAINT_RUN, partition_mapping=experiment_from_constraints_mapping)],
+    deps=[dg.AssetDep(CONSTRAINT_PROBE_RESULT, partition_mapping=experiment_from_constraints_mapping)],
     kinds={"csv", "duckdb"},
     code_version="1",
 )
-def constraint_experiment(
+def constraint_sweep_table(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     """One row per resource constraint: preprocessing latency, peak memory, training time, probe metrics."""
@@ -47,8 +47,8 @@ def constraint_experiment(
     rows, missing = sweep.collect_runs({key: storage.constraint_run_json(experiment, key) for key in dirs})
     if not rows:
         raise dg.Failure(
-            description=f"{experiment}: no constraint has a constraint_run result under "
-            f"{storage.constraints_root(experiment)}. Fix: materialize constraint_run for this "
+            description=f"{experiment}: no constraint has a probe result under "
+            f"{storage.constraints_root(experiment)}. Fix: materialize constraint_probe_result for this "
             "experiment's constraint partitions (constraint_sweep_job) first."
         )
     if missing:
@@ -110,7 +110,7 @@ def significance_tests(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, deps=[constraint_experiment], kinds={"png"}, code_version="1")
+@dg.asset(partitions_def=experiment_partitions_def, deps=[constraint_sweep_table], kinds={"png"}, code_version="1")
 def tradeoff_plots(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
@@ -132,7 +132,7 @@ def tradeoff_plots(
 
 @dg.asset(
     partitions_def=experiment_partitions_def,
-    deps=[constraint_experiment, significance_tests, tradeoff_plots, BATCH_FEATURES],
+    deps=[constraint_sweep_table, significance_tests, tradeoff_plots, BATCH_FEATURES],
     kinds={"json"},
     code_version="1",
 )
@@ -187,7 +187,7 @@ def _report_checks(storage: SharedDrive, experiment: str, present: dict, records
 
 
 @dg.asset(partitions_def=experiment_partitions_def, deps=[run_manifest], kinds={"json"}, code_version="1")
-def pipeline_report(
+def run_summary(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Complete run summary: fingerprint, reproducibility, chunk metrics, sweep, significance, checks."""

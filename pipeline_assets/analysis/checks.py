@@ -3,7 +3,7 @@
 import dagster as dg
 
 from pipeline_assets.analysis import manifest
-from pipeline_assets.analysis.assets import constraint_experiment, run_manifest
+from pipeline_assets.analysis.assets import constraint_sweep_table, run_manifest
 from pipeline_assets.partitions import constraint_partitions_def
 from pipeline_assets.preprocessing import outputs
 from resources.storage import SharedDrive
@@ -19,8 +19,8 @@ def run_manifest_verifies(context: dg.AssetCheckExecutionContext, storage: Share
     )
 
 
-@dg.asset_check(asset=constraint_experiment)
-def constraint_experiment_covers_grid(
+@dg.asset_check(asset=constraint_sweep_table)
+def constraint_sweep_table_covers_grid(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive
 ) -> dg.AssetCheckResult:
     """The sweep table has a row for every constraint partition of config/constraints.yaml."""

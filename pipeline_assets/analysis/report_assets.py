@@ -1,4 +1,4 @@
-"""analysis_report: an evaluated external checkpoint against the trained candidates, as one HTML report."""
+"""checkpoint_comparison_report: an evaluated external checkpoint against the trained candidates, as one HTML report."""
 
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def _paired_markdown(paired: pd.DataFrame) -> str:
     kinds={"html", "duckdb"},
     code_version="1",
 )
-def analysis_report(
+def checkpoint_comparison_report(
     context: dg.AssetExecutionContext,
     config: AnalysisReportConfig,
     storage: SharedDrive,

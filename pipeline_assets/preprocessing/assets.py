@@ -111,7 +111,7 @@ def streaming_features(
     kinds={"sklearn"},
     code_version="1",
 )
-def constraint_run(
+def constraint_probe_result(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """The experiment's probe model trained on this constraint's features, under its compute cap."""
