@@ -16,7 +16,15 @@ from core.metrics import DEFAULT_SELECTION_METRIC, default_selection_metric
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-EXPERIMENT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# The experiment-name rule, the one home: partition keys, YAML stems, directories and signal fields.
+# It also rules out '..', '/' and absolute paths.
+EXPERIMENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+EXPERIMENT_NAME_RULE = "1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
+
+
+def is_experiment_name(value: str) -> bool:
+    # fullmatch: a '$' anchor would also accept a trailing newline.
+    return EXPERIMENT_NAME_RE.fullmatch(value) is not None
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
 
 Task = Literal["classification", "regression", "forecasting"]
@@ -207,11 +215,8 @@ class ExperimentConfig(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not EXPERIMENT_NAME_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid experiment name: use 1-64 characters of a-z, 0-9, "
-                "'_' or '-', starting with a letter or digit"
-            )
+        if not is_experiment_name(value):
+            raise ValueError(f"{value!r} is not a valid experiment name: use {EXPERIMENT_NAME_RULE}")
         return value
 
     @field_validator("target")
@@ -349,10 +354,10 @@ def parse_experiment(path: Path, data: Any) -> ExperimentConfig:
 def load_experiment_file(path: str | Path) -> LoadedExperiment:
     """Read and validate one experiment YAML; every failure is a ConfigError naming the file."""
     path = Path(path).resolve()
-    if not EXPERIMENT_NAME_RE.match(path.stem):
+    if not is_experiment_name(path.stem):
         raise ConfigError(
             f"{path}: the file name {path.stem!r} is not a valid experiment name. Fix: rename it "
-            "to 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit."
+            f"to {EXPERIMENT_NAME_RULE}."
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -380,5 +385,5 @@ def experiment_names(config_dir: str | Path | None = None) -> list[str]:
     if not directory.is_dir():
         return []
     return sorted(
-        p.stem for p in directory.glob("*.yaml") if p.is_file() and EXPERIMENT_NAME_RE.match(p.stem)
+        p.stem for p in directory.glob("*.yaml") if p.is_file() and is_experiment_name(p.stem)
     )

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from core.drive import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: F401 - re-exported with the schemas
 
 # The partition-key rule; it also rules out '..', '/' and absolute paths. (settings loads no Dagster.)
-from core.experiment import EXPERIMENT_NAME_RE
+from core.experiment import EXPERIMENT_NAME_RULE, is_experiment_name
 from core.untrusted import Unusable, control_character, decode_json, printable, read_regular_file
 
 # A signal carries metadata, never payload; anything larger is a mistake or an attack.
@@ -77,11 +77,10 @@ class _Signal(BaseModel):
     @field_validator("experiment")
     @classmethod
     def _experiment(cls, value: str) -> str:
-        # fullmatch: the pattern's '$' would also accept a trailing newline.
-        if not EXPERIMENT_NAME_RE.fullmatch(value):
+        if not is_experiment_name(value):
             raise ValueError(
-                f"'{printable(value[:80])}' is not an experiment name (1-64 of a-z, 0-9, '_', '-', starting with "
-                "a letter or digit; no '/', '..' or absolute paths)"
+                f"'{printable(value[:80])}' is not an experiment name ({EXPERIMENT_NAME_RULE}; "
+                "no '/', '..' or absolute paths)"
             )
         return value
 

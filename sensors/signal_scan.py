@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.experiment import is_experiment_name
 from core.hashing import sha256_bytes
 from core.signals import (
-    EXPERIMENT_NAME_RE,
     SIGNAL_MODELS,
     EvalComplete,
     EvalFailed,
@@ -158,8 +158,7 @@ def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
 
 def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
     unread_key = f"{relative_name(drive, file.path)}:unread-{file.changed_ns}-{file.size}"
-    # fullmatch: the pattern's '$' would also accept a trailing newline.
-    if not EXPERIMENT_NAME_RE.fullmatch(file.experiment):
+    if not is_experiment_name(file.experiment):
         return Rejected(file, f"directory name '{printable(file.experiment)[:80]}' is not an experiment name. Fix: "
                               "name the directory after its experiment (the stem of config/experiments/*.yaml)",
                         unread_key)
