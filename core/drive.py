@@ -210,13 +210,6 @@ class DrivePaths:
     def promotion_dir(self, config_hash: str) -> Path:
         return self._dir("model-promotion", "global", config_hash)
 
-    # serving/{experiment}/
-    def serving_dir(self, experiment: str) -> Path:
-        return self._dir("serving", experiment)
-
-    def prediction_log(self, experiment: str) -> Path:
-        return self.serving_dir(experiment) / "prediction_log.jsonl"
-
     # state/, mlflow-artifacts/, logs/
     def state_dir(self) -> Path:
         return self._dir("state")
@@ -235,9 +228,6 @@ class DrivePaths:
 
     def logs_root(self) -> Path:
         return self._dir("logs")
-
-    def logs_dir(self, kind: str) -> Path:
-        return self.logs_root() / kind
 
 
 @dataclass(frozen=True)

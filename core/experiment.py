@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from core.drive import PROJECT_ROOT
+from core.hashing import sha256_text
 from core.metrics import DEFAULT_SELECTION_METRIC, default_selection_metric
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
@@ -282,7 +282,7 @@ class ExperimentConfig(Strict):
             if node[field] == default:
                 del node[field]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        return sha256_text(canonical)
 
 
 class LoadedExperiment(BaseModel):

@@ -27,7 +27,7 @@ def cli_env(tmp_path, shared_drive, config_dir):
     }
 
 
-def test_dagster_asset_materialize_from_repo_root(tmp_path, shared_drive, config_dir):
+def test_dagster_asset_materialize_from_repo_root(tmp_path, shared_drive, config_dir, monkeypatch):
     shrink_experiment(config_dir, "salary", 2000)
     env = cli_env(tmp_path, shared_drive, config_dir)
     init = run([str(BIN / "mlgraph"), "init"], env)
@@ -41,13 +41,10 @@ def test_dagster_asset_materialize_from_repo_root(tmp_path, shared_drive, config
     assert result.returncode == 0, result.stderr[-3000:]
     assert pq.read_metadata(shared_drive / "datasets" / "salary" / "raw.parquet").num_rows == 2000
 
-    os.environ["DAGSTER_HOME"] = env["DAGSTER_HOME"]
-    try:
-        with dg.DagsterInstance.get() as instance:
-            event = instance.get_latest_materialization_event(dg.AssetKey("raw_dataset"))
-            assert event is not None and event.dagster_event.partition == "salary"
-    finally:
-        del os.environ["DAGSTER_HOME"]
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("raw_dataset"))
+        assert event is not None and event.dagster_event.partition == "salary"
 
 
 def test_register_rejects_a_bad_config(tmp_path, shared_drive, config_dir):

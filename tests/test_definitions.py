@@ -24,8 +24,8 @@ def test_data_assets_and_partitions():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw_dataset", "dataset_fingerprint", "train_test_split"} <= keys
     assert graph.get(dg.AssetKey("raw_dataset")).partitions_def.name == "experiment"
-    assert defs.resolve_job_def("data_job") is not None
-    assert defs.resolve_sensor_def("experiment_config_sensor") is not None
+    assert defs.resolve_job_def("data_job").name == "data_job"  # raises when it is missing
+    assert defs.resolve_sensor_def("experiment_config_sensor").name == "experiment_config_sensor"
 
 
 def test_every_asset_has_a_code_version_and_a_group():

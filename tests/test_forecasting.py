@@ -165,3 +165,33 @@ def test_frequency_field_is_checked_and_left_out_of_the_hash_when_unset(tmp_path
     assert parse_experiment(tmp_path / "f.yaml", {**base, **defaults}).config_hash == plain
     assert parse_experiment(tmp_path / "f.yaml", {**base, "forecast": {"frequency": "1h"}}).config_hash != plain
     assert parse_experiment(tmp_path / "f.yaml", {**base, "forecast": {"target_mode": "level"}}).config_hash != plain
+
+
+def test_recurrent_champion_on_a_gappy_series_exports_and_passes_the_parity_gates(tmp_path) -> None:
+    from core.drive import DriveLayout
+    from pipeline_assets.deployment import gates, parity, quantize
+    from tests.deployment_support import export_current, promote
+
+    drive = DriveLayout.at(tmp_path)
+    frame, _ = trending_gappy_series(n=500)
+    config = forecasting_config(("gru",), epochs=2)
+    train, test = frame.iloc[:400], frame.iloc[400:]
+    for split, part in (("train", train), ("test", test)):
+        path = drive.dataset_path(config.name, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(path, index=False)
+    series = fd.training_series(train, config)
+    fit = fc.fit_forecaster("gru", series.values, series.timestamps, config.forecast, {}, 0, series.observed)
+    model_file = fc.save_forecaster(fit, drive.champion_bundle(config.name, "1") / "gru.pt")
+    promote(drive, config, "gru", model_file)
+
+    outcome = export_current(drive, config)
+    assert outcome.exported
+    fp32 = gates.fp32_parity(drive, config)
+    assert fp32.result.passed, fp32.result.metadata()
+    assert gates.schema(drive, config).differences == ()
+    int8 = quantize.quantize_champion(drive, config.name, outcome.report)
+    assert int8.applicable
+    gate = gates.int8_parity(drive, config, parity.Int8Budget())
+    assert gate.applicable and gate.result.metric_loss["name"] == "rmse_relative_increase"
+    print(f"gappy GRU champion: fp32 {fp32.result.metadata()} int8 passed={gate.result.passed} {gate.result.metric_loss}")

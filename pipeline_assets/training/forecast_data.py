@@ -134,7 +134,12 @@ def resolve_frequency(timestamps: Any, configured: str | None, where: str) -> Fr
     unique = np.unique(times.values[times.present])
     if configured is not None:
         if times.unit is not None:
-            return _from_offset(to_offset(configured), times.tick_ns, "config")  # the schema checked the alias
+            try:
+                return _from_offset(to_offset(configured), times.tick_ns, "config")
+            except ValueError:  # a bare number passes the schema (numeric time columns) but is no pandas alias
+                raise ValueError(f"{where}: forecast.frequency {configured!r} is not a pandas frequency, and the "
+                                 "time column holds timestamps. Fix: use an alias such as '1h', 'D', 'W-SUN', "
+                                 "'MS'.") from None
         try:
             return _fixed(float(configured), configured, "config")
         except ValueError:
