@@ -8,9 +8,11 @@ the value one season earlier; Prophet predicts each timestamp from its fitted tr
 
 GRU/LSTM targets (`forecast.target_mode`):
 - "change" (default): the net learns y[p] - last, where `last` is the window's last value, from the
-  window minus `last`; inputs and targets are divided by their root mean square over the training
-  windows. Nothing depends on the level, so a trend that carries the test stretch above every training
-  value costs nothing, and the naive "no change" forecast is the net's zero output.
+  window minus `last`. Inputs and target are changes from `last`, so both are divided by one scale, the
+  root mean square of the training targets' change (one unit: the net can copy a same-phase value of
+  the window, as seasonal naive does, with a unit weight). Nothing depends on the level, so a trend
+  that carries the test stretch above every training value costs nothing, and the naive "no change"
+  forecast is the net's zero output.
 - "level": the window and target standardised by the training series' mean and std (the original
   method; a level outside the training range then lies outside what the net has seen).
 The transform is part of the torch module, so every consumer passes raw windows and gets raw forecasts.
@@ -143,7 +145,7 @@ def _recurrent_class():
             self.target_mode = transform.get("target_mode", LEVEL)  # files saved before "change" existed
             self.mean, self.std = float(transform["mean"]), float(transform["std"])
             if self.target_mode == CHANGE:
-                self.in_scale, self.out_scale = float(transform["input_scale"]), float(transform["output_scale"])
+                self.change_scale = float(transform["change_scale"])
 
         def scaled(self, x: torch.Tensor) -> torch.Tensor:
             """The net alone: scaled windows (N, steps, 1) → scaled targets (N,)."""
@@ -154,7 +156,7 @@ def _recurrent_class():
         def forward(self, window: torch.Tensor) -> torch.Tensor:
             if self.target_mode == CHANGE:
                 last = window[:, -1:, :]
-                return self.scaled((window - last) / self.in_scale) * self.out_scale + last[:, 0, 0]
+                return self.scaled((window - last) / self.change_scale) * self.change_scale + last[:, 0, 0]
             return self.scaled((window - self.mean) / self.std) * self.std + self.mean
 
     return RecurrentForecaster
@@ -165,14 +167,12 @@ def recurrent_model(family: str, metadata: dict[str, Any]):
     return _recurrent_class()(family, int(metadata["hidden_size"]), metadata)
 
 
-def fit_transform(y: np.ndarray, positions: np.ndarray, window: int, horizon: int, mode: str) -> dict[str, Any]:
+def fit_transform(y: np.ndarray, positions: np.ndarray, horizon: int, mode: str) -> dict[str, Any]:
     """The scaling constants of `mode` from the training targets at `positions` (module docstring)."""
     transform: dict[str, Any] = {"target_mode": mode, "mean": float(np.mean(y)), "std": float(np.std(y)) or 1.0}
     if mode == CHANGE:
-        windows = window_inputs(y, positions, window, horizon)
-        last = windows[:, -1:]
-        transform["input_scale"] = float(np.sqrt(np.mean((windows - last) ** 2))) or 1.0
-        transform["output_scale"] = float(np.sqrt(np.mean((y[positions] - last[:, 0]) ** 2))) or 1.0
+        last = y[positions - horizon]
+        transform["change_scale"] = float(np.sqrt(np.mean((y[positions] - last) ** 2))) or 1.0
     return transform
 
 
@@ -183,8 +183,8 @@ def scaled_examples(
     windows = window_inputs(y, positions, window, horizon)
     if transform["target_mode"] == CHANGE:
         last = windows[:, -1:]
-        x = (windows - last) / transform["input_scale"]
-        t = (y[positions] - last[:, 0]) / transform["output_scale"]
+        x = (windows - last) / transform["change_scale"]
+        t = (y[positions] - last[:, 0]) / transform["change_scale"]
     else:
         x = (windows - transform["mean"]) / transform["std"]
         t = (y[positions] - transform["mean"]) / transform["std"]
@@ -208,7 +208,7 @@ def _fit_recurrent(
     positions = candidates[observed[candidates]]  # a filled point is never a target
     if positions.size < 4:
         raise ValueError(f"{family}: {len(y)} time steps leave {positions.size} training windows; need at least 4")
-    transform = fit_transform(y, positions, cfg.window, cfg.horizon, cfg.target_mode)
+    transform = fit_transform(y, positions, cfg.horizon, cfg.target_mode)
     # Early stopping watches the most recent 10% of windows: the forecaster's job is the future.
     n_val = max(1, int(round(0.1 * positions.size)))
     x, target = scaled_examples(y, positions, cfg.window, cfg.horizon, transform)
