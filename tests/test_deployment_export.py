@@ -122,9 +122,14 @@ def test_int8_quantizes_the_matmul_of_a_linear_model(tmp_path, demo_frames) -> N
     int8 = onnx.load(str(drive.onnx_int8_model_path(config.name)))
     assert sum(n.op_type in quantize.QUANTIZED_FORMS for n in int8.graph.node) > 0
     assert result.report["sha256"] == sha256_file(drive.onnx_int8_model_path(config.name))
-    gate = gates.int8_parity(drive, config, parity.Int8Budget())
+    gate = gates.int8_parity(drive, config, parity.Int8Budget.of(config))
     assert gate.applicable and gate.result.passed, gate.result.failures
-    assert gate.result.metric_loss["name"] == "roc_auc_loss"
+    assert gate.result.metric_loss["name"] == "roc_auc_loss" and gate.result.metric_loss["limit"] == 0.01
+    # The YAML's budget is the gate's limit: a budget below the measured loss fails the gate.
+    strict = config.model_copy(update={"deployment": config.deployment.model_copy(
+        update={"int8_max_roc_auc_loss": -1.0})})
+    tight = gates.int8_parity(drive, config, parity.Int8Budget.of(strict))
+    assert tight.result.metric_loss["limit"] == -1.0 and not tight.result.passed
 
 
 def test_int8_of_a_tree_graph_is_not_applicable_and_writes_no_int8_file(tmp_path, demo_frames) -> None:

@@ -50,9 +50,7 @@ def onnx_int8_model_parity(
     from pipeline_assets.deployment.parity import Int8Budget
 
     config = catalog.load(context.partition_key).config
-    budget = Int8Budget(roc_auc_loss=config.deployment.int8_max_roc_auc_loss,
-                        rmse_relative_increase=config.deployment.int8_max_rmse_increase)
-    return _parity_result(gates.int8_parity(storage, config, budget))
+    return _parity_result(gates.int8_parity(storage, config, Int8Budget.of(config)))
 
 
 @dg.asset_check(asset=onnx_model, blocking=True, additional_deps=[CHAMPION_MODEL, TRAIN_TEST_SPLIT])

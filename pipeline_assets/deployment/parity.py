@@ -39,6 +39,12 @@ class Int8Budget:
     roc_auc_loss: float = 0.01
     rmse_relative_increase: float = 0.01
 
+    @classmethod
+    def of(cls, config: ExperimentConfig) -> Int8Budget:
+        """The budget the experiment YAML sets (`deployment:`; the defaults above when it is silent)."""
+        return cls(roc_auc_loss=config.deployment.int8_max_roc_auc_loss,
+                   rmse_relative_increase=config.deployment.int8_max_rmse_increase)
+
 
 @dataclass(frozen=True)
 class Reference:
