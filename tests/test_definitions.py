@@ -12,7 +12,7 @@ from core.tags import COMPUTE_SLURM, COMPUTE_TAG
 from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.definitions import ASSET_GROUPS, defs
 
-HEAVY = ["torch", "mlflow", "onnxruntime", "matplotlib", "sklearn.ensemble", "prophet", "dagster_mlflow"]
+HEAVY = ["torch", "mlflow", "onnxruntime", "onnx", "skl2onnx", "matplotlib", "sklearn.ensemble", "prophet", "dagster_mlflow"]
 
 
 def test_definitions_validate_loadable():
