@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export SHARED_DRIVE ?= $(CURDIR)/.shared
 export DAGSTER_HOME ?= $(SHARED_DRIVE)/state/dagster
 
-.PHONY: venv demo test ui mlflow-ui slurm-up slurm-down clean
+.PHONY: venv demo test ui mlflow-ui slurm-up slurm-down postgres-up postgres-down clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ slurm-up:
 
 slurm-down:
 	scripts/slurm-local down
+
+postgres-up:
+	scripts/postgres-local up
+
+postgres-down:
+	scripts/postgres-local down
 
 clean:
 	rm -rf $(SHARED_DRIVE)

@@ -27,8 +27,10 @@ DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "clas
 AUTOMATION_OFF: dict[str, Any] = {"enabled": False, "use_sensors": False}
 
 
-def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = None, automation: bool = False) -> Path:
-    """dagster.yaml (queued runs, the given launcher, run monitoring, automation on or off) and workspace.yaml."""
+def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = None, automation: bool = False,
+                          storage: Mapping[str, Any] | None = None) -> Path:
+    """dagster.yaml (queued runs, the given launcher, run monitoring, automation on or off, storage: SQLite
+    under `home` unless given) and workspace.yaml."""
     home.mkdir(parents=True, exist_ok=True)
     config = {
         "telemetry": {"enabled": False},
@@ -43,6 +45,8 @@ def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = N
     }
     if not automation:
         config["auto_materialize"] = AUTOMATION_OFF
+    if storage:
+        config["storage"] = dict(storage)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     workspace = home / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {

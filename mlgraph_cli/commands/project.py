@@ -18,11 +18,16 @@ def dagster_home() -> Path:
 
 
 def init_home() -> Path:
-    """Create DAGSTER_HOME with a link to the project's dagster.yaml; export it for this process."""
+    """Create DAGSTER_HOME with a link to the project's instance file; export it for this process.
+
+    dagster.yaml (SQLite under DAGSTER_HOME) by default; deploy/dagster.postgres.yaml when
+    MLGRAPH_POSTGRES_URL is set, which that file reads from the environment (never copied here).
+    """
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     link = home / "dagster.yaml"
-    source = PROJECT_ROOT / "dagster.yaml"
+    postgres = bool(os.environ.get("MLGRAPH_POSTGRES_URL"))
+    source = PROJECT_ROOT / ("deploy/dagster.postgres.yaml" if postgres else "dagster.yaml")
     if not link.exists() and not link.is_symlink():
         link.symlink_to(source)
     elif link.is_symlink() and link.resolve() != source.resolve():

@@ -1,0 +1,252 @@
+"""Dagster's instance on a real PostgreSQL (scripts/postgres-local): the external chain on the real daemon,
+and concurrent runs writing events at once. Each test gets its own fresh database, dropped at the end.
+
+Skipped when the local server is down, except in CI (CI=true), where that is a failure.
+"""
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import dagster as dg
+import pytest
+
+from core.drive import PROJECT_ROOT
+from mlgraph_cli.staging import materialize_experiments
+from pipeline_assets.definitions import defs
+from tests.conftest import shrink_experiment
+from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
+from tests.slurm_support.harness import require_slurm
+from tests.test_external_chain import (
+    ANALYSIS_JOB,
+    DATA_KEYS,
+    EVAL_JOB,
+    RUN_TIMEOUT,
+    SLURM_RUN_LAUNCHER,
+    run_trainer,
+    runs_of,
+    succeeded,
+)
+
+SCRIPT = PROJECT_ROOT / "scripts" / "postgres-local"
+# The instance reads the URL from the environment, as deploy/dagster.postgres.yaml does.
+POSTGRES_STORAGE: dict[str, Any] = {"postgres": {"postgres_url": {"env": "MLGRAPH_POSTGRES_URL"}}}
+# The Slurm jobs get the URL by name (sbatch --export), never written into the batch script.
+SLURM_PG_LAUNCHER: dict[str, Any] = {
+    **SLURM_RUN_LAUNCHER, "config": {**SLURM_RUN_LAUNCHER["config"], "env_vars": ["MLGRAPH_POSTGRES_URL"]},
+}
+
+
+def server_url(database: str) -> str:
+    """The `mlgraph` role's SQLAlchemy URL for `database`, from the variables scripts/postgres-local uses.
+
+    The driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed."""
+    port = os.environ.get("MLGRAPH_POSTGRES_PORT", "5433")
+    password = os.environ.get("MLGRAPH_POSTGRES_PASSWORD", "mlgraph-local-dev")  # the script's local-dev default
+    return f"postgresql+psycopg2://mlgraph:{quote(password, safe='')}@127.0.0.1:{port}/{database}"
+
+
+def require_postgres() -> None:
+    """Skip when scripts/postgres-local is down, except under CI=true, where it must be up."""
+    status = subprocess.run([str(SCRIPT), "status"], capture_output=True, text=True, timeout=30, check=False)
+    if status.returncode != 0:
+        message = f"PostgreSQL is not up ({status.stdout.strip()} {status.stderr.strip()})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {message}: run `scripts/postgres-local up` before `make test`")
+        pytest.skip(f"{message}; `scripts/postgres-local up` starts a local server (as root)")
+
+
+@pytest.fixture
+def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database for this test alone (created, then dropped with its connections); exported as
+    MLGRAPH_POSTGRES_URL for the instance, the daemon and the runs."""
+    require_postgres()
+    import psycopg2
+
+    name = f"mlgraph_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(libpq(server_url("mlgraph")), connect_timeout=10)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        url = server_url(name)
+        monkeypatch.setenv("MLGRAPH_POSTGRES_URL", url)
+        yield url
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def libpq(url: str) -> str:
+    """The same URL for psycopg2.connect (libpq knows no driver suffix)."""
+    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+def count_rows(url: str, table: str) -> int:
+    import psycopg2
+
+    with psycopg2.connect(libpq(url), connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - a table name of ours
+        return cur.fetchone()[0]
+
+
+# One run of a small job whose single op logs EVENTS materializations; it waits on stdin so that all the
+# processes write at the same moment (no sleeps: the parent releases them once each has said "ready").
+BURST_RUN = """
+import sys
+import dagster as dg
+
+EVENTS = int(sys.argv[1])
+
+@dg.op
+def burst(context):
+    for i in range(EVENTS):
+        context.log_event(dg.AssetMaterialization(asset_key=f"pg_burst_{i}", metadata={"i": i}))
+    return EVENTS
+
+@dg.job
+def burst_job():
+    burst()
+
+instance = dg.DagsterInstance.get()
+print("ready", flush=True)
+sys.stdin.readline()
+result = burst_job.execute_in_process(instance=instance, raise_on_error=False)
+print(result.run_id, result.success, flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
+    processes, events = 6, 25
+    home = tmp_path / "dagster_home"
+    write_instance_config(home, DEFAULT_RUN_LAUNCHER, storage=POSTGRES_STORAGE)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+    # Create the schema once first, as `mlgraph init` or the daemon does: six processes opening an empty
+    # database at once would race creating the same tables, which is not what this test is about.
+    dg.DagsterInstance.from_config(str(home)).dispose()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BURST_RUN, str(events)], cwd=tmp_path, env=env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(processes)
+    ]
+    outputs = []
+    try:
+        for proc in procs:  # readline blocks until the process is ready, or ends (then: an error below)
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-3000:]
+        for proc in procs:  # all at once
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            outputs.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    for code, out, err in outputs:
+        assert code == 0 and out.split()[-1] == "True", err[-3000:]
+        assert "database is locked" not in err
+    run_ids = [out.split()[-2] for _, out, _ in outputs]
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        for run_id in run_ids:
+            assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+            records = instance.get_records_for_run(
+                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events).records
+            assert sorted(r.asset_key.path[0] for r in records) == sorted(f"pg_burst_{i}" for i in range(events))
+        for i in (0, events - 1):
+            latest = instance.fetch_materializations(dg.AssetKey(f"pg_burst_{i}"), limit=10 * processes).records
+            assert {r.run_id for r in latest} == set(run_ids)
+    # The rows are in this test's database, not in a SQLite file under DAGSTER_HOME.
+    assert count_rows(pg_url, "runs") == processes
+    assert not list(home.rglob("*.db"))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "run_launcher",
+    [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_PG_LAUNCHER, id="slurm-launcher")],
+)
+def test_signal_to_report_on_postgres(tmp_path: Path, shared_drive: Path, config_dir: Path, pg_url: str,
+                                      run_launcher: dict[str, Any]):
+    on_slurm = run_launcher is SLURM_PG_LAUNCHER
+    if on_slurm:
+        require_slurm()
+    shrink_experiment(config_dir, "salary", 1500)
+    home = tmp_path / "dagster_home"
+    write_instance_config(home, run_launcher, storage=POSTGRES_STORAGE)
+    env = {"SHARED_DRIVE": str(shared_drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
+    trainer_env = {**os.environ, **env}
+    trainer_env.pop("MLFLOW_TRACKING_URI", None)
+    daemon = DagsterDaemon(home, env, tmp_path)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        summary = materialize_experiments(defs, instance, ["salary"], selection=DATA_KEYS,
+                                          echo=lambda _: None, raise_on_error=True)
+        assert not summary.failed
+
+        def diagnostics() -> str:
+            runs = instance.get_runs(limit=20)
+            return "runs: " + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}"
+                                        for r in runs) + "\n" + daemon.logs()
+
+        try:
+            daemon.start()
+            trained = run_trainer("salary", trainer_env)
+            for job in (EVAL_JOB, ANALYSIS_JOB):
+                wait_for(lambda j=job: succeeded(instance, j, "salary"), RUN_TIMEOUT, f"{job}[salary]",
+                         on_timeout=diagnostics)
+        finally:
+            daemon.stop_all()
+        assert daemon.descendants() == []
+
+        [eval_run] = runs_of(instance, EVAL_JOB, "salary")
+        [analysis_run] = runs_of(instance, ANALYSIS_JOB, "salary")
+        assert eval_run.tags["mlgraph/checkpoint_id"] == trained["checkpoint_id"]
+        assert eval_run.tags["dagster/sensor_name"] == "training_complete_sensor"
+        assert analysis_run.tags["mlgraph/eval_run_id"] == eval_run.run_id
+        assert ("slurm/job_id" in eval_run.tags) is on_slurm
+        html = (shared_drive / "analysis" / "salary" / "reports" / "report.html").read_text()
+        assert trained["checkpoint_id"] in html
+    # Runs, events and sensor ticks are rows of this test's database; no SQLite under DAGSTER_HOME.
+    assert count_rows(pg_url, "runs") >= 3  # the data runs, the evaluation, the analysis
+    assert count_rows(pg_url, "job_ticks") > 0
+    assert not list(home.rglob("*.db"))
+    if on_slurm:  # the URL's password reached the job by name only
+        password = os.environ.get("MLGRAPH_POSTGRES_PASSWORD", "mlgraph-local-dev")
+        for script in (shared_drive / "logs").rglob("*"):
+            if script.is_file():
+                assert password not in script.read_text(errors="replace"), script
+
+
+def test_init_links_the_postgres_instance_file_when_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """No server needed: `mlgraph init` picks the instance file; the URL stays in the environment."""
+    import yaml
+
+    from mlgraph_cli.commands.project import init_home
+
+    secret = "postgresql+psycopg2://mlgraph:planted-secret@127.0.0.1:5433/mlgraph"
+    for url, expected in ((None, "dagster.yaml"), (secret, "deploy/dagster.postgres.yaml"), (None, "dagster.yaml")):
+        monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+        if url:
+            monkeypatch.setenv("MLGRAPH_POSTGRES_URL", url)
+        else:
+            monkeypatch.delenv("MLGRAPH_POSTGRES_URL", raising=False)
+        link = init_home() / "dagster.yaml"
+        assert link.resolve() == (PROJECT_ROOT / expected).resolve()
+    assert not any("planted-secret" in p.read_text() for p in (tmp_path / "home").rglob("*") if p.is_file())
+    # The Postgres file is dagster.yaml plus its storage and the URL passed to Slurm jobs by name.
+    sqlite = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    postgres = yaml.safe_load((PROJECT_ROOT / "deploy" / "dagster.postgres.yaml").read_text())
+    assert postgres.pop("storage") == POSTGRES_STORAGE
+    assert postgres["run_launcher"]["config"].pop("env_vars") == ["MLGRAPH_POSTGRES_URL"]
+    assert postgres == sqlite
