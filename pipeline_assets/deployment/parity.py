@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from core import metrics as core_metrics
-from core.experiment import ExperimentConfig
+from core.experiment import DeploymentConfig, ExperimentConfig
 from pipeline_assets.deployment.champion import Champion, Evaluation, Rows
 from pipeline_assets.deployment.runtime import WINDOW_INPUT, Predictor, native_threads
 from pipeline_assets.training import families as fam
@@ -32,16 +32,20 @@ LABEL_AGREEMENT_LIMIT = 0.999
 SINGLE_ROW_CAP = 2000
 
 
+# The budget's defaults have one home: the experiment schema's `deployment:` section.
+_DEFAULT_DEPLOYMENT = DeploymentConfig()
+
+
 @dataclass(frozen=True)
 class Int8Budget:
-    """How much test metric INT8 may lose against FP32 (issue 11's defaults)."""
+    """How much test metric INT8 may lose against FP32 (defaults: `DeploymentConfig`'s)."""
 
-    roc_auc_loss: float = 0.01
-    rmse_relative_increase: float = 0.01
+    roc_auc_loss: float = _DEFAULT_DEPLOYMENT.int8_max_roc_auc_loss
+    rmse_relative_increase: float = _DEFAULT_DEPLOYMENT.int8_max_rmse_increase
 
     @classmethod
     def of(cls, config: ExperimentConfig) -> Int8Budget:
-        """The budget the experiment YAML sets (`deployment:`; the defaults above when it is silent)."""
+        """The budget the experiment YAML sets (`deployment:`; the schema's defaults when it is silent)."""
         return cls(roc_auc_loss=config.deployment.int8_max_roc_auc_loss,
                    rmse_relative_increase=config.deployment.int8_max_rmse_increase)
 
