@@ -13,6 +13,7 @@ from typing import Any
 
 from core.hashing import canonical_json
 
+
 def _fsync_dir(directory: Path) -> None:
     # The rename is only durable once the directory entry is on disk too.
     fd = os.open(directory, os.O_RDONLY)

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 
 from core.drive import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: F401 - re-exported with the schemas
 
-# The partition-key rule; it also rules out '..', '/' and absolute paths. (settings loads no Dagster.)
+# The experiment-name rule; it also rules out '..', '/' and absolute paths.
 from core.experiment import EXPERIMENT_NAME_RULE, is_experiment_name
 from core.untrusted import Unusable, control_character, decode_json, printable, read_regular_file
 
