@@ -28,6 +28,7 @@ STREAMING_CHUNKS_JSONL = "streaming_chunks.jsonl"
 OPERATOR_PROFILE_CSV = "operator_profile.csv"
 RUN_FILES = (FEATURES_PARQUET, FIT_JSON, SUMMARY_JSON, STREAMING_CHUNKS_JSONL, OPERATOR_PROFILE_CSV)
 CONSTRAINT_RUN_JSON = "constraint_run.json"
+PREDICTION_LOG_JSONL = "prediction_log.jsonl"
 
 
 def default_shared_drive() -> Path:
@@ -206,6 +207,13 @@ class DrivePaths:
     def analysis_dir(self, experiment: str) -> Path:
         return self._dir("analysis", experiment)
 
+    # serving/{experiment}/: the prediction log (core.prediction_log names its rotated files)
+    def serving_dir(self, experiment: str) -> Path:
+        return self._dir("serving", experiment)
+
+    def prediction_log_path(self, experiment: str) -> Path:
+        return self.serving_dir(experiment) / PREDICTION_LOG_JSONL
+
     # model-promotion/global/{config_hash}/
     def promotion_dir(self, config_hash: str) -> Path:
         return self._dir("model-promotion", "global", config_hash)
@@ -228,6 +236,9 @@ class DrivePaths:
 
     def logs_root(self) -> Path:
         return self._dir("logs")
+
+    def alerts_jsonl(self) -> Path:
+        return self.logs_root() / "alerts.jsonl"
 
 
 @dataclass(frozen=True)

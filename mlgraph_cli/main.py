@@ -13,6 +13,10 @@ COMMAND_MODULES = [
     "mlgraph_cli.commands.verify",
     "mlgraph_cli.commands.signal",
     "mlgraph_cli.commands.training",
+    "mlgraph_cli.commands.serve",
+    "mlgraph_cli.commands.mlflow_server",
+    "mlgraph_cli.commands.dashboard",
+    "mlgraph_cli.commands.operations",
 ]
 
 

@@ -3,12 +3,12 @@
 Layers, bottom up (docs/architecture.md):
 
     0 core            shared contracts, plain Python (core/)
-    1 domain          plain-Python domain modules (pipeline_assets/<group>/*.py but assets/checks)
+    1 domain          plain-Python domain modules (pipeline_assets/<group>/*.py but assets/checks; operations/)
     2 resources       Dagster-facing adapters and the run launcher (resources/, launcher/)
     3 assets          assets, checks and the partitions they share (pipeline_assets/<group>/{assets,checks,*_assets}.py)
     4 orchestration   jobs, sensors, automation (pipeline_assets/jobs.py, sensors/)
     5 definitions     the one `defs` (pipeline_assets/definitions.py)
-    6 entry points    the CLI and what only it uses (mlgraph_cli/)
+    6 entry points    the CLI and what only it uses (mlgraph_cli/), the serving app (serving/), the dashboard (dashboard/)
 
 The trainer-side hook (trainer_hook/) runs on GPU machines without Dagster: it may import only core.
 """
@@ -23,7 +23,10 @@ import pytest
 
 from core.drive import PROJECT_ROOT
 
-PACKAGES = ("core", "pipeline_assets", "resources", "launcher", "sensors", "trainer_hook", "mlgraph_cli")
+PACKAGES = (
+    "core", "operations", "pipeline_assets", "resources", "launcher", "sensors", "trainer_hook", "mlgraph_cli", "serving",
+    "dashboard",
+)
 LAYER_NAMES = ("core", "domain", "resources", "assets", "orchestration", "definitions", "entry points")
 ASSET_MODULES = {"assets", "checks"}
 ORCHESTRATION_MODULES = {"pipeline_assets.jobs", "pipeline_assets.automation"}
@@ -36,13 +39,13 @@ def layer_of(module: str) -> int:
     top, *rest = module.split(".")
     if top == "core":
         return 0
-    if top == "trainer_hook":
+    if top in ("trainer_hook", "operations"):
         return 1
     if top in ("resources", "launcher"):
         return 2
     if top == "sensors":
         return 4
-    if top == "mlgraph_cli":
+    if top in ("mlgraph_cli", "serving", "dashboard"):
         return 6
     if top == "pipeline_assets":
         if module == "pipeline_assets.definitions":

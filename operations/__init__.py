@@ -1,0 +1,1 @@
+"""Operations, plain Python: alerts, backups and restore, health checks (domain layer, no Dagster)."""

@@ -1,0 +1,1 @@
+"""The model service: FastAPI on uvicorn serving an experiment's champion (entry point layer)."""
