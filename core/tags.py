@@ -12,6 +12,12 @@ SLURM_JOB_ID_TAG = "slurm/job_id"
 SLURM_LOG_TAG = "slurm/log"
 SLURM_SCRIPT_TAG = "slurm/script"
 SLURM_STATE_TAG = "slurm/state"
+# Slurm's own account of a finished job, added to the run by launcher/job_end.py.
+SLURM_ELAPSED_TAG = "slurm/elapsed"
+SLURM_CPUS_ALLOC_TAG = "slurm/cpus_alloc"
+SLURM_MEM_REQ_TAG = "slurm/mem_req"
+SLURM_MAX_RSS_TAG = "slurm/max_rss"
+SLURM_EXIT_CODE_TAG = "slurm/exit_code"
 # Per-run resource requests read by the launcher (`slurm/<name>`).
 SLURM_RESOURCE_NAMES = ("partition", "cpus", "mem", "time", "gres", "kind")
 SLURM_RESOURCE_TAGS = tuple(f"slurm/{name}" for name in SLURM_RESOURCE_NAMES)

@@ -13,7 +13,14 @@ from collections.abc import Mapping, Sequence
 import dagster as dg
 from dagster._core.events import EngineEventData
 
-from core.tags import SLURM_STATE_TAG
+from core.tags import (
+    SLURM_CPUS_ALLOC_TAG,
+    SLURM_ELAPSED_TAG,
+    SLURM_EXIT_CODE_TAG,
+    SLURM_MAX_RSS_TAG,
+    SLURM_MEM_REQ_TAG,
+    SLURM_STATE_TAG,
+)
 from resources.slurm import SlurmClient
 from resources.slurm_jobs import SlurmJob
 
@@ -25,11 +32,11 @@ def job_figures(job: SlurmJob, state: str | None = None, max_rss: str | None = N
     """Run tags for Slurm's own account of the job."""
     figures = {
         SLURM_STATE_TAG: state or job.state,
-        "slurm/elapsed": job.elapsed,
-        "slurm/cpus_alloc": str(job.cpus) if job.cpus is not None else None,
-        "slurm/mem_req": job.mem,
-        "slurm/max_rss": max_rss or job.max_rss,
-        "slurm/exit_code": job.exit_code,
+        SLURM_ELAPSED_TAG: job.elapsed,
+        SLURM_CPUS_ALLOC_TAG: str(job.cpus) if job.cpus is not None else None,
+        SLURM_MEM_REQ_TAG: job.mem,
+        SLURM_MAX_RSS_TAG: max_rss or job.max_rss,
+        SLURM_EXIT_CODE_TAG: job.exit_code,
     }
     return {key: value for key, value in figures.items() if value}
 
@@ -82,7 +89,7 @@ def record_job_end(
     else:
         state = "COMPLETED" if exit_code == 0 else "FAILED"
     figures = job_figures(job, state=state, max_rss=max_rss)
-    figures["slurm/exit_code"] = str(exit_code)
+    figures[SLURM_EXIT_CODE_TAG] = str(exit_code)
     instance.add_run_tags(run_id, figures)
     # Imported here: the launcher imports this module for its messages.
     from launcher.slurm_launcher import SlurmRunLauncher
