@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export SHARED_DRIVE ?= $(CURDIR)/.shared
 export DAGSTER_HOME ?= $(SHARED_DRIVE)/state/dagster
 
-.PHONY: venv demo test ui mlflow-ui slurm-up slurm-down postgres-up postgres-down clean
+.PHONY: venv demo test ui mlflow-ui mlflow-server dashboard serve slurm-up slurm-down postgres-up postgres-down backup doctor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,27 @@ ui: venv
 
 mlflow-ui: venv
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(SHARED_DRIVE)/state/mlflow.db
+
+# The shared tracking server, basic auth: export MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD first.
+mlflow-server: venv
+	$(BIN)/mlgraph mlflow-server --host 127.0.0.1 --port 5000
+
+# The read-only job dashboard (docs/dashboard.md); basic auth when MLGRAPH_DASHBOARD_USERNAME/PASSWORD are set.
+dashboard: venv
+	$(BIN)/mlgraph dashboard --host 127.0.0.1 --port 8050
+
+# The model service (docs/serving.md): make serve EXPERIMENT=student_engagement [SERVE_PORT=8000]
+EXPERIMENT ?= student_engagement
+SERVE_PORT ?= 8000
+serve: venv
+	$(BIN)/mlgraph serve --experiment $(EXPERIMENT) --host 127.0.0.1 --port $(SERVE_PORT)
+
+# Operations (docs/operations.md): a consistent copy of every store outside the drive; one line per health check.
+backup: venv
+	$(BIN)/mlgraph backup
+
+doctor: venv
+	$(BIN)/mlgraph doctor
 
 slurm-up:
 	scripts/slurm-local up

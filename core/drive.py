@@ -165,6 +165,10 @@ class DrivePaths:
         """champions/v{version}/: a promoted model with its threshold.txt and lineage.json, kept as promoted."""
         return self.champions_dir(experiment) / f"v{version}"
 
+    def drift_baseline_json(self, experiment: str) -> Path:
+        """The current champion's training distribution (drift_baseline), naming the version it was computed for."""
+        return self.models_dir(experiment) / "drift_baseline.json"
+
     def onnx_dir(self, experiment: str) -> Path:
         return self.models_dir(experiment) / "onnx"
 
@@ -214,6 +218,10 @@ class DrivePaths:
     def prediction_log_path(self, experiment: str) -> Path:
         return self.serving_dir(experiment) / PREDICTION_LOG_JSONL
 
+    def drift_report_json(self, experiment: str) -> Path:
+        """The last materialized drift_report (the service and the sensor compute theirs afresh)."""
+        return self.artifacts_dir(experiment, "monitoring") / "drift_report.json"
+
     # model-promotion/global/{config_hash}/
     def promotion_dir(self, config_hash: str) -> Path:
         return self._dir("model-promotion", "global", config_hash)
@@ -227,6 +235,10 @@ class DrivePaths:
 
     def mlflow_db(self) -> Path:
         return self.state_dir() / "mlflow.db"
+
+    def mlflow_auth_db(self) -> Path:
+        """The MLflow server's basic-auth users (password hashes only): apart from the tracking store."""
+        return self.state_dir() / "mlflow-auth.db"
 
     def warehouse_db(self) -> Path:
         return self.state_dir() / "warehouse.duckdb"

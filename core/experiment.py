@@ -109,9 +109,16 @@ class SelectionConfig(Strict):
 
 
 class DriftConfig(Strict):
-    psi_threshold: float = Field(default=0.2, gt=0)
-    ks_pvalue: float = Field(default=0.01, gt=0, lt=1)
-    min_samples: int = Field(default=200, gt=0)
+    """Drift monitoring and the retraining it triggers (design document 001, stage 5); not in the config hash."""
+
+    window: int = Field(default=5000, gt=0, description="Newest logged predictions a drift report reads")
+    min_window: int = Field(default=200, gt=0, description="Fewer predictions: 'insufficient_data', not 'no drift'")
+    drift_zscore_threshold: float = Field(default=3.0, gt=0, description="|window mean - train mean| / train std limit")
+    drift_min_features: int = Field(default=2, ge=1, description="Drift when at least this many features drift")
+    class_rate_shift_threshold: float = Field(default=0.1, gt=0, le=1, description="Predicted class-share shift limit")
+    unseen_share_threshold: float = Field(default=0.05, ge=0, le=1, description="Unseen-category share limit")
+    chi2_pvalue: float = Field(default=0.001, gt=0, lt=1, description="Categorical chi-square p-value limit")
+    retrain_cooldown_hours: float = Field(default=6.0, ge=0, description="Hours between drift-triggered retrainings")
 
 
 class DeploymentConfig(Strict):
@@ -183,6 +190,8 @@ HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {("dataset", "na_values"):
                                                        ("forecast", "target_mode"): "change",
                                                        ("forecast", "frequency"): None,
                                                        ("deployment",): DeploymentConfig().model_dump()}
+# `drift:` as hashes first recorded it (monitoring only now): every hash keeps this payload in its place.
+LEGACY_DRIFT_HASH_PAYLOAD: dict[str, Any] = {"ks_pvalue": 0.01, "min_samples": 200, "psi_threshold": 0.2}
 
 
 class ExperimentConfig(Strict):
@@ -270,11 +279,12 @@ class ExperimentConfig(Strict):
 
     @property
     def config_hash(self) -> str:
-        """SHA-256 of the canonical validated config (defaults filled in; description excluded).
+        """SHA-256 of the canonical validated config (defaults filled in; description and drift excluded).
 
-        The description is prose: editing it must not make every model stale.
+        The description is prose and `drift` is monitoring: editing either must not make every model stale.
         """
-        payload = self.model_dump(mode="json", exclude={"description"})
+        payload = self.model_dump(mode="json", exclude={"description", "drift"})
+        payload["drift"] = LEGACY_DRIFT_HASH_PAYLOAD  # monitoring never changes the model; old hashes stay put
         for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():
             node = payload
             for key in parents:

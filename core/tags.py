@@ -21,6 +21,7 @@ SLURM_EXIT_CODE_TAG = "slurm/exit_code"
 # Per-run resource requests read by the launcher (`slurm/<name>`).
 SLURM_RESOURCE_NAMES = ("partition", "cpus", "mem", "time", "gres", "kind")
 SLURM_RESOURCE_TAGS = tuple(f"slurm/{name}" for name in SLURM_RESOURCE_NAMES)
+SLURM_TIME_TAG, SLURM_KIND_TAG = "slurm/time", "slurm/kind"
 
 # Link a Dagster run to the signal that caused it (set by the signal sensors, read by the assets).
 TAG_TRIGGER = "mlgraph/trigger"
@@ -34,9 +35,17 @@ TAG_EVAL_JOB_ID = "mlgraph/eval_job_id"
 TAG_EVAL_RUN_ID = "mlgraph/eval_run_id"
 TAG_MLFLOW_RUN_ID = "mlgraph/mlflow_run_id"
 TAG_TRAINING_MLFLOW_RUN_ID = "mlgraph/training_mlflow_run_id"
+# Drift-triggered retraining (sensors/drift.py): TAG_TRIGGER is TRIGGER_DRIFT, with why and over which window.
+TRIGGER_DRIFT = "drift"
+TAG_RETRAIN_REASON = "mlgraph/retrain_reason"
+TAG_DRIFT_WINDOW = "mlgraph/drift_window"  # "<first time>/<last time>" of the logged predictions read
+TAG_DRIFT_WINDOW_ROWS = "mlgraph/drift_window_rows"
+RETRAINING_TAGS = (TAG_TRIGGER, TAG_RETRAIN_REASON, TAG_DRIFT_WINDOW, TAG_DRIFT_WINDOW_ROWS)
 
 # Dagster's own: the run key a sensor gave a run (looked up to avoid requesting the same run twice).
 DAGSTER_RUN_KEY_TAG = "dagster/run_key"
+# Dagster's own: a run's partition key (`dagster/partition/<dimension>` per dimension of a multi-partition).
+DAGSTER_PARTITION_TAG = "dagster/partition"
 
 
 def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:

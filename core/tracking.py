@@ -10,6 +10,11 @@ one process never share hidden state. Writers in *other* processes (parallel par
 a trainer) can still collide on a SQLite store: every call retries "database is locked" with
 jittered backoff, and nothing else.
 
+Against an HTTP tracking server (`mlgraph mlflow-server`) MLflow's client sends
+$MLFLOW_TRACKING_USERNAME/$MLFLOW_TRACKING_PASSWORD itself; its request retries are bounded here
+(defaults set only where the user set none), and an unreachable or unauthorized server surfaces as
+a `TrackingServerError` naming the URI and the fix, never as an endless wait.
+
 Experiments are named `<prefix>/<experiment>` and store their artifacts under
 `$SHARED_DRIVE/mlflow-artifacts/<experiment>`. A Dagster run has one parent run (tag
 `dagster_run_id`, dagster-mlflow's name for it) and one child run per trained family (MLflow's
@@ -39,6 +44,13 @@ ROLE_CANDIDATE = "candidate"
 RUN_STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 MAX_PARAM_LENGTH = 6000
 ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
+# MLflow's client retries a dead server ~7 times with doubling backoff (minutes): fail within seconds.
+# And against a server, MLflow writes "View run ... at <url>" onto stdout, which belongs to the caller
+# (a trainer's JSON summary, a CLI's output).
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+_UNREACHABLE = ("max retries exceeded", "failed to establish a new connection", "connection refused",
+                "connectionerror", "timed out", "name or service not known", "remotedisconnected")
 _LOCKED = ("database is locked", "database table is locked", "sqlite_busy", "database schema has changed")
 
 
@@ -83,6 +95,40 @@ def is_already_exists(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) == ALREADY_EXISTS or "already exists" in str(exc).lower()
 
 
+class TrackingServerError(RuntimeError):
+    """The tracking server cannot be reached or refuses the credentials; the message names the URI and fix."""
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user part masked (http and SQLAlchemy URLs alike)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.partition("@")
+    if not sep or not at or "/" in userinfo or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+def describe_server_error(exc: BaseException, tracking_uri: str | None) -> str | None:
+    """A clear message when `exc` says the tracking server is unreachable or refused us; None otherwise."""
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    uri = redact_url(tracking_uri)
+    code = getattr(exc, "error_code", None)
+    status = exc.get_http_status_code() if hasattr(exc, "get_http_status_code") else None
+    if code == "UNAUTHENTICATED" or status == 401:
+        return (f"MLflow tracking server {uri} answered 401 unauthorized: check MLFLOW_TRACKING_USERNAME/"
+                "MLFLOW_TRACKING_PASSWORD (the user must exist on that server; ask its admin)")
+    if code == "PERMISSION_DENIED" or status == 403:
+        return (f"MLflow tracking server {uri} answered 403 forbidden: the user in MLFLOW_TRACKING_USERNAME may "
+                "not write here; the server's admin can grant EDIT on the experiment")
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    if any(marker in text for marker in _UNREACHABLE):
+        return (f"MLflow tracking server {uri} unreachable: is `mlgraph mlflow-server` running there, and "
+                "MLFLOW_TRACKING_URI right? (gave up after MLFLOW_HTTP_REQUEST_MAX_RETRIES="
+                f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries)")
+    return None
+
+
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay: float = 0.05, **kwargs: Any) -> T:
     """Call `fn`, retrying SQLite lock errors with jittered exponential backoff (≈ 25 s in all)."""
     for attempt in range(attempts):
@@ -90,6 +136,9 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay:
             return fn(*args, **kwargs)
         except Exception as exc:
             if not is_lock_error(exc) or attempt == attempts - 1:
+                message = describe_server_error(exc, getattr(getattr(fn, "__self__", None), "tracking_uri", None))
+                if message:
+                    raise TrackingServerError(message) from exc
                 raise
             # Jitter from a private RNG: the global one is seeded for the models.
             time.sleep(min(5.0, base_delay * 2**attempt) * (0.5 + random.Random().random()))
@@ -99,6 +148,10 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay:
 def mlflow_client(tracking_uri: str) -> Any:
     """An MlflowClient bound to `tracking_uri` (imports mlflow here, not at module import)."""
     from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith(("http://", "https://")):
+        for name, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
 
     return MlflowClient(tracking_uri=tracking_uri)
 

@@ -50,8 +50,12 @@ from resources.slurm_jobs import ACTIVE_STATES, PENDING_STATES, SlurmJob
 ROUTES = ("auto", "tagged", "all", "none")
 # Environment a run worker needs; values are paths, written into the script so it can be rerun by hand.
 BASE_ENV = ("SHARED_DRIVE", "DAGSTER_HOME", "MLGRAPH_CONFIG_DIR", "MLFLOW_TRACKING_URI", "PYTHONPATH", "SLURM_CONF")
-# Passed by name with `sbatch --export` (values never written to disk).
-SESSION_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ")
+# Passed by name with `sbatch --export` (values never written to disk). MLflow's client reads its server
+# credentials from the environment, so a job on the cluster needs them exactly as the daemon has them.
+SESSION_ENV = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

@@ -33,7 +33,10 @@ AC = dg.AutomationCondition
 
 # Started by a trainer's signal file (sensors/signal_sensors.py), never by automation.
 SIGNAL_DRIVEN = dg.AssetSelection.groups("external").downstream()
-AUTOMATED = dg.AssetSelection.all() - SIGNAL_DRIVEN
+# The service writes the log and drift_sensor reads it each tick; a report is materialized on demand.
+# (By key prefix: unlike `assets(...)`, it resolves in graphs without them, e.g. the tests' stand-ins.)
+ON_DEMAND = dg.AssetSelection.key_prefixes("prediction_log", "drift_report")
+AUTOMATED = dg.AssetSelection.all() - SIGNAL_DRIVEN - ON_DEMAND
 # A tick costs the daemon well under a second on this graph (2 cores); Dagster's default is 30 s, and
 # each hop of a change through the graph (data, then sweep and training, then the summary) waits one.
 MIN_INTERVAL_SECONDS = 15

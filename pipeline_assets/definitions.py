@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipeline_assets import analysis, data, deployment, external, preprocessing, training
+from pipeline_assets import analysis, data, deployment, external, monitoring, preprocessing, training
 from pipeline_assets.automation import automation_sensors, with_automation
 from pipeline_assets.jobs import JOBS
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
 from resources.warehouse import Warehouse
+from sensors.alerts import ALERT_SENSORS
+from sensors.drift import drift_sensor
 from sensors.experiments import experiment_config_sensor
 from sensors.mlflow_status import mlflow_run_canceled_sensor, mlflow_run_failure_sensor
 from sensors.signal_sensors import eval_complete_sensor, training_complete_sensor
@@ -24,6 +26,7 @@ ASSET_GROUPS = {
     "training": training,
     "deployment": deployment,
     "external": external,
+    "monitoring": monitoring,
 }
 
 
@@ -48,7 +51,9 @@ defs = dg.Definitions(
         eval_complete_sensor,
         mlflow_run_failure_sensor,
         mlflow_run_canceled_sensor,
+        drift_sensor,
         *automation_sensors(),
+        *ALERT_SENSORS,
     ],
     resources={
         "storage": SharedDrive(),

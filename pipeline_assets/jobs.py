@@ -35,6 +35,14 @@ training_job = dg.define_asset_job(
     description="Train, cross-validate, evaluate and promote one experiment's candidate models.",
 )
 
+# Started by drift_sensor: train, promote only a better model, redeploy, and move the drift baseline with it.
+retraining_job = dg.define_asset_job(
+    "retraining_job",
+    selection=TRAINING | dg.AssetSelection.groups("deployment") | dg.AssetSelection.assets("drift_baseline"),
+    tags=SLURM_RUN_TAGS,
+    description="Retrain one experiment on drift: training, promotion if it beats the champion, deployment, baseline.",
+)
+
 constraint_sweep_job = dg.define_asset_job(
     "constraint_sweep_job",
     selection=CONSTRAINT_SWEEP,
@@ -51,4 +59,5 @@ analysis_job = dg.define_asset_job(
     description="Batch reference features, the constraint sweep table, significance tests, plots, manifest and report.",
 )
 
-JOBS = [data_job, checkpoint_evaluation_job, checkpoint_comparison_report_job, training_job, constraint_sweep_job, analysis_job]
+JOBS = [data_job, checkpoint_evaluation_job, checkpoint_comparison_report_job, training_job, constraint_sweep_job, analysis_job,
+        retraining_job]

@@ -65,7 +65,11 @@ class MlflowTracking(dg.ConfigurableResource):
         failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         if not failures:
             return
-        changed = tracking.reconcile_parent(self.client(), self.experiment_name(experiment), run.run_id, "FAILED")
+        try:
+            changed = tracking.reconcile_parent(self.client(), self.experiment_name(experiment), run.run_id, "FAILED")
+        except tracking.TrackingServerError as exc:  # the step's own failure is what the run reports
+            context.log.warning(f"could not mark the MLflow parent run FAILED: {exc}")
+            return
         if changed:
             context.log.info(
                 f"MLflow parent run {changed} marked FAILED: step(s) {sorted({e.step_key for e in failures})} failed"

@@ -52,6 +52,7 @@ from pipeline_assets.jobs import checkpoint_comparison_report_job, checkpoint_ev
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
+from sensors.alerts import alert_rejected_signals
 from sensors.signal_scan import (
     MAX_SIGNALS_PER_TICK,
     Accepted,
@@ -305,6 +306,7 @@ class _Tick:
     def result(self) -> dg.SensorResult:
         for reason in self.reasons:
             self.context.log.warning(f"rejected signal {printable(reason)}")
+        alert_rejected_signals(self.drive, self.reasons, self.context.log)
         for note in self.notes:
             self.context.log.info(printable(note))
         return dg.SensorResult(

@@ -56,7 +56,7 @@ def _mlflow_execution(context: dg.AssetExecutionContext, tracking: MlflowTrackin
     a failure anywhere in a later step still marks the run that an earlier step opened.
     """
     execution = ExecutionRun(tracking.tracker(context.partition_key), context.run.run_id, context.partition_key,
-                             context.job_name)
+                             context.job_name, context.run.tags)
     try:
         yield execution
     except BaseException as exc:
@@ -317,7 +317,13 @@ def champion_model(
                 check_results=[check],
             )
         store = promotion.PromotionStore(storage.promotion_dir(exp.config_hash))
-        decision = promotion.decide(store.current(), exp.config_hash, meta["dataset_sha256"], config.force)
+        current, challenge = store.current(), None
+        if promotion.contested(current, exp.config_hash, meta["dataset_sha256"], config.force):
+            # New data (a retraining): the champion is replaced only by a strictly better model on today's test split.
+            challenge = promotion.challenge_champion(
+                exp, gate, current, model_files.read_split(storage, exp.name, "train"),
+                model_files.read_split(storage, exp.name, "test"), manifest.get("scale"))
+        decision = promotion.decide(current, exp.config_hash, meta["dataset_sha256"], config.force, challenge)
         tags = {"mlgraph.promoted": str(decision.promote).lower()}
         if decision.promote:
             pointer = promotion.promote_champion(store, storage, loaded, meta, manifest, gate, execution.tracker.client,
@@ -325,6 +331,9 @@ def champion_model(
             tags["mlgraph.model_version"] = pointer["model_version"]
             context.log.info(f"promoted {gate.champion} ({pointer['registered_model']} v{pointer['model_version']}, "
                              f"alias champion): {decision.reason}")
+        elif challenge is not None:
+            store.record_not_promoted(challenge, decision, manifest["families"][gate.champion]["run_id"], context.run.run_id)
+            context.log.info(decision.reason)
         else:
             context.log.info(f"not promoted again: {decision.reason}")
         execution.tracker.log(parent_id, tags=tags)
@@ -339,6 +348,8 @@ def champion_model(
             "cv_score": gate.cv_score,
             "test_score": gate.champion_test,
             "baseline_test_score": gate.baseline_test,
+            **({"champion_test_score_now": challenge.champion_test} if challenge and challenge.champion_test is not None
+               else {}),
             "current_run_id": str(current.get("run_id", "")),
             "model_version": str(current.get("model_version", "")),
             "pointer": dg.MetadataValue.path(str(store.current_path)),

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from core.experiment import LoadedExperiment
+from core.tags import RETRAINING_TAGS
 from core.tracking import Tracker
 
 # The assets that write this Dagster run's parent run, in run order (the training group).
@@ -58,10 +59,17 @@ def execution_params(
     return params
 
 
+def trigger_tags(run_tags: Mapping[str, str]) -> dict[str, str]:
+    """What started the Dagster run (a drift trigger: reason and window), in MLflow's tag spelling."""
+    return {name.replace("/", "."): run_tags[name] for name in RETRAINING_TAGS if name in run_tags}
+
+
 class ExecutionRun:
     """One Dagster run's MLflow parent run, as one training step sees it."""
 
-    def __init__(self, tracker: Tracker, dagster_run_id: str, partition: str, job_name: str):
+    def __init__(self, tracker: Tracker, dagster_run_id: str, partition: str, job_name: str,
+                 run_tags: Mapping[str, str] | None = None):
+        self.trigger = trigger_tags(run_tags or {})
         self.tracker = tracker
         self.dagster_run_id = dagster_run_id
         self.partition = partition
@@ -82,6 +90,7 @@ class ExecutionRun:
             "mlgraph.test_sha256": meta["test_sha256"],
             "mlgraph.job": self.job_name,
             "mlgraph.config_file": str(loaded.path),
+            **self.trigger,
         }
         name = f"{config.name}-{self.dagster_run_id[:8]}"
         self.run_id, self.created = self.tracker.parent_run(

@@ -3,8 +3,10 @@
 Layout (design document 002): `model-promotion/global/{config_hash}/current.json` holds the promoted
 model (run_id, model_type, config_hash, model_uri, score, timestamp, ...); `history.jsonl` beside it
 records every event, one JSON object a line: {"event": "promote", ...pointer} or
-{"event": "rollback", ...restored pointer, "rolled_back_run_id": ...}. Replaying the history as a
-stack (promote pushes, rollback pops) gives the current champion and the one a rollback restores.
+{"event": "rollback", ...restored pointer, "rolled_back_run_id": ...}; a retrained candidate that does
+not beat the champion on the current test split leaves {"event": "not_promoted", "reason": ...}. Replaying
+the history as a stack (promote pushes, rollback pops) gives the current champion and the one a
+rollback restores.
 
 The champion is chosen on the cross-validated selection metric, never on the test set, so the gate
 in front of promotion (`baseline_gate`: the champion must beat the task's trivial baseline on the
@@ -123,20 +125,74 @@ class PromotionDecision:
     reason: str
 
 
-def decide(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: str, force: bool) -> PromotionDecision:
-    """Promote unless this config hash and data are already promoted (then only when forced)."""
+@dataclass(frozen=True)
+class Challenge:
+    """The new candidate against the current champion, both scored on the current test split."""
+
+    metric: str
+    candidate: str
+    candidate_test: float
+    champion: str  # "<family> v<version>"
+    champion_test: float | None  # None: the champion could not score the current test split (`error` says why)
+    error: str | None = None
+
+    @property
+    def beats(self) -> bool:
+        """Strictly better (a tie keeps the champion); a champion that cannot score the split is beaten."""
+        return self.champion_test is None or bool(better(self.metric, self.candidate_test, self.champion_test))
+
+    def describe(self) -> str:
+        if self.champion_test is None:
+            return f"the current champion {self.champion} cannot score the current test split ({self.error})"
+        verb = "beats" if self.beats else "does not beat"
+        return (f"{self.candidate} {verb} the current champion {self.champion} on the current test split "
+                f"(test {self.metric} {self.candidate_test:.4f} vs {self.champion_test:.4f})")
+
+
+def contested(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: str, force: bool) -> bool:
+    """Whether a champion promoted on other data must be beaten on the current test split first."""
+    if current is None or force:
+        return False
+    return not (current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256)
+
+
+def challenge_champion(config: ExperimentConfig, gate: BaselineGate, current: Mapping[str, Any], train: Any, test: Any,
+                       scale: float | None = None) -> Challenge:
+    """Score the current champion (its promoted file and threshold) on the current test split, beside the candidate."""
+    from pipeline_assets.training.evaluation import evaluate
+
+    family = str(current.get("model_type"))
+    label = f"{family} v{current.get('model_version')}"
+    threshold = current.get("threshold")
+    try:
+        outcome = evaluate(config, train, test, {family: Path(current["model_path"])},
+                           {family: float(threshold)} if threshold is not None else None, scale)
+        score = float(outcome.metrics[family][gate.metric])
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # missing file, changed columns: it cannot serve this data
+        return Challenge(gate.metric, gate.champion, gate.champion_test, label, None, f"{type(exc).__name__}: {exc}")
+    return Challenge(gate.metric, gate.champion, gate.champion_test, label, score)
+
+
+def decide(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: str, force: bool,
+           challenge: Challenge | None = None) -> PromotionDecision:
+    """Promote when there is no champion, when forced, or (the data changed) when the candidate beats the champion
+    on the current test split (`challenge`); never twice for the same config hash and data unless forced."""
     if current is None:
         return PromotionDecision(True, "no champion yet for this config hash")
     same = current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256
-    if not same:
-        return PromotionDecision(True, "the data changed since the current champion was promoted")
     if force:
-        return PromotionDecision(True, "forced: same config hash and data as the current champion")
-    return PromotionDecision(
-        False,
-        f"already promoted for this config hash and data ({current.get('model_type')}, run "
-        f"{current.get('run_id')}, {current.get('timestamp')}); set force to promote again",
-    )
+        return PromotionDecision(True, "forced" + (": same config hash and data as the current champion" if same else ""))
+    if same:
+        return PromotionDecision(
+            False,
+            f"already promoted for this config hash and data ({current.get('model_type')}, run "
+            f"{current.get('run_id')}, {current.get('timestamp')}); set force to promote again",
+        )
+    if challenge is None:
+        return PromotionDecision(True, "the data changed since the current champion was promoted")
+    if challenge.beats:
+        return PromotionDecision(True, f"the data changed and {challenge.describe()}")
+    return PromotionDecision(False, f"not promoted: {challenge.describe()}")
 
 
 class PromotionStore:
@@ -187,6 +243,15 @@ class PromotionStore:
             elif event.get("event") == "rollback" and stack:
                 stack.pop()
         return stack
+
+    def record_not_promoted(self, challenge: Challenge, decision: PromotionDecision, candidate_run_id: str,
+                            dagster_run_id: str) -> None:
+        """A history line for a candidate that lost to the champion (the pointer stays; replays skip the event)."""
+        line = {"event": "not_promoted", "reason": decision.reason, "metric": challenge.metric,
+                "candidate": challenge.candidate, "candidate_run_id": candidate_run_id,
+                "candidate_test_score": challenge.candidate_test, "champion": challenge.champion,
+                "champion_test_score": challenge.champion_test, "dagster_run_id": dagster_run_id, "timestamp": utc_now()}
+        atomic_append_line(self.history_path, json.dumps(line, sort_keys=True))
 
     def promote(self, pointer: Mapping[str, Any]) -> None:
         """Pointer first (readers act on it), then the history line that records it."""

@@ -1,0 +1,268 @@
+"""Alerts: once per condition, resolved when it clears, POSTed to a real local webhook, safe under
+concurrent writers; the heartbeat check through a real instance and the CLI; failed runs through a
+real daemon and the real Slurm launcher (a step whose process dies, three times for one experiment)."""
+
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster._daemon.types import DaemonHeartbeat
+
+from core.drive import PROJECT_ROOT, DriveLayout
+from core.tags import COMPUTE_TAG, TAG_EXPERIMENT
+from mlgraph_cli.main import main
+from operations import alerts
+from operations.webhook import WEBHOOK_URL_ENV
+from tests.slurm_support import harness
+from tests.test_signal_sensors import TRAINING_SENSOR, tick
+
+T0 = alerts.utc_now()
+
+
+def lines(drive: DriveLayout) -> list[dict]:
+    return alerts.read_records(drive.alerts_jsonl())
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        self.paths: list[str] = []
+        received = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                length = int(self.headers["Content-Length"])
+                received.paths.append(self.path)
+                received.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_same_condition_alerts_once_per_cooldown_and_resolves(shared_drive: Path):
+    drive = DriveLayout.at(shared_drive)
+    first = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "5% free", "critical", now=T0)
+    again = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "4% free", "critical",
+                               now=T0 + timedelta(minutes=59))
+    assert first is not None and again is None
+    later = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "3% free", "critical",
+                               now=T0 + timedelta(minutes=61))
+    assert later is not None and [r["message"] for r in lines(drive)] == ["5% free", "3% free"]
+    assert [a["key"] for a in alerts.read_open_alerts(drive, now=T0 + timedelta(minutes=62))] == ["disk_space_low"]
+
+    assert alerts.resolve_alert(drive, "disk_space_low", "back to 30%", now=T0 + timedelta(minutes=63))
+    assert alerts.resolve_alert(drive, "disk_space_low", "still fine") is None  # only an open key resolves
+    assert alerts.read_open_alerts(drive) == []
+    record = lines(drive)[-1]
+    assert record["resolved"] is True and record["time"].endswith("Z")
+    # A new episode alerts at once, cooldown or not.
+    assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "2% free", "critical",
+                              now=T0 + timedelta(minutes=64))
+
+    # Event alerts (a failed run) stay open for a day, then drop off the dashboard.
+    alerts.run_failed(drive, "r" * 32, "training_job", "boom postgresql://u:hunter2@db/x", "salary", now=T0)
+    failed = lines(drive)[-1]
+    assert "hunter2" not in json.dumps(failed) and failed["experiment"] == "salary"
+    assert "r" * 32 in [a.get("run_id") for a in alerts.read_open_alerts(drive, now=T0 + timedelta(hours=23))]
+    assert "r" * 32 not in [a.get("run_id") for a in alerts.read_open_alerts(drive, now=T0 + timedelta(hours=25))]
+
+
+def _raise_many(root: str, worker: int) -> int:
+    drive = DriveLayout.at(root)
+    fired = 0
+    for i in range(40):
+        fired += alerts.raise_alert(drive, alerts.SIGNAL_REJECTED, f"own:{worker}:{i}", "x" * 3000, "warning") is not None
+        fired += alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "shared", "daemon down", "critical") is not None
+    return fired
+
+
+def test_concurrent_writers_never_interleave_or_double_fire(shared_drive: Path):
+    with ProcessPoolExecutor(4) as pool:
+        fired = sum(pool.map(_raise_many, [str(shared_drive)] * 4, range(4)))
+    raw = DriveLayout.at(shared_drive).alerts_jsonl().read_text().splitlines()
+    records = [json.loads(line) for line in raw]  # every line whole
+    assert fired == len(records) == 4 * 40 + 1
+    assert sum(r["key"] == "shared" for r in records) == 1
+
+
+def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(shared_drive, receiver, monkeypatch,
+                                                                                  caplog):
+    drive = DriveLayout.at(shared_drive)
+    monkeypatch.setenv(WEBHOOK_URL_ENV, f"{receiver.url}/hooks/SECRET-TOKEN")
+    alerts.consecutive_failures(drive, "salary", ["FAILURE"] * 3)
+    alerts.consecutive_failures(drive, "salary", ["FAILURE"] * 3)  # deduped: not posted again
+    alerts.consecutive_failures(drive, "salary", ["SUCCESS", "FAILURE", "FAILURE"])
+    assert receiver.paths == ["/hooks/SECRET-TOKEN"] * 2
+    assert [(b["kind"], b["resolved"], b["severity"]) for b in receiver.bodies] == [
+        ("consecutive_failures", False, "critical"), ("consecutive_failures", True, "critical")]
+    assert receiver.bodies[0] == lines(drive)[0]
+
+    monkeypatch.setenv(WEBHOOK_URL_ENV, "http://127.0.0.1:9/hooks/SECRET-TOKEN")  # discard port: refused
+    with caplog.at_level(logging.WARNING, logger="operations.webhook"):
+        assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "low", "critical")
+    assert "unreachable" in caplog.text and "SECRET-TOKEN" not in caplog.text
+    assert "SECRET-TOKEN" not in DriveLayout.at(shared_drive).alerts_jsonl().read_text()
+
+
+def test_stale_heartbeat_and_low_disk_through_alerts_check(shared_drive: Path, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    drive = DriveLayout.at(shared_drive)
+    assert main(["alerts", "check"]) == 0
+    assert "daemon heartbeat: skipped" in capsys.readouterr().out and lines(drive) == []
+
+    with dg.DagsterInstance.get() as instance:
+        instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 600, "SENSOR", None, None))
+    monkeypatch.setenv(alerts.DISK_MIN_FREE_ENV, "100")  # any real disk is under 100 % free
+    for _ in range(3):  # cron runs it every minute; one alert per condition
+        assert main(["alerts", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "daemon heartbeat: FAIL" in out and "disk space: FAIL" in out
+    kinds = sorted(a["kind"] for a in alerts.read_open_alerts(drive))
+    assert kinds == ["daemon_heartbeat_stale", "disk_space_low"] and len(lines(drive)) == 2
+
+    with dg.DagsterInstance.get() as instance:
+        instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", None, None))
+    monkeypatch.setenv(alerts.DISK_MIN_FREE_ENV, "0")
+    assert main(["alerts", "check"]) == 0
+    assert alerts.read_open_alerts(drive) == [] and [r["resolved"] for r in lines(drive)] == [False, False, True, True]
+    assert main(["alerts", "list"]) == 0 and "no open alerts" in capsys.readouterr().out
+
+
+def test_rejected_signal_alerts_once(shared_drive: Path, config_dir: Path, instance):
+    bad = shared_drive / "models" / "salary" / ".training_complete"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    os.utime(bad, (time.time() - 60, time.time() - 60))
+    result = tick(TRAINING_SENSOR, instance, shared_drive, config_dir)
+    tick(TRAINING_SENSOR, instance, shared_drive, config_dir, cursor=result.cursor)
+    records = lines(DriveLayout.at(shared_drive))
+    assert [r["kind"] for r in records] == ["signal_rejected"]
+    assert "models/salary/.training_complete" in records[0]["message"] and records[0]["severity"] == "warning"
+
+
+# A test-only code location: a step whose process dies (as a crashed trainer's would) and the alert sensors.
+CRASH_LOCATION = '''
+import os
+import dagster as dg
+from resources.storage import SharedDrive
+from sensors.alerts import build_alert_sensors
+
+
+@dg.asset
+def crashing_asset():
+    """Ends its process with status 3 mid-step."""
+    os._exit(3)
+
+
+defs = dg.Definitions(
+    assets=[crashing_asset],
+    jobs=[dg.define_asset_job("crash_job", selection=[crashing_asset])],
+    sensors=build_alert_sensors(minimum_interval_seconds=1, disk_interval_seconds=3600),
+    resources={"storage": SharedDrive()},
+    executor=dg.in_process_executor,
+)
+'''
+
+
+@pytest.mark.timeout(240)
+def test_slurm_failures_alert_per_run_and_once_for_three_in_a_row(tmp_path: Path, monkeypatch):
+    harness.require_slurm()
+    shared, home = tmp_path / "shared", tmp_path / "dagster_home"
+    shared.mkdir()
+    (tmp_path / "crash_location.py").write_text(CRASH_LOCATION)
+    harness.write_instance_yaml(home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
+    workspace_yaml = tmp_path / "workspace.yaml"
+    workspace_yaml.write_text(yaml.safe_dump({"load_from": [{"python_file": {
+        "relative_path": str(tmp_path / "crash_location.py"), "location_name": "crash",
+        "working_directory": str(PROJECT_ROOT)}}]}))
+    monkeypatch.setenv("SHARED_DRIVE", str(shared))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    daemon = harness.Daemon(workspace_yaml, dict(os.environ), tmp_path / "daemon.log")
+    drive = DriveLayout.at(shared)
+    with (dg.DagsterInstance.get() as instance,
+          WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace):
+        try:
+            daemon.start(instance)
+            context = workspace.create_request_context()
+            run_ids = []
+            for _ in range(3):
+                run = harness.create_run(instance, context, "crash", "crash_job",
+                                         tags={COMPUTE_TAG: "slurm", TAG_EXPERIMENT: "salary"})
+                instance.submit_run(run.run_id, context)
+                run_ids.append(run.run_id)
+
+            def alerted():
+                records = lines(drive)
+                failed = {r["run_id"] for r in records if r["kind"] == "run_failed"}
+                return failed == set(run_ids) and any(r["kind"] == "consecutive_failures" for r in records)
+
+            try:
+                harness.wait_for(alerted, 150, "three run_failed alerts and one consecutive_failures alert")
+            except AssertionError:
+                statuses = [instance.get_run_by_id(r).status for r in run_ids]
+                raise AssertionError(f"{statuses}\n{lines(drive)}\n{daemon.log_path.read_text()[-3000:]}") from None
+            for run_id in run_ids:
+                assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+            # Two more sensor ticks over the same failures: nothing new is written.
+            origin = _sensor_origin(workspace)
+            seen = len(lines(drive))
+            ticks = len(instance.get_ticks(*origin))
+            harness.wait_for(lambda: len(instance.get_ticks(*origin)) >= ticks + 2, 30, "two more sensor ticks")
+        finally:
+            daemon.stop()
+            # Jobs still queued or running die with the test (scancel of an ended job is a no-op).
+            job_ids = [run.tags["slurm/job_id"] for run in instance.get_runs() if "slurm/job_id" in run.tags]
+            if job_ids:
+                subprocess.run(["scancel", *job_ids], check=False, capture_output=True, timeout=30)
+    records = lines(drive)
+    assert len(records) == seen
+    failed = [r for r in records if r["kind"] == "run_failed"]
+    assert len(failed) == 3 and {r["slurm_state"] for r in failed} == {"FAILED"}, failed
+    assert all(r["experiment"] == "salary" and r["job"] == "crash_job" for r in failed)
+    (streak,) = [r for r in records if r["kind"] == "consecutive_failures"]
+    assert streak["severity"] == "critical" and streak["key"] == "consecutive_failures:salary"
+    assert [a["kind"] for a in alerts.read_open_alerts(drive)].count("run_failed") == 3
+
+
+def _sensor_origin(workspace):
+    location = workspace.create_request_context().get_code_location("crash")
+    repo = next(iter(location.get_repositories().values()))
+    sensor = repo.get_sensor("alert_run_failure_sensor")
+    return sensor.get_remote_origin_id(), sensor.selector_id

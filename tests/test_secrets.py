@@ -1,0 +1,124 @@
+"""No secret leaves the environment: a full chain with planted secrets, then grep everything it wrote.
+
+The MLflow tracking server (basic auth) runs with a planted admin password; the environment also holds a
+planted MLGRAPH_POSTGRES_PASSWORD and a made-up webhook token. A trainer logs to MLflow over HTTP and
+signals; the daemon's sensors run the evaluation on Slurm (credentials passed to the job by name) and then
+the analysis. Afterwards none of the planted values may appear in any file under the drive or
+DAGSTER_HOME (signal files, batch scripts, job logs, SQLite stores), any run's tags, any event, any
+MLflow param or tag, the daemon's or the server's output, or `mlgraph` output.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster._serdes import serialize_value
+
+from core import tracking
+from core.drive import PROJECT_ROOT
+from mlgraph_cli.staging import materialize_experiments
+from pipeline_assets.definitions import defs
+from tests.conftest import shrink_experiment
+from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
+from tests.slurm_support.harness import require_slurm
+from tests.test_external_chain import (
+    ANALYSIS_JOB,
+    DATA_KEYS,
+    EVAL_JOB,
+    RUN_TIMEOUT,
+    SLURM_RUN_LAUNCHER,
+    run_trainer,
+    runs_of,
+    succeeded,
+)
+from tests.test_mlflow_server import ServerProcess
+
+SECRET_NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLGRAPH_WEBHOOK_TOKEN")
+
+
+def planted() -> dict[str, str]:
+    tag = uuid.uuid4().hex
+    return {"MLFLOW_TRACKING_PASSWORD": f"mlflow-pw-{tag}", "MLGRAPH_POSTGRES_PASSWORD": f"pg-pw-{tag}",
+            "MLGRAPH_WEBHOOK_TOKEN": f"hook-token-{tag}"}
+
+
+def leaks(text: str | bytes, secrets: dict[str, str]) -> list[str]:
+    data = text.encode() if isinstance(text, str) else text
+    return [name for name, value in secrets.items() if value.encode() in data]
+
+
+@pytest.mark.timeout(300)
+def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, shared_drive: Path, config_dir: Path):
+    require_slurm()
+    secrets = planted()
+    shrink_experiment(config_dir, "salary", 600)
+    server = ServerProcess(shared_drive, tmp_path / "mlflow-server.log", {
+        "MLFLOW_TRACKING_USERNAME": "mlgraph", **secrets, "MLGRAPH_MLFLOW_BACKEND_URI": "", "MLGRAPH_POSTGRES_URL": "",
+    })
+    home = tmp_path / "dagster_home"
+    # The job gets the credentials by name (sbatch --export), as deploy/*.yaml's env_vars would list them.
+    launcher: dict[str, Any] = {**SLURM_RUN_LAUNCHER, "config": {**SLURM_RUN_LAUNCHER["config"],
+                                                                  "env_vars": list(SECRET_NAMES)}}
+    write_instance_config(home, launcher)
+    env = {"SHARED_DRIVE": str(shared_drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore",
+           "MLFLOW_TRACKING_USERNAME": "mlgraph", **secrets}
+    daemon = DagsterDaemon(home, env, tmp_path)
+    outputs: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        try:
+            server.launch()  # comes up while the data is materialized
+            mp.setenv("MLFLOW_TRACKING_URI", server.url)
+            daemon.env["MLFLOW_TRACKING_URI"] = server.url
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                summary = materialize_experiments(defs, instance, ["salary"], selection=DATA_KEYS,
+                                                  echo=outputs.append, raise_on_error=True)
+                assert not summary.failed
+                daemon.start()
+                server.wait_healthy()
+                trained = run_trainer("salary", {**os.environ, **env, "MLFLOW_TRACKING_URI": server.url}, epochs=2)
+                assert trained.get("mlflow_run_id"), trained  # the trainer's hook logged over HTTP
+                for job in (EVAL_JOB, ANALYSIS_JOB):
+                    wait_for(lambda j=job: succeeded(instance, j, "salary"), RUN_TIMEOUT, f"{job}[salary]",
+                             on_timeout=daemon.logs)
+                [eval_run] = runs_of(instance, EVAL_JOB, "salary")
+                assert "slurm/job_id" in eval_run.tags and eval_run.tags.get("mlgraph/mlflow_run_id")
+                # Every run's tags and every event (its metadata included), as stored.
+                for run in instance.get_runs():
+                    assert not leaks(serialize_value(run.tags), secrets), run.run_id
+                    for entry in instance.all_logs(run.run_id):
+                        assert not leaks(serialize_value(entry), secrets), (run.run_id, entry.message)
+            daemon.stop_all()
+            for args in (["signal", "check", str(shared_drive / "evaluation" / "salary" / ".eval_complete")],
+                         ["doctor"]):
+                cli = subprocess.run([sys.executable, "-m", "mlgraph_cli.main", *args], cwd=PROJECT_ROOT,
+                                     env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True,
+                                     text=True, timeout=120)
+                outputs += [cli.stdout, cli.stderr]
+            client = tracking.mlflow_client(server.url)
+            runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+            assert len(runs) >= 2  # the trainer's and the evaluation's
+            for run in runs:
+                assert not leaks(str({**run.data.params, **run.data.tags}), secrets), run.info.run_id
+        finally:
+            daemon.stop_all()
+            server.stop()
+    assert daemon.descendants() == []
+    assert not leaks(server.output(), secrets) and not leaks(daemon.logs(), secrets)
+    assert not leaks("\n".join(outputs), secrets)
+    written = [p for root in (shared_drive, home) for p in root.rglob("*") if p.is_file()]
+    scripts = [p for p in written if p.suffix == ".sbatch"]
+    job_logs = [p for p in written if p.suffix in (".log", ".err") and "logs" in p.parts]
+    assert scripts and job_logs and any(p.name == ".eval_complete" for p in written)
+    assert any(p.name == "mlflow.db" for p in written)  # MLflow's store itself is searched too
+    assert not {str(p): found for p in written if (found := leaks(p.read_bytes(), secrets))}
+    # The batch script names the credentials it passes; their values are not in it.
+    assert "MLFLOW_TRACKING_PASSWORD" in scripts[0].read_text()

@@ -1,0 +1,110 @@
+"""The service's parts alone: the log writer (rotation keeps every line; lines reach the OS at once),
+the forecasting window schema, and an unexpected failure answered 500 without a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from core.drive import PROJECT_ROOT, DriveLayout
+from core.experiment import load_experiment_file
+from core.prediction_log import RECORD_FIELDS, log_files
+from serving.app import create_app
+from serving.log_writer import Entry, PredictionLogWriter
+from serving.model import input_spec, load_model
+from serving.schema import batch_model, row_model
+from serving.settings import ServeSettings
+from tests.serving_support import BINARY, config_of, json_rows, serving_drive, wait_for  # noqa: F401
+from tests.test_serving import FEATURES
+
+
+def _entry(i: int, rows: int = 1) -> Entry:
+    return Entry(1_700_000_000.0 + i, f"req-{i}", "7", [{"x": i, "pad": "p" * 40}] * rows,
+                 [{"prediction": i % 2, "probability": 0.5}] * rows)
+
+
+def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
+    path = tmp_path / "serving" / "exp" / "prediction_log.jsonl"
+    writer = PredictionLogWriter(path, max_bytes=4000, sync_interval=0.05).start()
+
+    def submit(start: int) -> None:
+        for i in range(start, start + 250):
+            writer.submit(_entry(i, rows=1 + i % 3))
+
+    threads = [threading.Thread(target=submit, args=(k * 250,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+    files = log_files(path)
+    assert len(files) > 10 and writer.rotations == len(files) - 1 and writer.failures == 0
+    assert all(f.stat().st_size <= 4000 for f in files)
+    assert all(re.fullmatch(r"prediction_log\.\d{8}T\d{12}\.jsonl", f.name) for f in files[:-1])
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert all(tuple(r) == RECORD_FIELDS for r in records)
+    assert sorted((r["request_id"], r["row"]) for r in records) == sorted(
+        (f"req-{i}", row) for i in range(1000) for row in range(1 + i % 3))
+    assert records[0]["time"].endswith("+00:00") and writer.records == len(records)
+
+
+def test_lines_reach_the_file_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "prediction_log.jsonl"
+    writer = PredictionLogWriter(path).start()
+    try:
+        writer.submit(_entry(1))
+        wait_for(lambda: path.read_text().count("\n") == 1, 2, "the line in the file")
+        assert json.loads(path.read_text())["request_id"] == "req-1"
+    finally:
+        writer.close()
+
+
+def test_forecasting_rows_are_the_window_the_model_needs(tmp_path: Path) -> None:
+    config = load_experiment_file(PROJECT_ROOT / "config" / "experiments" / "demand_forecast.yaml").config
+    spec = input_spec(DriveLayout.at(tmp_path), config)
+    Row = row_model(spec)
+    schema = Row.model_json_schema()
+    window = schema["properties"]["window"]
+    assert schema["required"] == ["window"] and window["minItems"] == window["maxItems"] == 24
+    assert "last 24 values of 'demand'" in window["description"]
+    Row.model_validate({"window": [1.0] * 24})
+    for bad in ({"window": [1.0] * 23}, {"window": [1.0] * 23 + [float("nan")]}, {"window": [1.0] * 24, "x": 1}):
+        with pytest.raises(ValidationError):
+            Row.model_validate(bad)
+    with pytest.raises(ValidationError):
+        batch_model(Row, 10).model_validate({"rows": []})
+
+
+class _Boom:
+    variant = "onnx_fp32"
+
+    def predict(self, prepared):
+        raise RuntimeError("secret internal detail")
+
+
+def test_an_unexpected_failure_is_a_generic_500(serving_drive) -> None:  # noqa: F811
+    root, config_dir = serving_drive
+    drive = DriveLayout.at(root)
+    app = create_app(ServeSettings(BINARY, drive_root=str(root), config_dir=str(config_dir), log_predictions=False))
+    holder = app.app.state.holder
+    model = load_model(drive, config_of(config_dir, BINARY), holder.spec)
+    holder.current = dataclasses.replace(model, predictor=_Boom())  # a fault no real model can be made to raise
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/predict", json=json_rows(drive, BINARY, FEATURES, 1)[0])
+
+    response = asyncio.run(call())
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "internal" and body["request_id"] == response.headers["x-request-id"]
+    assert "secret" not in response.text and "Traceback" not in response.text
