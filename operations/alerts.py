@@ -111,14 +111,24 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every well-formed record of the file, in order (a torn or foreign line is skipped, never fatal)."""
+# Only the newest part of the log is read: open alerts and cooldowns live in its recent lines, and a log
+# that grew for years (it is never truncated) must not slow every sensor tick and page view.
+TAIL_BYTES = 8 * 1024 * 1024
+
+
+def read_records(path: Path, tail_bytes: int = TAIL_BYTES) -> list[dict]:
+    """The well-formed records of the file's last `tail_bytes`, in order (a torn or foreign line is skipped)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - tail_bytes))
+            data = handle.read()
     except FileNotFoundError:
         return []
+    if size > tail_bytes:
+        data = data.split(b"\n", 1)[-1]  # the first line is cut in the middle
     records = []
-    for line in text.splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:

@@ -114,7 +114,12 @@ def drift_sensor(context: dg.SensorEvaluationContext, storage: SharedDrive, cata
     from pipeline_assets.monitoring.drift import DRIFT, build_report
     from pipeline_assets.monitoring.log_status import log_status
 
-    cursor = DriftCursor.parse(context.cursor)
+    try:
+        cursor = DriftCursor.parse(context.cursor)
+    except ValueError as exc:
+        # A damaged cursor must not stop the loop: the instance's drift runs still enforce the cooldown.
+        context.log.warning(f"{exc} Starting from an empty cursor.")
+        cursor = DriftCursor()
     now = time.time()
     requests, observations, notes = [], [], []
     for name in sorted(context.instance.get_dynamic_partitions(experiment_partitions_def.name)):

@@ -162,16 +162,20 @@ def create_app(settings: ServeSettings) -> Guard:
         except ModuleNotFoundError as exc:
             raise HTTPException(503, f"drift monitoring is not available ({exc})") from None
 
+    async def drift_report(module: Any) -> dict[str, Any]:
+        try:
+            return await run_in_threadpool(module.build_report, drive, config)
+        except (OSError, ValueError) as exc:  # a damaged baseline or log: the message names the file and the fix
+            raise HTTPException(503, f"drift report unavailable: {exc}") from None
+
     @app.get("/monitoring/drift", summary="Drift of the logged inputs and predictions against training")
     async def drift() -> Response:
-        module = drift_module()
-        return _json(await run_in_threadpool(module.build_report, drive, config))
+        return _json(await drift_report(drift_module()))
 
     @app.get("/monitoring/retraining_trigger", summary="Whether drift recommends retraining")
     async def retraining_trigger() -> Response:
         module = drift_module()
-        report = await run_in_threadpool(module.build_report, drive, config)
-        return _json(module.retraining_trigger(report))
+        return _json(module.retraining_trigger(await drift_report(module)))
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:

@@ -161,20 +161,26 @@ def _check_inputs(champion: Champion, native: Any, spec: InputSpec) -> fam.Featu
 
 
 def _gated_onnx(drive: DrivePaths, config: ExperimentConfig, champion: Champion) -> tuple[Any, str]:
-    """The ONNX FP32 file when its gates pass, or (None, why the native model is served)."""
+    """The ONNX FP32 file when its release gates pass, or (None, why the native model is served).
+
+    The champion itself passed promotion; the gates judge only its ONNX copy. So a champion whose export
+    is not there yet (just promoted, retrained or rolled back) or whose export failed a gate is served
+    natively at once, and the watcher switches to ONNX when a passing export report appears.
+    """
     try:
         path = gates.onnx_file(drive, champion, runtime.ONNX_FP32)
     except (FileNotFoundError, ValueError) as exc:
-        raise ModelRefused(f"release gates not evaluated for {champion.label()} yet: {exc}") from None
+        return None, f"release gates not evaluated for {champion.label()} yet ({exc}); the native model is served"
     if isinstance(path, str):
         return None, f"{path}; the native model is served"
     parity = gates.fp32_parity(drive, config)
     if parity.applicable and not parity.result.passed:
-        raise ModelRefused(f"gate onnx_model_parity failed for {champion.label()}: "
-                           + "; ".join(parity.result.failures))
+        return None, (f"gate onnx_model_parity failed for {champion.label()} ("
+                      + "; ".join(parity.result.failures) + "); the native model is served")
     schema = gates.schema(drive, config)
     if schema.differences:
-        raise ModelRefused(f"gate onnx_model_schema failed for {champion.label()}: " + "; ".join(schema.differences))
+        return None, (f"gate onnx_model_schema failed for {champion.label()} ("
+                      + "; ".join(schema.differences) + "); the native model is served")
     return path, "release gates passed"
 
 

@@ -27,6 +27,7 @@ from serving.reload import ModelHolder
 
 LOG = logging.getLogger("mlgraph.serving")
 INTERNAL = "internal error; the server log has details under this request id"
+MAX_ERRORS_SHOWN = 50
 
 
 class Refused(Exception):
@@ -57,8 +58,12 @@ def validation_refusal(errors: list[dict[str, Any]]) -> Refused:
     if bad_json is not None:
         reason = (bad_json.get("ctx") or {}).get("error", "not JSON")
         return Refused(400, "malformed_json", f"request body is not valid JSON: {reason}")
-    return Refused(422, "validation", [{"field": field_name(e.get("loc", ())), "message": e.get("msg", ""),
-                                        "type": e.get("type", "")} for e in errors])
+    detail = [{"field": field_name(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+              for e in errors[:MAX_ERRORS_SHOWN]]
+    if len(errors) > MAX_ERRORS_SHOWN:  # a 10,000-row batch of one wrong column must not answer megabytes
+        detail.append({"field": None, "message": f"{len(errors) - MAX_ERRORS_SHOWN} more errors not shown",
+                       "type": "truncated"})
+    return Refused(422, "validation", detail)
 
 
 class PredictEndpoint:

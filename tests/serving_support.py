@@ -96,7 +96,7 @@ def config_of(config_dir: Path, name: str) -> ExperimentConfig:
 
 
 def promote_model(drive: DriveLayout, config: ExperimentConfig, model, family: str, version: str,
-                  threshold: float | None = None, classes: tuple | None = None) -> None:
+                  threshold: float | None = None, classes: tuple | None = None, export: bool = True) -> None:
     """As champion_model leaves it (bundle file + pointer), then as onnx_model leaves it (export)."""
     path = drive.champion_bundle(config.name, version) / f"{family}.joblib"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,8 @@ def promote_model(drive: DriveLayout, config: ExperimentConfig, model, family: s
     if classes is not None:
         pointer.update(decision=ARGMAX_DECISION, classes=list(classes))
     PromotionStore(drive.promotion_dir(config.config_hash)).promote(pointer)
-    export_current(drive, config)
+    if export:
+        export_current(drive, config)
 
 
 def fit(config: ExperimentConfig, train: pd.DataFrame, family: str, params: dict | None = None):

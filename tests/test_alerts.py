@@ -266,3 +266,15 @@ def _sensor_origin(workspace):
     repo = next(iter(location.get_repositories().values()))
     sensor = repo.get_sensor("alert_run_failure_sensor")
     return sensor.get_remote_origin_id(), sensor.selector_id
+
+
+def test_a_long_alert_log_is_read_from_its_tail(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    old = json.dumps({"key": "old", "kind": "run_failed", "message": "x" * 200})
+    new = json.dumps({"key": "new", "kind": "run_failed", "message": "latest"})
+    path.write_text("\n".join([old] * 100 + [new]) + "\n")
+    records = alerts.read_records(path, tail_bytes=1000)
+    # Only whole lines of the last 1,000 bytes: the cut first line is dropped, the newest is kept.
+    assert records[-1]["key"] == "new" and 0 < len(records) <= 1000 // len(old) + 1
+    assert all(r["message"] in ("x" * 200, "latest") for r in records)
+    assert len(alerts.read_records(path)) == 101

@@ -4,13 +4,11 @@ A small classification experiment `loop` is trained, promoted, deployed and base
 data A. Then new labelled data B arrives (and is ingested: the data group runs): the population moved
 (two features +4σ) and so did the concept (buyers are now the light watchers), which is what makes the
 retrained candidate genuinely better than the champion on B's test split, as it is in real life when
-drift is real. The service's log (written here in the core/prediction_log.py format) first holds
+drift is real. A real `mlgraph serve` answers the traffic and writes the prediction log: first
 A-like traffic (no drift → no run), then traffic with the two features shifted by 4σ (drift → exactly
-one retraining run, tagged, that promotes a new champion and moves the baseline), then A-like traffic
-again, which drifts from the new baseline inside the cooldown (→ no run).
-
-The fixtures (`loop_experiment`, `deployed`) keep the drive and the experiment reachable for tests
-that build on the loop (e.g. the service hot-reloading the new champion).
+one retraining run, tagged, that promotes a new champion and moves the baseline; the service
+hot-reloads it and answers as the new version), then A-like traffic again, which drifts from the new
+baseline inside the cooldown (→ no run).
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ from pipeline_assets.monitoring.baseline import read_baseline
 from pipeline_assets.training.promotion import PromotionStore
 from resources.tracking import MlflowTracking
 from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
+from tests.serving_support import Server
 from tests.test_automation import last_tick_after
-from tests.test_drift import log_lines, write_log
 
 NAME = "loop"
 SHIFTED = ("days_on_platform", "courses_started")
@@ -116,9 +114,19 @@ def deployed(loop_experiment: LoopExperiment) -> LoopExperiment:
     return loop_experiment
 
 
-def serving_lines(frame: pd.DataFrame, start: dt.datetime, positive_rate: float) -> list[str]:
-    predictions = np.random.default_rng(7).choice([0, 1], len(frame), p=[1 - positive_rate, positive_rate]).tolist()
-    return log_lines(frame.drop(columns=["purchased"]), predictions, start)
+def send(server: Server, frame: pd.DataFrame) -> set[str]:
+    """The frame's rows (target dropped) as client traffic through /batch_predict; the versions that answered."""
+    features = frame.drop(columns=["purchased"]).astype(object)
+    rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in features.to_dict("records")]
+    response = server.client.post("/batch_predict", json={"rows": rows})
+    assert response.status_code == 200, response.text
+    return {response.json()["model_version"]}
+
+
+def logged_rows(loop: LoopExperiment) -> int:
+    path = loop.drive.prediction_log_path(NAME)
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def latest_skip(instance: dg.DagsterInstance) -> str:
@@ -141,7 +149,7 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
         assert materialize_experiments(defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DATA],
                                        echo=lambda _: None).failed == []
     daemon = DagsterDaemon(loop.home, loop.env, loop.home.parent)
-    start = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
+    server = Server(loop.drive.root, loop.config_dir, NAME)
     with dg.DagsterInstance.from_config(str(loop.home)) as instance:
 
         def runs() -> list[dg.DagsterRun]:
@@ -154,9 +162,17 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
             wait_for(lambda: last_tick_after(instance, "drift_sensor", moment), 60, "a drift_sensor tick",
                      on_timeout=diagnostics)
 
+        def traffic(frame: pd.DataFrame) -> set[str]:
+            """Send the frame and wait until the service's log holds it (fsynced at least once a second)."""
+            before = logged_rows(loop)
+            versions = send(server, frame)
+            wait_for(lambda: logged_rows(loop) >= before + len(frame), 10, "the prediction log to hold the traffic")
+            return versions
+
         try:
+            assert server.wait_up()["model_version"] == "1"
             # 1. A-like traffic against the A baseline: no drift, no run.
-            write_log(loop.drive, NAME, serving_lines(population_a(WINDOW, 5), start, rate))
+            assert traffic(population_a(WINDOW, 5)) == {"1"}
             written = time.time()
             daemon.start()
             tick_after(written)
@@ -164,12 +180,14 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
 
             # 2. The two features shifted by 4σ: exactly one retraining run, tagged with why and when.
             drifted = population_a(WINDOW, 6)
-            for name in SHIFTED:
-                drifted[name] = drifted[name] + 4 * sigma[name]
-            write_log(loop.drive, NAME, serving_lines(drifted, start + dt.timedelta(hours=1), rate))
+            for name in SHIFTED:  # integer counts: the shift is rounded, as population_b does
+                drifted[name] = drifted[name] + np.round(4 * sigma[name]).astype(drifted[name].dtype)
+            drift_sent = dt.datetime.now(dt.UTC)
+            assert traffic(drifted) == {"1"}
             [run] = wait_for(runs, 90, "a retraining run", on_timeout=diagnostics)
             assert run.tags[TAG_TRIGGER] == "drift" and "feature drift" in run.tags[TAG_RETRAIN_REASON]
-            assert run.tags[TAG_DRIFT_WINDOW].startswith("2026-11-30T13:00:00+00:00/")
+            window_first = dt.datetime.fromisoformat(run.tags[TAG_DRIFT_WINDOW].split("/")[0])
+            assert window_first >= drift_sent - dt.timedelta(seconds=1), run.tags[TAG_DRIFT_WINDOW]
             assert run.tags["dagster/partition"] == NAME
             finished = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, 150,
                                 "the retraining run to finish", on_timeout=diagnostics)
@@ -196,15 +214,20 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
             assert parent.data.tags["mlgraph.trigger"] == "drift"
             assert parent.data.tags["mlgraph.retrain_reason"] == run.tags[TAG_RETRAIN_REASON]
 
+            # The running service hot-reloads the new champion and answers as it.
+            wait_for(lambda: server.client.get("/health").json()["model_version"] == "2", 30,
+                     "the service to serve champion v2", on_timeout=lambda: server.log.read_text()[-3000:])
+
             # 3. The daemon crashes and restarts (the cursor survives in the instance). A-like traffic again
             # drifts from the new baseline, inside the cooldown: no second run.
             daemon.kill()
             daemon.start()
-            write_log(loop.drive, NAME, serving_lines(population_a(WINDOW, 8), start + dt.timedelta(hours=2), rate))
+            assert traffic(population_a(WINDOW, 8)) == {"2"}
             written = time.time()
             tick_after(written)
             assert len(runs()) == 1, diagnostics()
             assert "cooldown" in latest_skip(instance), diagnostics()
         finally:
+            server.stop()
             daemon.stop_all()
         assert daemon.descendants() == []

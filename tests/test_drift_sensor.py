@@ -107,9 +107,9 @@ def test_a_broken_baseline_is_reported_and_skipped(setup) -> None:
     assert result.run_requests == [] and "shop: error (ValueError)" in result.skip_reason.skip_message
 
 
-def test_a_foreign_cursor_says_how_to_fix_it(setup) -> None:
+def test_a_foreign_cursor_says_how_to_fix_it() -> None:
     with pytest.raises(ValueError, match="clear the cursor"):
-        tick(setup, "[1, 2]")
+        DriftCursor.parse("[1, 2]")
 
 
 def test_drift_report_asset_writes_the_report(setup) -> None:
@@ -135,3 +135,14 @@ def test_no_run_while_the_baseline_describes_an_earlier_champion(setup) -> None:
     PromotionStore(drive.promotion_dir(catalog.load("shop").config.config_hash)).promote({"model_version": "2"})
     result = tick(setup)
     assert result.run_requests == [] and "stale baseline (champion v1, now v2)" in result.skip_reason.skip_message
+
+
+def test_a_damaged_cursor_does_not_stop_the_loop(setup) -> None:
+    drive, _, instance = setup
+    log(drive, 500, 1, shifted={"f1": 4, "f2": 4})
+    [request] = tick(setup, "not json {").run_requests  # warned, started from an empty cursor
+    instance.add_run(DagsterRun(job_name="retraining_job", run_id=str(uuid.uuid4()),
+                                tags={**request.tags, "dagster/partition": "shop", "dagster/run_key": request.run_key}))
+    # Damaged again after the request: the instance's run still holds the cooldown.
+    held = tick(setup, '{"triggers": 3}')
+    assert held.run_requests == [] and "inside the cooldown" in held.skip_reason.skip_message

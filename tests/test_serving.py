@@ -115,6 +115,15 @@ def test_non_finite_numbers_are_422(binary, literal) -> None:
     assert response.status_code == 422 and response.json()["detail"][0]["field"] == "rows.1.minutes_watched"
 
 
+def test_a_batch_of_bad_rows_answers_a_bounded_error_list(binary) -> None:
+    server, drive = binary
+    row = json_rows(drive, BINARY, FEATURES, 1)[0]
+    response = server.client.post("/batch_predict", json={"rows": [{**row, "minutes_watched": "lots"}] * 60})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and len(detail) == 51
+    assert detail[0]["field"] == "rows.0.minutes_watched" and detail[-1]["message"] == "10 more errors not shown"
+
+
 def test_malformed_json_is_400_and_oversized_bodies_413(binary) -> None:
     server, drive = binary
     response = server.client.post("/predict", content=b'{"minutes_watched": 1,', headers={"content-type":
@@ -165,15 +174,38 @@ def test_health_and_ready(binary) -> None:
     assert ready.status_code == 200 and ready.json()["runtime"] == "onnx_fp32"
 
 
-def test_monitoring_endpoints_report_drift(binary) -> None:
-    server, _ = binary
-    drift = server.client.get("/monitoring/drift")
-    assert drift.status_code == 200, drift.text
-    report = drift.json()
-    assert report["status"] in {"drift", "no_drift", "insufficient_data", "no_baseline"}
-    assert isinstance(report["drift"], bool) and isinstance(report["reasons"], list)
-    trigger = server.client.get("/monitoring/retraining_trigger")
-    assert trigger.status_code == 200 and isinstance(trigger.json()["recommended"], bool)
+def test_monitoring_endpoints_report_drift_in_served_traffic(serving_drive, tmp_path) -> None:  # noqa: F811
+    """Traffic with two features moved by 4σ, answered and logged by the service → drift and a retraining trigger."""
+    import pandas as pd
+
+    from pipeline_assets.monitoring.baseline import compute_baseline, write_baseline
+    from pipeline_assets.training.promotion import PromotionStore
+
+    root = drive_copy(serving_drive, tmp_path / "shared")
+    drive, config = DriveLayout.at(root), config_of(serving_drive[1], BINARY)
+    champion = PromotionStore(drive.promotion_dir(config.config_hash)).current()
+    baseline = compute_baseline(pd.read_parquet(drive.dataset_path(BINARY, "train")), config, champion)
+    write_baseline(drive, BINARY, baseline)
+    rows = (json_rows(drive, BINARY, FEATURES, 250) * 3)[:250]  # the test split has fewer rows than that
+    with Server(root, serving_drive[1], BINARY) as server:
+        server.wait_up()
+        assert server.client.get("/monitoring/drift").json()["status"] == "insufficient_data"  # nothing logged yet
+        shifted = ("days_on_platform", "minutes_watched")
+        for row in rows:
+            for name in shifted:
+                moved = baseline["numeric"][name]["mean"] + 4 * baseline["numeric"][name]["std"]
+                row[name] = round(moved) if isinstance(row[name], int) else moved  # integer features stay integers
+        assert server.client.post("/batch_predict", json={"rows": rows}).status_code == 200
+        wait_for(lambda: len(_logged(drive, BINARY)) == len(rows), 5, "the log to hold the batch")
+        report = server.client.get("/monitoring/drift").json()
+        assert report["status"] == "drift" and report["window"]["rows"] == len(rows)
+        assert set(shifted) <= set(report["drifted_features"])
+        trigger = server.client.get("/monitoring/retraining_trigger").json()
+        assert trigger["recommended"] is True and trigger["reasons"] == report["reasons"]
+        # A damaged baseline is a 503 naming the file, never a 500 or a traceback.
+        drive.drift_baseline_json(BINARY).write_text("{not json")
+        broken = server.client.get("/monitoring/drift")
+        assert broken.status_code == 503 and "drift_baseline.json" in broken.text and "Traceback" not in broken.text
 
 
 def test_not_ready_without_a_champion(serving_drive, tmp_path) -> None:  # noqa: F811

@@ -24,6 +24,7 @@ from tests.serving_support import (  # noqa: F401
     Server,
     config_of,
     drive_copy,
+    export_current,
     fit,
     json_rows,
     promote_model,
@@ -155,3 +156,21 @@ def test_sigkill_loses_at_most_the_last_second(private) -> None:
     logged = {r["request_id"] for r in _records(drive)}  # every line whole: json.loads would fail otherwise
     old = {a.request_id for a in load.answers if a.status == 200 and a.at < killed_at - 1.5}
     assert len(old) > 100 and old <= logged
+
+
+def test_a_new_champion_is_served_natively_until_its_export_passes_the_gates(private) -> None:
+    """A just-promoted (or rolled-back) champion answers at once; ONNX takes over once its export passes."""
+    root, config_dir, drive = private
+    config = config_of(config_dir, BINARY)
+    with Server(root, config_dir, BINARY) as server:
+        assert server.wait_up()["model"]["note"] == "release gates passed"
+        train = pd.read_parquet(drive.dataset_path(BINARY, "train"))
+        promote_model(drive, config, fit(config, train, "logistic_regression", {"C": 0.05}), "logistic_regression",
+                      "2", threshold=0.5, export=False)
+        health = wait_for(lambda: (h := server.client.get("/health").json())["model_version"] == "2" and h, 30,
+                          "v2 served")
+        assert health["model"]["runtime"] == "native" and "not evaluated" in health["model"]["note"]
+        row = json_rows(drive, BINARY, FEATURES, 1)[0]
+        assert server.client.post("/predict", json=row).json()["model_version"] == "2"
+        export_current(drive, config)
+        wait_for(lambda: server.client.get("/health").json()["model"]["runtime"] == "onnx_fp32", 30, "v2 on ONNX")
