@@ -8,6 +8,7 @@ local file, no daemon started yet) is skipped, so a fresh `make demo` drive pass
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -112,14 +113,33 @@ def check_mlflow(tracking_uri: str | None = None) -> Condition:
         return Condition("fail", f"{urlsplit(uri).hostname} unreachable: {getattr(exc, 'reason', exc)}")
 
 
+# The per-run event-log databases of a SQLite instance (history/runs/index.db is the index, not a run).
+RUN_EVENT_LOG = re.compile(r"dagster/history/runs/(?!index\.db$)[^/]+\.db")
+
+
 def run_checks(places: Places, latest_heartbeat: float | None, heartbeat_error: str | None = None,
                vacuum: bool = False) -> Iterator[tuple[str, Condition]]:
     """(check name, outcome) for every check, in the order printed."""
+    run_logs: list[Store] = []
     for store in discover(places):
-        if store.kind == "sqlite":
+        if store.kind == "sqlite" and RUN_EVENT_LOG.fullmatch(store.name):
+            run_logs.append(store)
+        elif store.kind == "sqlite":
             yield store.describe(), check_sqlite(store, vacuum)
         elif store.kind == "duckdb":
             yield store.describe(), check_duckdb(store)
+    if run_logs:
+        # One event-log database per run: thousands of them on a busy instance. Each is checked; only the
+        # failures get a line of their own, the rest one summary line.
+        failed = 0
+        for store in run_logs:
+            outcome = check_sqlite(store, vacuum)
+            if outcome.failed:
+                failed += 1
+                yield store.describe(), outcome
+        if failed < len(run_logs):
+            yield (f"sqlite dagster/history/runs/<run id>.db ({len(run_logs)} run event logs)",
+                   Condition("ok", f"{len(run_logs) - failed} pass the integrity check"))
     yield "postgres", check_postgres()
     yield "disk space", disk_condition(places.drive.root_path)
     yield "daemon heartbeat", (Condition("fail", f"cannot read heartbeats: {heartbeat_error}") if heartbeat_error

@@ -103,3 +103,22 @@ def test_each_broken_part_fails_with_its_reason(drive: DriveLayout, monkeypatch,
     assert found["daemon heartbeat"].startswith("daemon heartbeat: FAIL: the daemon's last heartbeat is 9")
     assert found["mlflow server"].startswith("mlflow server: FAIL: 127.0.0.1 unreachable")
     assert "pw" not in found["mlflow server"] and out.strip().endswith("3 check(s) failed")
+
+
+def test_run_event_logs_are_summarized_and_a_broken_one_named(drive: DriveLayout, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = drive.dagster_home() / "history" / "runs"
+    for i in range(3):  # per-run event logs as the SQLite instance keeps them
+        con = sqlite3.connect(runs / f"run-{i}.db")
+        con.execute("CREATE TABLE event_logs (id INTEGER PRIMARY KEY, event TEXT)")
+        con.commit()
+        con.close()
+    (runs / "run-9.db").write_bytes(b"torn" * 1000)
+    assert main(["doctor"]) == 1
+    found = checks(capsys.readouterr().out)
+    summary = "sqlite dagster/history/runs/<run id>.db (4 run event logs)"
+    assert found[summary] == f"{summary}: ok (3 pass the integrity check)"
+    assert found["sqlite dagster/history/runs/run-9.db"].startswith("sqlite dagster/history/runs/run-9.db: FAIL: ")
+    assert not any(name.startswith("sqlite dagster/history/runs/run-0") for name in found)
+    assert found["sqlite dagster/history/runs/index.db"].startswith("sqlite dagster/history/runs/index.db: ok (")
