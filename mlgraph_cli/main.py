@@ -29,8 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from core.tracking import TrackingServerError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except TrackingServerError as exc:  # a dead or refusing MLflow server: its message names the URI and the fix
+        print(f"mlgraph {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ def test_training_run_lands_over_http_with_credentials(server: ServerProcess, mo
 
 @pytest.mark.parametrize("username,password", [(None, None), (USERNAME, "wrong-password")], ids=["none", "wrong"])
 def test_missing_or_wrong_credentials_get_401_and_a_clear_message(
-    server: ServerProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, username, password
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture, username, password
 ):
     from trainer_hook import signal_training_complete
 
@@ -179,6 +180,13 @@ def test_missing_or_wrong_credentials_get_401_and_a_clear_message(
     assert result.ok and result.signal_path.exists() and result.mlflow_run_id is None
     assert any("unauthorized" in w and server.url in w for w in result.warnings), result.warnings
     assert "unauthorized" in caplog.text and PASSWORD not in caplog.text
+    # The command line says the same in one line: no traceback, exit status 2.
+    from mlgraph_cli.main import main
+
+    assert main(["compare", "--experiment", "salary"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlgraph compare: MLflow tracking server") and "401 unauthorized" in err
+    assert "Traceback" not in err and PASSWORD not in err
 
 
 def test_stored_admin_password_is_checked_not_reset(server: ServerProcess, tmp_path: Path):

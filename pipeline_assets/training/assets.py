@@ -100,6 +100,7 @@ def candidate_models(
             f"{len(outcome.families)} families × {config.cv_folds} folds on {len(train)} rows "
             f"in {outcome.wall_seconds:.1f}s with {outcome.n_jobs} worker(s)"
         )
+        model_files.write_oof(storage, config, outcome)
         run_ids = log_candidates(execution.tracker, parent_id, outcome, execution.child_tags(loaded, meta), config)
         model_files.write_candidates(storage, config, meta, outcome, run_ids, context.run.run_id, parent_id)
 

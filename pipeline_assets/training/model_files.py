@@ -90,6 +90,15 @@ def artifacts(drive: DrivePaths, experiment: str, manifest: Mapping[str, Any]) -
     return {family: drive.models_dir(experiment) / entry["artifact"] for family, entry in manifest["families"].items()}
 
 
+def write_oof(drive: DrivePaths, config: ExperimentConfig, outcome: Any) -> Path:
+    """oof_predictions.parquet, written before anything talks to MLflow: a tracking server that dies
+    mid-run must not cost the cross-validation results (the fitted models are already on the drive)."""
+    path = drive.oof_predictions(config.name)
+    with atomic_path(path) as tmp:
+        outcome.oof.to_parquet(tmp, index=False)
+    return path
+
+
 def write_candidates(
     drive: DrivePaths,
     config: ExperimentConfig,
@@ -99,9 +108,7 @@ def write_candidates(
     dagster_run_id: str,
     parent_run_id: str,
 ) -> Path:
-    """oof_predictions.parquet, then candidates.json (`outcome` is a candidates.TrainingOutcome)."""
-    with atomic_path(drive.oof_predictions(config.name)) as tmp:
-        outcome.oof.to_parquet(tmp, index=False)
+    """candidates.json (`outcome` is a candidates.TrainingOutcome), written once the MLflow runs exist."""
     return atomic_write_json(
         drive.candidates_manifest(config.name),
         {
