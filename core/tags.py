@@ -46,6 +46,8 @@ RETRAINING_TAGS = (TAG_TRIGGER, TAG_RETRAIN_REASON, TAG_DRIFT_WINDOW, TAG_DRIFT_
 DAGSTER_RUN_KEY_TAG = "dagster/run_key"
 # Dagster's own: a run's partition key (`dagster/partition/<dimension>` per dimension of a multi-partition).
 DAGSTER_PARTITION_TAG = "dagster/partition"
+# A multi-partitioned run names each dimension: dagster/partition/<dimension>.
+DAGSTER_EXPERIMENT_DIMENSION_TAG = f"{DAGSTER_PARTITION_TAG}/experiment"
 
 
 def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:

@@ -11,6 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from core import tracking
+from core.tags import DAGSTER_PARTITION_TAG
 from core.tracking import Tracker
 
 
@@ -59,7 +60,7 @@ class MlflowTracking(dg.ConfigurableResource):
         executors) can never end a parent run early the way dagster issue #21872 describes.
         """
         run = context.run
-        experiment = run.tags.get("dagster/partition") if run is not None else None
+        experiment = run.tags.get(DAGSTER_PARTITION_TAG) if run is not None else None
         if run is None or context.instance is None or not experiment:
             return
         failures = context.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)

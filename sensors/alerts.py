@@ -14,7 +14,7 @@ import dagster as dg
 
 from core.drive import DriveLayout
 from core.hashing import sha256_text
-from core.tags import SLURM_STATE_TAG, TAG_EXPERIMENT
+from core.tags import DAGSTER_EXPERIMENT_DIMENSION_TAG, DAGSTER_PARTITION_TAG, SLURM_STATE_TAG, TAG_EXPERIMENT
 from operations import alerts
 from resources.slurm_jobs import FAILED_STATES
 from resources.storage import SharedDrive
@@ -24,7 +24,7 @@ DISK_INTERVAL_SECONDS = 60
 # The launcher's run-monitoring message names the job's state: "Slurm job 12 OUT_OF_MEMORY (reason ...)".
 _SLURM_STATE_IN_MESSAGE = re.compile(r"Slurm job \d+ (?P<state>[A-Z_]+)")
 # Where an experiment is named on a run: the signal sensors' tag, multi-partition runs, experiment-partitioned jobs.
-EXPERIMENT_TAGS = (TAG_EXPERIMENT, "dagster/partition/experiment", "dagster/partition")
+EXPERIMENT_TAGS = (TAG_EXPERIMENT, DAGSTER_EXPERIMENT_DIMENSION_TAG, DAGSTER_PARTITION_TAG)
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
 
 

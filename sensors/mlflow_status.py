@@ -9,11 +9,11 @@ daemon and rely on the in-step handling alone.
 
 import dagster as dg
 
+from core.tags import DAGSTER_PARTITION_TAG
 from core.tracking import reconcile_parent
 from pipeline_assets.training.mlflow_runs import ran_training
 from resources.tracking import MlflowTracking
 
-PARTITION_TAG = "dagster/partition"
 
 
 def _ran_training(run: dg.DagsterRun) -> bool:
@@ -24,7 +24,7 @@ def _ran_training(run: dg.DagsterRun) -> bool:
 
 def reconcile(context: dg.RunStatusSensorContext, tracking: MlflowTracking, status: str) -> dg.SkipReason | None:
     run = context.dagster_run
-    experiment = run.tags.get(PARTITION_TAG)
+    experiment = run.tags.get(DAGSTER_PARTITION_TAG)
     if not experiment or not _ran_training(run):
         return dg.SkipReason(f"run {run.run_id[:8]} ran no training step of an experiment partition")
     changed = reconcile_parent(tracking.client(), tracking.experiment_name(experiment), run.run_id, status)

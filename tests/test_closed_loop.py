@@ -142,7 +142,6 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
     loop = deployed
     baseline_a = read_baseline(loop.drive, NAME)
     sigma = {n: baseline_a["numeric"][n]["std"] for n in SHIFTED}
-    rate = baseline_a["target"]["positive_rate"]
     # New labelled data arrives and is ingested (the data group; automation would do it in production).
     population_b(600, 4, sigma).to_csv(loop.csv, index=False)
     with dg.DagsterInstance.from_config(str(loop.home)) as instance:

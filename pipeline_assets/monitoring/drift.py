@@ -31,7 +31,7 @@ import numpy as np
 
 from core.drive import DrivePaths
 from core.experiment import DriftConfig, ExperimentConfig
-from pipeline_assets.monitoring.baseline import label_key, read_baseline
+from pipeline_assets.monitoring.baseline import read_baseline
 from pipeline_assets.monitoring.window import Window, read_window
 
 DRIFT, NO_DRIFT, INSUFFICIENT_DATA, NO_BASELINE = "drift", "no_drift", "insufficient_data", "no_baseline"
