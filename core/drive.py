@@ -12,6 +12,9 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DRIVE_ENV = "SHARED_DRIVE"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
+# Set: Dagster's run, event-log and schedule storage on PostgreSQL (deploy/dagster.postgres.yaml).
+POSTGRES_URL_ENV = "MLGRAPH_POSTGRES_URL"
 
 # File names the design documents give; the paths below are the only place they are joined.
 TRAINING_COMPLETE = ".training_complete"
@@ -266,3 +269,8 @@ class DriveLayout(DrivePaths):
     @property
     def root_path(self) -> Path:
         return self.root
+
+
+def resolve_dagster_home(drive: DrivePaths | None = None) -> Path:
+    """$DAGSTER_HOME when set, else the drive's state/dagster (read at call time)."""
+    return Path(os.environ.get(DAGSTER_HOME_ENV) or (drive or DriveLayout.at()).dagster_home()).resolve()

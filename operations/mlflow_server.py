@@ -30,13 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.drive import DriveLayout
+from core.drive import POSTGRES_URL_ENV, DriveLayout
 from core.tracking import redact_url
 
 USERNAME_ENV = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_ENV = "MLFLOW_TRACKING_PASSWORD"
 BACKEND_URI_ENV = "MLGRAPH_MLFLOW_BACKEND_URI"
-POSTGRES_URL_ENV = "MLGRAPH_POSTGRES_URL"
 MLFLOW_DATABASE = "mlflow"  # scripts/postgres-local creates it next to Dagster's
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"
 DEFAULT_HOST = "127.0.0.1"

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from core.drive import DriveLayout
+from core.drive import POSTGRES_URL_ENV, DriveLayout, resolve_dagster_home
 
-POSTGRES_URL_ENV = "MLGRAPH_POSTGRES_URL"
 POSTGRES_PASSWORD_ENV = "MLGRAPH_POSTGRES_PASSWORD"
-DAGSTER_HOME_ENV = "DAGSTER_HOME"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 DUCKDB_SUFFIX = ".duckdb"
 # Left aside by restore; never a store of their own.
@@ -46,8 +44,8 @@ class Places:
 
     @classmethod
     def resolve(cls, drive: DriveLayout, config_dir: Path, dagster_home: str | os.PathLike[str] | None = None) -> Places:
-        home = dagster_home or os.environ.get(DAGSTER_HOME_ENV) or drive.dagster_home()
-        return cls(drive, Path(home).resolve(), Path(config_dir).resolve())
+        home = Path(dagster_home).resolve() if dagster_home else resolve_dagster_home(drive)
+        return cls(drive, home, Path(config_dir).resolve())
 
     def target(self, name: str) -> Path:
         """The live path of a file store named `name` (as in a backup manifest)."""

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.drive import resolve_drive_root
-    from mlgraph_cli.commands.project import dagster_home
+    from core.drive import resolve_dagster_home
 
     try:
         settings = DashboardSettings(
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mlgraph dashboard: {exc}", file=sys.stderr)
         return 2
-    home = dagster_home()
+    home = resolve_dagster_home()
     if not (home / "dagster.yaml").exists():
         print(f"mlgraph dashboard: {home}/dagster.yaml not found: set DAGSTER_HOME to the instance the daemon uses, "
               "or run `mlgraph init`", file=sys.stderr)

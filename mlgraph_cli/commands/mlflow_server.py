@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.drive import POSTGRES_URL_ENV
 from operations import mlflow_server
 
 
@@ -16,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run `mlflow server --app-name basic-auth` in the foreground. The admin user is created at the "
             f"first start from ${mlflow_server.USERNAME_ENV} / ${mlflow_server.PASSWORD_ENV}; tracking store "
             f"from ${mlflow_server.BACKEND_URI_ENV}, else the `mlflow` database of "
-            f"${mlflow_server.POSTGRES_URL_ENV}, else SQLite on the shared drive; artifacts under "
+            f"${POSTGRES_URL_ENV}, else SQLite on the shared drive; artifacts under "
             "$SHARED_DRIVE/mlflow-artifacts."
         ),
     )

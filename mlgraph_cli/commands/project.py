@@ -7,14 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from core.drive import PROJECT_ROOT, default_shared_drive
+from core.drive import DAGSTER_HOME_ENV, POSTGRES_URL_ENV, PROJECT_ROOT, default_shared_drive, resolve_dagster_home
 
 DEMO_EXPERIMENTS = ["salary", "student_engagement", "demand_forecast"]
-
-
-def dagster_home() -> Path:
-    """$DAGSTER_HOME, else $SHARED_DRIVE/state/dagster."""
-    return Path(os.environ.get("DAGSTER_HOME") or default_shared_drive() / "state" / "dagster").resolve()
 
 
 def init_home() -> Path:
@@ -23,17 +18,17 @@ def init_home() -> Path:
     dagster.yaml (SQLite under DAGSTER_HOME) by default; deploy/dagster.postgres.yaml when
     MLGRAPH_POSTGRES_URL is set, which that file reads from the environment (never copied here).
     """
-    home = dagster_home()
+    home = resolve_dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     link = home / "dagster.yaml"
-    postgres = bool(os.environ.get("MLGRAPH_POSTGRES_URL"))
+    postgres = bool(os.environ.get(POSTGRES_URL_ENV))
     source = PROJECT_ROOT / ("deploy/dagster.postgres.yaml" if postgres else "dagster.yaml")
     if not link.exists() and not link.is_symlink():
         link.symlink_to(source)
     elif link.is_symlink() and link.resolve() != source.resolve():
         link.unlink()
         link.symlink_to(source)
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ[DAGSTER_HOME_ENV] = str(home)
     os.environ.setdefault("SHARED_DRIVE", str(default_shared_drive()))
     return home
 
