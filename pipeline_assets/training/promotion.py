@@ -149,11 +149,14 @@ class Challenge:
                 f"(test {self.metric} {self.candidate_test:.4f} vs {self.champion_test:.4f})")
 
 
+def promoted_on(current: Mapping[str, Any], config_hash: str, dataset_sha256: str) -> bool:
+    """Whether the current champion was promoted for this config hash and these data."""
+    return current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256
+
+
 def contested(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: str, force: bool) -> bool:
     """Whether a champion promoted on other data must be beaten on the current test split first."""
-    if current is None or force:
-        return False
-    return not (current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256)
+    return current is not None and not force and not promoted_on(current, config_hash, dataset_sha256)
 
 
 def challenge_champion(config: ExperimentConfig, gate: BaselineGate, current: Mapping[str, Any], train: Any, test: Any,
@@ -179,7 +182,7 @@ def decide(current: Mapping[str, Any] | None, config_hash: str, dataset_sha256: 
     on the current test split (`challenge`); never twice for the same config hash and data unless forced."""
     if current is None:
         return PromotionDecision(True, "no champion yet for this config hash")
-    same = current.get("config_hash") == config_hash and current.get("dataset_sha256") == dataset_sha256
+    same = promoted_on(current, config_hash, dataset_sha256)
     if force:
         return PromotionDecision(True, "forced" + (": same config hash and data as the current champion" if same else ""))
     if same:
