@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from typing import Any
 
@@ -35,7 +34,6 @@ from serving.schema import batch_model, response_models, row_model
 from serving.settings import ServeSettings
 
 LOG = logging.getLogger("mlgraph.serving")
-DRIFT_MODULE = "pipeline_assets.monitoring.drift"
 KINDS = {400: "malformed_json", 404: "not_found", 405: "not_found", 413: "too_large", 422: "validation",
          503: "not_ready"}
 
@@ -156,26 +154,24 @@ def create_app(settings: ServeSettings) -> Guard:
         return _json({"ready": True, "model_version": model.version, "runtime": model.runtime,
                       "request_id": request_id(request)})
 
-    def drift_module() -> Any:
-        try:
-            return importlib.import_module(DRIFT_MODULE)
-        except ModuleNotFoundError as exc:
-            raise HTTPException(503, f"drift monitoring is not available ({exc})") from None
+    async def drift_report() -> dict[str, Any]:
+        # The one drift implementation the drift_report asset and drift_sensor use (pandas/pyarrow: imported on use).
+        from pipeline_assets.monitoring.drift import build_report
 
-    async def drift_report(module: Any) -> dict[str, Any]:
         try:
-            return await run_in_threadpool(module.build_report, drive, config)
+            return await run_in_threadpool(build_report, drive, config)
         except (OSError, ValueError) as exc:  # a damaged baseline or log: the message names the file and the fix
             raise HTTPException(503, f"drift report unavailable: {exc}") from None
 
     @app.get("/monitoring/drift", summary="Drift of the logged inputs and predictions against training")
     async def drift() -> Response:
-        return _json(await drift_report(drift_module()))
+        return _json(await drift_report())
 
     @app.get("/monitoring/retraining_trigger", summary="Whether drift recommends retraining")
     async def retraining_trigger() -> Response:
-        module = drift_module()
-        return _json(module.retraining_trigger(await drift_report(module)))
+        from pipeline_assets.monitoring.drift import retraining_trigger as trigger
+
+        return _json(trigger(await drift_report()))
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
