@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # Routing: runs tagged `mlgraph/compute: slurm` go to the cluster (launcher.slurm_launcher).
 COMPUTE_TAG = "mlgraph/compute"
 COMPUTE_SLURM = "slurm"
@@ -48,6 +50,17 @@ DAGSTER_RUN_KEY_TAG = "dagster/run_key"
 DAGSTER_PARTITION_TAG = "dagster/partition"
 # A multi-partitioned run names each dimension: dagster/partition/<dimension>.
 DAGSTER_EXPERIMENT_DIMENSION_TAG = f"{DAGSTER_PARTITION_TAG}/experiment"
+# Where a run names its experiment, first match wins: the sensors' tag, a multi-partitioned run's
+# experiment dimension, an experiment-partitioned run's partition.
+EXPERIMENT_TAGS = (TAG_EXPERIMENT, DAGSTER_EXPERIMENT_DIMENSION_TAG, DAGSTER_PARTITION_TAG)
+
+
+def experiment_tag(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """(tag, experiment) of the first of EXPERIMENT_TAGS a run carries, or None."""
+    for tag in EXPERIMENT_TAGS:
+        if tags.get(tag):
+            return tag, tags[tag]
+    return None
 
 
 def slurm_tags(cpus: int = 2, mem: str = "4G", time: str = "01:00:00", kind: str = "training") -> dict[str, str]:

@@ -14,16 +14,15 @@ from core.drive import DriveLayout
 from core.experiment import is_experiment_name
 from core.signals import SignalError, TrainingComplete, read_signal
 from core.tags import (
-    DAGSTER_PARTITION_TAG,
     SLURM_ELAPSED_TAG,
     SLURM_JOB_ID_TAG,
     SLURM_KIND_TAG,
     SLURM_LOG_TAG,
     SLURM_STATE_TAG,
     SLURM_TIME_TAG,
-    TAG_EXPERIMENT,
     TAG_MLFLOW_RUN_ID,
     TAG_TRAINING_MLFLOW_RUN_ID,
+    experiment_tag,
 )
 from dashboard.slurm_poller import SlurmSnapshot
 from resources.slurm_jobs import FAILED_STATES, SlurmJob
@@ -97,10 +96,9 @@ def _duration(seconds: float) -> str:
 
 
 def run_experiment(tags: Mapping[str, str]) -> str:
-    """The sensors' experiment tag, else the run's partition (its experiment dimension when multi-partitioned)."""
-    value = (tags.get(TAG_EXPERIMENT) or tags.get(f"{DAGSTER_PARTITION_TAG}/experiment")
-             or tags.get(DAGSTER_PARTITION_TAG) or "")
-    return value.split("|", 1)[0]
+    """The experiment a run names (core.tags.EXPERIMENT_TAGS), "" for none."""
+    named = experiment_tag(tags)
+    return named[1].split("|", 1)[0] if named else ""
 
 
 def classify(dagster_status: str, slurm_state: str | None) -> tuple[str, str]:

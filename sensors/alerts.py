@@ -14,7 +14,7 @@ import dagster as dg
 
 from core.drive import DriveLayout
 from core.hashing import sha256_text
-from core.tags import DAGSTER_EXPERIMENT_DIMENSION_TAG, DAGSTER_PARTITION_TAG, SLURM_STATE_TAG, TAG_EXPERIMENT
+from core.tags import SLURM_STATE_TAG, experiment_tag
 from operations import alerts
 from resources.slurm_jobs import FAILED_STATES
 from resources.storage import SharedDrive
@@ -23,8 +23,6 @@ MIN_INTERVAL_SECONDS = 10
 DISK_INTERVAL_SECONDS = 60
 # The launcher's run-monitoring message names the job's state: "Slurm job 12 OUT_OF_MEMORY (reason ...)".
 _SLURM_STATE_IN_MESSAGE = re.compile(r"Slurm job \d+ (?P<state>[A-Z_]+)")
-# Where an experiment is named on a run: the signal sensors' tag, multi-partition runs, experiment-partitioned jobs.
-EXPERIMENT_TAGS = (TAG_EXPERIMENT, DAGSTER_EXPERIMENT_DIMENSION_TAG, DAGSTER_PARTITION_TAG)
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
 
 
@@ -35,14 +33,6 @@ def slurm_state(run: dg.DagsterRun, message: str) -> str | None:
     for match in _SLURM_STATE_IN_MESSAGE.finditer(message):
         if match.group("state") in FAILED_STATES:
             return match.group("state")
-    return None
-
-
-def run_experiment(run: dg.DagsterRun) -> tuple[str, str] | None:
-    """(tag, experiment) naming the run's experiment, if any."""
-    for tag in EXPERIMENT_TAGS:
-        if run.tags.get(tag):
-            return tag, run.tags[tag]
     return None
 
 
@@ -65,7 +55,7 @@ def build_alert_sensors(minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
         run = context.dagster_run
         message = context.failure_event.message or "no failure message"
         state = slurm_state(run, message)
-        named = run_experiment(run)
+        named = experiment_tag(run.tags)
         drive = storage.layout
         alerts.run_failed(drive, run.run_id, run.job_name, message, named[1] if named else None, state)
         if named:
@@ -76,7 +66,7 @@ def build_alert_sensors(minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
                           default_status=default_status)
     def alert_run_success_sensor(context: dg.RunStatusSensorContext, storage: SharedDrive):
         """Clears an experiment's consecutive-failures alert when one of its runs succeeds."""
-        named = run_experiment(context.dagster_run)
+        named = experiment_tag(context.dagster_run.tags)
         if named:
             alerts.consecutive_failures(storage.layout, named[1], latest_statuses(context.instance, *named))
 
