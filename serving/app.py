@@ -23,12 +23,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from core.drive import DriveLayout
-from serving.guard import Guard, request_id
+from serving.guard import Guard, dumps, error_body, request_id
 from serving.log_writer import PredictionLogWriter
 from serving.metrics import ServiceMetrics
 from serving.model import LoadedModel, input_spec
 from serving.openapi import add_prediction_paths
-from serving.predict import INTERNAL, PredictEndpoint, dumps, error_body, validation_refusal
+from serving.predict import INTERNAL, PredictEndpoint, validation_refusal
 from serving.reload import ModelHolder
 from serving.schema import batch_model, response_models, row_model
 from serving.settings import ServeSettings

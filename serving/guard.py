@@ -14,6 +14,16 @@ from starlette.exceptions import HTTPException
 
 REQUEST_ID_HEADER = "x-request-id"
 MODEL_VERSION_HEADER = "x-model-version"
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per call
+
+
+def dumps(body: Any) -> bytes:
+    return _ENCODE(body).encode()
+
+
+def error_body(kind: str, detail: Any, request_id: str) -> bytes:
+    """Every error the service answers: {"error": kind, "detail": ..., "request_id": ...}, never a traceback."""
+    return dumps({"error": kind, "detail": detail, "request_id": request_id})
 
 
 class BodyTooLarge(HTTPException):
@@ -81,7 +91,7 @@ class Guard:
 
     async def _refuse(self, send: Callable, rid: str, detail: str) -> None:
         self.too_large()
-        body = json.dumps({"error": "too_large", "detail": detail, "request_id": rid}).encode()
+        body = error_body("too_large", detail, rid)
         await send({"type": "http.response.start", "status": 413, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (REQUEST_ID_HEADER.encode(), rid.encode()), (b"connection", b"close")]})

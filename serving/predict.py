@@ -11,7 +11,6 @@ hot reload cannot switch models mid-request); 400 malformed JSON; 413 too large 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -20,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serving.guard import MODEL_VERSION_HEADER, BodyTooLarge
+from serving.guard import MODEL_VERSION_HEADER, BodyTooLarge, dumps, error_body
 from serving.log_writer import Entry, PredictionLogWriter
 from serving.metrics import ServiceMetrics
 from serving.reload import ModelHolder
@@ -35,16 +34,6 @@ class Refused(Exception):
         super().__init__(kind)
         self.status, self.kind, self.detail = status, kind, detail
 
-
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per call
-
-
-def dumps(body: Any) -> bytes:
-    return _ENCODE(body).encode()
-
-
-def error_body(kind: str, detail: Any, request_id: str) -> bytes:
-    return dumps({"error": kind, "detail": detail, "request_id": request_id})
 
 
 def field_name(loc: tuple) -> str:
