@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import dagster as dg  # noqa: E402
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus  # noqa: E402
-from dagster._core.utils import make_new_run_id  # noqa: E402
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.utils import make_new_run_id
 
-from core.drive import DriveLayout  # noqa: E402
-from core.tags import (  # noqa: E402
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.tags import (
     DAGSTER_PARTITION_TAG,
     SLURM_JOB_ID_TAG,
     SLURM_LOG_TAG,
@@ -40,16 +40,18 @@ from core.tags import (  # noqa: E402
     TAG_EXPERIMENT,
     TAG_MLFLOW_RUN_ID,
 )
-from dashboard import render  # noqa: E402
-from dashboard.app import Dashboard, create_app  # noqa: E402
-from dashboard.settings import DashboardSettings  # noqa: E402
-from dashboard.slurm_poller import SlurmSnapshot  # noqa: E402
-from resources.slurm_jobs import SlurmJob  # noqa: E402
+from mlgraph.dashboard import render
+from mlgraph.dashboard.app import Dashboard, create_app
+from mlgraph.dashboard.settings import DashboardSettings
+from mlgraph.dashboard.slurm_poller import SlurmSnapshot
+from mlgraph.slurm.jobs import SlurmJob
 
 TARGET_S = 1.0
 _JOBS = ("checkpoint_evaluation_job", "checkpoint_comparison_report_job", "training_job")
-_STATES = [(DagsterRunStatus.SUCCESS, "COMPLETED")] * 3 + [(DagsterRunStatus.FAILURE, "TIMEOUT"),
-                                                          (DagsterRunStatus.STARTED, "RUNNING")]
+_STATES = [(DagsterRunStatus.SUCCESS, "COMPLETED")] * 3 + [
+    (DagsterRunStatus.FAILURE, "TIMEOUT"),
+    (DagsterRunStatus.STARTED, "RUNNING"),
+]
 
 
 class FixedPoller:
@@ -79,19 +81,44 @@ def build(home: Path, drive: Path, n: int) -> tuple[dg.DagsterInstance, SlurmSna
         experiment = f"exp{i % 100:03d}"
         status, state = _STATES[i % len(_STATES)]
         job_id = str(100000 + i)
-        instance.add_run(DagsterRun(
-            job_name=_JOBS[i % 3], run_id=make_new_run_id(), status=status,
-            tags={TAG_EXPERIMENT: experiment, DAGSTER_PARTITION_TAG: experiment, SLURM_JOB_ID_TAG: job_id,
-                  SLURM_LOG_TAG: str(layout.logs_root() / "evaluation" / f"{job_id}.log"),
-                  TAG_MLFLOW_RUN_ID: f"{i:032x}", SLURM_TIME_TAG: "01:00:00"}))
-        jobs[job_id] = SlurmJob(job_id=job_id, state=state, source="squeue", elapsed="00:12:34", time_limit="1:00:00",
-                                reason="None",
-                                raw={"SubmitTime": "2026-11-30T10:00:00", "StartTime": "2026-11-30T10:00:05"})
+        instance.add_run(
+            DagsterRun(
+                job_name=_JOBS[i % 3],
+                run_id=make_new_run_id(),
+                status=status,
+                tags={
+                    TAG_EXPERIMENT: experiment,
+                    DAGSTER_PARTITION_TAG: experiment,
+                    SLURM_JOB_ID_TAG: job_id,
+                    SLURM_LOG_TAG: str(layout.logs_root() / "evaluation" / f"{job_id}.log"),
+                    TAG_MLFLOW_RUN_ID: f"{i:032x}",
+                    SLURM_TIME_TAG: "01:00:00",
+                },
+            )
+        )
+        jobs[job_id] = SlurmJob(
+            job_id=job_id,
+            state=state,
+            source="squeue",
+            elapsed="00:12:34",
+            time_limit="1:00:00",
+            reason="None",
+            raw={"SubmitTime": "2026-11-30T10:00:00", "StartTime": "2026-11-30T10:00:05"},
+        )
     for e in range(min(n, 100)):
         path = layout.training_complete_signal(f"exp{e:03d}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"timestamp": "2026-11-30T09:00:00Z", "experiment": f"exp{e:03d}",
-                                    "checkpoint_path": "models/x/checkpoints/1", "hostname": "gpu1", "user": "ml"}))
+        path.write_text(
+            json.dumps(
+                {
+                    "timestamp": "2026-11-30T09:00:00Z",
+                    "experiment": f"exp{e:03d}",
+                    "checkpoint_path": "models/x/checkpoints/1",
+                    "hostname": "gpu1",
+                    "user": "ml",
+                }
+            )
+        )
     return instance, SlurmSnapshot(queue=jobs, polled_at=time.time())
 
 
@@ -115,8 +142,11 @@ def http_get_seconds(dashboard_settings, instance, poller, repeat: int) -> dict:
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(dashboard_settings, instance, poller), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(dashboard_settings, instance, poller), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -130,8 +160,12 @@ def http_get_seconds(dashboard_settings, instance, poller, repeat: int) -> dict:
             first = client.get("/", headers={"Accept-Encoding": "gzip"})
             cold = time.perf_counter() - start
             warm = _median(lambda: client.get("/", headers={"Accept-Encoding": "gzip"}).raise_for_status(), repeat)
-            return {"http_get_cold_s": round(cold, 4), "http_get_s": round(warm, 4),
-                    "page_bytes": len(first.content), "page_bytes_gzip": int(first.headers.get("content-length", 0))}
+            return {
+                "http_get_cold_s": round(cold, 4),
+                "http_get_s": round(warm, 4),
+                "page_bytes": len(first.content),
+                "page_bytes_gzip": int(first.headers.get("content-length", 0)),
+            }
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -151,9 +185,16 @@ def measure(tmp: Path, n: int, repeat: int) -> dict:
     html = _median(lambda: render.page(state, settings), repeat)
     cold_page = _median(lambda: render.page(Dashboard(settings, instance, poller).state(), settings), repeat)
     warm_page = _median(lambda: render.page(warm.state(), settings), repeat)
-    return {"runs": n, "slurm_jobs": len(snapshot.queue), "instance_query_all_s": round(query, 4),
-            "collect_warm_s": round(collect, 4), "render_s": round(html, 4), "page_cold_s": round(cold_page, 4),
-            "page_warm_s": round(warm_page, 4), **http_get_seconds(settings, instance, poller, repeat)}
+    return {
+        "runs": n,
+        "slurm_jobs": len(snapshot.queue),
+        "instance_query_all_s": round(query, 4),
+        "collect_warm_s": round(collect, 4),
+        "render_s": round(html, 4),
+        "page_cold_s": round(cold_page, 4),
+        "page_warm_s": round(warm_page, 4),
+        **http_get_seconds(settings, instance, poller, repeat),
+    }
 
 
 def main() -> None:
@@ -165,14 +206,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlgraph-dashboard-bench-") as tmp:
         baseline = measure(Path(tmp), args.baseline, args.repeat)
         large = measure(Path(tmp), args.runs, args.repeat)
-    print(json.dumps({
-        "benchmark": "dashboard",
-        "target": f"page < {TARGET_S} s at {args.runs} runs and jobs, cold (first read) and warm (a refresh)",
-        "baseline": baseline,
-        "large": large,
-        "http_get_ratio_vs_baseline": round(large["http_get_s"] / max(baseline["http_get_s"], 1e-9), 1),
-        "meets_target": max(large["page_cold_s"], large["page_warm_s"], large["http_get_s"]) < TARGET_S,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "dashboard",
+                "target": f"page < {TARGET_S} s at {args.runs} runs and jobs, cold (first read) and warm (a refresh)",
+                "baseline": baseline,
+                "large": large,
+                "http_get_ratio_vs_baseline": round(large["http_get_s"] / max(baseline["http_get_s"], 1e-9), 1),
+                "meets_target": max(large["page_cold_s"], large["page_warm_s"], large["http_get_s"]) < TARGET_S,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Drift report over a large prediction log: the production reader against a naive `json.loads` per line.
 
 Writes a prediction log of `--rows` records (default 1,000,000) × `--features` features (18 numeric,
-2 categorical by default) in the core/prediction_log.py format, rotated every 250,000 records as the
-service rotates it, then times `pipeline_assets.monitoring.drift.build_report` with `window = rows`
+2 categorical by default) in the mlgraph/core/prediction_log.py format, rotated every 250,000 records as the
+service rotates it, then times `mlgraph.monitoring.drift.build_report` with `window = rows`
 (every record in the report) and, in the same run, the naive reader: every line through `json.loads`
 into per-feature lists, then the same statistics (the baseline the pyarrow block reader replaces).
 Target (issue #12): ≤ 10 s for 1M × 20 on 2 cores. Two features of the newest half are shifted by 8σ
@@ -31,12 +31,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.drive import DriveLayout  # noqa: E402
-from core.experiment import ExperimentConfig  # noqa: E402
-from core.prediction_log import rotated_name  # noqa: E402
-from pipeline_assets.monitoring import drift  # noqa: E402
-from pipeline_assets.monitoring.baseline import compute_baseline, read_baseline, write_baseline  # noqa: E402
-from pipeline_assets.monitoring.window import Window, newest, parse_record  # noqa: E402
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.prediction_log import rotated_name
+from mlgraph.monitoring import drift
+from mlgraph.monitoring.baseline import compute_baseline, read_baseline, write_baseline
+from mlgraph.monitoring.window import Window, newest, parse_record
 
 ROTATE_EVERY = 250_000
 CATEGORIES = ["basic", "plus", "pro", "team"]
@@ -65,9 +65,14 @@ def write_log(drive: DriveLayout, data: pd.DataFrame, numeric: list[str], catego
         path = current if number == len(pieces) - 1 else rotated_name(current, start + dt.timedelta(hours=number))
         with open(path, "w", encoding="utf-8") as handle:
             for i in range(first, last):
-                record = {"time": (start + dt.timedelta(milliseconds=i)).isoformat(), "request_id": f"r{i}", "row": 0,
-                          "model_version": "1", "inputs": {n: columns[n][i] for n in names},
-                          "output": {"prediction": predictions[i], "probability": 0.4}}
+                record = {
+                    "time": (start + dt.timedelta(milliseconds=i)).isoformat(),
+                    "request_id": f"r{i}",
+                    "row": 0,
+                    "model_version": "1",
+                    "inputs": {n: columns[n][i] for n in names},
+                    "output": {"prediction": predictions[i], "probability": 0.4},
+                }
                 handle.write(json.dumps(record) + "\n")
     return sum(p.stat().st_size for p in current.parent.iterdir())
 
@@ -103,8 +108,12 @@ def naive_window(current: Path, size: int, numeric: list[str], categorical: list
 def naive_report(window: Window, baseline: dict, config: ExperimentConfig) -> list[str]:
     """The drifted features of the naive window, by the same rules."""
     features = {n: drift.numeric_drift(window.numeric[n], baseline["numeric"][n], 3.0) for n in window.numeric}
-    features.update({c: drift.categorical_drift(counts, baseline["categorical"][c], config.drift)
-                     for c, counts in window.categorical.items()})
+    features.update(
+        {
+            c: drift.categorical_drift(counts, baseline["categorical"][c], config.drift)
+            for c, counts in window.categorical.items()
+        }
+    )
     return [n for n, f in features.items() if f["drift"]]
 
 
@@ -116,10 +125,16 @@ def main() -> None:
     args = parser.parse_args()
     numeric = [f"x{i}" for i in range(args.features - 2)]
     categorical = ["plan", "region"]
-    config = ExperimentConfig.model_validate({
-        "name": "bench", "task": "classification", "dataset": {"generator": "student_engagement"}, "target": "y",
-        "columns": {c: "categorical" for c in categorical}, "drift": {"window": args.rows},
-    })
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "bench",
+            "task": "classification",
+            "dataset": {"generator": "student_engagement"},
+            "target": "y",
+            "columns": dict.fromkeys(categorical, "categorical"),
+            "drift": {"window": args.rows},
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         drive = DriveLayout.at(args.keep or tmp)
         training = frame(50_000, numeric, categorical, 0)
@@ -150,17 +165,30 @@ def main() -> None:
         window = naive_window(current, args.rows, numeric, categorical)
         naive_drifted = naive_report(window, read_baseline(drive, "bench"), config)
         naive_seconds = time.perf_counter() - started
-    print(json.dumps({
-        "rows": args.rows, "features": args.features, "log_files": -(-args.rows // ROTATE_EVERY),
-        "log_mb": round(log_bytes / 2**20, 1), "write_seconds": round(write_seconds, 2),
-        "report_seconds": round(report_seconds, 2), "report_rows_per_second": round(args.rows / report_seconds),
-        "window_5000_report_seconds": round(window_5000_seconds, 3),
-        "naive_json_loads_seconds": round(naive_seconds, 2), "speedup": round(naive_seconds / report_seconds, 1),
-        "status": report["status"], "drifted_features": report["drifted_features"],
-        "naive_drifted_features": naive_drifted,
-        "target_seconds": 10, "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "features": args.features,
+                "log_files": -(-args.rows // ROTATE_EVERY),
+                "log_mb": round(log_bytes / 2**20, 1),
+                "write_seconds": round(write_seconds, 2),
+                "report_seconds": round(report_seconds, 2),
+                "report_rows_per_second": round(args.rows / report_seconds),
+                "window_5000_report_seconds": round(window_5000_seconds, 3),
+                "naive_json_loads_seconds": round(naive_seconds, 2),
+                "speedup": round(naive_seconds / report_seconds, 1),
+                "status": report["status"],
+                "drifted_features": report["drifted_features"],
+                "naive_drifted_features": naive_drifted,
+                "target_seconds": 10,
+                "cpus": os.cpu_count(),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "python": platform.python_version(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from pipeline_assets.data.generators import generate
-    from core.experiment import ForecastConfig
-    from pipeline_assets.training import forecasting as fc
+    from mlgraph.core.experiment import ForecastConfig
+    from mlgraph.data.generators import generate
+    from mlgraph.training import forecasting as fc
 
     table = generate("demand_forecast", rows=args.rows, seed=3)
     y = table["demand"].to_numpy()
@@ -64,26 +64,33 @@ def main() -> None:
                 "max_abs_pred_diff": round(float(diff.max()), 6),
                 "mean_abs_pred_diff": round(float(diff.mean()), 6),
                 "test_rmse_rel_diff": round(
-                    abs(per_device["cuda"]["test_rmse"] - per_device["cpu"]["test_rmse"]) / per_device["cpu"]["test_rmse"], 4
+                    abs(per_device["cuda"]["test_rmse"] - per_device["cpu"]["test_rmse"])
+                    / per_device["cpu"]["test_rmse"],
+                    4,
                 ),
                 "cuda_speedup": round(per_device["cpu"]["fit_s"] / per_device["cuda"]["fit_s"], 2),
             }
         results[family] = entry
 
-    print(json.dumps({
-        "benchmark": "gpu_forecasting",
-        "torch": torch.__version__,
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_threads": 1,
-        "rows": args.rows,
-        "train_rows": cut,
-        "test_rows": len(positions),
-        "window": cfg.window,
-        "hidden_size": cfg.hidden_size,
-        "batch_size": cfg.batch_size,
-        "epochs": cfg.epochs,
-        "families": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu_forecasting",
+                "torch": torch.__version__,
+                "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "cpu_threads": 1,
+                "rows": args.rows,
+                "train_rows": cut,
+                "test_rows": len(positions),
+                "window": cfg.window,
+                "hidden_size": cfg.hidden_size,
+                "batch_size": cfg.batch_size,
+                "epochs": cfg.epochs,
+                "families": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,20 +27,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import joblib  # noqa: E402
+import joblib
 
-from core.drive import DriveLayout  # noqa: E402
-from core.experiment import load_experiment_file  # noqa: E402
-from core.hashing import sha256_file  # noqa: E402
-from pipeline_assets.data.generators import generate  # noqa: E402
-from pipeline_assets.data.splitting import split_dataset  # noqa: E402
-from pipeline_assets.deployment import bench, export, gates, quantize  # noqa: E402
-from pipeline_assets.deployment.champion import evaluation_split, read_champion  # noqa: E402
-from pipeline_assets.deployment.parity import Int8Budget  # noqa: E402
-from pipeline_assets.training import families as fam  # noqa: E402
-from pipeline_assets.training import forecasting as fc  # noqa: E402
-from pipeline_assets.training.candidates import available_cores, prepare_training_data  # noqa: E402
-from pipeline_assets.training.promotion import PromotionStore  # noqa: E402
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.experiment import load_experiment_file
+from mlgraph.core.hashing import sha256_file
+from mlgraph.data.generators import generate
+from mlgraph.data.splitting import split_dataset
+from mlgraph.deployment import bench, export, gates, quantize
+from mlgraph.deployment.champion import evaluation_split, read_champion
+from mlgraph.deployment.parity import Int8Budget
+from mlgraph.training import families as fam
+from mlgraph.training import forecasting as fc
+from mlgraph.training.candidates import available_cores, prepare_training_data
+from mlgraph.training.promotion import PromotionStore
 
 # case → (experiment, family, param overrides, one-row speed-up target of ONNX FP32 over native)
 CASES = {
@@ -83,8 +83,15 @@ def fit_champion(drive: DriveLayout, case: str) -> tuple:
         path = bundle / f"{family}.joblib"
         joblib.dump(model, path, compress=1)
         threshold = 0.5
-    pointer = {"model_path": str(path), "model_type": family, "model_version": "1", "run_id": f"bench-{case}",
-               "artifact_sha256": sha256_file(path), "config_hash": config.config_hash, "experiment": name}
+    pointer = {
+        "model_path": str(path),
+        "model_type": family,
+        "model_version": "1",
+        "run_id": f"bench-{case}",
+        "artifact_sha256": sha256_file(path),
+        "config_hash": config.config_hash,
+        "experiment": name,
+    }
     if threshold is not None:
         pointer["threshold"] = threshold
     PromotionStore(drive.promotion_dir(config.config_hash)).promote(pointer)
@@ -125,8 +132,11 @@ def run_case(case: str, settings: bench.BenchSettings, out: Path | None) -> dict
         "benchmark_seconds": round(bench_seconds, 2),
         "one_row_p50_us": {r["variant"]: round(r["latency_p50_us"], 2) for r in first},
         "one_row_p99_us": {r["variant"]: round(r["latency_p99_us"], 2) for r in first},
-        "rows_per_s_batch_4096_all_cores": {r["variant"]: round(r["throughput_rows_per_s"]) for r in rows
-                                            if r["threads"] == max(bench.thread_counts()) and r["batch_size"] == 4096},
+        "rows_per_s_batch_4096_all_cores": {
+            r["variant"]: round(r["throughput_rows_per_s"])
+            for r in rows
+            if r["threads"] == max(bench.thread_counts()) and r["batch_size"] == 4096
+        },
         "peak_rss_mb": {r["variant"]: round(r["peak_rss_mb"], 1) for r in first},
         "metric": {r["variant"]: round(r["metric_value"], 6) for r in first},
         "onnx_fp32_speedup_one_row_p50": round(speedup, 1),
@@ -134,7 +144,8 @@ def run_case(case: str, settings: bench.BenchSettings, out: Path | None) -> dict
         "int8": quantized.report["summary"],
         "pareto_front": bench.pareto_front(
             {bench.point_key(r): (r["latency_p99_us"], r["metric_value"]) for r in rows},
-            config.selection_metric in ("rmse", "mae", "mse", "composite")),
+            config.selection_metric in ("rmse", "mae", "mse", "composite"),
+        ),
     }
     if target is not None:
         result["target_speedup"] = target
@@ -144,9 +155,12 @@ def run_case(case: str, settings: bench.BenchSettings, out: Path | None) -> dict
         result["int8_size_ratio"] = round(ratio, 2)
         if case in INT8_SIZE_CASES:
             result["int8_size_target_met"] = ratio >= INT8_SIZE_TARGET
-        result["int8_gate"] = {"passed": int8_gate.result.passed, "max_abs_err": int8_gate.result.max_abs_err,
-                               "mixed_batch_max_abs_err": int8_gate.result.mixed_batch_max_abs_err,
-                               **{k: v for k, v in int8_gate.result.metric_loss.items() if k in ("name", "loss")}}
+        result["int8_gate"] = {
+            "passed": int8_gate.result.passed,
+            "max_abs_err": int8_gate.result.max_abs_err,
+            "mixed_batch_max_abs_err": int8_gate.result.mixed_batch_max_abs_err,
+            **{k: v for k, v in int8_gate.result.metric_loss.items() if k in ("name", "loss")},
+        }
     return result
 
 
@@ -160,19 +174,33 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = {case: run_case(case, bench.SETTINGS[args.settings], args.out) for case in args.cases}
-    print(json.dumps({
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "cores": available_cores()},
-        "settings": args.settings,
-        "cases": results,
-        "targets": {
-            **{f"{case}_onnx_fp32_speedup_ge_{CASES[case][3]:g}x": r["target_met"]
-               for case, r in results.items() if "target_met" in r},
-            **{f"{case}_int8_size_ratio_ge_{INT8_SIZE_TARGET:g}x": r["int8_size_target_met"]
-               for case, r in results.items() if "int8_size_target_met" in r},
-        },
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": {
+                    "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
+                    "cores": available_cores(),
+                },
+                "settings": args.settings,
+                "cases": results,
+                "targets": {
+                    **{
+                        f"{case}_onnx_fp32_speedup_ge_{CASES[case][3]:g}x": r["target_met"]
+                        for case, r in results.items()
+                        if "target_met" in r
+                    },
+                    **{
+                        f"{case}_int8_size_ratio_ge_{INT8_SIZE_TARGET:g}x": r["int8_size_target_met"]
+                        for case, r in results.items()
+                        if "int8_size_target_met" in r
+                    },
+                },
+                "wall_seconds": round(time.perf_counter() - started, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,19 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import dagster as dg  # noqa: E402
-import yaml  # noqa: E402
+import dagster as dg
+import yaml
 
-from core.atomic import atomic_write_text  # noqa: E402
-from core.drive import DriveLayout  # noqa: E402
-from core.hashing import sha256_file  # noqa: E402
-from core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE  # noqa: E402
-from resources.experiments import ExperimentCatalog  # noqa: E402
-from resources.storage import SharedDrive  # noqa: E402
-from core.tags import DAGSTER_RUN_KEY_TAG  # noqa: E402
-from sensors.signal_scan import MAX_SIGNALS_PER_TICK, SignalCursor, plan_tick  # noqa: E402
-from sensors.signal_scan import run_key as run_key_of  # noqa: E402
-from sensors.signal_sensors import build_signal_sensors  # noqa: E402
+from mlgraph.core.atomic import atomic_write_text
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.hashing import sha256_file
+from mlgraph.core.signals import EVAL_COMPLETE, EVAL_FAILED, TRAINING_COMPLETE
+from mlgraph.core.tags import DAGSTER_RUN_KEY_TAG
+from mlgraph.external.signal_scan import MAX_SIGNALS_PER_TICK, SignalCursor, plan_tick
+from mlgraph.external.signal_scan import run_key as run_key_of
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive
+from sensors.signal_sensors import build_signal_sensors
 
 TARGET_TICK_S = 2.0
 
@@ -54,12 +54,21 @@ def build_drive(drive: Path, config_dir: Path, n: int) -> list[str]:
         (config_dir / "experiments" / f"{name}.yaml").write_text(template.replace("name: salary", f"name: {name}"))
         ckpt = checkpoint_dir(drive, name)
         ckpt.mkdir(parents=True)
-        layout.training_complete_signal(name).write_text(json.dumps({
-            "timestamp": "2025-09-30T14:32:15Z", "experiment": name, "checkpoint_path": str(ckpt),
-            "hostname": "bench", "user": "bench"}))
+        layout.training_complete_signal(name).write_text(
+            json.dumps(
+                {
+                    "timestamp": "2025-09-30T14:32:15Z",
+                    "experiment": name,
+                    "checkpoint_path": str(ckpt),
+                    "hostname": "bench",
+                    "user": "bench",
+                }
+            )
+        )
         layout.evaluation_dir(name).mkdir(parents=True)
-        layout.eval_complete_signal(name).write_text(json.dumps({
-            "timestamp": "2025-09-30T15:00:00Z", "experiment": name, "job_id": "1", "status": "complete"}))
+        layout.eval_complete_signal(name).write_text(
+            json.dumps({"timestamp": "2025-09-30T15:00:00Z", "experiment": name, "job_id": "1", "status": "complete"})
+        )
     return names
 
 
@@ -97,18 +106,29 @@ def tick_benchmark(n: int, repeats: int) -> dict:
             assert len(cold.run_requests) == min(n, MAX_SIGNALS_PER_TICK), len(cold.run_requests)
             # The cursor once every signal has been handled.
             layout = DriveLayout(drive)
-            handled = plan_tick(drive, layout.models_root(), (TRAINING_COMPLETE,), SignalCursor(), 0,
-                                max_files=n).cursor.serialize()
+            handled = plan_tick(
+                drive, layout.models_root(), (TRAINING_COMPLETE,), SignalCursor(), 0, max_files=n
+            ).cursor.serialize()
             steady_s, steady = timed(lambda: run(training, handled), repeats)
             assert steady.run_requests == []
             for name in names[:10]:
-                atomic_write_text(layout.training_complete_signal(name), json.dumps({
-                    "timestamp": "2025-10-01T00:00:00Z", "experiment": name, "hostname": "bench", "user": "bench",
-                    "checkpoint_path": str(checkpoint_dir(drive, name))}))
+                atomic_write_text(
+                    layout.training_complete_signal(name),
+                    json.dumps(
+                        {
+                            "timestamp": "2025-10-01T00:00:00Z",
+                            "experiment": name,
+                            "hostname": "bench",
+                            "user": "bench",
+                            "checkpoint_path": str(checkpoint_dir(drive, name)),
+                        }
+                    ),
+                )
             new_s, new = timed(lambda: run(training, handled), repeats)
             assert len(new.run_requests) == 10
-            eval_handled = plan_tick(drive, layout.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0,
-                                     max_files=n).cursor.serialize()
+            eval_handled = plan_tick(
+                drive, layout.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0, max_files=n
+            ).cursor.serialize()
             eval_s, eval_steady = timed(lambda: run(evaluation, eval_handled), repeats)
             assert eval_steady.run_requests == []
             cursor_bytes = len(handled)
@@ -118,7 +138,9 @@ def tick_benchmark(n: int, repeats: int) -> dict:
         "training_sensor_steady_tick_s": round(steady_s, 4),
         "training_sensor_10_new_signals_tick_s": round(new_s, 4),
         "eval_sensor_steady_tick_s": round(eval_s, 4),
-        f"training_sensor_cold_tick_s (cursor lost; first {MAX_SIGNALS_PER_TICK} of {n} signals per tick)": round(cold_s, 3),
+        f"training_sensor_cold_tick_s (cursor lost; first {MAX_SIGNALS_PER_TICK} of {n} signals per tick)": round(
+            cold_s, 3
+        ),
         "cursor_bytes": cursor_bytes,
         "target_s": TARGET_TICK_S,
         "meets_target": steady_s <= TARGET_TICK_S and new_s <= TARGET_TICK_S and eval_s <= TARGET_TICK_S,
@@ -126,9 +148,9 @@ def tick_benchmark(n: int, repeats: int) -> dict:
 
 
 def latency_benchmark(n_dirs: int, samples: int) -> dict:
+    from mlgraph.cli.staging import materialize_experiments
+    from mlgraph.trainer import signal_training_complete
     from pipeline_assets.definitions import defs
-    from mlgraph_cli.staging import materialize_experiments
-    from trainer_hook import signal_training_complete
     from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,16 +173,32 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
         daemon = DagsterDaemon(home, env, tmp)
         created, started, ticks = [], [], []
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            materialize_experiments(defs, instance, ["salary"], selection=keys, echo=lambda _: None, raise_on_error=True)
-            out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_external.py"), "--experiment",
-                                  "salary", "--epochs", "5", "--no-signal"], env={**os.environ, **env},
-                                 capture_output=True, text=True, check=True, timeout=300)
+            materialize_experiments(
+                defs, instance, ["salary"], selection=keys, echo=lambda _: None, raise_on_error=True
+            )
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    str(ROOT / "examples" / "train_external.py"),
+                    "--experiment",
+                    "salary",
+                    "--epochs",
+                    "5",
+                    "--no-signal",
+                ],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=300,
+            )
             checkpoint = json.loads(out.stdout)["checkpoint"]
             try:
                 daemon.start()
                 for i in range(samples + 1):
-                    result = signal_training_complete("salary", checkpoint, final_loss=float(i), mlflow=False,
-                                                      detect_git=False)
+                    result = signal_training_complete(
+                        "salary", checkpoint, final_loss=float(i), mlflow=False, detect_git=False
+                    )
                     written = time.time()
                     assert result, result.error
                     run_key = run_key_of(drive, result.signal_path, sha256_file(result.signal_path))
@@ -170,8 +208,12 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
                         return runs[0] if runs and runs[0].start_time else None
 
                     rec = wait_for(record, 180, f"run for sample {i}", on_timeout=daemon.logs)
-                    wait_for(lambda: all(r.dagster_run.is_finished for r in instance.get_run_records(limit=5)), 300,
-                             "runs to finish", interval=0.5)
+                    wait_for(
+                        lambda: all(r.dagster_run.is_finished for r in instance.get_run_records(limit=5)),
+                        300,
+                        "runs to finish",
+                        interval=0.5,
+                    )
                     if i == 0:
                         continue  # the first sample includes the daemon's start-up
                     created.append(rec.create_timestamp.timestamp() - written)
@@ -190,12 +232,23 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
         "empty_experiment_dirs": n_dirs,
         "settle_seconds": 2.0,
         "daemon_sensor_loop_seconds": 5,
-        "signal_to_run_created_s": {"median": round(statistics.median(created), 2), "min": round(min(created), 2),
-                                    "max": round(max(created), 2)},
-        "signal_to_run_started_s": {"median": round(statistics.median(started), 2), "min": round(min(started), 2),
-                                    "max": round(max(started), 2)},
-        "daemon_training_sensor_tick_s": {"median": round(statistics.median(ticks), 3), "max": round(max(ticks), 3),
-                                          "ticks": len(ticks)} if ticks else None,
+        "signal_to_run_created_s": {
+            "median": round(statistics.median(created), 2),
+            "min": round(min(created), 2),
+            "max": round(max(created), 2),
+        },
+        "signal_to_run_started_s": {
+            "median": round(statistics.median(started), 2),
+            "min": round(min(started), 2),
+            "max": round(max(started), 2),
+        },
+        "daemon_training_sensor_tick_s": {
+            "median": round(statistics.median(ticks), 3),
+            "max": round(max(ticks), 3),
+            "ticks": len(ticks),
+        }
+        if ticks
+        else None,
     }
 
 

@@ -5,7 +5,7 @@ is served by `mlgraph serve` in its own process; the load generator is this proc
 (uvloop) task per connection writing pre-built HTTP/1.1 keep-alive requests and reading the responses
 (far cheaper per request than an HTTP library, so it takes less of the CPU it shares with the server).
 Scenarios: /predict (one row) and /batch_predict (100 rows) at concurrency 1, 8 and 32. Baseline in
-the same run: the same loaded model (serving.model.load_model) called in-process, no HTTP.
+the same run: the same loaded model (mlgraph.serving.model.load_model) called in-process, no HTTP.
 
 Target (issue 12): ≥ 2,500 req/s and p99 ≤ 10 ms at concurrency 8 for /predict with logging, on the
 2-core machine — where client and server share the two cores.
@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.drive import DriveLayout  # noqa: E402
-from core.prediction_log import log_files  # noqa: E402
-from serving.model import input_spec, load_model  # noqa: E402
-from tests.serving_support import BINARY, Server, build_drive, config_of, json_rows, write_config_dir  # noqa: E402
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.prediction_log import log_files
+from mlgraph.serving.model import input_spec, load_model
+from tests.serving_support import BINARY, Server, build_drive, config_of, json_rows, write_config_dir
 
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 100
@@ -44,8 +44,10 @@ TARGET = {"endpoint": "/predict", "concurrency": 8, "min_rps": 2500, "max_p99_ms
 
 def _request(port: int, path: str, body: dict) -> bytes:
     data = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
@@ -69,8 +71,13 @@ async def _connection(port: int, request: bytes, start: float, stop: float, late
 
 def _summary(latencies: list[float], seconds: float) -> dict:
     ms = np.asarray(latencies) * 1000
-    return {"requests": len(ms), "rps": round(len(ms) / seconds, 1), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3)}
+    return {
+        "requests": len(ms),
+        "rps": round(len(ms) / seconds, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
 
 
 def load(port: int, path: str, body: dict, concurrency: int, warmup: float, seconds: float) -> dict:
@@ -81,14 +88,19 @@ def load(port: int, path: str, body: dict, concurrency: int, warmup: float, seco
     stop = start + seconds
 
     async def run() -> None:
-        await asyncio.gather(*(_connection(port, request, start, stop, latencies, statuses)
-                               for _ in range(concurrency)))
+        await asyncio.gather(
+            *(_connection(port, request, start, stop, latencies, statuses) for _ in range(concurrency))
+        )
 
     cpu = time.process_time()
     uvloop.run(run())
-    return {"endpoint": path, "concurrency": concurrency, **_summary(latencies, seconds),
-            "statuses": {str(k): v for k, v in statuses.items()},
-            "client_cpu_share": round((time.process_time() - cpu) / (warmup + seconds), 2)}
+    return {
+        "endpoint": path,
+        "concurrency": concurrency,
+        **_summary(latencies, seconds),
+        "statuses": {str(k): v for k, v in statuses.items()},
+        "client_cpu_share": round((time.process_time() - cpu) / (warmup + seconds), 2),
+    }
 
 
 def in_process(model, rows: list[dict], seconds: float) -> dict:
@@ -130,27 +142,49 @@ def main() -> int:
                     for _ in range(args.repeat):  # the machine is shared: report the median run and the spread
                         cpu = _server_cpu(server.proc.pid)
                         run = load(server.port, path, body, concurrency, args.warmup, args.seconds)
-                        run["server_cpu_share"] = round((_server_cpu(server.proc.pid) - cpu)
-                                                        / (args.warmup + args.seconds), 2)
+                        run["server_cpu_share"] = round(
+                            (_server_cpu(server.proc.pid) - cpu) / (args.warmup + args.seconds), 2
+                        )
                         runs.append(run)
                     runs.sort(key=lambda r: r["rps"])
-                    results.append({**runs[len(runs) // 2], "rps_runs": [r["rps"] for r in runs],
-                                    "p99_ms_runs": [r["p99_ms"] for r in runs]})
+                    results.append(
+                        {
+                            **runs[len(runs) // 2],
+                            "rps_runs": [r["rps"] for r in runs],
+                            "p99_ms_runs": [r["p99_ms"] for r in runs],
+                        }
+                    )
             health = server.client.get("/health").json()
-        logged = sum(f.read_bytes().count(b"\n") for f in log_files(DriveLayout.at(drive.root)
-                                                                    .prediction_log_path(BINARY)))
-    target = next(r for r in results if r["endpoint"] == TARGET["endpoint"]
-                  and r["concurrency"] == TARGET["concurrency"])
-    print(json.dumps({
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_before": load_before, "load_average_after": list(os.getloadavg())},
-        "model": health["model"],
-        "in_process_baseline": baseline,
-        "http": results,
-        "prediction_log_lines": logged,
-        "target": {**TARGET, "measured_rps": target["rps"], "measured_p99_ms": target["p99_ms"],
-                   "met": target["rps"] >= TARGET["min_rps"] and target["p99_ms"] <= TARGET["max_p99_ms"]},
-    }, indent=2))
+        logged = sum(
+            f.read_bytes().count(b"\n") for f in log_files(DriveLayout.at(drive.root).prediction_log_path(BINARY))
+        )
+    target = next(
+        r for r in results if r["endpoint"] == TARGET["endpoint"] and r["concurrency"] == TARGET["concurrency"]
+    )
+    print(
+        json.dumps(
+            {
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "load_average_before": load_before,
+                    "load_average_after": list(os.getloadavg()),
+                },
+                "model": health["model"],
+                "in_process_baseline": baseline,
+                "http": results,
+                "prediction_log_lines": logged,
+                "target": {
+                    **TARGET,
+                    "measured_rps": target["rps"],
+                    "measured_p99_ms": target["p99_ms"],
+                    "met": target["rps"] >= TARGET["min_rps"] and target["p99_ms"] <= TARGET["max_p99_ms"],
+                },
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

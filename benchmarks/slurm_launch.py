@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import dagster as dg  # noqa: E402
-from dagster._core.workspace.context import WorkspaceProcessContext  # noqa: E402
-from dagster._core.workspace.load_target import WorkspaceFileTarget  # noqa: E402
+import dagster as dg
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from tests.slurm_support.harness import (  # noqa: E402
+from tests.slurm_support.harness import (
     SUPPORT_LOCATION,
     create_run,
     squeue_state,

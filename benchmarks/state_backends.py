@@ -57,8 +57,9 @@ def worker_source() -> str:
 
 def postgres_up() -> str | None:
     """None when scripts/postgres-local reports the server up, else why not."""
-    status = subprocess.run([str(ROOT / "scripts" / "postgres-local"), "status"], capture_output=True, text=True,
-                            timeout=30, check=False)
+    status = subprocess.run(
+        [str(ROOT / "scripts" / "postgres-local"), "status"], capture_output=True, text=True, timeout=30, check=False
+    )
     return None if status.returncode == 0 else (status.stdout + status.stderr).strip()[-300:]
 
 
@@ -78,9 +79,18 @@ def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict
     dg.DagsterInstance.from_config(str(home)).dispose()
     per = [runs // processes + (1 if i < runs % processes else 0) for i in range(processes)]
     source = worker_source()
-    procs = [subprocess.Popen([sys.executable, "-c", source, str(events), str(n)], cwd=home, env=env, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for n in per]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", source, str(events), str(n)],
+            cwd=home,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for n in per
+    ]
     outputs = []
     try:
         for proc in procs:
@@ -107,8 +117,14 @@ def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict
     locked = sum(1 for _, out, err in outputs if "database is locked" in (out + err))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         backend = type(instance.event_log_storage).__name__
-        stored = sum(len(instance.get_records_for_run(rid, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION,
-                                                      limit=10 * events).records) for rid in run_ids)
+        stored = sum(
+            len(
+                instance.get_records_for_run(
+                    rid, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events
+                ).records
+            )
+            for rid in run_ids
+        )
         stored_runs = instance.get_runs_count()
     return {
         "event_log_storage": backend,
@@ -189,7 +205,8 @@ def main() -> None:
         admin.close()
     sq, pg = result["sqlite"], result["postgres"]
     result["postgres_over_sqlite_runs_per_second"] = (
-        round(pg["runs_per_second"] / sq["runs_per_second"], 2) if sq["runs_per_second"] else None)
+        round(pg["runs_per_second"] / sq["runs_per_second"], 2) if sq["runs_per_second"] else None
+    )
     if not args.latency_samples:
         result["signal_to_run_started_latency"] = "left out (--latency-samples 0)"
     print(json.dumps(result, indent=2))

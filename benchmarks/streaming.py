@@ -3,7 +3,7 @@
 In one run, each measurement in its own subprocess (so it has its own peak RSS and no warm
 caches from the others):
 
-- engine: pipeline_assets.preprocessing.engine.run_streaming, all four operators, three passes
+- engine: mlgraph.preprocessing.engine.run_streaming, all four operators, three passes
   (statistics, fit, transform), output discarded; chunk 100,000 rows, memory limit 1024 MB.
 - pandas: `pd.read_csv(chunksize=100_000)` doing the same operators: the same three passes (a
   pandas pipeline re-reads the CSV for each), pandas for parsing and the per-row work, the
@@ -24,6 +24,7 @@ Throughputs are the best of --repeats runs (the machine is shared; the load aver
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -60,7 +61,7 @@ def peak_rss_mb() -> float:
 
 
 def salary_options():
-    from pipeline_assets.preprocessing.options import EngineOptions
+    from mlgraph.preprocessing.options import EngineOptions
 
     return EngineOptions(target="salary")
 
@@ -69,7 +70,7 @@ def salary_options():
 
 
 def measure_engine(path: str, chunk: int, limit_mb: float | None) -> dict:
-    from pipeline_assets.preprocessing import engine
+    from mlgraph.preprocessing import engine
 
     base = peak_rss_mb()
     start = time.perf_counter()
@@ -96,7 +97,7 @@ def pandas_pipeline(path: str, chunk: int, collect: bool = False):
     import numpy as np
     import pandas as pd
 
-    from pipeline_assets.preprocessing.fitting import (
+    from mlgraph.preprocessing.fitting import (
         OTHER,
         Fit,
         GramAccumulator,
@@ -135,8 +136,15 @@ def pandas_pipeline(path: str, chunk: int, collect: bool = False):
         fit.impute[c] = m.mean
         fit.clip_low[c] = m.mean - options.outlier_z * m.std
         fit.clip_high[c] = m.mean + options.outlier_z * m.std
-        fit.raw_stats[c] = {"n": m.n, "missing": m.nulls, "mean": m.mean, "std": m.std, "skew": m.skew,
-                            "min": m.min, "max": m.max}
+        fit.raw_stats[c] = {
+            "n": m.n,
+            "missing": m.nulls,
+            "mean": m.mean,
+            "std": m.std,
+            "skew": m.skew,
+            "min": m.min,
+            "max": m.max,
+        }
     for c in categorical:
         ranked = sorted(((k, int(v)) for k, v in counts[c].items()), key=lambda kv: (-kv[1], kv[0]))
         fit.categorical.append(c)
@@ -185,8 +193,13 @@ def measure_pandas(path: str, chunk: int) -> dict:
     start = time.perf_counter()
     rows, _ = pandas_pipeline(path, chunk)
     seconds = time.perf_counter() - start
-    return {"rows": rows, "seconds": round(seconds, 3), "rows_s": round(rows / seconds), "chunk_size": chunk,
-            "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_s": round(rows / seconds),
+        "chunk_size": chunk,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def measure_duckdb(path: str) -> dict:
@@ -208,34 +221,44 @@ def measure_duckdb(path: str) -> dict:
     rows = connection.execute(query).fetchall()[0][0]
     seconds = time.perf_counter() - start
     threads = connection.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    return {"rows": rows, "seconds": round(seconds, 3), "rows_s": round(rows / seconds), "threads": threads,
-            "aggregates": len(aggregates), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_s": round(rows / seconds),
+        "threads": threads,
+        "aggregates": len(aggregates),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 def check_same_operators(prefix_path: str) -> dict:
     """Engine and pandas baseline outputs on a prefix of the file: same columns, values within 1e-9."""
     import pyarrow as pa
 
-    from pipeline_assets.preprocessing import engine
+    from mlgraph.preprocessing import engine
 
     result = engine.run_streaming(prefix_path, salary_options(), chunk_size=CHUNK, collect=True)
     _, frame = pandas_pipeline(prefix_path, CHUNK, collect=True)
     baseline = pa.Table.from_pandas(frame, preserve_index=False)
     report = engine.compare_features(result.table, baseline)
-    return {"rows": result.table.num_rows, "same_columns": report["same_columns"],
-            "max_abs_diff": report["max_abs_diff"], "passed": report["passed"]}
+    return {
+        "rows": result.table.num_rows,
+        "same_columns": report["same_columns"],
+        "max_abs_diff": report["max_abs_diff"],
+        "passed": report["passed"],
+    }
 
 
 def measure_chunk_memory(path: str) -> dict:
     """Peak working memory (accepted chunks, any pass) per chunk size, one thread (no read-ahead noise)."""
-    from pipeline_assets.preprocessing import engine
+    from mlgraph.preprocessing import engine
 
     peaks = {}
     for chunk in CHUNK_MEMORY_SIZES:
         result = engine.run_streaming(path, salary_options(), chunk_size=chunk, compute_limit=1e-6)
         peaks[str(chunk)] = round(max(r.memory_mb for r in result.records if not r.memory_exceeded), 2)
     ordered = [peaks[str(c)] for c in CHUNK_MEMORY_SIZES]
-    grows = all(a < b for a, b in zip(ordered, ordered[1:]))
+    grows = all(a < b for a, b in itertools.pairwise(ordered))
     return {"peak_working_memory_mb": peaks, "grows_with_chunk_size": grows}
 
 
@@ -262,7 +285,7 @@ def child(kind: str, path: Path, chunk: int = CHUNK, limit: float | None = None,
 
 
 def ensure_data(directory: Path, rows: int) -> tuple[Path, Path]:
-    from pipeline_assets.data.generators import write_dataset
+    from mlgraph.data.generators import write_dataset
 
     directory.mkdir(parents=True, exist_ok=True)
     full = directory / f"salary_{rows}.csv"
@@ -307,32 +330,37 @@ def main() -> None:
     vs_pandas = engine["rows_s"] / pandas["rows_s"]
     vs_duckdb = engine["rows_s"] / duck["rows_s"]
     rss_ok = {k: v["peak_rss_mb"] <= float(k) + RSS_HEADROOM_MB for k, v in memory.items()}
-    print(json.dumps({
-        "benchmark": "streaming",
-        "file": str(full),
-        "file_mb": round(full.stat().st_size / 1e6, 1),
-        "rows": engine["rows"],
-        "cpu_count": os.cpu_count(),
-        "load_average_before_after": [round(x, 2) for x in (*load_before[:1], os.getloadavg()[0])],
-        "python": platform.python_version(),
-        "same_operators_check": check,
-        "engine": engine,
-        "pandas_read_csv_chunked": pandas,
-        "duckdb_read_csv_scan": duck,
-        "engine_vs_pandas": round(vs_pandas, 2),
-        "engine_vs_duckdb": round(vs_duckdb, 2),
-        "memory_limits": memory,
-        "chunk_memory": chunk_memory,
-        "targets": {
-            "engine_vs_pandas_min": TARGET_VS_PANDAS,
-            "engine_vs_pandas_met": vs_pandas >= TARGET_VS_PANDAS,
-            "engine_vs_duckdb_min": TARGET_VS_DUCKDB,
-            "engine_vs_duckdb_met": vs_duckdb >= TARGET_VS_DUCKDB,
-            "peak_rss_headroom_mb": RSS_HEADROOM_MB,
-            "peak_rss_met": rss_ok,
-            "working_memory_grows_with_chunk_size": chunk_memory["grows_with_chunk_size"],
-        },
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "streaming",
+                "file": str(full),
+                "file_mb": round(full.stat().st_size / 1e6, 1),
+                "rows": engine["rows"],
+                "cpu_count": os.cpu_count(),
+                "load_average_before_after": [round(x, 2) for x in (*load_before[:1], os.getloadavg()[0])],
+                "python": platform.python_version(),
+                "same_operators_check": check,
+                "engine": engine,
+                "pandas_read_csv_chunked": pandas,
+                "duckdb_read_csv_scan": duck,
+                "engine_vs_pandas": round(vs_pandas, 2),
+                "engine_vs_duckdb": round(vs_duckdb, 2),
+                "memory_limits": memory,
+                "chunk_memory": chunk_memory,
+                "targets": {
+                    "engine_vs_pandas_min": TARGET_VS_PANDAS,
+                    "engine_vs_pandas_met": vs_pandas >= TARGET_VS_PANDAS,
+                    "engine_vs_duckdb_min": TARGET_VS_DUCKDB,
+                    "engine_vs_duckdb_met": vs_duckdb >= TARGET_VS_DUCKDB,
+                    "peak_rss_headroom_mb": RSS_HEADROOM_MB,
+                    "peak_rss_met": rss_ok,
+                    "working_memory_grows_with_chunk_size": chunk_memory["grows_with_chunk_size"],
+                },
+            },
+            indent=2,
+        )
+    )
     if not math.isfinite(vs_pandas):
         sys.exit(1)
 

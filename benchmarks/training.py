@@ -1,6 +1,6 @@
 """Candidate training on the demo data: per-family fit and CV time, and the parallel wall time.
 
-Uses the same code as the `candidate_models` asset (pipeline_assets.training.candidates), without
+Uses the same code as the `candidate_models` asset (mlgraph.training.candidates), without
 Dagster or MLflow: the demo generator and split give the experiment's real training split, every
 configured family is cross-validated and fitted, the tasks spread over the machine's cores.
 `fit_seconds` is the final fit on the whole training split; `cv_seconds` the sum of the fold fits
@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline_assets.data.generators import generate  # noqa: E402
-from pipeline_assets.data.splitting import split_dataset  # noqa: E402
-from core.experiment import load_experiment_file  # noqa: E402
-from pipeline_assets.training.candidates import available_cores, train_candidates  # noqa: E402
+from mlgraph.core.experiment import load_experiment_file
+from mlgraph.data.generators import generate
+from mlgraph.data.splitting import split_dataset
+from mlgraph.training.candidates import available_cores, train_candidates
 
 
 def bench(name: str, jobs: int | None, repeat: int) -> dict:
@@ -82,8 +82,12 @@ def main() -> None:
     args = parser.parse_args()
     report = {
         "benchmark": "training",
-        "machine": {"cores_available": available_cores(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_1m": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cores_available": available_cores(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        },
         "target": "student_engagement candidate_models within 90 s on 2 cores",
         "experiments": {name: bench(name, args.jobs, args.repeat) for name in args.experiments},
     }

@@ -5,7 +5,7 @@
 Reads the experiment's train split from `$SHARED_DRIVE/datasets/{experiment}/train.parquet` (written
 by the data assets), saves `models/{experiment}/checkpoints/<id>/final/` (model.pt + metadata.json:
 architecture, feature columns, preprocessing statistics) and writes
-`models/{experiment}/.training_complete` through `trainer_hook.signal_training_complete`. The
+`models/{experiment}/.training_complete` through `mlgraph.trainer.signal_training_complete`. The
 training_complete_sensor then evaluates the checkpoint, and the eval_complete_sensor analyzes it.
 Prints a JSON summary; exits 0 when the signal was written, 2 when training succeeded but the signal
 was not, 1 when training failed.
@@ -17,14 +17,10 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from core.drive import DriveLayout  # noqa: E402
-from trainer_hook.hook import shared_drive_root, signal_training_complete  # noqa: E402
+from mlgraph.core.catalog import ConfigCatalog
+from mlgraph.core.drive import DriveLayout
+from mlgraph.trainer.hook import shared_drive_root, signal_training_complete
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +35,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-id", default=None, help="default: mlp-<hash of config, data and settings>")
     p.add_argument("--shared-drive", default=None, help="default: $SHARED_DRIVE")
     p.add_argument("--no-signal", action="store_true", help="save the checkpoint without signalling")
-    p.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=None,
-                   help="log final metrics to MLflow (default: when MLFLOW_TRACKING_URI is set)")
+    p.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log final metrics to MLflow (default: when MLFLOW_TRACKING_URI is set)",
+    )
     return p.parse_args(argv)
 
 
@@ -49,18 +49,19 @@ def train(args: argparse.Namespace) -> dict:
     import pandas as pd
     import torch
 
-    from pipeline_assets.external.checkpoint import FeatureSpec, build_model, feature_columns, save_checkpoint
-    from resources.experiments import ExperimentCatalog
+    from mlgraph.trainer.checkpoint import FeatureSpec, build_model, feature_columns, save_checkpoint
 
     drive = shared_drive_root(args.shared_drive)
-    loaded = ExperimentCatalog().load(args.experiment)
+    loaded = ConfigCatalog().load(args.experiment)
     config = loaded.config
     if config.task not in ("regression", "classification"):
         raise SystemExit(f"{loaded.path}: task {config.task!r}; this example trains regression or classification")
     train_path = DriveLayout(drive).dataset_path(config.name, "train")
     if not train_path.is_file():
-        raise SystemExit(f"{train_path}: missing. Fix: materialize the data first "
-                         f"(dagster asset materialize -m pipeline_assets.definitions --select train_test_split --partition {config.name})")
+        raise SystemExit(
+            f"{train_path}: missing. Fix: materialize the data first "
+            f"(dagster asset materialize -m pipeline_assets.definitions --select train_test_split --partition {config.name})"
+        )
     frame = pd.read_parquet(train_path)
     if args.max_rows:
         frame = frame.iloc[: args.max_rows]
@@ -83,8 +84,13 @@ def train(args: argparse.Namespace) -> dict:
         loss_fn = torch.nn.BCEWithLogitsLoss()
 
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    architecture = {"type": "mlp", "input_dim": int(x.shape[1]), "hidden": hidden, "output_dim": 1,
-                    "activation": "relu"}
+    architecture = {
+        "type": "mlp",
+        "input_dim": int(x.shape[1]),
+        "hidden": hidden,
+        "output_dim": 1,
+        "activation": "relu",
+    }
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # deterministic and polite on a shared machine
     model = build_model(architecture)
@@ -95,7 +101,7 @@ def train(args: argparse.Namespace) -> dict:
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for i in range(0, len(x), args.batch_size):
-            idx = order[i: i + args.batch_size]
+            idx = order[i : i + args.batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
@@ -104,26 +110,48 @@ def train(args: argparse.Namespace) -> dict:
             steps += 1
         epoch_loss = total / len(x)
 
-    settings = {"hidden": hidden, "lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                "seed": args.seed, "rows": len(frame)}
+    settings = {
+        "hidden": hidden,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "rows": len(frame),
+    }
     digest = hashlib.sha256(json.dumps([config.config_hash, settings], sort_keys=True).encode()).hexdigest()
     ckpt_id = args.checkpoint_id or f"mlp-{digest[:12]}"
     directory = drive / "models" / config.name / "checkpoints" / ckpt_id / "final"
-    save_checkpoint(directory, model, {
-        **meta,
+    save_checkpoint(
+        directory,
+        model,
+        {
+            **meta,
+            "experiment": config.name,
+            "task": config.task,
+            "target": config.target,
+            "architecture": architecture,
+            "features": features.to_dict(),
+            "feature_names": features.names,
+            "config_hash": config.config_hash,
+            "training": {
+                **settings,
+                "final_loss": epoch_loss,
+                "total_steps": steps,
+                "seconds": round(time.perf_counter() - start, 3),
+                "train_path": str(train_path),
+            },
+        },
+    )
+    return {
         "experiment": config.name,
-        "task": config.task,
-        "target": config.target,
-        "architecture": architecture,
-        "features": features.to_dict(),
-        "feature_names": features.names,
-        "config_hash": config.config_hash,
-        "training": {**settings, "final_loss": epoch_loss, "total_steps": steps,
-                     "seconds": round(time.perf_counter() - start, 3), "train_path": str(train_path)},
-    })
-    return {"experiment": config.name, "checkpoint": str(directory), "checkpoint_id": ckpt_id,
-            "config_path": str(loaded.path), "final_loss": epoch_loss, "epochs": args.epochs, "steps": steps,
-            "settings": settings}
+        "checkpoint": str(directory),
+        "checkpoint_id": ckpt_id,
+        "config_path": str(loaded.path),
+        "final_loss": epoch_loss,
+        "epochs": args.epochs,
+        "steps": steps,
+        "settings": settings,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             shared_drive=args.shared_drive,
             mlflow=args.mlflow,
         )
-        summary.update(signal=str(result.signal_path) if result else None, signal_error=result.error,
-                       mlflow_run_id=result.mlflow_run_id)
+        summary.update(
+            signal=str(result.signal_path) if result else None,
+            signal_error=result.error,
+            mlflow_run_id=result.mlflow_run_id,
+        )
     print(json.dumps(summary, indent=2, default=str))
     return 0 if args.no_signal or summary["signal"] else 2
 

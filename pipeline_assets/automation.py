@@ -50,8 +50,7 @@ def outdated() -> dg.AutomationCondition:
 def pending() -> dg.AutomationCondition:
     """About to change outside the run being planned: running, outdated, or fed by an asset requested now."""
     return (
-        AC.in_progress()
-        | (~AC.will_be_requested() & (outdated() | AC.any_deps_match(AC.will_be_requested())))
+        AC.in_progress() | (~AC.will_be_requested() & (outdated() | AC.any_deps_match(AC.will_be_requested())))
     ).with_label("pending")
 
 
@@ -88,9 +87,11 @@ def keep_fresh(key: dg.AssetKey, depth: int) -> dg.AutomationCondition:
     blocking checks allow it and no ancestor up to `depth` is pending."""
     # eager() resets its trigger on the first evaluation too, so partitions already missing when the
     # sensor starts (registered by `mlgraph init`, or before the daemon's first tick) would never run.
-    trigger = (AC.newly_missing() | AC.any_deps_updated() | AC.code_version_changed()).since(
-        AC.newly_requested() | AC.newly_updated()
-    ).with_label("missing_or_updated_since_handled")
+    trigger = (
+        (AC.newly_missing() | AC.any_deps_updated() | AC.code_version_changed())
+        .since(AC.newly_requested() | AC.newly_updated())
+        .with_label("missing_or_updated_since_handled")
+    )
     condition = (
         trigger
         & ~AC.any_deps_missing()
@@ -145,15 +146,23 @@ def with_automation(assets: Sequence) -> list:
 
 def automation_sensors() -> list[dg.AutomationConditionSensorDefinition]:
     """The local and the Slurm automation sensor: disjoint targets, on by default."""
-    common = {"default_status": dg.DefaultSensorStatus.RUNNING, "minimum_interval_seconds": MIN_INTERVAL_SECONDS,
-              "emit_backfills": False}
+    common = {
+        "default_status": dg.DefaultSensorStatus.RUNNING,
+        "minimum_interval_seconds": MIN_INTERVAL_SECONDS,
+        "emit_backfills": False,
+    }
     return [
         dg.AutomationConditionSensorDefinition(
-            "automation_sensor", target=AUTOMATED - ON_SLURM, **common,
+            "automation_sensor",
+            target=AUTOMATED - ON_SLURM,
+            **common,
             description="Keeps every automated asset but the Slurm ones fresh; runs locally.",
         ),
         dg.AutomationConditionSensorDefinition(
-            "slurm_automation_sensor", target=AUTOMATED & ON_SLURM, run_tags=SLURM_RUN_TAGS, **common,
+            "slurm_automation_sensor",
+            target=AUTOMATED & ON_SLURM,
+            run_tags=SLURM_RUN_TAGS,
+            **common,
             description="Keeps training and the constraint sweep fresh; its runs carry the Slurm tags.",
         ),
     ]

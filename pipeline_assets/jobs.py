@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from core.tags import slurm_tags
+from mlgraph.core.tags import slurm_tags
 
 # The heavy work, named once: these jobs and the automation runs of these assets carry SLURM_RUN_TAGS.
 TRAINING = dg.AssetSelection.groups("training")
@@ -53,11 +53,22 @@ constraint_sweep_job = dg.define_asset_job(
 analysis_job = dg.define_asset_job(
     "analysis_job",
     selection=dg.AssetSelection.assets(
-        "batch_features", "constraint_sweep_table", "significance_tests", "tradeoff_plots", "run_manifest",
+        "batch_features",
+        "constraint_sweep_table",
+        "significance_tests",
+        "tradeoff_plots",
+        "run_manifest",
         "run_summary",
     ),
     description="Batch reference features, the constraint sweep table, significance tests, plots, manifest and report.",
 )
 
-JOBS = [data_job, checkpoint_evaluation_job, checkpoint_comparison_report_job, training_job, constraint_sweep_job, analysis_job,
-        retraining_job]
+JOBS = [
+    data_job,
+    checkpoint_evaluation_job,
+    checkpoint_comparison_report_job,
+    training_job,
+    constraint_sweep_job,
+    analysis_job,
+    retraining_job,
+]

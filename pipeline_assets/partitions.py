@@ -7,8 +7,8 @@ import warnings
 
 import dagster as dg
 
-from core.constraints import load_constraint_grid
-from resources.experiments import ExperimentCatalog
+from mlgraph.core.catalog import ConfigCatalog
+from mlgraph.core.constraints import load_constraint_grid
 
 
 @functools.cache
@@ -16,7 +16,7 @@ def constraint_keys() -> list[str]:
     """Keys of the grid in the configured config directory's constraints.yaml ($MLGRAPH_CONFIG_DIR, else
     the project's config/); read once, when the code location is built, because a static partition set
     is part of the definitions."""
-    return [c.key for c in load_constraint_grid(ExperimentCatalog().root / "constraints.yaml").constraints()]
+    return [c.key for c in load_constraint_grid(ConfigCatalog().constraints_file).constraints()]
 
 
 experiment_partitions_def = dg.DynamicPartitionsDefinition(name="experiment")

@@ -1,17 +1,14 @@
-"""The experiment catalog: where experiment YAML files live and how they are loaded."""
+"""The experiment catalog as a resource: mlgraph.core.catalog's rules under a typed, configurable root."""
 
-import os
 from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
-from core.drive import PROJECT_ROOT
-from core.experiment import LoadedExperiment, experiment_names, load_experiment_file
-
-CONFIG_DIR_ENV = "MLGRAPH_CONFIG_DIR"
+from mlgraph.core.catalog import CatalogRules, resolve_config_dir
 
 
-class ExperimentCatalog(dg.ConfigurableResource):
+class ExperimentCatalog(dg.ConfigurableResource, CatalogRules):
     """The config directory holding experiments/*.yaml and constraints.yaml."""
 
     config_dir: str | None = Field(
@@ -21,17 +18,4 @@ class ExperimentCatalog(dg.ConfigurableResource):
 
     @property
     def root(self) -> Path:
-        return Path(self.config_dir or os.environ.get(CONFIG_DIR_ENV) or PROJECT_ROOT / "config").resolve()
-
-    @property
-    def experiments_dir(self) -> Path:
-        return self.root / "experiments"
-
-    def names(self) -> list[str]:
-        return experiment_names(self.root)
-
-    def path(self, experiment: str) -> Path:
-        return self.experiments_dir / f"{experiment}.yaml"
-
-    def load(self, experiment: str) -> LoadedExperiment:
-        return load_experiment_file(self.path(experiment))
+        return resolve_config_dir(self.config_dir)

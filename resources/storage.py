@@ -1,11 +1,11 @@
-"""The shared-drive resource: every path comes from core.drive.DrivePaths (one home for file names)."""
+"""The shared-drive resource: every path comes from mlgraph.core.drive.DrivePaths (one home for file names)."""
 
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from core.drive import DriveLayout, DrivePaths, resolve_drive_root
+from mlgraph.core.drive import DriveLayout, DrivePaths, resolve_drive_root
 
 
 class SharedDrive(dg.ConfigurableResource, DrivePaths):

@@ -1,6 +1,6 @@
 """The MLflow resource: where runs go, for assets, checks, sensors and the CLI.
 
-A thin Dagster adapter over core/tracking.py, the one implementation of client construction, lock
+A thin Dagster adapter over mlgraph/core/tracking.py, the one implementation of client construction, lock
 retries, get-or-create experiment and run writing (the trainer hook uses it too). SQLite under the
 shared drive by default; mlflow is imported only when a client is built.
 """
@@ -10,9 +10,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from core import tracking
-from core.tags import DAGSTER_PARTITION_TAG
-from core.tracking import Tracker
+from mlgraph.core import tracking
+from mlgraph.core.tags import DAGSTER_PARTITION_TAG
+from mlgraph.core.tracking import Tracker
 
 
 class MlflowTracking(dg.ConfigurableResource):

@@ -7,15 +7,13 @@ from pathlib import Path
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from core.drive import DriveLayout
+from mlgraph.core.drive import DriveLayout
 
 
 class Warehouse(DuckDBResource):
     """DuckDB over every result table; the default file is $SHARED_DRIVE/state/warehouse.duckdb."""
 
-    database: str = Field(
-        default="", description="DuckDB file; empty means $SHARED_DRIVE/state/warehouse.duckdb"
-    )
+    database: str = Field(default="", description="DuckDB file; empty means $SHARED_DRIVE/state/warehouse.duckdb")
 
     @property
     def database_path(self) -> str:

@@ -1,6 +1,6 @@
 """Alert sensors run by the daemon: failed runs (any job, any code location) and free disk space.
 
-Thin wrappers over operations.alerts, which decides what is news and writes it. The daemon cannot
+Thin wrappers over mlgraph.ops.alerts, which decides what is news and writes it. The daemon cannot
 report its own death, so the stale-heartbeat check runs outside it (`mlgraph alerts check`, every
 minute from cron or a systemd timer on the monitoring server).
 """
@@ -12,11 +12,11 @@ import traceback
 
 import dagster as dg
 
-from core.drive import DriveLayout
-from core.hashing import sha256_text
-from core.tags import SLURM_STATE_TAG, experiment_tag
-from operations import alerts
-from resources.slurm_jobs import FAILED_STATES
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.hashing import sha256_text
+from mlgraph.core.tags import SLURM_STATE_TAG, experiment_tag
+from mlgraph.ops import alerts
+from mlgraph.slurm.jobs import FAILED_STATES
 from resources.storage import SharedDrive
 
 MIN_INTERVAL_SECONDS = 10
@@ -37,19 +37,25 @@ def slurm_state(run: dg.DagsterRun, message: str) -> str | None:
 
 
 def latest_statuses(instance: dg.DagsterInstance, tag: str, experiment: str) -> list[str]:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={tag: experiment}, statuses=FINISHED),
-                             limit=alerts.CONSECUTIVE_FAILURE_LIMIT)
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={tag: experiment}, statuses=FINISHED), limit=alerts.CONSECUTIVE_FAILURE_LIMIT
+    )
     return [run.status.value for run in runs]
 
 
-def build_alert_sensors(minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
-                        disk_interval_seconds: int = DISK_INTERVAL_SECONDS,
-                        default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
-                        ) -> list[dg.SensorDefinition]:
+def build_alert_sensors(
+    minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
+    disk_interval_seconds: int = DISK_INTERVAL_SECONDS,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> list[dg.SensorDefinition]:
     """The run-failure, run-success (clears consecutive failures) and disk-space alert sensors."""
 
-    @dg.run_failure_sensor(name="alert_run_failure_sensor", monitor_all_code_locations=True,
-                           minimum_interval_seconds=minimum_interval_seconds, default_status=default_status)
+    @dg.run_failure_sensor(
+        name="alert_run_failure_sensor",
+        monitor_all_code_locations=True,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+    )
     def alert_run_failure_sensor(context: dg.RunFailureSensorContext, storage: SharedDrive):
         """Alerts on every failed run, and on an experiment's third failure in a row."""
         run = context.dagster_run
@@ -61,17 +67,22 @@ def build_alert_sensors(minimum_interval_seconds: int = MIN_INTERVAL_SECONDS,
         if named:
             alerts.consecutive_failures(drive, named[1], latest_statuses(context.instance, *named))
 
-    @dg.run_status_sensor(name="alert_run_success_sensor", run_status=dg.DagsterRunStatus.SUCCESS,
-                          monitor_all_code_locations=True, minimum_interval_seconds=minimum_interval_seconds,
-                          default_status=default_status)
+    @dg.run_status_sensor(
+        name="alert_run_success_sensor",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitor_all_code_locations=True,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+    )
     def alert_run_success_sensor(context: dg.RunStatusSensorContext, storage: SharedDrive):
         """Clears an experiment's consecutive-failures alert when one of its runs succeeds."""
         named = experiment_tag(context.dagster_run.tags)
         if named:
             alerts.consecutive_failures(storage.layout, named[1], latest_statuses(context.instance, *named))
 
-    @dg.sensor(name="alert_disk_space_sensor", minimum_interval_seconds=disk_interval_seconds,
-               default_status=default_status)
+    @dg.sensor(
+        name="alert_disk_space_sensor", minimum_interval_seconds=disk_interval_seconds, default_status=default_status
+    )
     def alert_disk_space_sensor(context: dg.SensorEvaluationContext, storage: SharedDrive):
         """Alerts when the drive's free space falls under $MLGRAPH_DISK_MIN_FREE_PERCENT (10 %)."""
         condition = alerts.check_disk(storage.layout)
@@ -86,7 +97,7 @@ def alert_rejected_signals(drive_root, reasons: list[str], log) -> None:
         layout = DriveLayout(drive_root)
         for reason in reasons:
             alerts.signal_rejected(layout, sha256_text(reason)[:16], reason)
-    except Exception:  # noqa: BLE001 - an alert that cannot be written must not cost the signals their runs
+    except Exception:
         log.error(f"could not record signal-rejection alerts:\n{traceback.format_exc()}")
 
 

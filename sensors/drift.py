@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from core.experiment import ConfigError
-from core.tags import (
+from mlgraph.core.experiment import ConfigError
+from mlgraph.core.tags import (
     DAGSTER_PARTITION_TAG,
     DAGSTER_RUN_KEY_TAG,
     TAG_CONFIG_HASH,
@@ -80,8 +80,10 @@ def run_key(experiment: str, window: dict) -> str:
 def recent_drift_run(instance: dg.DagsterInstance, experiment: str, since: float) -> dg.RunRecord | None:
     """The newest drift-triggered run of `experiment` created after `since` (epoch seconds), if the instance holds one."""
     records = instance.get_run_records(
-        filters=dg.RunsFilter(tags={TAG_TRIGGER: TRIGGER_DRIFT, DAGSTER_PARTITION_TAG: experiment},
-                              created_after=dt.datetime.fromtimestamp(since, dt.UTC)),
+        filters=dg.RunsFilter(
+            tags={TAG_TRIGGER: TRIGGER_DRIFT, DAGSTER_PARTITION_TAG: experiment},
+            created_after=dt.datetime.fromtimestamp(since, dt.UTC),
+        ),
         limit=1,
     )
     return records[0] if records else None
@@ -107,12 +109,15 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-@dg.sensor(job=retraining_job, minimum_interval_seconds=MIN_INTERVAL_SECONDS,
-           default_status=dg.DefaultSensorStatus.RUNNING)
-def drift_sensor(context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog) -> dg.SensorResult:
+@dg.sensor(
+    job=retraining_job, minimum_interval_seconds=MIN_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING
+)
+def drift_sensor(
+    context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.SensorResult:
     """Requests one retraining run per experiment whose prediction log drifted, at most once per cooldown."""
-    from pipeline_assets.monitoring.drift import DRIFT, build_report
-    from pipeline_assets.monitoring.log_status import log_status
+    from mlgraph.monitoring.drift import DRIFT, build_report
+    from mlgraph.monitoring.log_status import log_status
 
     try:
         cursor = DriftCursor.parse(context.cursor)
@@ -143,20 +148,26 @@ def drift_sensor(context: dg.SensorEvaluationContext, storage: SharedDrive, cata
             continue
         if report["baseline"]["stale"]:
             # A new champion whose drift_baseline has not run yet: its drift is not measured against this one.
-            notes.append(f"{name}: drift against a stale baseline (champion v{report['baseline']['champion_version']}, "
-                         f"now v{report['baseline']['current_champion_version']}); waiting for drift_baseline")
+            notes.append(
+                f"{name}: drift against a stale baseline (champion v{report['baseline']['champion_version']}, "
+                f"now v{report['baseline']['current_champion_version']}); waiting for drift_baseline"
+            )
             continue
         cooldown = config.drift.retrain_cooldown_hours * 3600
         last = cursor.triggers.get(name)
         if last and now - last["at"] < cooldown:
-            notes.append(f"{name}: drift, but retraining was requested {_ago(now - last['at'])} ago "
-                         f"(cooldown {config.drift.retrain_cooldown_hours:g} h)")
+            notes.append(
+                f"{name}: drift, but retraining was requested {_ago(now - last['at'])} ago "
+                f"(cooldown {config.drift.retrain_cooldown_hours:g} h)"
+            )
             continue
         earlier = recent_drift_run(context.instance, name, now - cooldown) if cooldown else None
         if earlier is not None:
             run = earlier.dagster_run
-            cursor.triggers[name] = {"at": earlier.create_timestamp.timestamp(),
-                                     "run_key": run.tags.get(DAGSTER_RUN_KEY_TAG)}
+            cursor.triggers[name] = {
+                "at": earlier.create_timestamp.timestamp(),
+                "run_key": run.tags.get(DAGSTER_RUN_KEY_TAG),
+            }
             notes.append(f"{name}: drift, but run {run.run_id[:8]} retrained it inside the cooldown")
             continue
         request = retraining_request(name, config.config_hash, report)

@@ -2,13 +2,15 @@
 
 import dagster as dg
 
+from mlgraph.core.experiment import ConfigError, load_experiment_file
 from pipeline_assets.partitions import experiment_partitions_def
-from core.experiment import ConfigError, load_experiment_file
 from resources.experiments import ExperimentCatalog
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def experiment_config_sensor(context: dg.SensorEvaluationContext, catalog: ExperimentCatalog) -> dg.SensorResult | dg.SkipReason:
+def experiment_config_sensor(
+    context: dg.SensorEvaluationContext, catalog: ExperimentCatalog
+) -> dg.SensorResult | dg.SkipReason:
     """Adds an experiment partition for each valid YAML file and removes those whose file is gone."""
     existing = set(context.instance.get_dynamic_partitions(experiment_partitions_def.name))
     valid, invalid = [], []

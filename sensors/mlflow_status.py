@@ -1,7 +1,7 @@
 """Run-status sensors that make an MLflow parent run's final status match its Dagster run.
 
 The training steps end their parent run themselves (FAILED on error, FINISHED after the last training
-step; see pipeline_assets/training/mlflow_runs.py). A step *after* them in the same Dagster run — a
+step; see mlgraph/training/mlflow_runs.py). A step *after* them in the same Dagster run — a
 deployment check, a crash outside the step — can still fail or cancel the run; these sensors, run by
 the daemon, then set the parent run FAILED or KILLED. In-process runs (CI, `mlgraph demo`) have no
 daemon and rely on the in-step handling alone.
@@ -9,11 +9,10 @@ daemon and rely on the in-step handling alone.
 
 import dagster as dg
 
-from core.tags import DAGSTER_PARTITION_TAG
-from core.tracking import reconcile_parent
-from pipeline_assets.training.mlflow_runs import ran_training
+from mlgraph.core.tags import DAGSTER_PARTITION_TAG
+from mlgraph.core.tracking import reconcile_parent
+from mlgraph.training.mlflow_runs import ran_training
 from resources.tracking import MlflowTracking
-
 
 
 def _ran_training(run: dg.DagsterRun) -> bool:

@@ -1,6 +1,6 @@
 """Signal-file sensors: .training_complete → checkpoint evaluation; .eval_complete → analysis report.
 
-What a tick finds, and how its cursor moves, is `sensors.signal_scan`. Here each accepted signal of a
+What a tick finds, and how its cursor moves, is `mlgraph.external.signal_scan`. Here each accepted signal of a
 known experiment becomes a run request tagged with the signal that caused it (or, for a failed
 evaluation, an observation saying so), and a tick that requests nothing says why. An unexpected
 error while turning one accepted signal into a run rejects that signal (its traceback logged); the
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from core.experiment import ConfigError
-from core.signals import (
+from mlgraph.core.experiment import ConfigError
+from mlgraph.core.signals import (
     EVAL_COMPLETE,
     EVAL_FAILED,
     TRAINING_COMPLETE,
@@ -28,7 +28,7 @@ from core.signals import (
     TrainingComplete,
     checkpoint_id,
 )
-from core.tags import (
+from mlgraph.core.tags import (
     COMPUTE_LOCAL,
     COMPUTE_TAG,
     DAGSTER_RUN_KEY_TAG,
@@ -45,15 +45,8 @@ from core.tags import (
     TAG_TRIGGER,
     slurm_tags,
 )
-from core.untrusted import printable
-from pipeline_assets.analysis.report_assets import AnalysisReportConfig
-from pipeline_assets.external.assets import CheckpointEvaluationConfig
-from pipeline_assets.jobs import checkpoint_comparison_report_job, checkpoint_evaluation_job
-from pipeline_assets.partitions import experiment_partitions_def
-from resources.experiments import ExperimentCatalog
-from resources.storage import SharedDrive
-from sensors.alerts import alert_rejected_signals
-from sensors.signal_scan import (
+from mlgraph.core.untrusted import printable
+from mlgraph.external.signal_scan import (
     MAX_SIGNALS_PER_TICK,
     Accepted,
     SignalCursor,
@@ -63,6 +56,13 @@ from sensors.signal_scan import (
     relative_name,
     skip_message,
 )
+from pipeline_assets.analysis.report_assets import AnalysisReportConfig
+from pipeline_assets.external.assets import CheckpointEvaluationConfig
+from pipeline_assets.jobs import checkpoint_comparison_report_job, checkpoint_evaluation_job
+from pipeline_assets.partitions import experiment_partitions_def
+from resources.experiments import ExperimentCatalog
+from resources.storage import SharedDrive
+from sensors.alerts import alert_rejected_signals
 
 SETTLE_SECONDS = 2.0
 # The daemon evaluates sensors at most every 5 s anyway; a scan costs milliseconds.
@@ -132,7 +132,7 @@ def _existing_runs(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, s
     """run key → id of a run that already has it (one query per 500 keys)."""
     found: dict[str, str] = {}
     for i in range(0, len(keys), 500):
-        chunk = keys[i: i + 500]
+        chunk = keys[i : i + 500]
         for run in instance.get_runs(filters=dg.RunsFilter(tags={DAGSTER_RUN_KEY_TAG: chunk})):
             found.setdefault(run.tags[DAGSTER_RUN_KEY_TAG], run.run_id)
     return found
@@ -243,13 +243,18 @@ def _analysis_request(item: Accepted, config_hash: str) -> dg.RunRequest:
         **_signal_tags("analysis", "eval_complete_sensor", item, signal.config_hash or config_hash),
         TAG_EVAL_JOB_ID: signal.job_id,
     }
-    for tag, value in ((TAG_CHECKPOINT_ID, signal.checkpoint_id), (TAG_CHECKPOINT_PATH, signal.checkpoint_path),
-                       (TAG_EVAL_RUN_ID, signal.dagster_run_id), (TAG_MLFLOW_RUN_ID, signal.mlflow_run_id)):
+    for tag, value in (
+        (TAG_CHECKPOINT_ID, signal.checkpoint_id),
+        (TAG_CHECKPOINT_PATH, signal.checkpoint_path),
+        (TAG_EVAL_RUN_ID, signal.dagster_run_id),
+        (TAG_MLFLOW_RUN_ID, signal.mlflow_run_id),
+    ):
         if value:
             tags[tag] = value
     run_config = (
         dg.RunConfig(ops={"checkpoint_comparison_report": AnalysisReportConfig(checkpoint_id=signal.checkpoint_id)})
-        if signal.checkpoint_id else None
+        if signal.checkpoint_id
+        else None
     )
     return dg.RunRequest(run_key=item.run_key, partition_key=signal.experiment, tags=tags, run_config=run_config)
 
@@ -257,18 +262,29 @@ def _analysis_request(item: Accepted, config_hash: str) -> dg.RunRequest:
 class _Tick:
     """One sensor evaluation: the scan's plan, the known experiments, and what to say about each file."""
 
-    def __init__(self, context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog,
-                 base: Path, names: tuple[str, ...], settle_seconds: float, max_per_tick: int, now_ns: int):
+    def __init__(
+        self,
+        context: dg.SensorEvaluationContext,
+        storage: SharedDrive,
+        catalog: ExperimentCatalog,
+        base: Path,
+        names: tuple[str, ...],
+        settle_seconds: float,
+        max_per_tick: int,
+        now_ns: int,
+    ):
         self.context = context
         self.drive = storage.root_path
-        self.plan: TickPlan = plan_tick(self.drive, base, names, SignalCursor.parse(context.cursor), settle_seconds,
-                                        max_per_tick, now_ns)
+        self.plan: TickPlan = plan_tick(
+            self.drive, base, names, SignalCursor.parse(context.cursor), settle_seconds, max_per_tick, now_ns
+        )
         self.experiments = _Experiments(context.instance, catalog, _CONFIG_HASHES)
         self.reasons = [rejection_reason(self.drive, r) for r in self.plan.rejected]
         for rejected in self.plan.rejected:
             if rejected.traceback:
-                context.log.error(f"signal check failed unexpectedly: {rejection_reason(self.drive, rejected)}\n"
-                                  f"{rejected.traceback}")
+                context.log.error(
+                    f"signal check failed unexpectedly: {rejection_reason(self.drive, rejected)}\n{rejected.traceback}"
+                )
         self.notes: list[str] = []
         self.runs: list[dg.RunRequest] = []
         self.events: list = []
@@ -290,10 +306,12 @@ class _Tick:
         """The per-signal boundary: an unexpected error rejects this signal, logged with its traceback."""
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - one signal's surprise must not cost the others their runs
-            reason = printable(f"{self.rel(item)}: unexpected error while requesting its run "
-                               f"({type(exc).__name__}: {str(exc)[:300]}). Fix: report this mlgraph bug with "
-                               "the traceback from the sensor log")
+        except Exception as exc:
+            reason = printable(
+                f"{self.rel(item)}: unexpected error while requesting its run "
+                f"({type(exc).__name__}: {str(exc)[:300]}). Fix: report this mlgraph bug with "
+                "the traceback from the sensor log"
+            )
             self.reasons.append(reason)
             self.context.log.error(f"{reason}\n{traceback.format_exc()}")
 
@@ -327,8 +345,9 @@ def _handle_evaluation_signal(tick: _Tick, item: Accepted) -> None:
     if isinstance(signal, EvalFailed) or (isinstance(signal, EvalComplete) and signal.status == "failed"):
         # Reported, not analyzed: there is nothing sound to analyze.
         message = signal.error_message or "evaluation reported status 'failed' without a message"
-        tick.context.log.error(f"{tick.rel(item)}: evaluation of {signal.experiment} failed "
-                               f"(job {signal.job_id}): {message}")
+        tick.context.log.error(
+            f"{tick.rel(item)}: evaluation of {signal.experiment} failed (job {signal.job_id}): {message}"
+        )
         tick.events.append(_failed_evaluation(item, message))
         tick.notes.append(f"{tick.rel(item)}: evaluation failed ({message[:200]}); reported, not analyzed")
         return
@@ -358,8 +377,16 @@ def build_signal_sensors(
     def training_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        tick = _Tick(context, storage, catalog, storage.models_root(), (TRAINING_COMPLETE,),
-                     _settle_seconds(settle_seconds), max_per_tick, clock())
+        tick = _Tick(
+            context,
+            storage,
+            catalog,
+            storage.models_root(),
+            (TRAINING_COMPLETE,),
+            _settle_seconds(settle_seconds),
+            max_per_tick,
+            clock(),
+        )
         for item in tick.plan.accepted:
             with tick.guard(item):
                 config_hash = tick.config_hash(item)
@@ -368,8 +395,10 @@ def build_signal_sensors(
                 request, event = _evaluation_request(item, config_hash)
                 tick.runs.append(request)
                 tick.events.append(event)
-                context.log.info(f"{tick.rel(item)}: evaluating checkpoint {request.tags[TAG_CHECKPOINT_ID]} "
-                                 f"of {item.signal.experiment}")
+                context.log.info(
+                    f"{tick.rel(item)}: evaluating checkpoint {request.tags[TAG_CHECKPOINT_ID]} "
+                    f"of {item.signal.experiment}"
+                )
         return tick.result()
 
     @dg.sensor(
@@ -382,8 +411,16 @@ def build_signal_sensors(
     def eval_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        tick = _Tick(context, storage, catalog, storage.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED),
-                     _settle_seconds(settle_seconds), max_per_tick, clock())
+        tick = _Tick(
+            context,
+            storage,
+            catalog,
+            storage.evaluation_root(),
+            (EVAL_COMPLETE, EVAL_FAILED),
+            _settle_seconds(settle_seconds),
+            max_per_tick,
+            clock(),
+        )
         for item in tick.plan.accepted:
             with tick.guard(item):
                 _handle_evaluation_signal(tick, item)

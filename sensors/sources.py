@@ -11,8 +11,8 @@ import json
 
 import dagster as dg
 
-from core.experiment import ConfigError
-from pipeline_assets.data import sources
+from mlgraph.core.experiment import ConfigError
+from mlgraph.data import sources
 from pipeline_assets.data.source_assets import source_observation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
@@ -36,9 +36,7 @@ def parse_cursor(raw: str | None) -> dict[str, sources.SourceVersion]:
 
 
 @dg.sensor(minimum_interval_seconds=MIN_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING)
-def experiment_source_sensor(
-    context: dg.SensorEvaluationContext, catalog: ExperimentCatalog
-) -> dg.SensorResult:
+def experiment_source_sensor(context: dg.SensorEvaluationContext, catalog: ExperimentCatalog) -> dg.SensorResult:
     """Reports a new experiment_source observation for each experiment whose config or data file changed."""
     seen = parse_cursor(context.cursor)
     current: dict[str, sources.SourceVersion] = {}

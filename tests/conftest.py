@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
 
 DEMO = ["salary", "student_engagement", "demand_forecast"]
 

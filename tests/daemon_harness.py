@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
 
 DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
 
@@ -27,8 +27,12 @@ DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "clas
 AUTOMATION_OFF: dict[str, Any] = {"enabled": False, "use_sensors": False}
 
 
-def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = None, automation: bool = False,
-                          storage: Mapping[str, Any] | None = None) -> Path:
+def write_instance_config(
+    home: Path,
+    run_launcher: Mapping[str, Any] | None = None,
+    automation: bool = False,
+    storage: Mapping[str, Any] | None = None,
+) -> Path:
     """dagster.yaml (queued runs, the given launcher, run monitoring, automation on or off, storage: SQLite
     under `home` unless given) and workspace.yaml."""
     home.mkdir(parents=True, exist_ok=True)
@@ -49,11 +53,22 @@ def write_instance_config(home: Path, run_launcher: Mapping[str, Any] | None = N
         config["storage"] = dict(storage)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     workspace = home / "workspace.yaml"
-    workspace.write_text(yaml.safe_dump({"load_from": [{"python_module": {
-        "module_name": "pipeline_assets.definitions",
-        "location_name": "mlgraph",
-        "working_directory": str(PROJECT_ROOT),
-    }}]}, sort_keys=False))
+    workspace.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "pipeline_assets.definitions",
+                            "location_name": "mlgraph",
+                            "working_directory": str(PROJECT_ROOT),
+                        }
+                    }
+                ]
+            },
+            sort_keys=False,
+        )
+    )
     return workspace
 
 
@@ -74,7 +89,10 @@ class DagsterDaemon:
         executable = Path(sys.executable).with_name("dagster-daemon")
         self.proc = subprocess.Popen(
             [str(executable), "run", "-w", str(self.workspace)],
-            cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
 
@@ -121,8 +139,13 @@ class DagsterDaemon:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("daemon-*.log")))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25,
-             on_timeout: Callable[[], str] | None = None) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+    on_timeout: Callable[[], str] | None = None,
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `what` (and diagnostics) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from core.drive import PROJECT_ROOT, DriveLayout
-from core.experiment import ExperimentConfig, load_experiment_file
-from core.hashing import sha256_file
-from pipeline_assets.data.generators import generate
-from pipeline_assets.deployment import export
-from pipeline_assets.deployment.champion import read_champion
-from pipeline_assets.training import families as fam
-from pipeline_assets.training.promotion import PromotionStore
+from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
+from mlgraph.core.experiment import ExperimentConfig, load_experiment_file
+from mlgraph.core.hashing import sha256_file
+from mlgraph.data.generators import generate
+from mlgraph.deployment import export
+from mlgraph.deployment.champion import read_champion
+from mlgraph.training import families as fam
+from mlgraph.training.promotion import PromotionStore
 
 EXPERIMENT = {"classification": "student_engagement", "regression": "salary"}
 # Small but real: forests and boosting shrunk so the whole file stays quick on two cores.
@@ -38,12 +38,24 @@ def demo_frames() -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     return frames
 
 
-def promote(drive: DriveLayout, config: ExperimentConfig, family: str, model_file: Path, version: str = "1",
-            threshold: float | None = None) -> None:
+def promote(
+    drive: DriveLayout,
+    config: ExperimentConfig,
+    family: str,
+    model_file: Path,
+    version: str = "1",
+    threshold: float | None = None,
+) -> None:
     """What champion_model leaves behind: the bundle file and the promotion pointer."""
-    pointer = {"model_path": str(model_file), "model_type": family, "model_version": version,
-               "run_id": f"run-{family}-{version}", "artifact_sha256": sha256_file(model_file),
-               "config_hash": config.config_hash, "experiment": config.name}
+    pointer = {
+        "model_path": str(model_file),
+        "model_type": family,
+        "model_version": version,
+        "run_id": f"run-{family}-{version}",
+        "artifact_sha256": sha256_file(model_file),
+        "config_hash": config.config_hash,
+        "experiment": config.name,
+    }
     if threshold is not None:
         pointer["threshold"] = threshold
     PromotionStore(drive.promotion_dir(config.config_hash)).promote(pointer)

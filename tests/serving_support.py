@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from core.drive import PROJECT_ROOT, DriveLayout
-from core.experiment import ExperimentConfig, load_experiment_file
-from core.hashing import sha256_file
-from pipeline_assets.data.generators import generate
-from pipeline_assets.training import families as fam
-from pipeline_assets.training.model_files import ARGMAX_DECISION
-from pipeline_assets.training.promotion import PromotionStore
+from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
+from mlgraph.core.experiment import ExperimentConfig, load_experiment_file
+from mlgraph.core.hashing import sha256_file
+from mlgraph.data.generators import generate
+from mlgraph.training import families as fam
+from mlgraph.training.model_files import ARGMAX_DECISION
+from mlgraph.training.promotion import PromotionStore
 from tests.daemon_harness import wait_for
 from tests.deployment_support import export_current
 
@@ -45,9 +45,15 @@ def write_config_dir(target: Path) -> Path:
     """A copy of config/ plus `tiers`, a three-class experiment."""
     shutil.copytree(PROJECT_ROOT / "config", target)
     _tiers(400, 0).to_csv(target / "experiments" / "tiers.csv", index=False)
-    data = {"name": MULTICLASS, "task": "classification", "dataset": {"path": "tiers.csv"}, "target": "level",
-            "columns": {"x1": "numeric", "x2": "numeric", "colour": "categorical", "level": "categorical"},
-            "models": [{"family": "logistic_regression"}], "cv_folds": 3}
+    data = {
+        "name": MULTICLASS,
+        "task": "classification",
+        "dataset": {"path": "tiers.csv"},
+        "target": "level",
+        "columns": {"x1": "numeric", "x2": "numeric", "colour": "categorical", "level": "categorical"},
+        "models": [{"family": "logistic_regression"}],
+        "cv_folds": 3,
+    }
     (target / "experiments" / "tiers.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return target
 
@@ -69,8 +75,8 @@ def drive_copy(serving_drive: tuple[Path, Path], target: Path) -> Path:
 
 def forecasting_champion(root: Path, config_dir: Path) -> ExperimentConfig:
     """demand_forecast shrunk (600 rows, window 12, 2 epochs) with an exported GRU v1 champion."""
-    from pipeline_assets.training import forecasting as fc
-    from pipeline_assets.training.forecast_data import training_series
+    from mlgraph.training import forecasting as fc
+    from mlgraph.training.forecast_data import training_series
 
     path = config_dir / "experiments" / f"{FORECAST}.yaml"
     data = yaml.safe_load(path.read_text())
@@ -84,9 +90,17 @@ def forecasting_champion(root: Path, config_dir: Path) -> ExperimentConfig:
     series = training_series(train, config)
     fit = fc.fit_forecaster("gru", series.values, series.timestamps, config.forecast, {}, config.seed, series.observed)
     model_path = fc.save_forecaster(fit, drive.champion_bundle(FORECAST, "1") / "gru.pt")
-    PromotionStore(drive.promotion_dir(config.config_hash)).promote({
-        "model_path": str(model_path), "model_type": "gru", "model_version": "1", "run_id": "run-gru-1",
-        "artifact_sha256": sha256_file(model_path), "config_hash": config.config_hash, "experiment": FORECAST})
+    PromotionStore(drive.promotion_dir(config.config_hash)).promote(
+        {
+            "model_path": str(model_path),
+            "model_type": "gru",
+            "model_version": "1",
+            "run_id": "run-gru-1",
+            "artifact_sha256": sha256_file(model_path),
+            "config_hash": config.config_hash,
+            "experiment": FORECAST,
+        }
+    )
     export_current(drive, config)
     return config
 
@@ -95,15 +109,29 @@ def config_of(config_dir: Path, name: str) -> ExperimentConfig:
     return load_experiment_file(config_dir / "experiments" / f"{name}.yaml").config
 
 
-def promote_model(drive: DriveLayout, config: ExperimentConfig, model, family: str, version: str,
-                  threshold: float | None = None, classes: tuple | None = None, export: bool = True) -> None:
+def promote_model(
+    drive: DriveLayout,
+    config: ExperimentConfig,
+    model,
+    family: str,
+    version: str,
+    threshold: float | None = None,
+    classes: tuple | None = None,
+    export: bool = True,
+) -> None:
     """As champion_model leaves it (bundle file + pointer), then as onnx_model leaves it (export)."""
     path = drive.champion_bundle(config.name, version) / f"{family}.joblib"
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, path)
-    pointer = {"model_path": str(path), "model_type": family, "model_version": version,
-               "run_id": f"run-{family}-{version}", "artifact_sha256": sha256_file(path),
-               "config_hash": config.config_hash, "experiment": config.name}
+    pointer = {
+        "model_path": str(path),
+        "model_type": family,
+        "model_version": version,
+        "run_id": f"run-{family}-{version}",
+        "artifact_sha256": sha256_file(path),
+        "config_hash": config.config_hash,
+        "experiment": config.name,
+    }
     if threshold is not None:
         pointer["threshold"] = threshold
     if classes is not None:
@@ -145,8 +173,7 @@ def build_drive(root: Path, config_dir: Path) -> DriveLayout:
         promote_model(drive, config, fit(config, train, family), family, "1", threshold=threshold)
     config = config_of(config_dir, MULTICLASS)
     train, _ = write_splits(drive, MULTICLASS, _tiers(400, 0))
-    promote_model(drive, config, fit(config, train, "logistic_regression"), "logistic_regression", "1",
-                  classes=TIERS)
+    promote_model(drive, config, fit(config, train, "logistic_regression"), "logistic_regression", "1", classes=TIERS)
     return drive
 
 
@@ -166,8 +193,23 @@ class Server:
         env = {**os.environ, "MLGRAPH_CONFIG_DIR": str(config_dir), "SHARED_DRIVE": str(drive)}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlgraph_cli.main", "serve", "--experiment", experiment, "--port",
-                 str(self.port), "--drive", str(drive), *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "mlgraph.cli.main",
+                    "serve",
+                    "--experiment",
+                    experiment,
+                    "--port",
+                    str(self.port),
+                    "--drive",
+                    str(drive),
+                    *args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def wait_up(self, ready: bool = True, timeout: float = 60) -> dict:
@@ -206,5 +248,7 @@ class Server:
 def json_rows(drive: DriveLayout, name: str, features: list[str], n: int) -> list[dict]:
     """`n` rows of the test split as a client would send them (NaN → null, numpy → Python)."""
     frame = pd.read_parquet(drive.dataset_path(name, "test"))[features].head(n)
-    return [{c: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for c, v in row.items()}
-            for row in frame.to_dict("records")]
+    return [
+        {c: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for c, v in row.items()}
+        for row in frame.to_dict("records")
+    ]

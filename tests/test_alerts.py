@@ -20,11 +20,11 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster._daemon.types import DaemonHeartbeat
 
-from core.drive import PROJECT_ROOT, DriveLayout
-from core.tags import COMPUTE_TAG, TAG_EXPERIMENT
-from mlgraph_cli.main import main
-from operations import alerts
-from operations.webhook import WEBHOOK_URL_ENV
+from mlgraph.cli.main import main
+from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
+from mlgraph.core.tags import COMPUTE_TAG, TAG_EXPERIMENT
+from mlgraph.ops import alerts
+from mlgraph.ops.webhook import WEBHOOK_URL_ENV
 from tests.slurm_support import harness
 from tests.test_signal_sensors import TRAINING_SENSOR, tick
 
@@ -44,7 +44,7 @@ class Receiver:
         received = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
+            def do_POST(self):
                 length = int(self.headers["Content-Length"])
                 received.paths.append(self.path)
                 received.bodies.append(json.loads(self.rfile.read(length)))
@@ -76,11 +76,13 @@ def receiver():
 def test_same_condition_alerts_once_per_cooldown_and_resolves(shared_drive: Path):
     drive = DriveLayout.at(shared_drive)
     first = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "5% free", "critical", now=T0)
-    again = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "4% free", "critical",
-                               now=T0 + timedelta(minutes=59))
+    again = alerts.raise_alert(
+        drive, alerts.DISK_SPACE_LOW, "disk_space_low", "4% free", "critical", now=T0 + timedelta(minutes=59)
+    )
     assert first is not None and again is None
-    later = alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "3% free", "critical",
-                               now=T0 + timedelta(minutes=61))
+    later = alerts.raise_alert(
+        drive, alerts.DISK_SPACE_LOW, "disk_space_low", "3% free", "critical", now=T0 + timedelta(minutes=61)
+    )
     assert later is not None and [r["message"] for r in lines(drive)] == ["5% free", "3% free"]
     assert [a["key"] for a in alerts.read_open_alerts(drive, now=T0 + timedelta(minutes=62))] == ["disk_space_low"]
 
@@ -90,8 +92,9 @@ def test_same_condition_alerts_once_per_cooldown_and_resolves(shared_drive: Path
     record = lines(drive)[-1]
     assert record["resolved"] is True and record["time"].endswith("Z")
     # A new episode alerts at once, cooldown or not.
-    assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "2% free", "critical",
-                              now=T0 + timedelta(minutes=64))
+    assert alerts.raise_alert(
+        drive, alerts.DISK_SPACE_LOW, "disk_space_low", "2% free", "critical", now=T0 + timedelta(minutes=64)
+    )
 
     # Event alerts (a failed run) stay open for a day, then drop off the dashboard.
     alerts.run_failed(drive, "r" * 32, "training_job", "boom postgresql://u:hunter2@db/x", "salary", now=T0)
@@ -105,7 +108,9 @@ def _raise_many(root: str, worker: int) -> int:
     drive = DriveLayout.at(root)
     fired = 0
     for i in range(40):
-        fired += alerts.raise_alert(drive, alerts.SIGNAL_REJECTED, f"own:{worker}:{i}", "x" * 3000, "warning") is not None
+        fired += (
+            alerts.raise_alert(drive, alerts.SIGNAL_REJECTED, f"own:{worker}:{i}", "x" * 3000, "warning") is not None
+        )
         fired += alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "shared", "daemon down", "critical") is not None
     return fired
 
@@ -119,8 +124,9 @@ def test_concurrent_writers_never_interleave_or_double_fire(shared_drive: Path):
     assert sum(r["key"] == "shared" for r in records) == 1
 
 
-def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(shared_drive, receiver, monkeypatch,
-                                                                                  caplog):
+def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(
+    shared_drive, receiver, monkeypatch, caplog
+):
     drive = DriveLayout.at(shared_drive)
     monkeypatch.setenv(WEBHOOK_URL_ENV, f"{receiver.url}/hooks/SECRET-TOKEN")
     alerts.consecutive_failures(drive, "salary", ["FAILURE"] * 3)
@@ -128,11 +134,13 @@ def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(
     alerts.consecutive_failures(drive, "salary", ["SUCCESS", "FAILURE", "FAILURE"])
     assert receiver.paths == ["/hooks/SECRET-TOKEN"] * 2
     assert [(b["kind"], b["resolved"], b["severity"]) for b in receiver.bodies] == [
-        ("consecutive_failures", False, "critical"), ("consecutive_failures", True, "critical")]
+        ("consecutive_failures", False, "critical"),
+        ("consecutive_failures", True, "critical"),
+    ]
     assert receiver.bodies[0] == lines(drive)[0]
 
     monkeypatch.setenv(WEBHOOK_URL_ENV, "http://127.0.0.1:9/hooks/SECRET-TOKEN")  # discard port: refused
-    with caplog.at_level(logging.WARNING, logger="operations.webhook"):
+    with caplog.at_level(logging.WARNING, logger="mlgraph.ops.webhook"):
         assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "low", "critical")
     assert "unreachable" in caplog.text and "SECRET-TOKEN" not in caplog.text
     assert "SECRET-TOKEN" not in DriveLayout.at(shared_drive).alerts_jsonl().read_text()
@@ -209,22 +217,37 @@ def test_slurm_failures_alert_per_run_and_once_for_three_in_a_row(tmp_path: Path
     (tmp_path / "crash_location.py").write_text(CRASH_LOCATION)
     harness.write_instance_yaml(home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
     workspace_yaml = tmp_path / "workspace.yaml"
-    workspace_yaml.write_text(yaml.safe_dump({"load_from": [{"python_file": {
-        "relative_path": str(tmp_path / "crash_location.py"), "location_name": "crash",
-        "working_directory": str(PROJECT_ROOT)}}]}))
+    workspace_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_file": {
+                            "relative_path": str(tmp_path / "crash_location.py"),
+                            "location_name": "crash",
+                            "working_directory": str(PROJECT_ROOT),
+                        }
+                    }
+                ]
+            }
+        )
+    )
     monkeypatch.setenv("SHARED_DRIVE", str(shared))
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     daemon = harness.Daemon(workspace_yaml, dict(os.environ), tmp_path / "daemon.log")
     drive = DriveLayout.at(shared)
-    with (dg.DagsterInstance.get() as instance,
-          WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace):
+    with (
+        dg.DagsterInstance.get() as instance,
+        WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace,
+    ):
         try:
             daemon.start(instance)
             context = workspace.create_request_context()
             run_ids = []
             for _ in range(3):
-                run = harness.create_run(instance, context, "crash", "crash_job",
-                                         tags={COMPUTE_TAG: "slurm", TAG_EXPERIMENT: "salary"})
+                run = harness.create_run(
+                    instance, context, "crash", "crash_job", tags={COMPUTE_TAG: "slurm", TAG_EXPERIMENT: "salary"}
+                )
                 instance.submit_run(run.run_id, context)
                 run_ids.append(run.run_id)
 

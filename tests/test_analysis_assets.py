@@ -7,19 +7,27 @@ import duckdb
 import pytest
 import yaml
 
-from core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
-from pipeline_assets.analysis.significance import COLUMNS as SIGNIFICANCE_COLUMNS
+from mlgraph.analysis.significance import COLUMNS as SIGNIFICANCE_COLUMNS
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
+from mlgraph.preprocessing import outputs
 from pipeline_assets.definitions import defs
-from mlgraph_cli.staging import materialize_experiments
-from pipeline_assets.preprocessing import outputs
 from tests.conftest import shrink_experiment
 
 CONSTRAINTS = ["c2000-m256-p50", "c10000-m1024-p100"]
 MY_KEYS = [
     dg.AssetKey(k)
     for k in (
-        "raw_dataset", "dataset_fingerprint", "train_test_split", "batch_features", "streaming_features",
-        "constraint_probe_result", "constraint_sweep_table", "significance_tests", "tradeoff_plots", "run_manifest",
+        "raw_dataset",
+        "dataset_fingerprint",
+        "train_test_split",
+        "batch_features",
+        "streaming_features",
+        "constraint_probe_result",
+        "constraint_sweep_table",
+        "significance_tests",
+        "tradeoff_plots",
+        "run_manifest",
         "run_summary",
     )
 ]
@@ -36,7 +44,12 @@ def small_salary(config_dir, rows=6000, significance_runs=4):
 
 def materialize_salary(instance):
     summary = materialize_experiments(
-        defs, instance, ["salary"], selection=MY_KEYS, constraints=CONSTRAINTS, echo=lambda _: None,
+        defs,
+        instance,
+        ["salary"],
+        selection=MY_KEYS,
+        constraints=CONSTRAINTS,
+        echo=lambda _: None,
         raise_on_error=True,
     )
     assert summary.failed == [] and summary.runs == 4
@@ -51,8 +64,16 @@ def salary_sweep(instance, shared_drive, config_dir):
 
 def test_constraint_experiment_table_reports_and_warehouse(instance, shared_drive, salary_sweep):
     rows = outputs.read_csv_rows(salary_sweep / "benchmarks" / "constraint_experiment.csv")
-    assert list(rows[0])[:8] == ["chunk_size", "memory_limit_mb", "compute_limit", "preprocessing_latency_s",
-                                 "peak_memory_mb", "training_time_s", "model_accuracy_r2", "model_rmse"]
+    assert list(rows[0])[:8] == [
+        "chunk_size",
+        "memory_limit_mb",
+        "compute_limit",
+        "preprocessing_latency_s",
+        "peak_memory_mb",
+        "training_time_s",
+        "model_accuracy_r2",
+        "model_rmse",
+    ]
     assert [r["constraint"] for r in rows] == CONSTRAINTS
     for r in rows:
         assert float(r["preprocessing_latency_s"]) > 0 and float(r["training_time_s"]) > 0
@@ -70,7 +91,7 @@ def test_constraint_experiment_table_reports_and_warehouse(instance, shared_driv
     def warehouse_rows():
         with duckdb.connect(str(shared_drive / "state" / "warehouse.duckdb"), read_only=True) as con:
             return con.sql(
-                "select \"constraint\", chunk_size, model_accuracy_r2 from constraint_experiment "
+                'select "constraint", chunk_size, model_accuracy_r2 from constraint_experiment '
                 "where experiment = 'salary' order by chunk_size"
             ).fetchall()
 
@@ -78,8 +99,9 @@ def test_constraint_experiment_table_reports_and_warehouse(instance, shared_driv
     assert [r[0] for r in first] == CONSTRAINTS and all(0.8 < r[2] <= 1 for r in first)
     # Rematerializing replaces the experiment's rows instead of appending.
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(instance=instance, partition_key="salary",
-                                    asset_selection=[dg.AssetKey("constraint_sweep_table")])
+    result = job.execute_in_process(
+        instance=instance, partition_key="salary", asset_selection=[dg.AssetKey("constraint_sweep_table")]
+    )
     assert result.success
     assert warehouse_rows() == first
     coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}["constraint_sweep_table_covers_grid"]
@@ -93,7 +115,8 @@ def test_significance_plots_and_pipeline_report(instance, salary_sweep):
     assert 0 <= float(row["latency_pvalue"]) <= 1 and 0 <= float(row["throughput_pvalue"]) <= 1
     assert int(row["runs_per_mode"]) == 4
     assert float(row["latency_mean_delta_s"]) == pytest.approx(
-        float(row["streaming_latency_mean_s"]) - float(row["batch_latency_mean_s"]), abs=1e-12)
+        float(row["streaming_latency_mean_s"]) - float(row["batch_latency_mean_s"]), abs=1e-12
+    )
     runs = outputs.read_csv_rows(salary_sweep / "benchmarks" / "significance_runs.csv")
     assert sorted(r["mode"] for r in runs) == ["batch"] * 4 + ["streaming"] * 4
 
@@ -105,8 +128,14 @@ def test_significance_plots_and_pipeline_report(instance, salary_sweep):
     assert metadata["latency_vs_accuracy"].value.startswith("![latency_vs_accuracy](data:image/png;base64,")
 
     report = json.loads((salary_sweep / "reports" / "pipeline_report.json").read_text())
-    assert {"dataset_fingerprint", "reproducibility", "chunk_metrics", "constraint_experiment", "significance",
-            "checks"} <= set(report)
+    assert {
+        "dataset_fingerprint",
+        "reproducibility",
+        "chunk_metrics",
+        "constraint_experiment",
+        "significance",
+        "checks",
+    } <= set(report)
     assert report["dataset_fingerprint"]["rows"] == 6000
     assert report["reproducibility"]["dataset"]["sha256"] == report["dataset_fingerprint"]["raw_parquet_sha256"]
     per_constraint = report["chunk_metrics"]["per_constraint"]

@@ -1,16 +1,6 @@
-"""The layering, written once: imports only point down, and the lower layers stay free of Dagster.
+"""The layering, written once: a module's layer comes from its package, imports only point down, no cycles.
 
-Layers, bottom up (docs/architecture.md):
-
-    0 core            shared contracts, plain Python (core/)
-    1 domain          plain-Python domain modules (pipeline_assets/<group>/*.py but assets/checks; operations/)
-    2 resources       Dagster-facing adapters and the run launcher (resources/, launcher/)
-    3 assets          assets, checks and the partitions they share (pipeline_assets/<group>/{assets,checks,*_assets}.py)
-    4 orchestration   jobs, sensors, automation (pipeline_assets/jobs.py, sensors/)
-    5 definitions     the one `defs` (pipeline_assets/definitions.py)
-    6 entry points    the CLI and what only it uses (mlgraph_cli/), the serving app (serving/), the dashboard (dashboard/)
-
-The trainer-side hook (trainer_hook/) runs on GPU machines without Dagster: it may import only core.
+`LAYERS` below is the one copy of the layer map; docs/architecture.md shows it by pointing here.
 """
 
 from __future__ import annotations
@@ -21,41 +11,68 @@ from pathlib import Path
 
 import pytest
 
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
 
-PACKAGES = (
-    "core", "operations", "pipeline_assets", "resources", "launcher", "sensors", "trainer_hook", "mlgraph_cli", "serving",
-    "dashboard",
-)
-LAYER_NAMES = ("core", "domain", "resources", "assets", "orchestration", "definitions", "entry points")
-ASSET_MODULES = {"assets", "checks"}
-ORCHESTRATION_MODULES = {"pipeline_assets.jobs", "pipeline_assets.automation"}
+# The four top-level import packages the wheel installs (tests/test_packaging.py checks the wheel).
+PACKAGES = ("mlgraph", "pipeline_assets", "resources", "sensors")
+LAYER_NAMES = ("core", "domain", "resources and plugins", "assets", "orchestration", "definitions", "entry points")
+
+# package (or module) → layer; a module takes the layer of its longest listed prefix.
+LAYERS = {
+    "mlgraph": 0,  # the root package's __init__ imports nothing
+    "mlgraph.core": 0,
+    **dict.fromkeys(
+        (
+            "mlgraph.data",
+            "mlgraph.preprocessing",
+            "mlgraph.training",
+            "mlgraph.deployment",
+            "mlgraph.monitoring",
+            "mlgraph.analysis",
+            "mlgraph.external",
+            "mlgraph.slurm",
+            "mlgraph.ops",
+            "mlgraph.trainer",
+        ),
+        1,
+    ),
+    "mlgraph.launcher": 2,
+    "resources": 2,
+    "pipeline_assets": 3,
+    "pipeline_assets.jobs": 4,
+    "pipeline_assets.automation": 4,
+    "sensors": 4,
+    "pipeline_assets.definitions": 5,
+    "mlgraph.cli": 6,
+    "mlgraph.serving": 6,
+    "mlgraph.dashboard": 6,
+}
+# Inside the library, only Dagster plugins and the entry points that drive an instance may import Dagster.
+DAGSTER_ALLOWED = ("mlgraph.launcher", "mlgraph.cli", "mlgraph.dashboard")
+DAGSTER_PACKAGES = {"dagster", "dagster_mlflow", "dagster_duckdb", "dagster_postgres", "dagster_webserver"}
+# The trainer-side kit runs on a GPU machine with only the drive mounted: it may import the core only.
+TRAINER_MAY_IMPORT = ("mlgraph.core", "mlgraph.trainer")
 # Modules allowed to run past this many lines only when their docstring says why.
 MAX_LINES = 400
 LONG_MODULE_MARK = "Why this module is long:"
 
 
+def _owner(module: str) -> str | None:
+    parts = module.split(".")
+    while parts:
+        if ".".join(parts) in LAYERS:
+            return ".".join(parts)
+        parts.pop()
+    return None
+
+
 def layer_of(module: str) -> int:
-    top, *rest = module.split(".")
-    if top == "core":
-        return 0
-    if top in ("trainer_hook", "operations"):
-        return 1
-    if top in ("resources", "launcher"):
-        return 2
-    if top == "sensors":
-        return 4
-    if top in ("mlgraph_cli", "serving", "dashboard"):
-        return 6
-    if top == "pipeline_assets":
-        if module == "pipeline_assets.definitions":
-            return 5
-        if module in ORCHESTRATION_MODULES:
-            return 4
-        if module == "pipeline_assets.partitions" or (rest and (rest[-1] in ASSET_MODULES or rest[-1].endswith("_assets"))):
-            return 3
-        return 1
-    raise ValueError(f"{module}: not a project module")
+    owner = _owner(module)
+    if owner is None:
+        raise ValueError(f"{module}: no package of it is in the layer map (tests/test_architecture.py LAYERS)")
+    if owner == "mlgraph" and module != "mlgraph":
+        raise ValueError(f"{module}: a new subpackage of mlgraph needs a layer in LAYERS")
+    return LAYERS[owner]
 
 
 def project_modules() -> dict[str, Path]:
@@ -100,7 +117,7 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
             continue
         for name in names:
             target = _resolve(name)
-            if target is not None:
+            if target is not None and target != module:
                 found.append((node.lineno, target))
     return found
 
@@ -115,10 +132,52 @@ def _external_imports(path: Path) -> set[str]:
     return tops
 
 
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in graph.get(node, ()):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
 def test_every_project_module_has_a_layer():
     assert MODULES, "no project modules found"
     for module in MODULES:
         assert 0 <= layer_of(module) < len(LAYER_NAMES)
+
+
+def test_a_module_outside_the_map_is_refused():
+    with pytest.raises(ValueError, match="needs a layer"):
+        layer_of("mlgraph.newthing.module")
+    with pytest.raises(ValueError, match="no package of it"):
+        layer_of("somewhere_else.module")
 
 
 def test_imports_only_point_down():
@@ -134,6 +193,17 @@ def test_imports_only_point_down():
     assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
 
 
+def test_no_import_cycles_between_modules():
+    graph = {module: {target for _, target in imports_of(path, module)} for module, path in MODULES.items()}
+    cycles = import_cycles(graph)
+    assert not cycles, "modules importing each other (lazy imports count):\n" + "\n".join(map(str, cycles))
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_package_inits_import_nothing_above_their_lowest_module():
     """Importing any module first runs its packages' `__init__`: an `__init__` that imports a higher
     layer (say, the definitions) makes every module below it import upward, and cycles follow."""
@@ -141,30 +211,45 @@ def test_package_inits_import_nothing_above_their_lowest_module():
     for package, path in MODULES.items():
         if path.name != "__init__.py":
             continue
-        lowest = min(layer_of(m) for m in MODULES if m.startswith(package + ".")) if any(
-            m.startswith(package + ".") for m in MODULES) else layer_of(package)
+        members = [layer_of(m) for m in MODULES if m.startswith(package + ".")]
+        lowest = min(members) if members else layer_of(package)
         offenders += [
             f"{path.relative_to(PROJECT_ROOT)}:{line} imports {target} ({LAYER_NAMES[layer_of(target)]})"
-            for line, target in imports_of(path, package) if layer_of(target) > lowest
+            for line, target in imports_of(path, package)
+            if layer_of(target) > lowest
         ]
     assert not offenders, offenders
 
 
-def test_core_and_domain_modules_do_not_import_dagster():
+def test_library_imports_dagster_only_in_plugins_and_entry_points():
     offenders = [
         str(path.relative_to(PROJECT_ROOT))
         for module, path in MODULES.items()
-        if layer_of(module) <= 1 and {"dagster", "dagster_mlflow", "dagster_duckdb"} & _external_imports(path)
+        if (layer_of(module) <= 1 or (module.startswith("mlgraph") and not module.startswith(DAGSTER_ALLOWED)))
+        and DAGSTER_PACKAGES & _external_imports(path)
     ]
-    assert not offenders, f"core and domain modules must stay plain Python: {offenders}"
+    assert not offenders, f"these modules must stay plain Python: {offenders}"
 
 
-def test_trainer_hook_imports_only_core():
+def test_dagster_packages_hold_only_dagster_wrappers():
+    """pipeline_assets/, resources/ and sensors/ hold definitions: every module there imports Dagster."""
+    plain = [
+        str(path.relative_to(PROJECT_ROOT))
+        for module, path in MODULES.items()
+        if module.split(".")[0] in PACKAGES[1:]
+        and path.name != "__init__.py"
+        and not DAGSTER_PACKAGES & _external_imports(path)
+    ]
+    assert not plain, f"plain-Python modules belong in the mlgraph library, not the Dagster packages: {plain}"
+
+
+def test_trainer_kit_imports_only_core():
     offenders = [
         f"{module} imports {target}"
-        for module, path in MODULES.items() if module.startswith("trainer_hook")
+        for module, path in MODULES.items()
+        if module.startswith("mlgraph.trainer")
         for _, target in imports_of(path, module)
-        if not (target.startswith("core") or target.startswith("trainer_hook"))
+        if not target.startswith(TRAINER_MAY_IMPORT)
     ]
     assert not offenders, offenders
 
@@ -182,7 +267,7 @@ def test_nothing_imports_another_modules_private_names():
 
 def test_long_modules_say_why():
     long = []
-    for module, path in MODULES.items():
+    for path in MODULES.values():
         text = path.read_text(encoding="utf-8")
         lines = text.count("\n")
         if lines > MAX_LINES and LONG_MODULE_MARK not in (ast.get_docstring(ast.parse(text)) or ""):
@@ -193,13 +278,17 @@ def test_long_modules_say_why():
 @pytest.mark.parametrize(
     ("module", "layer"),
     [
-        ("core.drive", "core"),
-        ("pipeline_assets.preprocessing.engine", "domain"),
-        ("launcher.slurm_launcher", "resources"),
+        ("mlgraph.core.drive", "core"),
+        ("mlgraph.preprocessing.engine", "domain"),
+        ("mlgraph.trainer.hook", "domain"),
+        ("mlgraph.launcher.slurm_launcher", "resources and plugins"),
+        ("resources.storage", "resources and plugins"),
         ("pipeline_assets.training.assets", "assets"),
+        ("pipeline_assets.partitions", "assets"),
         ("sensors.signal_sensors", "orchestration"),
         ("pipeline_assets.definitions", "definitions"),
-        ("mlgraph_cli.staging", "entry points"),
+        ("mlgraph.cli.staging", "entry points"),
+        ("mlgraph.serving.app", "entry points"),
     ],
 )
 def test_layer_map_places_known_modules(module, layer):

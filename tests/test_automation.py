@@ -19,11 +19,11 @@ import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from core.tags import COMPUTE_TAG
+from mlgraph.core.tags import COMPUTE_TAG
+from mlgraph.data.sources import SourceVersion, source_version
 from pipeline_assets.automation import automation_sensors, with_automation
 from pipeline_assets.data import source_assets
 from pipeline_assets.data.source_assets import source_observation
-from pipeline_assets.data.sources import SourceVersion, source_version
 from pipeline_assets.jobs import SLURM_RUN_TAGS
 from pipeline_assets.partitions import experiment_from_constraints_mapping as per_experiment
 from resources.experiments import ExperimentCatalog
@@ -34,7 +34,9 @@ from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, 
 # Static partitions: Dagster's condition tester re-reads dynamic partitions for every condition node.
 
 experiment = dg.StaticPartitionsDefinition(["e"])
-sweep = dg.MultiPartitionsDefinition({"experiment": experiment, "constraint": dg.StaticPartitionsDefinition(["c1", "c2"])})
+sweep = dg.MultiPartitionsDefinition(
+    {"experiment": experiment, "constraint": dg.StaticPartitionsDefinition(["c1", "c2"])}
+)
 CHECK_PASSES = {"train_test_split": True}
 # Which train_test_split materialization batch_features was built from (the sweep's check compares them).
 LINEAGE: dict[str, int | None] = {"train_test_split": 0, "batch_features": None}
@@ -51,8 +53,11 @@ def _asset(name, deps=(), partitions_def=experiment, group="data"):
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
 
-    @dg.multi_observable_source_asset(specs=[dg.AssetSpec("experiment_source", partitions_def=experiment)],
-                                      partitions_def=experiment, group_name="data")
+    @dg.multi_observable_source_asset(
+        specs=[dg.AssetSpec("experiment_source", partitions_def=experiment)],
+        partitions_def=experiment,
+        group_name="data",
+    )
     def experiment_source() -> dg.ObserveResult:
         return dg.ObserveResult()
 
@@ -73,14 +78,22 @@ def batch_features() -> None:
 significance_tests = _asset("significance_tests", [train_test_split], group="analysis")
 candidate_models = _asset("candidate_models", [train_test_split], group="training")
 champion_model = _asset("champion_model", [candidate_models], group="training")
-streaming_features = _asset("streaming_features", [dg.AssetDep(train_test_split, partition_mapping=per_experiment)],
-                            partitions_def=sweep, group="preprocessing")
-constraint_probe_result = _asset("constraint_probe_result", [streaming_features], partitions_def=sweep, group="preprocessing")
-constraint_sweep_table = _asset("constraint_sweep_table", [dg.AssetDep(constraint_probe_result, partition_mapping=per_experiment)],
-                               group="analysis")
+streaming_features = _asset(
+    "streaming_features",
+    [dg.AssetDep(train_test_split, partition_mapping=per_experiment)],
+    partitions_def=sweep,
+    group="preprocessing",
+)
+constraint_probe_result = _asset(
+    "constraint_probe_result", [streaming_features], partitions_def=sweep, group="preprocessing"
+)
+constraint_sweep_table = _asset(
+    "constraint_sweep_table", [dg.AssetDep(constraint_probe_result, partition_mapping=per_experiment)], group="analysis"
+)
 tradeoff_plots = _asset("tradeoff_plots", [constraint_sweep_table], group="analysis")
-run_manifest = _asset("run_manifest", [batch_features, significance_tests, constraint_sweep_table, tradeoff_plots],
-                      group="analysis")
+run_manifest = _asset(
+    "run_manifest", [batch_features, significance_tests, constraint_sweep_table, tradeoff_plots], group="analysis"
+)
 run_summary = _asset("run_summary", [run_manifest], group="analysis")
 checkpoint_evaluation = _asset("checkpoint_evaluation", [train_test_split], group="external")
 
@@ -90,25 +103,44 @@ def train_test_split_proportions() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=CHECK_PASSES["train_test_split"])
 
 
-@dg.asset_check(asset=streaming_features, blocking=True,
-                additional_deps=[dg.AssetDep(batch_features, partition_mapping=per_experiment)])
+@dg.asset_check(
+    asset=streaming_features,
+    blocking=True,
+    additional_deps=[dg.AssetDep(batch_features, partition_mapping=per_experiment)],
+)
 def streaming_features_match_batch() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=LINEAGE["batch_features"] == LINEAGE["train_test_split"])
 
 
-STAND_INS = [raw_dataset, train_test_split, batch_features, significance_tests, candidate_models, champion_model,
-             streaming_features, constraint_probe_result, constraint_sweep_table, tradeoff_plots, run_manifest, run_summary,
-             checkpoint_evaluation]
+STAND_INS = [
+    raw_dataset,
+    train_test_split,
+    batch_features,
+    significance_tests,
+    candidate_models,
+    champion_model,
+    streaming_features,
+    constraint_probe_result,
+    constraint_sweep_table,
+    tradeoff_plots,
+    run_manifest,
+    run_summary,
+    checkpoint_evaluation,
+]
 DOWNSTREAM_OF_SOURCE = {a.key.to_user_string() for a in STAND_INS} - {"checkpoint_evaluation"}
 
 
 def stand_in_defs(code_versions: dict[str, str] | None = None) -> dg.Definitions:
     assets = STAND_INS
     if code_versions:
-        assets = [a.map_asset_specs(lambda s: s.replace_attributes(code_version=code_versions.get(s.key.path[-1], "1")))
-                  for a in assets]
-    return dg.Definitions(assets=with_automation([experiment_source, *assets]),
-                          asset_checks=[train_test_split_proportions, streaming_features_match_batch])
+        assets = [
+            a.map_asset_specs(lambda s: s.replace_attributes(code_version=code_versions.get(s.key.path[-1], "1")))
+            for a in assets
+        ]
+    return dg.Definitions(
+        assets=with_automation([experiment_source, *assets]),
+        asset_checks=[train_test_split_proportions, streaming_features_match_batch],
+    )
 
 
 class Daemonless:
@@ -126,9 +158,12 @@ class Daemonless:
         sensors race in the daemon); returns the number of runs."""
         requested = []
         for sensor in self.sensors:
-            result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance,
-                                                       asset_selection=sensor.asset_selection,
-                                                       cursor=self.cursors.get(sensor.name))
+            result = dg.evaluate_automation_conditions(
+                defs=self.defs,
+                instance=self.instance,
+                asset_selection=sensor.asset_selection,
+                cursor=self.cursors.get(sensor.name),
+            )
             self.cursors[sensor.name] = result.cursor
             by_partition: dict[str, list[dg.AssetKey]] = {}
             for res in result.results:
@@ -138,10 +173,16 @@ class Daemonless:
             requested = [(sensor, p, keys) for p, keys in sorted(by_partition.items())] + requested
         job = self.defs.resolve_implicit_global_asset_job_def()
         for sensor, partition, keys in requested:
-            result = job.execute_in_process(instance=self.instance, partition_key=partition, asset_selection=keys,
-                                            raise_on_error=False, tags=dict(sensor.run_tags))
-            self.materialized += [(e.asset_key.to_user_string(), str(e.partition))
-                                  for e in result.get_asset_materialization_events()]
+            result = job.execute_in_process(
+                instance=self.instance,
+                partition_key=partition,
+                asset_selection=keys,
+                raise_on_error=False,
+                tags=dict(sensor.run_tags),
+            )
+            self.materialized += [
+                (e.asset_key.to_user_string(), str(e.partition)) for e in result.get_asset_materialization_events()
+            ]
             self.runs.append((sensor.name, str(partition), tuple(sorted(k.to_user_string() for k in keys))))
         return len(requested)
 
@@ -207,7 +248,8 @@ def test_automation_holds_an_asset_until_what_its_blocking_check_reads_is_fresh(
     # train_test_split rematerialized by hand: batch_features (read by the sweep's blocking check) is
     # outdated, so the sweep waits for it instead of failing its check against the old batch features.
     daemonless.defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=daemonless.instance, partition_key="e", asset_selection=[train_test_split.key])
+        instance=daemonless.instance, partition_key="e", asset_selection=[train_test_split.key]
+    )
     assert daemonless.settle() == once_each(DOWNSTREAM_OF_SOURCE - {"raw_dataset", "train_test_split"})
 
 
@@ -230,16 +272,24 @@ def test_signal_driven_assets_have_no_automation():
 
 def tiny_experiment(config_dir: Path, rows: int = 600, constraints: str | None = None) -> Path:
     """A small CSV classification experiment `tiny` (two cheap families, 2 folds); returns its CSV."""
-    from pipeline_assets.data.generators import write_dataset
+    from mlgraph.data.generators import write_dataset
 
     (config_dir / "experiments").mkdir(parents=True, exist_ok=True)
     data = write_dataset("student_engagement", config_dir / "experiments" / "tiny.csv", rows=rows, seed=3)
-    base = yaml.safe_load((Path(__file__).parents[1] / "config" / "experiments" / "student_engagement.yaml").read_text())
+    base = yaml.safe_load(
+        (Path(__file__).parents[1] / "config" / "experiments" / "student_engagement.yaml").read_text()
+    )
     config = {
-        "name": "tiny", "task": "classification", "dataset": {"path": "tiny.csv"}, "target": base["target"],
-        "columns": base.get("columns", {}), "split": {"test_size": 0.25, "seed": 1},
+        "name": "tiny",
+        "task": "classification",
+        "dataset": {"path": "tiny.csv"},
+        "target": base["target"],
+        "columns": base.get("columns", {}),
+        "split": {"test_size": 0.25, "seed": 1},
         "models": [{"family": "logistic_regression"}, {"family": "decision_tree", "params": {"max_depth": 3}}],
-        "cv_folds": 2, "preprocessing": {"significance_runs": 2}, "seed": 1,
+        "cv_folds": 2,
+        "preprocessing": {"significance_runs": 2},
+        "seed": 1,
     }
     (config_dir / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     if constraints is not None:
@@ -248,8 +298,9 @@ def tiny_experiment(config_dir: Path, rows: int = 600, constraints: str | None =
 
 
 def source_tick(instance, config_dir, cursor):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"catalog": ExperimentCatalog(config_dir=str(config_dir))})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"catalog": ExperimentCatalog(config_dir=str(config_dir))}
+    )
     return experiment_source_sensor(context)
 
 
@@ -278,12 +329,15 @@ def test_source_sensor_reports_only_new_versions_for_automation(tmp_path):
         assert version == source_version(ExperimentCatalog(config_dir=str(tmp_path)).load("tiny")).data_version
 
         # "Observe" in the UI runs the asset's own function: the same version.
-        observed = dg.Definitions(assets=[source_assets.experiment_source],
-                                  resources={"catalog": ExperimentCatalog(config_dir=str(tmp_path))})
+        observed = dg.Definitions(
+            assets=[source_assets.experiment_source], resources={"catalog": ExperimentCatalog(config_dir=str(tmp_path))}
+        )
         observed.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, partition_key="tiny", asset_selection=[source_assets.EXPERIMENT_SOURCE])
+            instance=instance, partition_key="tiny", asset_selection=[source_assets.EXPERIMENT_SOURCE]
+        )
         [record] = instance.fetch_observations(
-            dg.AssetRecordsFilter(asset_key=source_assets.EXPERIMENT_SOURCE, asset_partitions=["tiny"]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=source_assets.EXPERIMENT_SOURCE, asset_partitions=["tiny"]), limit=1
+        ).records
         assert record.asset_observation.tags["dagster/data_version"] == version
 
         assert source_tick(instance, tmp_path, first.cursor).asset_events == []
@@ -315,9 +369,11 @@ def automated_assets() -> tuple[dict[str, str], set[str]]:
 
     graph = defs.resolve_asset_graph()
     automated = {
-        key.to_user_string(): SWEEP_PARTITION if isinstance(graph.get(key).partitions_def, dg.MultiPartitionsDefinition)
+        key.to_user_string(): SWEEP_PARTITION
+        if isinstance(graph.get(key).partitions_def, dg.MultiPartitionsDefinition)
         else "tiny"
-        for key in graph.materializable_asset_keys if graph.get(key).automation_condition is not None
+        for key in graph.materializable_asset_keys
+        if graph.get(key).automation_condition is not None
     }
     slurm = defs.resolve_sensor_def("slurm_automation_sensor").asset_selection.resolve(graph)
     return automated, {k.to_user_string() for k in slurm}
@@ -331,17 +387,23 @@ def materializations(instance: dg.DagsterInstance, automated: dict[str, str]) ->
     counts = Counter()
     for name, partition in automated.items():
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[partition]), limit=10).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[partition]), limit=10
+        ).records
         counts[name] = len(records)
     return counts
 
 
 def last_tick_after(instance: dg.DagsterInstance, sensor: str, since: float) -> float | None:
     """Start time of the sensor's latest finished tick if it started after `since`."""
-    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-              if s.instigator_name == sensor]
-    started = [t.timestamp for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=5)
-               if t.timestamp > since and t.status != TickStatus.STARTED]
+    states = [
+        s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == sensor
+    ]
+    started = [
+        t.timestamp
+        for s in states
+        for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=5)
+        if t.timestamp > since and t.status != TickStatus.STARTED
+    ]
     return max(started, default=None)
 
 
@@ -361,21 +423,35 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
             return list(instance.get_runs())
 
         def diagnostics() -> str:
-            return ("materialized: " + str(dict(materializations(instance, automated))) + "\nruns: "
-                    + ", ".join(f"{r.tags.get('dagster/partition')}:{sorted(r.asset_selection or [])}={r.status.value}"
-                                for r in runs()) + "\n" + daemon.logs())
+            return (
+                "materialized: "
+                + str(dict(materializations(instance, automated)))
+                + "\nruns: "
+                + ", ".join(
+                    f"{r.tags.get('dagster/partition')}:{sorted(r.asset_selection or [])}={r.status.value}"
+                    for r in runs()
+                )
+                + "\n"
+                + daemon.logs()
+            )
 
         def settled(expected: int) -> bool:
             failed = [r for r in runs() if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
             assert not failed, diagnostics()
-            return set(materializations(instance, automated).values()) == {expected} and all(r.is_finished for r in runs())
+            return set(materializations(instance, automated).values()) == {expected} and all(
+                r.is_finished for r in runs()
+            )
 
         try:
             daemon.start()
             # (a) The YAML is new to this instance: experiment_config_sensor adds the partition, the source
             # sensor observes it, automation materializes the graph (through champion_model and beyond).
-            wait_for(lambda: "tiny" in instance.get_dynamic_partitions("experiment"), 120,
-                     "experiment_config_sensor to add the tiny partition", on_timeout=diagnostics)
+            wait_for(
+                lambda: "tiny" in instance.get_dynamic_partitions("experiment"),
+                120,
+                "experiment_config_sensor to add the tiny partition",
+                on_timeout=diagnostics,
+            )
             wait_for(lambda: settled(1), STAGE_TIMEOUT * 3, "the graph materialized once", on_timeout=diagnostics)
             first_runs = runs()
             slurm = [r for r in first_runs if COMPUTE_TAG in r.tags]
@@ -388,8 +464,8 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
             change_one_byte(csv)
             wait_for(lambda: settled(2), STAGE_TIMEOUT * 3, "the graph rematerialized once", on_timeout=diagnostics)
             fingerprints = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey("dataset_fingerprint"), asset_partitions=["tiny"]),
-                limit=2).records
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey("dataset_fingerprint"), asset_partitions=["tiny"]), limit=2
+            ).records
             assert len({r.asset_materialization.tags["dagster/data_version"] for r in fingerprints}) == 2
 
             # (c) Unchanged (the file touched, the YAML's description edited): more ticks start nothing.
@@ -397,12 +473,20 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
             yaml_file = config_dir / "experiments" / "tiny.yaml"
             yaml_file.write_text(yaml_file.read_text() + "description: prose is not part of the config hash\n")
             edited, before = time.time(), len(runs())
-            wait_for(lambda: last_tick_after(instance, "experiment_source_sensor", edited), 60,
-                     "an experiment_source_sensor tick after the edits", on_timeout=diagnostics)
+            wait_for(
+                lambda: last_tick_after(instance, "experiment_source_sensor", edited),
+                60,
+                "an experiment_source_sensor tick after the edits",
+                on_timeout=diagnostics,
+            )
             looked = time.time()
             for sensor in ("automation_sensor", "slurm_automation_sensor"):
-                wait_for(lambda s=sensor: last_tick_after(instance, s, looked), 60,
-                         f"a {sensor} tick after the source was looked at", on_timeout=diagnostics)
+                wait_for(
+                    lambda s=sensor: last_tick_after(instance, s, looked),
+                    60,
+                    f"a {sensor} tick after the source was looked at",
+                    on_timeout=diagnostics,
+                )
             assert len(runs()) == before, diagnostics()
             assert set(materializations(instance, automated).values()) == {2}, diagnostics()
         finally:

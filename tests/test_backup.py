@@ -15,9 +15,9 @@ import duckdb
 import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
-from core.drive import DriveLayout
-from mlgraph_cli.main import main
-from operations.backup import MANIFEST, complete_backups
+from mlgraph.cli.main import main
+from mlgraph.core.drive import DriveLayout
+from mlgraph.ops.backup import MANIFEST, complete_backups
 from tests.daemon_harness import wait_for
 from tests.test_postgres_state import libpq, pg_url  # noqa: F401 - the fixture
 
@@ -76,8 +76,12 @@ def test_restore_drill(site: DriveLayout, tmp_path: Path, capsys):
     (backup,) = complete_backups(tmp_path / "backups")
     manifest = json.loads((backup / MANIFEST).read_text())
     names = {store["name"] for store in manifest["stores"]}
-    assert {"dagster/history/runs.db", "dagster/history/runs/index.db", "state/mlflow.db",
-            "state/warehouse.duckdb"} <= names
+    assert {
+        "dagster/history/runs.db",
+        "dagster/history/runs/index.db",
+        "state/mlflow.db",
+        "state/warehouse.duckdb",
+    } <= names
     assert {f"dagster/history/runs/{run_id}.db" for run_id in before} <= names
     assert "config/experiments/salary.yaml" in manifest["files"]
     assert manifest["versions"]["dagster"] == dg.__version__
@@ -124,9 +128,17 @@ def test_manifest_guards_retention_and_refusals(site: DriveLayout, tmp_path: Pat
     assert len(kept) == 2 and not interrupted.exists()
 
     # A run holding the warehouse's write lock: the backup waits a bounded time, then says so.
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
-                               "print('ready', flush=True); sys.stdin.read()", str(site.warehouse_db())],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()",
+            str(site.warehouse_db()),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         assert main(["backup"]) == 1
@@ -138,8 +150,11 @@ def test_manifest_guards_retention_and_refusals(site: DriveLayout, tmp_path: Pat
 
     assert main(["restore", str(interrupted)]) == 1
     assert "incomplete" in capsys.readouterr().err
-    tampered = kept[-1] / "state" / "mlflow.db" if (kept[-1] / "state" / "mlflow.db").exists() else \
-        kept[-1] / "dagster" / "history" / "runs.db"
+    tampered = (
+        kept[-1] / "state" / "mlflow.db"
+        if (kept[-1] / "state" / "mlflow.db").exists()
+        else kept[-1] / "dagster" / "history" / "runs.db"
+    )
     data = bytearray(tampered.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tampered.write_bytes(bytes(data))
@@ -204,9 +219,9 @@ def test_backup_while_writers_commit_is_consistent(shared_drive: Path, config_di
             proc.wait(timeout=10)
 
 
-def test_postgres_is_dumped_and_restored_without_its_password_in_files(shared_drive: Path, config_dir: Path,
-                                                                       tmp_path: Path, monkeypatch, pg_url: str,
-                                                                       capsys):
+def test_postgres_is_dumped_and_restored_without_its_password_in_files(
+    shared_drive: Path, config_dir: Path, tmp_path: Path, monkeypatch, pg_url: str, capsys
+):
     import psycopg2
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no_instance_yet"))

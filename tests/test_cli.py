@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.parquet as pq
 
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
 from tests.conftest import shrink_experiment
 
 BIN = Path(sys.executable).parent
@@ -35,8 +35,17 @@ def test_dagster_asset_materialize_from_repo_root(tmp_path, shared_drive, config
     assert "experiments registered: demand_forecast, salary, student_engagement" in init.stdout
     assert (tmp_path / "dagster_home" / "dagster.yaml").resolve() == PROJECT_ROOT / "dagster.yaml"
 
-    cmd = [str(BIN / "dagster"), "asset", "materialize", "-m", "pipeline_assets.definitions",
-           "--select", "raw_dataset", "--partition", "salary"]
+    cmd = [
+        str(BIN / "dagster"),
+        "asset",
+        "materialize",
+        "-m",
+        "pipeline_assets.definitions",
+        "--select",
+        "raw_dataset",
+        "--partition",
+        "salary",
+    ]
     result = run(cmd, env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert pq.read_metadata(shared_drive / "datasets" / "salary" / "raw.parquet").num_rows == 2000
@@ -56,24 +65,33 @@ def test_register_rejects_a_bad_config(tmp_path, shared_drive, config_dir):
 
 def test_generate_writes_requested_rows(tmp_path, shared_drive, config_dir):
     out = tmp_path / "big.csv"
-    result = run([str(BIN / "mlgraph"), "generate", "student_engagement", "--rows", "25000", "--out", str(out)],
-                 cli_env(tmp_path, shared_drive, config_dir))
+    result = run(
+        [str(BIN / "mlgraph"), "generate", "student_engagement", "--rows", "25000", "--out", str(out)],
+        cli_env(tmp_path, shared_drive, config_dir),
+    )
     assert result.returncode == 0, result.stderr
     assert sum(1 for _ in out.open()) == 25001
 
 
 def test_demo_stage_plan_follows_the_graph():
-    from mlgraph_cli.staging import plan_stages
+    from mlgraph.cli.staging import plan_stages
     from pipeline_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     stages = plan_stages(defs)
-    assert [s.name for s in stages] == ["experiment", "experiment x constraint",
-                                        "experiment (after experiment x constraint)"]
+    assert [s.name for s in stages] == [
+        "experiment",
+        "experiment x constraint",
+        "experiment (after experiment x constraint)",
+    ]
     position = {key: i for i, stage in enumerate(stages) for key in stage.keys}
     # Every automated asset, each after its parents; nothing a trainer's signal starts.
-    assert {k.to_user_string() for k in position} >= {"raw_dataset", "champion_model", "constraint_probe_result",
-                                                       "run_summary"}
+    assert {k.to_user_string() for k in position} >= {
+        "raw_dataset",
+        "champion_model",
+        "constraint_probe_result",
+        "run_summary",
+    }
     assert not {"checkpoint_evaluation", "checkpoint_comparison_report"} & {k.to_user_string() for k in position}
     for key, stage in position.items():
         assert all(position[p] <= stage for p in graph.get(key).parent_keys if p in position), key
@@ -82,7 +100,8 @@ def test_demo_stage_plan_follows_the_graph():
 
 def test_demo_names_a_missing_dataset_file(tmp_path, shared_drive, config_dir):
     (config_dir / "experiments" / "homes.yaml").write_text(
-        "name: homes\ntask: regression\ndataset:\n  path: data/homes.csv\ntarget: price\n")
+        "name: homes\ntask: regression\ndataset:\n  path: data/homes.csv\ntarget: price\n"
+    )
     result = run([str(BIN / "mlgraph"), "demo", "homes"], cli_env(tmp_path, shared_drive, config_dir))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "homes.yaml" in result.stderr and "field 'dataset.path'" in result.stderr and "Fix:" in result.stderr

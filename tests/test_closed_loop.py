@@ -27,12 +27,12 @@ import pytest
 import yaml
 from dagster._core.scheduler.instigation import InstigatorType
 
-from core.drive import DriveLayout
-from core.tags import TAG_DRIFT_WINDOW, TAG_RETRAIN_REASON, TAG_TRIGGER
-from mlgraph_cli.staging import materialize_experiments
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.tags import TAG_DRIFT_WINDOW, TAG_RETRAIN_REASON, TAG_TRIGGER
+from mlgraph.monitoring.baseline import read_baseline
+from mlgraph.training.promotion import PromotionStore
 from pipeline_assets.definitions import defs
-from pipeline_assets.monitoring.baseline import read_baseline
-from pipeline_assets.training.promotion import PromotionStore
 from resources.tracking import MlflowTracking
 from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
 from tests.serving_support import Server
@@ -41,8 +41,17 @@ from tests.test_automation import last_tick_after
 NAME = "loop"
 SHIFTED = ("days_on_platform", "courses_started")
 DATA = ["raw_dataset", "dataset_fingerprint", "train_test_split"]
-DEPLOYED = [*DATA, "candidate_models", "decision_threshold", "evaluation_metrics", "champion_model", "onnx_model",
-            "onnx_int8_model", "inference_benchmark", "drift_baseline"]
+DEPLOYED = [
+    *DATA,
+    "candidate_models",
+    "decision_threshold",
+    "evaluation_metrics",
+    "champion_model",
+    "onnx_model",
+    "onnx_int8_model",
+    "inference_benchmark",
+    "drift_baseline",
+]
 WINDOW = 300
 
 
@@ -56,10 +65,14 @@ class LoopExperiment:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"SHARED_DRIVE": str(self.drive.root), "MLGRAPH_CONFIG_DIR": str(self.config_dir), "PYTHONWARNINGS": "ignore"}
+        return {
+            "SHARED_DRIVE": str(self.drive.root),
+            "MLGRAPH_CONFIG_DIR": str(self.config_dir),
+            "PYTHONWARNINGS": "ignore",
+        }
 
     def config(self):
-        from core.experiment import load_experiment_file
+        from mlgraph.core.experiment import load_experiment_file
 
         return load_experiment_file(self.config_dir / "experiments" / f"{self.name}.yaml").config
 
@@ -68,7 +81,7 @@ class LoopExperiment:
 
 
 def population_a(rows: int, seed: int) -> pd.DataFrame:
-    from pipeline_assets.data.generators import generate
+    from mlgraph.data.generators import generate
 
     return generate("student_engagement", rows=rows, seed=seed).to_pandas()
 
@@ -91,12 +104,20 @@ def loop_experiment(tmp_path: Path, shared_drive: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("MLGRAPH_CONFIG_DIR", str(config_dir))
     csv = config_dir / "experiments" / f"{NAME}.csv"
     population_a(600, 3).to_csv(csv, index=False)
-    base = yaml.safe_load((Path(__file__).parents[1] / "config" / "experiments" / "student_engagement.yaml").read_text())
+    base = yaml.safe_load(
+        (Path(__file__).parents[1] / "config" / "experiments" / "student_engagement.yaml").read_text()
+    )
     config = {
-        "name": NAME, "task": "classification", "dataset": {"path": csv.name}, "target": "purchased",
-        "columns": base["columns"], "split": {"test_size": 0.25, "seed": 1},
+        "name": NAME,
+        "task": "classification",
+        "dataset": {"path": csv.name},
+        "target": "purchased",
+        "columns": base["columns"],
+        "split": {"test_size": 0.25, "seed": 1},
         "models": [{"family": "logistic_regression"}, {"family": "decision_tree", "params": {"max_depth": 3}}],
-        "cv_folds": 2, "seed": 1, "drift": {"window": WINDOW, "min_window": 100},
+        "cv_folds": 2,
+        "seed": 1,
+        "drift": {"window": WINDOW, "min_window": 100},
     }
     (config_dir / "experiments" / f"{NAME}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return LoopExperiment(NAME, DriveLayout.at(shared_drive), config_dir, csv, tmp_path / "dagster_home")
@@ -107,8 +128,9 @@ def deployed(loop_experiment: LoopExperiment) -> LoopExperiment:
     """Trained, promoted (v1), deployed and baselined in-process on data A, in the daemon's instance."""
     write_instance_config(loop_experiment.home, DEFAULT_RUN_LAUNCHER)
     with dg.DagsterInstance.from_config(str(loop_experiment.home)) as instance:
-        summary = materialize_experiments(defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DEPLOYED],
-                                          echo=lambda _: None)
+        summary = materialize_experiments(
+            defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DEPLOYED], echo=lambda _: None
+        )
     assert summary.failed == [], summary.failed
     assert loop_experiment.champion()["model_version"] == "1"
     return loop_experiment
@@ -117,8 +139,10 @@ def deployed(loop_experiment: LoopExperiment) -> LoopExperiment:
 def send(server: Server, frame: pd.DataFrame) -> set[str]:
     """The frame's rows (target dropped) as client traffic through /batch_predict; the versions that answered."""
     features = frame.drop(columns=["purchased"]).astype(object)
-    rows = [{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-            for row in features.to_dict("records")]
+    rows = [
+        {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        for row in features.to_dict("records")
+    ]
     response = server.client.post("/batch_predict", json={"rows": rows})
     assert response.status_code == 200, response.text
     return {response.json()["model_version"]}
@@ -131,8 +155,11 @@ def logged_rows(loop: LoopExperiment) -> int:
 
 def latest_skip(instance: dg.DagsterInstance) -> str:
     """The skip message of drift_sensor's latest tick."""
-    [state] = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-               if s.instigator_name == "drift_sensor"]
+    [state] = [
+        s
+        for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        if s.instigator_name == "drift_sensor"
+    ]
     [tick] = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
     return tick.skip_reason or ""
 
@@ -145,8 +172,12 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
     # New labelled data arrives and is ingested (the data group; automation would do it in production).
     population_b(600, 4, sigma).to_csv(loop.csv, index=False)
     with dg.DagsterInstance.from_config(str(loop.home)) as instance:
-        assert materialize_experiments(defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DATA],
-                                       echo=lambda _: None).failed == []
+        assert (
+            materialize_experiments(
+                defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DATA], echo=lambda _: None
+            ).failed
+            == []
+        )
     daemon = DagsterDaemon(loop.home, loop.env, loop.home.parent)
     server = Server(loop.drive.root, loop.config_dir, NAME)
     with dg.DagsterInstance.from_config(str(loop.home)) as instance:
@@ -158,8 +189,12 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
             return f"runs: {[(r.run_id[:8], r.status.value) for r in runs()]}\n{daemon.logs()}"
 
         def tick_after(moment: float) -> None:
-            wait_for(lambda: last_tick_after(instance, "drift_sensor", moment), 60, "a drift_sensor tick",
-                     on_timeout=diagnostics)
+            wait_for(
+                lambda: last_tick_after(instance, "drift_sensor", moment),
+                60,
+                "a drift_sensor tick",
+                on_timeout=diagnostics,
+            )
 
         def traffic(frame: pd.DataFrame) -> set[str]:
             """Send the frame and wait until the service's log holds it (fsynced at least once a second)."""
@@ -188,34 +223,51 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
             window_first = dt.datetime.fromisoformat(run.tags[TAG_DRIFT_WINDOW].split("/")[0])
             assert window_first >= drift_sent - dt.timedelta(seconds=1), run.tags[TAG_DRIFT_WINDOW]
             assert run.tags["dagster/partition"] == NAME
-            finished = wait_for(lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r, 150,
-                                "the retraining run to finish", on_timeout=diagnostics)
+            finished = wait_for(
+                lambda: (r := instance.get_run_by_id(run.run_id)).is_finished and r,
+                150,
+                "the retraining run to finish",
+                on_timeout=diagnostics,
+            )
             assert finished.status == dg.DagsterRunStatus.SUCCESS, diagnostics()
 
             # A new champion, strictly better on the current test split; the baseline moved with it.
             champion = loop.champion()
             assert champion["model_version"] == "2" and champion["dagster_run_id"] == run.run_id
-            history = [json.loads(line) for line in PromotionStore(
-                loop.drive.promotion_dir(loop.config().config_hash)).history_path.read_text().splitlines()]
+            history = [
+                json.loads(line)
+                for line in PromotionStore(loop.drive.promotion_dir(loop.config().config_hash))
+                .history_path.read_text()
+                .splitlines()
+            ]
             assert [e["event"] for e in history] == ["promote", "promote"]
             assert read_baseline(loop.drive, NAME)["champion_version"] == "2"
-            latest = {key: instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[NAME]), limit=1).records[0]
-                for key in ("champion_model", "onnx_model", "drift_baseline")}
+            latest = {
+                key: instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=dg.AssetKey(key), asset_partitions=[NAME]), limit=1
+                ).records[0]
+                for key in ("champion_model", "onnx_model", "drift_baseline")
+            }
             assert {r.run_id for r in latest.values()} == {run.run_id}  # promoted, deployed, baselined in the run
             reason = latest["champion_model"].asset_materialization.metadata["reason"].value
             assert re.search(r"beats the current champion (logistic_regression|decision_tree) v1", reason), reason
             tracking = MlflowTracking()
             client = tracking.client()
             experiment = client.get_experiment_by_name(tracking.experiment_name(NAME))
-            [parent] = client.search_runs([experiment.experiment_id],
-                                          f"tags.dagster_run_id = '{run.run_id}' and tags.`mlgraph.role` = 'execution'")
+            [parent] = client.search_runs(
+                [experiment.experiment_id],
+                f"tags.dagster_run_id = '{run.run_id}' and tags.`mlgraph.role` = 'execution'",
+            )
             assert parent.data.tags["mlgraph.trigger"] == "drift"
             assert parent.data.tags["mlgraph.retrain_reason"] == run.tags[TAG_RETRAIN_REASON]
 
             # The running service hot-reloads the new champion and answers as it.
-            wait_for(lambda: server.client.get("/health").json()["model_version"] == "2", 30,
-                     "the service to serve champion v2", on_timeout=lambda: server.log.read_text()[-3000:])
+            wait_for(
+                lambda: server.client.get("/health").json()["model_version"] == "2",
+                30,
+                "the service to serve champion v2",
+                on_timeout=lambda: server.log.read_text()[-3000:],
+            )
 
             # 3. The daemon crashes and restarts (the cursor survives in the instance). A-like traffic again
             # drifts from the new baseline, inside the cooldown: no second run.

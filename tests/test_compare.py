@@ -10,23 +10,31 @@ from pathlib import Path
 
 import pytest
 
-from mlgraph_cli.main import main
-from pipeline_assets.training.compare import filter_rows, render, run_rows, sort_rows
-from core.tracking import Tracker, with_retry
+from mlgraph.cli.main import main
+from mlgraph.core.tracking import Tracker, with_retry
+from mlgraph.training.compare import filter_rows, render, run_rows, sort_rows
 from resources.tracking import MlflowTracking
 
 
-def _execution(tracker: Tracker, dagster_run_id: str, seed: int, auc: float, status: str, families: dict[str, float],
-               start_ms: int) -> str:
+def _execution(
+    tracker: Tracker, dagster_run_id: str, seed: int, auc: float, status: str, families: dict[str, float], start_ms: int
+) -> str:
     parent, created = tracker.parent_run(
-        dagster_run_id, f"exp-{dagster_run_id[:8]}", {"mlgraph.champion": max(families, key=families.get)},
-        {"seed": seed, "cv_folds": 5, "experiment": "exp"}, start_time_ms=start_ms,
+        dagster_run_id,
+        f"exp-{dagster_run_id[:8]}",
+        {"mlgraph.champion": max(families, key=families.get)},
+        {"seed": seed, "cv_folds": 5, "experiment": "exp"},
+        start_time_ms=start_ms,
     )
     assert created
     for family, value in families.items():
         child = tracker.child_run(parent, family, {"dagster_run_id": dagster_run_id, "mlgraph.family": family})
-        tracker.log(child, params={"family": family}, metrics={"test_roc_auc": value},
-                    series=[("train_loss", 1.0 / epoch, epoch) for epoch in (1, 2, 3)])
+        tracker.log(
+            child,
+            params={"family": family},
+            metrics={"test_roc_auc": value},
+            series=[("train_loss", 1.0 / epoch, epoch) for epoch in (1, 2, 3)],
+        )
         tracker.set_status(child, "FINISHED")
     tracker.log(parent, metrics={"test_roc_auc": auc})
     tracker.set_status(parent, status, end_time_ms=start_ms + 1_000)
@@ -81,10 +89,13 @@ def test_compare_filters_and_family_level(two_executions: tuple[str, str], capsy
     assert [r["run_id"] for r in json.loads(out)] == [first]
     code, out = _compare(capsys, "--filter", "test_roc_auc>=0.8", "--filter", "seed=2", "--format", "json")
     assert [r["run_id"] for r in json.loads(out)] == [second]
-    code, out = _compare(capsys, "--level", "family", "--filter", "family=svm", "--sort", "test_roc_auc", "--format", "json")
+    code, out = _compare(
+        capsys, "--level", "family", "--filter", "family=svm", "--sort", "test_roc_auc", "--format", "json"
+    )
     rows = json.loads(out)
     assert [(r["family"], r["metrics.test_roc_auc"], r["parent_run_id"]) for r in rows] == [
-        ("svm", 0.70, first), ("svm", 0.83, second)
+        ("svm", 0.70, first),
+        ("svm", 0.83, second),
     ]
     assert all(r["metrics.train_loss"] == pytest.approx(1 / 3) for r in rows)  # a series shows its last value
     code, out = _compare(capsys, "--sort", "no_such_metric")
@@ -146,7 +157,7 @@ def test_ensure_experiment_takes_only_already_exists_for_a_creation_race() -> No
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_ALREADY_EXISTS
 
-    from core.tracking import ensure_experiment
+    from mlgraph.core.tracking import ensure_experiment
 
     race = MlflowException("Experiment(name=mlgraph/exp) already exists.", error_code=RESOURCE_ALREADY_EXISTS)
     assert ensure_experiment(_Racing(race), "mlgraph/exp", "file:///drive/mlflow-artifacts/exp") == "7"
@@ -179,7 +190,7 @@ def test_ensure_experiment_survives_a_real_creation_race(shared_drive: Path) -> 
         def create_experiment(self, name: str, artifact_location: str) -> str:
             return real.create_experiment(name, artifact_location=artifact_location)
 
-    from core.tracking import artifact_location, ensure_experiment
+    from mlgraph.core.tracking import artifact_location, ensure_experiment
 
     name = tracking.experiment_name("raced")
     experiment_id = ensure_experiment(Loser(), name, artifact_location("raced"))
@@ -210,8 +221,11 @@ def test_failure_sensor_corrects_a_finished_parent_run(shared_drive: Path, insta
 
     event = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[0].dagster_event
     with dg.build_run_status_sensor_context(
-        sensor_name=mlflow_run_failure_sensor.name, dagster_event=event, dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(result.run_id), resources={"mlflow": MlflowTracking()},
+        sensor_name=mlflow_run_failure_sensor.name,
+        dagster_event=event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        resources={"mlflow": MlflowTracking()},
     ) as status_context:
         context = status_context.for_run_failure()
         assert mlflow_run_failure_sensor(context) is None
@@ -223,7 +237,7 @@ def test_failure_sensor_corrects_a_finished_parent_run(shared_drive: Path, insta
 WRITER = """
 import sys
 from mlflow.tracking import MlflowClient
-from core.tracking import Tracker
+from mlgraph.core.tracking import Tracker
 
 uri, experiment_id, worker = sys.argv[1], sys.argv[2], sys.argv[3]
 tracker = Tracker(MlflowClient(tracking_uri=uri), experiment_id)
@@ -238,13 +252,17 @@ def test_parallel_processes_write_one_sqlite_store(shared_drive: Path) -> None:
     import subprocess
     import sys
 
-    from core.drive import PROJECT_ROOT
+    from mlgraph.core.drive import PROJECT_ROOT
 
     tracking = MlflowTracking()
     experiment_id = tracking.ensure_experiment("exp")
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, tracking.resolved_tracking_uri, experiment_id, str(i)],
-                         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, tracking.resolved_tracking_uri, experiment_id, str(i)],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for i in range(2)
     ]
     try:

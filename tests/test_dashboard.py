@@ -6,49 +6,86 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from core.drive import DriveLayout
-from dashboard import render
-from dashboard.alerts import open_alerts
-from dashboard.settings import PASSWORD_ENV, USERNAME_ENV, DashboardSettings
-from dashboard.slurm_poller import MIN_POLL_SECONDS, SlurmPoller
-from dashboard.state import RunRow, classify
+from mlgraph.core.drive import DriveLayout
+from mlgraph.dashboard import render
+from mlgraph.dashboard.alerts import open_alerts
+from mlgraph.dashboard.settings import PASSWORD_ENV, USERNAME_ENV, DashboardSettings
+from mlgraph.dashboard.slurm_poller import MIN_POLL_SECONDS, SlurmPoller
+from mlgraph.dashboard.state import RunRow, classify
 from tests.slurm_support.harness import require_slurm
 
 
-@pytest.mark.parametrize("state, words", [("CANCELLED", "cancelled"), ("TIMEOUT", "time limit reached"),
-                                          ("OUT_OF_MEMORY", "out of memory"), ("NODE_FAIL", "node failure"),
-                                          ("FAILED", "FAILED")])
+@pytest.mark.parametrize(
+    "state, words",
+    [
+        ("CANCELLED", "cancelled"),
+        ("TIMEOUT", "time limit reached"),
+        ("OUT_OF_MEMORY", "out of memory"),
+        ("NODE_FAIL", "node failure"),
+        ("FAILED", "FAILED"),
+    ],
+)
 def test_a_failed_slurm_job_is_red_and_named_even_before_dagster_notices(state, words):
     colour, label = classify("STARTED", state)
     assert colour == "failed" and state in label and words in label
 
 
-@pytest.mark.parametrize("dagster, slurm, colour", [
-    ("SUCCESS", "COMPLETED", "complete"), ("SUCCESS", None, "complete"), ("STARTED", "RUNNING", "running"),
-    ("STARTING", "PENDING", "running"), ("QUEUED", None, "running"), ("FAILURE", None, "failed"),
-    ("CANCELED", "CANCELLED", "failed"), ("FAILURE", "COMPLETED", "failed"),
-])
+@pytest.mark.parametrize(
+    "dagster, slurm, colour",
+    [
+        ("SUCCESS", "COMPLETED", "complete"),
+        ("SUCCESS", None, "complete"),
+        ("STARTED", "RUNNING", "running"),
+        ("STARTING", "PENDING", "running"),
+        ("QUEUED", None, "running"),
+        ("FAILURE", None, "failed"),
+        ("CANCELED", "CANCELLED", "failed"),
+        ("FAILURE", "COMPLETED", "failed"),
+    ],
+)
 def test_colour_follows_dagster_for_finished_runs_and_slurm_for_the_rest(dagster, slurm, colour):
     assert classify(dagster, slurm)[0] == colour
 
 
 def _row(**overrides) -> RunRow:
-    values = dict(run_id="0f0f0f0f-0000-4000-8000-000000000001", job_name="checkpoint_evaluation_job",
-                  kind="evaluation", experiment="salary", status="failed", label="FAILURE", dagster_status="FAILURE",
-                  slurm_job_id="12", slurm_state="FAILED", reason=None, submitted=None, started=None, elapsed=None,
-                  time_limit=None, mlflow_run_id=None, log_path=None, created=0.0)
+    values = dict(
+        run_id="0f0f0f0f-0000-4000-8000-000000000001",
+        job_name="checkpoint_evaluation_job",
+        kind="evaluation",
+        experiment="salary",
+        status="failed",
+        label="FAILURE",
+        dagster_status="FAILURE",
+        slurm_job_id="12",
+        slurm_state="FAILED",
+        reason=None,
+        submitted=None,
+        started=None,
+        elapsed=None,
+        time_limit=None,
+        mlflow_run_id=None,
+        log_path=None,
+        created=0.0,
+    )
     return RunRow(**{**values, **overrides})
 
 
 def test_every_value_is_escaped_in_text_and_in_attributes(tmp_path):
     settings = DashboardSettings(drive_root=tmp_path, mlflow_url="http://m/")
-    html = render.run_row(_row(experiment='<script>alert(1)</script>', reason='"><img src=x onerror=alert(1)>',
-                               mlflow_run_id='x"onmouseover="alert(1)', log_path="/x.log"), settings)
+    html = render.run_row(
+        _row(
+            experiment="<script>alert(1)</script>",
+            reason='"><img src=x onerror=alert(1)>',
+            mlflow_run_id='x"onmouseover="alert(1)',
+            log_path="/x.log",
+        ),
+        settings,
+    )
     assert "<script>" not in html and "<img" not in html and 'x"onmouseover' not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'href="http://m/#/runs/x%22onmouseover%3D%22alert%281%29"' in html
@@ -58,15 +95,27 @@ def test_open_alerts_are_those_whose_latest_line_is_not_resolved(tmp_path):
     drive = DriveLayout(tmp_path)
     path = drive.alerts_jsonl()
     path.parent.mkdir(parents=True)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     stamp = [(now - timedelta(minutes=m)).isoformat() for m in (3, 2, 1)]
     lines = [
-        {"time": stamp[0], "kind": "slurm_failures", "key": "a", "message": "3 failures", "severity": "critical",
-         "experiment": "salary", "resolved": False},
-        {"time": stamp[1], "kind": "queue_depth", "key": "b", "message": "60 jobs", "severity": "warning",
-         "resolved": False},
-        {"time": stamp[2], "kind": "queue_depth", "key": "b", "message": "ok", "severity": "warning",
-         "resolved": True},
+        {
+            "time": stamp[0],
+            "kind": "slurm_failures",
+            "key": "a",
+            "message": "3 failures",
+            "severity": "critical",
+            "experiment": "salary",
+            "resolved": False,
+        },
+        {
+            "time": stamp[1],
+            "kind": "queue_depth",
+            "key": "b",
+            "message": "60 jobs",
+            "severity": "warning",
+            "resolved": False,
+        },
+        {"time": stamp[2], "kind": "queue_depth", "key": "b", "message": "ok", "severity": "warning", "resolved": True},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"torn": ')
     alerts = open_alerts(drive)
@@ -89,9 +138,11 @@ def test_a_missing_squeue_makes_slurm_unavailable_not_an_exception(tmp_path):
 def test_the_poller_reads_the_real_queue_and_follows_new_completion_records(tmp_path):
     require_slurm()
     jobcomp = tmp_path / "jobcomp.txt"
-    record = ("JobId={id} UserId=u(1) GroupId=g(1) Name=n JobState={state} Partition=debug TimeLimit=7 "
-              "StartTime=2026-11-30T16:00:20 EndTime=2026-11-30T16:00:22 NodeList=vm ProcCnt=1 "
-              "SubmitTime=2026-11-30T16:00:19 ExitCode=0:9\n")
+    record = (
+        "JobId={id} UserId=u(1) GroupId=g(1) Name=n JobState={state} Partition=debug TimeLimit=7 "
+        "StartTime=2026-11-30T16:00:20 EndTime=2026-11-30T16:00:22 NodeList=vm ProcCnt=1 "
+        "SubmitTime=2026-11-30T16:00:19 ExitCode=0:9\n"
+    )
     jobcomp.write_text(record.format(id=990001, state="TIMEOUT"))
     poller = SlurmPoller(jobcomp_file=str(jobcomp))
     snapshot = poller.poll()
@@ -107,15 +158,21 @@ def test_the_poller_reads_the_real_queue_and_follows_new_completion_records(tmp_
 
 def test_cli_refuses_a_username_without_a_password(tmp_path):
     env = {"PATH": "/usr/bin:/bin", USERNAME_ENV: "ops", "DAGSTER_HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "mlgraph_cli.main", "dashboard", "--port", "1"], env=env,
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlgraph.cli.main", "dashboard", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == 2 and PASSWORD_ENV in proc.stderr
 
 
 def test_run_records_follow_updates_incrementally_and_drop_deleted_runs_on_a_full_read():
     import dagster as dg
 
-    from dashboard.app import RunRecords
+    from mlgraph.dashboard.app import RunRecords
     from tests.test_dashboard_browser import evaluation_job as job
 
     with dg.DagsterInstance.ephemeral() as instance:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -25,9 +25,9 @@ import httpx
 import pytest
 from dagster._core.events import DagsterEventType
 
-from core.drive import PROJECT_ROOT, DriveLayout
-from core.signals import TrainingComplete
-from core.tags import (
+from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
+from mlgraph.core.signals import TrainingComplete
+from mlgraph.core.tags import (
     DAGSTER_PARTITION_TAG,
     SLURM_JOB_ID_TAG,
     SLURM_LOG_TAG,
@@ -35,7 +35,7 @@ from core.tags import (
     TAG_MLFLOW_RUN_ID,
     slurm_tags,
 )
-from operations.alerts import CONSECUTIVE_FAILURES, raise_alert
+from mlgraph.ops.alerts import CONSECUTIVE_FAILURES, raise_alert
 from tests.slurm_support.harness import require_slurm, wait_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -71,15 +71,32 @@ def _free_port() -> int:
 
 
 def _sbatch(log: Path, command: str, name: str) -> str:
-    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", "--time=5", "--mem=100M",
-                          f"--output={log}", f"--wrap={command}"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            "--time=5",
+            "--mem=100M",
+            f"--output={log}",
+            f"--wrap={command}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip().split(";")[0]
 
 
 def _squeue_state(job_id: str) -> str | None:
-    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"],
-                         capture_output=True, text=True, timeout=30, check=False)
+    out = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     return out.stdout.strip() or None
 
 
@@ -88,20 +105,41 @@ def _event(instance: dg.DagsterInstance, run: dg.DagsterRun, kind: DagsterEventT
 
 
 def _tags(experiment: str, kind: str, job_id: str, log: Path, **extra: str) -> dict[str, str]:
-    return {**slurm_tags(kind=kind), TAG_EXPERIMENT: experiment, DAGSTER_PARTITION_TAG: experiment,
-            SLURM_JOB_ID_TAG: job_id, SLURM_LOG_TAG: str(log), **extra}
+    return {
+        **slurm_tags(kind=kind),
+        TAG_EXPERIMENT: experiment,
+        DAGSTER_PARTITION_TAG: experiment,
+        SLURM_JOB_ID_TAG: job_id,
+        SLURM_LOG_TAG: str(log),
+        **extra,
+    }
 
 
 def _serve(port: int, home: Path, drive: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    args = [str(Path(sys.executable).parent / "mlgraph"), "dashboard", "--port", str(port), "--drive", str(drive),
-            "--refresh-seconds", str(REFRESH_SECONDS), "--slurm-poll-seconds", "1",
-            "--dagster-url", DAGSTER_URL, "--mlflow-url", MLFLOW_URL, *extra]
+    args = [
+        str(Path(sys.executable).parent / "mlgraph"),
+        "dashboard",
+        "--port",
+        str(port),
+        "--drive",
+        str(drive),
+        "--refresh-seconds",
+        str(REFRESH_SECONDS),
+        "--slurm-poll-seconds",
+        "1",
+        "--dagster-url",
+        DAGSTER_URL,
+        "--mlflow-url",
+        MLFLOW_URL,
+        *extra,
+    ]
     environment = {**os.environ, "DAGSTER_HOME": str(home), **(env or {})}
     for name in ("MLGRAPH_DASHBOARD_USERNAME", "MLGRAPH_DASHBOARD_PASSWORD"):
         if not env or name not in env:
             environment.pop(name, None)
-    return subprocess.Popen(args, env=environment, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, env=environment, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -123,6 +161,7 @@ def _wait_polled(proc: subprocess.Popen, url: str, auth=None) -> dict:
         except httpx.HTTPError:
             return None
         return status if status["slurm_polled_at"] else None
+
     return wait_for(polled, 60, f"the dashboard at {url} to poll Slurm once")
 
 
@@ -154,26 +193,43 @@ def world(tmp_path_factory):
 
         checkpoint = layout.models_dir("salary") / "checkpoints" / "ckpt-7"
         checkpoint.mkdir(parents=True)
-        layout.training_complete_signal("salary").write_text(TrainingComplete(
-            timestamp=datetime(2026, 11, 30, 9, tzinfo=timezone.utc), experiment="salary",
-            checkpoint_path=str(checkpoint),
-            hostname="wild-west", user="trainer", mlflow_run_id="a" * 32).to_json())
+        layout.training_complete_signal("salary").write_text(
+            TrainingComplete(
+                timestamp=datetime(2026, 11, 30, 9, tzinfo=UTC),
+                experiment="salary",
+                checkpoint_path=str(checkpoint),
+                hostname="wild-west",
+                user="trainer",
+                mlflow_run_id="a" * 32,
+            ).to_json()
+        )
 
         # An open alert as the alerting module writes it (logs/alerts.jsonl on the drive).
-        raise_alert(layout, CONSECUTIVE_FAILURES, "dashboard-test", "3 evaluation jobs failed in a row", "critical",
-                    experiment="demand_forecast")
+        raise_alert(
+            layout,
+            CONSECUTIVE_FAILURES,
+            "dashboard-test",
+            "3 evaluation jobs failed in a row",
+            "critical",
+            experiment="demand_forecast",
+        )
         instance = dg.DagsterInstance.from_config(str(home))
         runs = {}
-        runs["eval"] = evaluation_job.execute_in_process(instance=instance, tags=_tags(
-            "salary", "evaluation", done_eval, logs / f"{done_eval}.log", **{TAG_MLFLOW_RUN_ID: "b" * 32})).run_id
-        runs["analysis"] = analysis_job.execute_in_process(instance=instance, tags=_tags(
-            "salary", "analysis", done_analysis, logs / f"{done_analysis}.log")).run_id
-        run = instance.create_run_for_job(evaluation_job, tags=_tags(
-            "student_engagement", "evaluation", running, logs / f"{running}.log"))
+        runs["eval"] = evaluation_job.execute_in_process(
+            instance=instance,
+            tags=_tags("salary", "evaluation", done_eval, logs / f"{done_eval}.log", **{TAG_MLFLOW_RUN_ID: "b" * 32}),
+        ).run_id
+        runs["analysis"] = analysis_job.execute_in_process(
+            instance=instance, tags=_tags("salary", "analysis", done_analysis, logs / f"{done_analysis}.log")
+        ).run_id
+        run = instance.create_run_for_job(
+            evaluation_job, tags=_tags("student_engagement", "evaluation", running, logs / f"{running}.log")
+        )
         _event(instance, run, DagsterEventType.RUN_START)
         runs["running"] = run.run_id
-        run = instance.create_run_for_job(evaluation_job, tags=_tags(
-            "demand_forecast", "evaluation", failed, logs / f"{failed}.log"))
+        run = instance.create_run_for_job(
+            evaluation_job, tags=_tags("demand_forecast", "evaluation", failed, logs / f"{failed}.log")
+        )
         _event(instance, run, DagsterEventType.RUN_START)
         instance.report_run_failed(run, f"Slurm job {failed} FAILED")
         runs["failed"] = run.run_id
@@ -183,14 +239,30 @@ def world(tmp_path_factory):
 
         port, broken_port = _free_port(), _free_port()
         servers.append(_serve(port, home, drive))
-        servers.append(_serve(broken_port, home, drive, "--slurm-bin-dir", str(tmp / "no-such-bin"),
-                              env={"MLGRAPH_DASHBOARD_USERNAME": AUTH[0], "MLGRAPH_DASHBOARD_PASSWORD": AUTH[1]}))
+        servers.append(
+            _serve(
+                broken_port,
+                home,
+                drive,
+                "--slurm-bin-dir",
+                str(tmp / "no-such-bin"),
+                env={"MLGRAPH_DASHBOARD_USERNAME": AUTH[0], "MLGRAPH_DASHBOARD_PASSWORD": AUTH[1]},
+            )
+        )
         url, broken_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{broken_port}"
         started = time.monotonic()
         _wait_polled(servers[0], url)
         _wait_polled(servers[1], broken_url, auth=AUTH)
-        yield {"url": url, "broken_url": broken_url, "instance": instance, "runs": runs, "queued": queued,
-               "jobs": {"eval": done_eval, "running": running, "failed": failed}, "started": started, "tmp": tmp}
+        yield {
+            "url": url,
+            "broken_url": broken_url,
+            "instance": instance,
+            "runs": runs,
+            "queued": queued,
+            "jobs": {"eval": done_eval, "running": running, "failed": failed},
+            "started": started,
+            "tmp": tmp,
+        }
     finally:
         for proc in servers:
             _stop(proc)
@@ -206,9 +278,19 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="mlgraph-chromium-")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     # An explicit driver path: selenium-manager never runs, so nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -269,9 +351,13 @@ def test_a_person_sees_the_chain_colours_states_links_and_filters(world, browser
     _wait(browser, lambda d: len(_visible_run_ids(d)) == 5, "five run rows")
     rows = _rows(browser)
 
-    expected = {"eval": ("status-complete", "COMPLETED"), "analysis": ("status-complete", "COMPLETED"),
-                "running": ("status-running", "RUNNING"), "failed": ("status-failed", "FAILED"),
-                "queued": ("status-running", "")}
+    expected = {
+        "eval": ("status-complete", "COMPLETED"),
+        "analysis": ("status-complete", "COMPLETED"),
+        "running": ("status-running", "RUNNING"),
+        "failed": ("status-failed", "FAILED"),
+        "queued": ("status-running", ""),
+    }
     for key, (css, state) in expected.items():
         row = rows[runs[key]]
         assert css in row["classes"] and row["state"] == state, (key, row)
@@ -317,8 +403,11 @@ def test_rows_refresh_in_place_and_pause_while_hidden(world, browser):
 
     _event(instance, queued, DagsterEventType.RUN_START)
     _event(instance, queued, DagsterEventType.RUN_SUCCESS)
-    _wait(browser, lambda d: "status-complete" in _rows(d)[queued.run_id]["classes"],
-          "the queued run's row to turn complete on refresh")
+    _wait(
+        browser,
+        lambda d: "status-complete" in _rows(d)[queued.run_id]["classes"],
+        "the queued run's row to turn complete on refresh",
+    )
     assert browser.execute_script("return window.__noReload;") == "still here"
 
     # Hidden tab: no refreshes.
@@ -330,8 +419,7 @@ def test_rows_refresh_in_place_and_pause_while_hidden(world, browser):
         time.sleep(0.2)
     paused = _refreshes(browser)
     browser.execute_script(VISIBILITY_JS, "visible")
-    _wait(browser, lambda d: _refreshes(d) >= paused + 2,
-          "refreshes to resume when visible")
+    _wait(browser, lambda d: _refreshes(d) >= paused + 2, "refreshes to resume when visible")
     assert browser.execute_script("return window.__noReload;") == "still here"
 
 
@@ -347,14 +435,14 @@ def test_slurm_unavailable_is_said_and_the_runs_still_show_behind_basic_auth(wor
     browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": token}})
     browser.get(url + "/")
     _wait(browser, lambda d: len(_visible_run_ids(d)) == 5, "the runs from Dagster despite Slurm")
-    status = browser.execute_script("var p = document.getElementById('slurm-status');"
-                                    "return {text: p.innerText, cls: p.className};")
+    status = browser.execute_script(
+        "var p = document.getElementById('slurm-status');return {text: p.innerText, cls: p.className};"
+    )
     assert "Slurm unavailable" in status["text"] and "not found" in status["text"]
     assert status["cls"] == "slurm-unavailable"
     failed = _rows(browser)[world["runs"]["failed"]]
     assert "status-failed" in failed["classes"] and "FAILURE" in failed["text"]
-    _wait(browser, lambda d: _refreshes(d) >= 1,
-          "an authenticated refresh")
+    _wait(browser, lambda d: _refreshes(d) >= 1, "an authenticated refresh")
     _save_screenshot(browser, "dashboard-slurm-unavailable.png")
 
 

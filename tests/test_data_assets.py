@@ -11,8 +11,8 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
+from mlgraph.cli.staging import materialize_experiments
 from pipeline_assets.definitions import defs
-from mlgraph_cli.staging import materialize_experiments
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
@@ -145,9 +145,7 @@ def test_one_byte_changes_fingerprint_and_makes_downstream_stale(instance, share
 
     user_experiment(config_dir, USER_CSV.replace("310000", "310001"))
     job = defs.resolve_implicit_global_asset_job_def()
-    job.execute_in_process(
-        instance=instance, partition_key="homes", asset_selection=DATA_KEYS[:2], raise_on_error=True
-    )
+    job.execute_in_process(instance=instance, partition_key="homes", asset_selection=DATA_KEYS[:2], raise_on_error=True)
     after = json.loads((shared_drive / "datasets" / "homes" / "fingerprint.json").read_text())
     assert after["source_sha256"] != before["source_sha256"]
     assert after["schema_hash"] == before["schema_hash"]
@@ -184,8 +182,7 @@ def test_parquet_source(instance, shared_drive, config_dir, tmp_path):
     path = tmp_path / "tiny.parquet"
     frame.to_parquet(path)
     (config_dir / "experiments" / "tiny.yaml").write_text(
-        f"name: tiny\ntask: classification\ndataset:\n  path: {path}\ntarget: label\n"
-        "split:\n  test_size: 0.4\n"
+        f"name: tiny\ntask: classification\ndataset:\n  path: {path}\ntarget: label\nsplit:\n  test_size: 0.4\n"
     )
     instance.add_dynamic_partitions("experiment", ["tiny"])
     materialize(instance, ["tiny"])
@@ -196,14 +193,16 @@ def test_parquet_source(instance, shared_drive, config_dir, tmp_path):
 def test_split_report_fails_on_bad_splits():
     import pyarrow as pa
 
-    from pipeline_assets.data.quality import split_report
-    from core.experiment import load_experiment_file
-    from core.drive import PROJECT_ROOT
+    from mlgraph.core.drive import PROJECT_ROOT
+    from mlgraph.core.experiment import load_experiment_file
+    from mlgraph.data.quality import split_report
 
     students = load_experiment_file(PROJECT_ROOT / "config/experiments/student_engagement.yaml").config
     meta = {
-        "train_rows_before": 800, "test_rows_before": 200,
-        "train_class_shares": {"0": 0.9, "1": 0.1}, "test_class_shares": {"0": 0.7, "1": 0.3},
+        "train_rows_before": 800,
+        "test_rows_before": 200,
+        "train_class_shares": {"0": 0.9, "1": 0.1},
+        "test_class_shares": {"0": 0.7, "1": 0.3},
     }
     report = split_report(meta, pa.table({}), pa.table({}), students)
     assert not report.passed and report.metadata["max_class_share_gap"] == pytest.approx(0.2)

@@ -7,12 +7,22 @@ import sys
 
 import dagster as dg
 
-from core.drive import PROJECT_ROOT
-from core.tags import COMPUTE_SLURM, COMPUTE_TAG
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.tags import COMPUTE_SLURM, COMPUTE_TAG
 from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.definitions import ASSET_GROUPS, defs
 
-HEAVY = ["torch", "mlflow", "onnxruntime", "onnx", "skl2onnx", "matplotlib", "sklearn.ensemble", "prophet", "dagster_mlflow"]
+HEAVY = [
+    "torch",
+    "mlflow",
+    "onnxruntime",
+    "onnx",
+    "skl2onnx",
+    "matplotlib",
+    "sklearn.ensemble",
+    "prophet",
+    "dagster_mlflow",
+]
 
 
 def test_definitions_validate_loadable():
@@ -60,8 +70,14 @@ def test_automation_sensors_run_by_default_and_route_heavy_runs_to_slurm():
     local_keys, slurm_keys = local.asset_selection.resolve(graph), slurm.asset_selection.resolve(graph)
     automated = {k for k in graph.materializable_asset_keys if graph.get(k).automation_condition is not None}
     assert local_keys | slurm_keys == automated and not local_keys & slurm_keys
-    heavy = {"candidate_models", "decision_threshold", "evaluation_metrics", "champion_model", "streaming_features",
-             "constraint_probe_result"}
+    heavy = {
+        "candidate_models",
+        "decision_threshold",
+        "evaluation_metrics",
+        "champion_model",
+        "streaming_features",
+        "constraint_probe_result",
+    }
     assert {k.to_user_string() for k in slurm_keys} == heavy
     assert slurm.run_tags[COMPUTE_TAG] == COMPUTE_SLURM and COMPUTE_TAG not in local.run_tags
     # The jobs that run the same assets by hand carry the same tags.
@@ -71,15 +87,21 @@ def test_automation_sensors_run_by_default_and_route_heavy_runs_to_slurm():
 def test_constraint_partitions_come_from_the_configured_config_dir(tmp_path):
     (tmp_path / "constraints.yaml").write_text("chunk_sizes: [500]\nmemory_limits_mb: [128]\ncompute_limits: [0.5]\n")
     code = "from pipeline_assets.partitions import constraint_partitions_def as d; print(d.get_partition_keys())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-                         check=True, env={**os.environ, "MLGRAPH_CONFIG_DIR": str(tmp_path)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "MLGRAPH_CONFIG_DIR": str(tmp_path)},
+    )
     assert out.stdout.strip().splitlines()[-1] == "['c500-m128-p50']"
 
 
 def test_import_keeps_heavy_libraries_out():
     code = (
-        "import sys, json, pipeline_assets.definitions; "
-        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+        f"import sys, json, pipeline_assets.definitions; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True

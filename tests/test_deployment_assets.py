@@ -11,12 +11,12 @@ import duckdb
 import pandas as pd
 import pytest
 
-from core.drive import DriveLayout
-from core.hashing import sha256_file
-from mlgraph_cli.main import main
+from mlgraph.cli.main import main
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.hashing import sha256_file
+from mlgraph.deployment import bench, export
+from mlgraph.training.lineage import verify_lineage, write_lineage
 from pipeline_assets.definitions import defs
-from pipeline_assets.deployment import bench, export
-from pipeline_assets.training.lineage import verify_lineage, write_lineage
 from resources.tracking import MlflowTracking
 from tests.deployment_support import EXPERIMENT, demo_frames, perturb_first_weight, tabular_champion  # noqa: F401
 
@@ -26,13 +26,20 @@ NAME = EXPERIMENT["classification"]
 
 def _materialize(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     job = defs.resolve_implicit_global_asset_job_def()
-    return job.execute_in_process(instance=instance, partition_key=NAME, raise_on_error=False,
-                                  asset_selection=[dg.AssetKey(k) for k in DEPLOYMENT])
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=NAME,
+        raise_on_error=False,
+        asset_selection=[dg.AssetKey(k) for k in DEPLOYMENT],
+    )
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
 
 
 def _materialized(instance: dg.DagsterInstance, key: str) -> bool:
@@ -49,8 +56,11 @@ def champion(shared_drive, config_dir, demo_frames):  # noqa: F811
     pointer = json.loads(pointer_path.read_text())
     pointer_path.write_text(json.dumps({**pointer, "run_id": run_id}))
     # As champion_model leaves it: the lineage the ONNX hashes join.
-    write_lineage(drive.lineage_json(NAME), {"run_id": run_id, "config_hash": config.config_hash},
-                  {"model": Path(pointer["model_path"])})
+    write_lineage(
+        drive.lineage_json(NAME),
+        {"run_id": run_id, "config_hash": config.config_hash},
+        {"model": Path(pointer["model_path"])},
+    )
     return drive, run_id
 
 
@@ -94,9 +104,7 @@ def test_gates_pass_and_the_benchmark_lands_everywhere(instance, champion) -> No
     assert main(["verify", str(lineage)]) == 1
 
 
-def test_a_perturbed_export_fails_its_gate_and_blocks_everything_downstream(
-    instance, champion, monkeypatch
-) -> None:
+def test_a_perturbed_export_fails_its_gate_and_blocks_everything_downstream(instance, champion, monkeypatch) -> None:
     drive, _ = champion
     build = export.build_onnx
 

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from core.drive import DriveLayout
-from core.experiment import ForecastConfig
-from core.hashing import sha256_file
-from pipeline_assets.deployment import bench, export, gates, parity, quantize, runtime, sklearn_graph
-from pipeline_assets.deployment.champion import Rows, read_champion
-from pipeline_assets.training import families as fam
-from pipeline_assets.training import forecasting as fc
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.experiment import ForecastConfig
+from mlgraph.core.hashing import sha256_file
+from mlgraph.deployment import bench, export, gates, parity, quantize, runtime, sklearn_graph
+from mlgraph.deployment.champion import Rows, read_champion
+from mlgraph.training import families as fam
+from mlgraph.training import forecasting as fc
 from tests.deployment_support import (  # noqa: F401  (demo_frames is a fixture)
     demo_config,
     demo_frames,
@@ -126,8 +126,9 @@ def test_int8_quantizes_the_matmul_of_a_linear_model(tmp_path, demo_frames) -> N
     assert gate.applicable and gate.result.passed, gate.result.failures
     assert gate.result.metric_loss["name"] == "roc_auc_loss" and gate.result.metric_loss["limit"] == 0.01
     # The YAML's budget is the gate's limit: a budget below the measured loss fails the gate.
-    strict = config.model_copy(update={"deployment": config.deployment.model_copy(
-        update={"int8_max_roc_auc_loss": -1.0})})
+    strict = config.model_copy(
+        update={"deployment": config.deployment.model_copy(update={"int8_max_roc_auc_loss": -1.0})}
+    )
     tight = gates.int8_parity(drive, config, parity.Int8Budget.of(strict))
     assert tight.result.metric_loss["limit"] == -1.0 and not tight.result.passed
 
@@ -150,9 +151,11 @@ def test_int8_of_a_tree_graph_is_not_applicable_and_writes_no_int8_file(tmp_path
 def _matmul_model(opsets: list[tuple[str, int]]):
     weight = numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4) / 7, "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [weight],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
     model.ir_version = sklearn_graph.IR_VERSION
@@ -165,8 +168,7 @@ def test_duplicate_default_opset_is_deduplicated_before_quantization() -> None:
     assert runtime.opsets(model) == {"ai.onnx": 17, "ai.onnx.ml": 3}
     assert sorted(removed) == sorted(["ai.onnx:15", "ai.onnx:17", "ai.onnx.ml:1"])
 
-    payload, counts, removed_again = quantize.quantize_model(
-        _matmul_model([("", 17), ("", 17), ("ai.onnx.ml", 1)]))
+    payload, counts, removed_again = quantize.quantize_model(_matmul_model([("", 17), ("", 17), ("ai.onnx.ml", 1)]))
     assert counts == {"MatMul": 1} and removed_again == ["ai.onnx:17"]
     x = np.ones((2, 8), dtype=np.float32)
     y = runtime.session(payload).run(None, {"x": x})[0]
@@ -232,8 +234,11 @@ def test_one_changed_weight_fails_the_parity_gate(tmp_path, demo_frames) -> None
 def test_schema_differences_name_each_mismatch() -> None:
     expected = [{"name": "age", "type": "tensor(double)"}, {"name": "city", "type": "tensor(string)"}]
     assert parity.schema_differences(expected, expected) == []
-    actual = [{"name": "city", "type": "tensor(string)"}, {"name": "age", "type": "tensor(float)"},
-              {"name": "extra", "type": "tensor(double)"}]
+    actual = [
+        {"name": "city", "type": "tensor(string)"},
+        {"name": "age", "type": "tensor(float)"},
+        {"name": "extra", "type": "tensor(double)"},
+    ]
     assert parity.schema_differences(actual, expected) == [
         "unexpected input 'extra' (tensor(double))",
         "input 'age' is tensor(float), training feature needs tensor(double)",
@@ -242,12 +247,20 @@ def test_schema_differences_name_each_mismatch() -> None:
     assert reordered == ["inputs are in another order than the training features"]
 
 
-TINY = bench.BenchSettings("tiny", warmup=2, latency_runs=40, min_seconds=0.0, min_repeats=1, rss_rows=16,
-                           latency_seconds=0.0, batch_sizes=(1, 8))
+TINY = bench.BenchSettings(
+    "tiny",
+    warmup=2,
+    latency_runs=40,
+    min_seconds=0.0,
+    min_repeats=1,
+    rss_rows=16,
+    latency_seconds=0.0,
+    batch_sizes=(1, 8),
+)
 
 
 def test_benchmark_table_has_every_column(tmp_path, demo_frames) -> None:
-    from pipeline_assets.deployment.champion import evaluation_split
+    from mlgraph.deployment.champion import evaluation_split
 
     drive = DriveLayout.at(tmp_path)
     config = tabular_champion(drive, "classification", "logistic_regression", demo_frames)
@@ -279,22 +292,39 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
 
 
 def _row(version: str, variant: str, batch: int, p50: float, rps: float, measured_at: str) -> dict:
-    row = {c: None for c in bench.COLUMNS}
-    row.update({"experiment": "e", "model_version": version, "run_id": "r", "family": "f", "variant": variant,
-                "threads": 1, "batch_size": batch, "throughput_rows_per_s": rps, "latency_p50_us": p50,
-                "settings": "light", "measured_at": measured_at, "pareto_optimal": False})
+    row = dict.fromkeys(bench.COLUMNS)
+    row.update(
+        {
+            "experiment": "e",
+            "model_version": version,
+            "run_id": "r",
+            "family": "f",
+            "variant": variant,
+            "threads": 1,
+            "batch_size": batch,
+            "throughput_rows_per_s": rps,
+            "latency_p50_us": p50,
+            "settings": "light",
+            "measured_at": measured_at,
+            "pareto_optimal": False,
+        }
+    )
     return row
 
 
 def test_warehouse_keeps_versions_and_compares_with_the_previous_champion() -> None:
     connection = duckdb.connect(":memory:")
     assert bench.previous_champion_rows(connection, "e", "1", "light") == []
-    v1 = [_row("1", "onnx_fp32", 1, 40.0, 25_000.0, "2026-01-01T00:00:00"),
-          _row("1", "onnx_fp32", 8, 90.0, 80_000.0, "2026-01-01T00:00:00")]
+    v1 = [
+        _row("1", "onnx_fp32", 1, 40.0, 25_000.0, "2026-01-01T00:00:00"),
+        _row("1", "onnx_fp32", 8, 90.0, 80_000.0, "2026-01-01T00:00:00"),
+    ]
     assert bench.store_rows(connection, v1) == 2
     assert bench.store_rows(connection, v1) == 2  # replacing a version's rows is idempotent
-    v2 = [_row("2", "onnx_fp32", 1, 20.0, 50_000.0, "2026-02-01T00:00:00"),
-          _row("2", "onnx_fp32", 8, 90.0, 40_000.0, "2026-02-01T00:00:00")]
+    v2 = [
+        _row("2", "onnx_fp32", 1, 20.0, 50_000.0, "2026-02-01T00:00:00"),
+        _row("2", "onnx_fp32", 8, 90.0, 40_000.0, "2026-02-01T00:00:00"),
+    ]
     previous = bench.previous_champion_rows(connection, "e", "2", "light")
     assert {r["model_version"] for r in previous} == {"1"} and len(previous) == 2
     bench.store_rows(connection, v2)
@@ -306,9 +336,24 @@ def test_warehouse_keeps_versions_and_compares_with_the_previous_champion() -> N
 
 
 def test_gate_result_lists_every_failure_with_its_limit() -> None:
-    result = parity.ParityResult("onnx_int8", 10, 0.05, 0.02, "test row 3", 1.0, label_agreement=0.99, threshold=0.5,
-                                 metric_loss={"metric": "roc_auc", "fp32": 0.9, "int8": 0.85, "name": "roc_auc_loss",
-                                              "loss": 0.05, "limit": 0.01})
+    result = parity.ParityResult(
+        "onnx_int8",
+        10,
+        0.05,
+        0.02,
+        "test row 3",
+        1.0,
+        label_agreement=0.99,
+        threshold=0.5,
+        metric_loss={
+            "metric": "roc_auc",
+            "fp32": 0.9,
+            "int8": 0.85,
+            "name": "roc_auc_loss",
+            "loss": 0.05,
+            "limit": 0.01,
+        },
+    )
     assert len(result.failures) == 4 and not result.passed
     meta = result.metadata()
     assert meta["roc_auc_loss"] == 0.05 and meta["roc_auc_loss_limit"] == 0.01

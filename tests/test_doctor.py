@@ -14,8 +14,8 @@ import duckdb
 import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
-from core.drive import DriveLayout
-from mlgraph_cli.main import main
+from mlgraph.cli.main import main
+from mlgraph.core.drive import DriveLayout
 
 LINE = re.compile(r"^(?P<name>[^:]+): (?P<status>ok \(|skipped \(|FAIL: )")
 
@@ -59,18 +59,27 @@ def test_a_fresh_drive_passes_and_unconfigured_parts_are_skipped(drive: DriveLay
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["doctor", "--vacuum"]) == 0
     found = checks(capsys.readouterr().out)
-    for name in ("sqlite dagster/history/runs.db", "sqlite dagster/schedules/schedules.db", "sqlite state/mlflow.db",
-                 "duckdb state/warehouse.duckdb", "disk space"):
+    for name in (
+        "sqlite dagster/history/runs.db",
+        "sqlite dagster/schedules/schedules.db",
+        "sqlite state/mlflow.db",
+        "duckdb state/warehouse.duckdb",
+        "disk space",
+    ):
         assert ": ok (" in found[name], found[name]
     assert "journal_mode=wal" in found["sqlite dagster/history/runs.db"]
     assert "vacuumed to" in found["sqlite state/mlflow.db"]
-    for name, reason in (("postgres", "MLGRAPH_POSTGRES_URL not set"), ("daemon heartbeat", "no daemon heartbeat"),
-                         ("slurm", "sbatch not on PATH"), ("mlflow server", "local store")):
+    for name, reason in (
+        ("postgres", "MLGRAPH_POSTGRES_URL not set"),
+        ("daemon heartbeat", "no daemon heartbeat"),
+        ("slurm", "sbatch not on PATH"),
+        ("mlflow server", "local store"),
+    ):
         assert found[name].startswith(f"{name}: skipped (") and reason in found[name], found[name]
 
 
 class Health(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
+    def do_GET(self):
         self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
         self.wfile.write(b"OK")

@@ -11,40 +11,60 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.drive import DriveLayout
-from core.experiment import ExperimentConfig
-from core.prediction_log import rotated_name
-from pipeline_assets.monitoring import drift, window
-from pipeline_assets.monitoring.baseline import compute_baseline, read_baseline, write_baseline
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.prediction_log import rotated_name
+from mlgraph.monitoring import drift, window
+from mlgraph.monitoring.baseline import compute_baseline, read_baseline, write_baseline
 
 NUMERIC = ["f1", "f2", "f3"]
 
 
 def experiment(**drift_settings) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({
-        "name": "shop", "task": "classification", "dataset": {"generator": "student_engagement"}, "target": "bought",
-        "columns": {"plan": "categorical"}, "drift": {"min_window": 100, "window": 5000, **drift_settings},
-    })
+    return ExperimentConfig.model_validate(
+        {
+            "name": "shop",
+            "task": "classification",
+            "dataset": {"generator": "student_engagement"},
+            "target": "bought",
+            "columns": {"plan": "categorical"},
+            "drift": {"min_window": 100, "window": 5000, **drift_settings},
+        }
+    )
 
 
 def training_frame(rows: int = 4000, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "f1": rng.normal(10, 2, rows), "f2": rng.normal(0, 1, rows), "f3": rng.normal(-5, 0.5, rows),
-        "plan": rng.choice(["basic", "plus", "pro"], rows, p=[0.5, 0.3, 0.2]),
-        "bought": rng.choice([0, 1], rows, p=[0.7, 0.3]),
-    })
+    return pd.DataFrame(
+        {
+            "f1": rng.normal(10, 2, rows),
+            "f2": rng.normal(0, 1, rows),
+            "f3": rng.normal(-5, 0.5, rows),
+            "plan": rng.choice(["basic", "plus", "pro"], rows, p=[0.5, 0.3, 0.2]),
+            "bought": rng.choice([0, 1], rows, p=[0.7, 0.3]),
+        }
+    )
 
 
 def log_lines(frame: pd.DataFrame, predictions, start: dt.datetime | None = None, version: str = "1") -> list[str]:
-    """Records in the core/prediction_log.py format, one per row."""
+    """Records in the mlgraph/core/prediction_log.py format, one per row."""
     start = start or dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
     lines = []
     for i, (row, prediction) in enumerate(zip(frame.to_dict("records"), predictions, strict=True)):
         when = (start + dt.timedelta(seconds=i)).isoformat()
         inputs = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != "bought"}
-        lines.append(json.dumps({"time": when, "request_id": f"r{i}", "row": 0, "model_version": version,
-                                 "inputs": inputs, "output": {"prediction": prediction, "probability": 0.5}}))
+        lines.append(
+            json.dumps(
+                {
+                    "time": when,
+                    "request_id": f"r{i}",
+                    "row": 0,
+                    "model_version": version,
+                    "inputs": inputs,
+                    "output": {"prediction": prediction, "probability": 0.5},
+                }
+            )
+        )
     return lines
 
 
@@ -56,8 +76,13 @@ def write_log(drive: DriveLayout, experiment_name: str, lines: list[str], path: 
     return path
 
 
-def serving_window(rows: int, shifted: dict[str, float] | None = None, positive_rate: float = 0.3,
-                   seed: int = 1, sigma: dict[str, float] | None = None) -> tuple[pd.DataFrame, list[int]]:
+def serving_window(
+    rows: int,
+    shifted: dict[str, float] | None = None,
+    positive_rate: float = 0.3,
+    seed: int = 1,
+    sigma: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, list[int]]:
     """`rows` rows like the training frame, each feature in `shifted` moved by that many training standard deviations."""
     frame = training_frame(rows, seed)
     for name, sds in (shifted or {}).items():
@@ -145,14 +170,24 @@ def test_unseen_categories_and_chi_square(drive: DriveLayout) -> None:
     assert shifted["drift"] and shifted["p_value"] < 1e-10 and shifted["unseen_share"] == 0
     new = Counter({"basic": 900, "enterprise": 100, None: 20})
     unseen = drift.categorical_drift(new, stats, config)
-    assert unseen["drift"] and unseen["unseen_share"] == pytest.approx(0.1) and unseen["unseen_examples"] == ["enterprise"]
+    assert (
+        unseen["drift"] and unseen["unseen_share"] == pytest.approx(0.1) and unseen["unseen_examples"] == ["enterprise"]
+    )
 
 
 def test_garbage_lines_are_skipped_and_counted(drive: DriveLayout) -> None:
     frame, predictions = serving_window(300, shifted={"f1": 4, "f2": 4})
     lines = log_lines(frame, predictions)
-    garbage = ["not json", '{"time": "2026-11-30T12:00:00+00:00", "inputs": ', "[1, 2]", '{"inputs": "f1=3"}',
-               '{"time": "x", "inputs": {"f1": "high"}, "output": {"prediction": 1}}', "\x00\x01", "", "  "]
+    garbage = [
+        "not json",
+        '{"time": "2026-11-30T12:00:00+00:00", "inputs": ',
+        "[1, 2]",
+        '{"inputs": "f1=3"}',
+        '{"time": "x", "inputs": {"f1": "high"}, "output": {"prediction": 1}}',
+        "\x00\x01",
+        "",
+        "  ",
+    ]
     write_log(drive, "shop", lines[:100] + garbage[:3] + lines[100:] + garbage[3:])
     with open(drive.prediction_log_path("shop"), "a") as handle:
         handle.write('{"time": "2026-12-01T00:00:00+00:00", "inputs": {"f1"')  # still being written
@@ -166,9 +201,15 @@ def test_window_takes_the_newest_records_across_rotated_files(drive: DriveLayout
     old, _ = serving_window(3000, shifted={"f1": 4, "f2": 4})
     new, predictions = serving_window(2000, seed=5)
     current = drive.prediction_log_path("shop")
-    write_log(drive, "shop", log_lines(old, [0] * 3000), rotated_name(current, dt.datetime(2026, 11, 29, tzinfo=dt.UTC)))
-    write_log(drive, "shop", log_lines(new[:1000], predictions[:1000]),
-              rotated_name(current, dt.datetime(2026, 11, 30, tzinfo=dt.UTC)))
+    write_log(
+        drive, "shop", log_lines(old, [0] * 3000), rotated_name(current, dt.datetime(2026, 11, 29, tzinfo=dt.UTC))
+    )
+    write_log(
+        drive,
+        "shop",
+        log_lines(new[:1000], predictions[:1000]),
+        rotated_name(current, dt.datetime(2026, 11, 30, tzinfo=dt.UTC)),
+    )
     write_log(drive, "shop", log_lines(new[1000:], predictions[1000:]))
     config = experiment(window=2000)
     report = drift.build_report(drive, config)
@@ -198,8 +239,9 @@ def test_multiclass_shares_and_class_indices_and_regression() -> None:
     # A service answering class indices (sorted order) is read as the classes they stand for.
     indices = drift.class_shift(Counter({"0": 20, "1": 50, "2": 30}), target, 0.1)
     assert not indices["drift"] and indices["window_shares"] == {"high": 0.2, "low": 0.5, "mid": 0.3}
-    regression = ExperimentConfig.model_validate({"name": "r", "task": "regression", "target": "y",
-                                                  "dataset": {"generator": "salary"}})
+    regression = ExperimentConfig.model_validate(
+        {"name": "r", "task": "regression", "target": "y", "dataset": {"generator": "salary"}}
+    )
     baseline = compute_baseline(pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [10.0, 20.0, 30.0]}), regression, {})
     assert baseline["target"] == {"kind": "value", "mean": 20.0, "std": pytest.approx(8.165, abs=1e-3)}
     assert drift.class_shift(Counter({"1": 3}), baseline["target"], 0.1) is None

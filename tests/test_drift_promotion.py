@@ -13,15 +13,22 @@ import joblib
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from core.drive import DriveLayout
-from pipeline_assets.training import families as fam
-from pipeline_assets.training.promotion import BaselineGate, PromotionStore, challenge_champion, contested, decide
+from mlgraph.core.drive import DriveLayout
+from mlgraph.training import families as fam
+from mlgraph.training.promotion import BaselineGate, PromotionStore, challenge_champion, contested, decide
 from tests.deployment_support import demo_frames, tabular_champion  # noqa: F401
 
 
 def gate(candidate_test: float) -> BaselineGate:
-    return BaselineGate(metric="roc_auc", champion="decision_tree", cv_score=0.7, champion_test=candidate_test,
-                        baseline="baseline_majority_class", baseline_test=0.5, champion_metrics={})
+    return BaselineGate(
+        metric="roc_auc",
+        champion="decision_tree",
+        cv_score=0.7,
+        champion_test=candidate_test,
+        baseline="baseline_majority_class",
+        baseline_test=0.5,
+        champion_metrics={},
+    )
 
 
 @pytest.fixture
@@ -53,15 +60,22 @@ def test_tie_or_loss_is_not_promoted_and_recorded_a_strict_win_is(champion) -> N
         challenge = challenge_champion(config, gate(candidate), current, train, test)
         decision = decide(current, config.config_hash, "new-data", False, challenge)
         assert not decision.promote
-        assert decision.reason.startswith("not promoted: decision_tree does not beat the current champion "
-                                          "logistic_regression v1 on the current test split")
+        assert decision.reason.startswith(
+            "not promoted: decision_tree does not beat the current champion "
+            "logistic_regression v1 on the current test split"
+        )
     store.record_not_promoted(challenge, decision, "run-dt", "dagster-run")
     [promoted, lost] = [json.loads(line) for line in store.history_path.read_text().splitlines()]
     assert lost["event"] == "not_promoted" and lost["reason"] == decision.reason
     assert lost["candidate_test_score"] == pytest.approx(score - 0.05) and lost["champion_test_score"] == score
     assert store.stack() == [{k: v for k, v in promoted.items() if k != "event"}]  # the champion stays
-    better = decide(current, config.config_hash, "new-data", False,
-                    challenge_champion(config, gate(score + 1e-3), current, train, test))
+    better = decide(
+        current,
+        config.config_hash,
+        "new-data",
+        False,
+        challenge_champion(config, gate(score + 1e-3), current, train, test),
+    )
     assert better.promote and "decision_tree beats the current champion" in better.reason
 
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from dagster._core.storage.dagster_run import DagsterRun
 
-from core.drive import DriveLayout
-from core.tags import TAG_DRIFT_WINDOW, TAG_DRIFT_WINDOW_ROWS, TAG_RETRAIN_REASON, TAG_TRIGGER
-from pipeline_assets.monitoring.baseline import compute_baseline, write_baseline
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.tags import TAG_DRIFT_WINDOW, TAG_DRIFT_WINDOW_ROWS, TAG_RETRAIN_REASON, TAG_TRIGGER
+from mlgraph.monitoring.baseline import compute_baseline, write_baseline
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from sensors.drift import DriftCursor, drift_sensor
@@ -24,20 +24,29 @@ from tests.test_drift import log_lines, serving_window, training_frame, write_lo
 @pytest.fixture
 def setup(shared_drive: Path, config_dir: Path, instance: dg.DagsterInstance):
     """Experiment `shop` registered, with a drift baseline and a min_window of 100."""
-    config = {"name": "shop", "task": "classification", "dataset": {"generator": "student_engagement"},
-              "target": "bought", "columns": {"plan": "categorical"}, "drift": {"min_window": 100}}
+    config = {
+        "name": "shop",
+        "task": "classification",
+        "dataset": {"generator": "student_engagement"},
+        "target": "bought",
+        "columns": {"plan": "categorical"},
+        "drift": {"min_window": 100},
+    }
     (config_dir / "experiments" / "shop.yaml").write_text(yaml.safe_dump(config))
     instance.add_dynamic_partitions("experiment", ["shop"])
     catalog = ExperimentCatalog(config_dir=str(config_dir))
     drive = DriveLayout.at(shared_drive)
-    write_baseline(drive, "shop", compute_baseline(training_frame(), catalog.load("shop").config, {"model_version": "1"}))
+    write_baseline(
+        drive, "shop", compute_baseline(training_frame(), catalog.load("shop").config, {"model_version": "1"})
+    )
     return drive, catalog, instance
 
 
 def tick(setup, cursor: str | None = None) -> dg.SensorResult:
     drive, catalog, instance = setup
-    context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"storage": SharedDrive(root=str(drive.root)), "catalog": catalog})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": SharedDrive(root=str(drive.root)), "catalog": catalog}
+    )
     result = drift_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
@@ -78,8 +87,13 @@ def test_drift_requests_one_tagged_run_then_the_cooldown_holds(setup) -> None:
     assert held.run_requests == [] and "cooldown 6 h" in held.skip_reason.skip_message
 
     # A restarted daemon that lost the cursor (a crash after the request): the instance's run holds it.
-    instance.add_run(DagsterRun(job_name="retraining_job", run_id=str(uuid.uuid4()),
-                                tags={**request.tags, "dagster/partition": "shop", "dagster/run_key": request.run_key}))
+    instance.add_run(
+        DagsterRun(
+            job_name="retraining_job",
+            run_id=str(uuid.uuid4()),
+            tags={**request.tags, "dagster/partition": "shop", "dagster/run_key": request.run_key},
+        )
+    )
     lost = tick(setup, None)
     assert lost.run_requests == [] and "retrained it inside the cooldown" in lost.skip_reason.skip_message
     assert json.loads(lost.cursor)["triggers"]["shop"]["run_key"] == request.run_key
@@ -118,7 +132,8 @@ def test_drift_report_asset_writes_the_report(setup) -> None:
     drive, _, instance = setup
     log(drive, 500, 1, shifted={"f1": 4, "f2": 4})
     result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, partition_key="shop", asset_selection=[dg.AssetKey("drift_report")])
+        instance=instance, partition_key="shop", asset_selection=[dg.AssetKey("drift_report")]
+    )
     [event] = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
     assert metadata["status"].value == "drift" and metadata["retraining_recommended"].value is True
@@ -128,7 +143,7 @@ def test_drift_report_asset_writes_the_report(setup) -> None:
 
 
 def test_no_run_while_the_baseline_describes_an_earlier_champion(setup) -> None:
-    from pipeline_assets.training.promotion import PromotionStore
+    from mlgraph.training.promotion import PromotionStore
 
     drive, catalog, _ = setup
     log(drive, 500, 1, shifted={"f1": 4, "f2": 4})
@@ -141,8 +156,13 @@ def test_a_damaged_cursor_does_not_stop_the_loop(setup) -> None:
     drive, _, instance = setup
     log(drive, 500, 1, shifted={"f1": 4, "f2": 4})
     [request] = tick(setup, "not json {").run_requests  # warned, started from an empty cursor
-    instance.add_run(DagsterRun(job_name="retraining_job", run_id=str(uuid.uuid4()),
-                                tags={**request.tags, "dagster/partition": "shop", "dagster/run_key": request.run_key}))
+    instance.add_run(
+        DagsterRun(
+            job_name="retraining_job",
+            run_id=str(uuid.uuid4()),
+            tags={**request.tags, "dagster/partition": "shop", "dagster/run_key": request.run_key},
+        )
+    )
     # Damaged again after the request: the instance's run still holds the cooldown.
     held = tick(setup, '{"triggers": 3}')
     assert held.run_requests == [] and "inside the cooldown" in held.skip_reason.skip_message

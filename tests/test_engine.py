@@ -16,18 +16,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline_assets.data.generators import write_dataset
-from pipeline_assets.preprocessing import engine, spill
-from pipeline_assets.preprocessing.compute import compute_cap, threads_for
-from pipeline_assets.preprocessing.fitting import GramAccumulator, StatisticsAccumulator, finish_selection
-from pipeline_assets.preprocessing.normalized import Roles, normalize_table
-from pipeline_assets.preprocessing.operators import encode_scale, feature_engineering, feature_selection, preprocess
-from pipeline_assets.preprocessing.options import MB, EngineInputError, EngineOptions, MemoryLimitError
-from core.hashing import canonical_json
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.hashing import canonical_json
+from mlgraph.data.generators import write_dataset
+from mlgraph.preprocessing import engine, spill
+from mlgraph.preprocessing.compute import compute_cap, threads_for
+from mlgraph.preprocessing.fitting import GramAccumulator, StatisticsAccumulator, finish_selection
+from mlgraph.preprocessing.normalized import Roles, normalize_table
+from mlgraph.preprocessing.operators import encode_scale, feature_engineering, feature_selection, preprocess
+from mlgraph.preprocessing.options import MB, EngineInputError, EngineOptions, MemoryLimitError
 
-SALARY = EngineOptions(target="salary", column_types={"education": "categorical", "job_title": "categorical",
-                                                       "city": "categorical"})
+SALARY = EngineOptions(
+    target="salary", column_types={"education": "categorical", "job_title": "categorical", "city": "categorical"}
+)
 
 
 def fit_of(table: pa.Table, options: EngineOptions):
@@ -55,11 +56,13 @@ def salary_files(tmp_path_factory):
 
 
 def test_preprocess_drops_missing_targets_imputes_and_clips_exactly():
-    table = pa.table({
-        "x": [1.0, 2.0, 3.0, None, 100.0],
-        "c": ["a", "b", "a", None, "z"],
-        "y": [10.0, 20.0, 30.0, 40.0, None],
-    })
+    table = pa.table(
+        {
+            "x": [1.0, 2.0, 3.0, None, 100.0],
+            "c": ["a", "b", "a", None, "z"],
+            "y": [10.0, 20.0, 30.0, 40.0, None],
+        }
+    )
     options = EngineOptions(target="y", outlier_z=1.0)
     fit = fit_of(table, options)
     # Statistics come from the rows that have a target: x = 1, 2, 3 (one missing).
@@ -78,14 +81,18 @@ def test_preprocess_drops_missing_targets_imputes_and_clips_exactly():
 
 
 def test_feature_engineering_logs_ratios_and_calendar_features():
-    hours = np.array(["2023-01-02T10:00:00", "2023-01-07T23:00:00", "2023-03-15T00:00:00", "2023-01-03T05:00:00"],
-                     dtype="datetime64[s]")
-    table = pa.table({
-        "t": pa.array(hours, pa.timestamp("s")),
-        "a": [0.0, 1.0, 2.0, 100.0],  # skewed and non-negative → log1p
-        "b": [1.0, 3.0, 1.0, 3.0],
-        "y": [1.0, 2.0, 3.0, 4.0],
-    })
+    hours = np.array(
+        ["2023-01-02T10:00:00", "2023-01-07T23:00:00", "2023-03-15T00:00:00", "2023-01-03T05:00:00"],
+        dtype="datetime64[s]",
+    )
+    table = pa.table(
+        {
+            "t": pa.array(hours, pa.timestamp("s")),
+            "a": [0.0, 1.0, 2.0, 100.0],  # skewed and non-negative → log1p
+            "b": [1.0, 3.0, 1.0, 3.0],
+            "y": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     fit = fit_of(table, EngineOptions(target="y", time_column="t", outlier_z=10.0))
     assert fit.log_columns == ["a"] and fit.ratio_pairs == [["a", "b"]]
     block = feature_engineering(preprocess(table, fit), fit)
@@ -98,14 +105,16 @@ def test_feature_engineering_logs_ratios_and_calendar_features():
 
 
 def test_selection_drops_constant_and_collinear_then_scales_and_one_hot_encodes():
-    table = pa.table({
-        "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
-        "x_twice": [2.0, 4.0, 6.0, 8.0, 10.0, 12.0],  # r = 1 with x
-        "flat": [7.0] * 6,
-        "noise": [0.3, -1.0, 0.5, 2.0, -0.7, 0.1],
-        "c": ["p", "q", "p", "r", "q", "p"],
-        "y": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
-    })
+    table = pa.table(
+        {
+            "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "x_twice": [2.0, 4.0, 6.0, 8.0, 10.0, 12.0],  # r = 1 with x
+            "flat": [7.0] * 6,
+            "noise": [0.3, -1.0, 0.5, 2.0, -0.7, 0.1],
+            "c": ["p", "q", "p", "r", "q", "p"],
+            "y": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        }
+    )
     fit = fit_of(table, EngineOptions(target="y", outlier_z=10.0, max_ratio_columns=0, skew_threshold=99))
     assert fit.dropped_constant == ["flat"]
     assert [d["feature"] for d in fit.dropped_correlated] == ["x_twice"]
@@ -179,6 +188,7 @@ def test_streaming_equals_batch_property(case):
     assert report["passed"], report
     assert streaming.rows_out == sum(t is not None for t in table["y"].to_pylist())
 
+
 # One thread: no read-ahead thread allocates while a chunk is measured, so a chunk's measured
 # memory is the same from run to run and a limit set from one run holds for the next.
 ONE_THREAD = 1e-6
@@ -188,8 +198,9 @@ def test_memory_limit_halves_oversized_chunks_and_retries(salary_files):
     free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000, compute_limit=ONE_THREAD)
     biggest = max(r.memory_mb for r in free.records)
     limit = 0.7 * biggest
-    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=6000, memory_limit_mb=limit,
-                                   compute_limit=ONE_THREAD, collect=True)
+    limited = engine.run_streaming(
+        salary_files["parquet"], SALARY, chunk_size=6000, memory_limit_mb=limit, compute_limit=ONE_THREAD, collect=True
+    )
     exceeded = [r for r in limited.records if r.memory_exceeded]
     accepted = [r for r in limited.records if not r.memory_exceeded]
     # Calibrated on two dry runs, the engine halves chunks that would exceed before reading them.
@@ -207,8 +218,9 @@ def test_reactive_check_catches_what_no_prediction_covers(salary_files):
     # Chunks of ≤ 2048 rows are not calibrated: the only guard is measuring after the chunk ran.
     free = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000, compute_limit=ONE_THREAD)
     limit = 0.75 * max(r.memory_mb for r in free.records)
-    limited = engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=2000, memory_limit_mb=limit,
-                                   compute_limit=ONE_THREAD)
+    limited = engine.run_streaming(
+        salary_files["parquet"], SALARY, chunk_size=2000, memory_limit_mb=limit, compute_limit=ONE_THREAD
+    )
     exceeded = [r for r in limited.records if r.memory_exceeded]
     assert exceeded and not any(r.predicted for r in exceeded)
     assert all(r.input_bytes > 0 and r.memory_mb > limit for r in exceeded)  # they really ran
@@ -228,9 +240,12 @@ def test_working_memory_counts_at_least_the_chunk_input(salary_files):
 
 def test_memory_limit_below_the_floor_fails_clearly(salary_files, tmp_path):
     out = tmp_path / "features.parquet"
-    with pytest.raises(MemoryLimitError, match=r"salary\.parquet: .*chunk 0 of 500 rows .* Fix: raise the memory limit"):
-        engine.run_streaming(salary_files["parquet"], SALARY, chunk_size=4000, memory_limit_mb=0.001,
-                             min_chunk_size=500, output=out)
+    with pytest.raises(
+        MemoryLimitError, match=r"salary\.parquet: .*chunk 0 of 500 rows .* Fix: raise the memory limit"
+    ):
+        engine.run_streaming(
+            salary_files["parquet"], SALARY, chunk_size=4000, memory_limit_mb=0.001, min_chunk_size=500, output=out
+        )
     assert not out.exists()
 
 
@@ -245,20 +260,26 @@ def crash_after_third(record):
 
 def test_crash_then_resume_gives_identical_bytes(salary_files, tmp_path):
     clean = tmp_path / "clean.parquet"
-    first = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=tmp_path / "spill_a",
-                                 output=clean)
+    first = engine.run_streaming(
+        salary_files["csv"], SALARY, chunk_size=1000, spill_dir=tmp_path / "spill_a", output=clean
+    )
     assert first.resume == "fresh" and not first.started_over
 
     resumed_out = tmp_path / "resumed.parquet"
     spill_dir = tmp_path / "spill_b"
     with pytest.raises(Crash):
-        engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=resumed_out,
-                             on_chunk=crash_after_third)
+        engine.run_streaming(
+            salary_files["csv"],
+            SALARY,
+            chunk_size=1000,
+            spill_dir=spill_dir,
+            output=resumed_out,
+            on_chunk=crash_after_third,
+        )
     manifest = json.loads((spill_dir / spill.MANIFEST).read_text())
     assert not manifest["complete"] and len(manifest["chunks"]) == 3
     assert not resumed_out.exists()  # nothing partial looks complete
-    result = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir,
-                                  output=resumed_out)
+    result = engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=resumed_out)
     assert result.resumed_chunks == 3 and result.chunks == 6
     assert result.resume == "resumed after 3 chunk(s)" and not result.started_over
     assert resumed_out.read_bytes() == clean.read_bytes()
@@ -293,8 +314,9 @@ def test_corrupt_manifest_is_reported_then_the_run_starts_over(salary_files, tmp
     engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, output=clean)
     spill_dir, out = tmp_path / "spill", tmp_path / "features.parquet"
     with pytest.raises(Crash):
-        engine.run_streaming(salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=out,
-                             on_chunk=crash_after_third)
+        engine.run_streaming(
+            salary_files["csv"], SALARY, chunk_size=1000, spill_dir=spill_dir, output=out, on_chunk=crash_after_third
+        )
     manifest = spill_dir / spill.MANIFEST
     manifest.write_text(corrupt(manifest.read_text()))
 
@@ -318,22 +340,29 @@ def test_killed_process_resumes_from_the_manifest(salary_files, tmp_path, monkey
         def maybe_die(record):
             if record.chunk_id == kill_at:
                 os._exit(17)
-        r = engine.run_streaming({str(salary_files['parquet'])!r}, SALARY, chunk_size=1500,
+        r = engine.run_streaming({str(salary_files["parquet"])!r}, SALARY, chunk_size=1500,
                                  spill_dir={str(spill_dir)!r}, output={str(out)!r}, on_chunk=maybe_die)
         print(r.resumed_chunks)
     """)
     monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
-    killed = subprocess.run([sys.executable, "-c", script, "1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    killed = subprocess.run(
+        [sys.executable, "-c", script, "1"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert killed.returncode == 17, killed.stderr
     assert not out.exists()
-    resumed = subprocess.run([sys.executable, "-c", script, "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, "-c", script, "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip() == "2"
     reference = tmp_path / "reference.parquet"
-    engine.run_streaming(salary_files["parquet"], EngineOptions(target="salary"), chunk_size=1500,
-                         spill_dir=tmp_path / "ref", output=reference)
+    engine.run_streaming(
+        salary_files["parquet"],
+        EngineOptions(target="salary"),
+        chunk_size=1500,
+        spill_dir=tmp_path / "ref",
+        output=reference,
+    )
     assert out.read_bytes() == reference.read_bytes()
 
 
@@ -342,13 +371,32 @@ def test_records_and_operator_profile(salary_files):
     transform = result.transform_records
     assert [r.chunk_id for r in transform] == [0, 1, 2]
     assert [r.rows for r in transform] == [2500, 2500, 1000]
-    expected = {"chunk_id", "rows", "input_bytes", "chunk_size_used", "preprocess_s", "feature_engineering_s",
-                "feature_selection_s", "encode_scale_s", "memory_mb", "memory_exceeded", "retries", "spilled"}
+    expected = {
+        "chunk_id",
+        "rows",
+        "input_bytes",
+        "chunk_size_used",
+        "preprocess_s",
+        "feature_engineering_s",
+        "feature_selection_s",
+        "encode_scale_s",
+        "memory_mb",
+        "memory_exceeded",
+        "retries",
+        "spilled",
+    }
     assert expected <= set(transform[0].to_json())
     assert all(r.input_bytes > 0 and r.memory_mb > 0 for r in transform)
     profile = engine.operator_profile_rows(result.records)
-    assert list(profile[0]) == ["chunk_id", "preprocess_s", "feature_engineering_s", "feature_selection_s",
-                                "encode_scale_s", "estimated_input_bandwidth_mb_s", "input_bytes"]
+    assert list(profile[0]) == [
+        "chunk_id",
+        "preprocess_s",
+        "feature_engineering_s",
+        "feature_selection_s",
+        "encode_scale_s",
+        "estimated_input_bandwidth_mb_s",
+        "input_bytes",
+    ]
     assert all(p["estimated_input_bandwidth_mb_s"] > 0 for p in profile)
 
 
@@ -358,6 +406,8 @@ def test_batch_and_streaming_records_carry_the_same_fields(salary_files):
     assert [r.stage for r in batch.records] == ["batch"]
     assert set(batch.records[0].to_json()) == set(streaming.records[0].to_json())
     assert batch.records[0].memory_budget_mb is None and batch.records[0].predicted is False
+
+
 def test_compute_cap_sets_and_restores_thread_pools():
     from threadpoolctl import threadpool_info
 

@@ -1,4 +1,4 @@
-"""Experiment configs (core.experiment): the demo files validate; every kind of bad config fails with file,
+"""Experiment configs (mlgraph.core.experiment): the demo files validate; every kind of bad config fails with file,
 field and fix; the constraint grid and its keys."""
 
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.experiment import ConfigError, load_experiment_file
-from core.constraints import Constraint, load_constraint_grid
-from core.drive import PROJECT_ROOT
+from mlgraph.core.constraints import Constraint, load_constraint_grid
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.experiment import ConfigError, load_experiment_file
 
 DEMO_DIR = PROJECT_ROOT / "config" / "experiments"
 BASE = yaml.safe_load((DEMO_DIR / "salary.yaml").read_text())
@@ -154,7 +154,7 @@ def test_demo_config_hashes_do_not_move(name):
 
 
 def test_new_fields_enter_the_hash_once_set(tmp_path):
-    from core.experiment import HASH_OMITTED_AT_DEFAULT, ExperimentConfig
+    from mlgraph.core.experiment import HASH_OMITTED_AT_DEFAULT, ExperimentConfig
 
     for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():  # the table matches the schema
         model = ExperimentConfig

@@ -7,7 +7,9 @@ from sensors.experiments import experiment_config_sensor
 
 
 def evaluate(instance, config_dir):
-    context = dg.build_sensor_context(instance=instance, resources={"catalog": ExperimentCatalog(config_dir=str(config_dir))})
+    context = dg.build_sensor_context(
+        instance=instance, resources={"catalog": ExperimentCatalog(config_dir=str(config_dir))}
+    )
     return experiment_config_sensor(context)
 
 

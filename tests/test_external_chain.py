@@ -19,14 +19,12 @@ import pandas as pd
 import pytest
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from core import evaluation_store
-from pipeline_assets.analysis import checkpoint_comparison as comparison
-from pipeline_assets.definitions import defs
-from mlgraph_cli.staging import materialize_experiments
-from resources.experiments import ExperimentCatalog
-from core.drive import PROJECT_ROOT
-from core.hashing import sha256_bytes
-from core.signals import (
+from mlgraph.analysis import checkpoint_comparison as comparison
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core import evaluation_store
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.hashing import sha256_bytes
+from mlgraph.core.signals import (
     EVAL_COMPLETE,
     EVAL_FAILED,
     TRAINING_COMPLETE,
@@ -34,13 +32,15 @@ from core.signals import (
     EvalFailed,
     read_signal,
 )
+from pipeline_assets.definitions import defs
+from resources.experiments import ExperimentCatalog
 from tests.conftest import shrink_experiment
 from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
 from tests.slurm_support.harness import require_slurm
 
 # Tagged runs (evaluation, analysis) become Slurm jobs on the local cluster; small requests so both fit.
 SLURM_RUN_LAUNCHER: dict[str, Any] = {
-    "module": "launcher.slurm_launcher",
+    "module": "mlgraph.launcher.slurm_launcher",
     "class": "SlurmRunLauncher",
     "config": {"route": "tagged", "cpus": 1, "mem": "2G", "time": "00:15:00"},
 }
@@ -54,9 +54,19 @@ RUN_TIMEOUT = 120
 def run_trainer(experiment: str, env: dict[str, str], epochs: int = 4) -> dict[str, Any]:
     """examples/train_external.py in its own process, as a trainer on another machine runs it."""
     out = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "examples" / "train_external.py"), "--experiment", experiment,
-         "--epochs", str(epochs)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "examples" / "train_external.py"),
+            "--experiment",
+            experiment,
+            "--epochs",
+            str(epochs),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout)
@@ -100,14 +110,21 @@ def test_holm_and_paired_statistics():
 
 def test_candidate_predictions_long_and_wide(tmp_path: Path):
     long = tmp_path / "long.parquet"
-    pd.DataFrame({"model": ["b", "a", "a", "b"], "row": [1, 1, 0, 0], "y_true": [1.0, 1.0, 0.0, 0.0],
-                  "y_pred": [0.9, 0.8, 0.1, 0.2]}).to_parquet(long)
+    pd.DataFrame(
+        {
+            "model": ["b", "a", "a", "b"],
+            "row": [1, 1, 0, 0],
+            "y_true": [1.0, 1.0, 0.0, 0.0],
+            "y_pred": [0.9, 0.8, 0.1, 0.2],
+        }
+    ).to_parquet(long)
     models = comparison.read_candidate_predictions(long)
     assert [m.model for m in models] == ["a", "b"]
     assert models[0].y_pred.tolist() == [0.1, 0.8] and models[0].y_true.tolist() == [0.0, 1.0]
     scored = tmp_path / "scored.parquet"  # the training group's classification layout
-    pd.DataFrame({"model": ["lr", "lr"], "row": [0, 1], "y_true": [0, 1], "y_pred": [0.3, 0.6],
-                  "label": [0, 1]}).to_parquet(scored)
+    pd.DataFrame(
+        {"model": ["lr", "lr"], "row": [0, 1], "y_true": [0, 1], "y_pred": [0.3, 0.6], "label": [0, 1]}
+    ).to_parquet(scored)
     [lr] = comparison.read_candidate_predictions(scored)
     assert lr.y_pred.tolist() == [0.0, 1.0] and lr.y_score.tolist() == [0.3, 0.6]
     wide = tmp_path / "wide.parquet"
@@ -116,8 +133,8 @@ def test_candidate_predictions_long_and_wide(tmp_path: Path):
 
 
 def test_feature_spec_survives_metadata_json():
-    from pipeline_assets.external.checkpoint import FeatureSpec
-    from core.hashing import canonical_json
+    from mlgraph.core.hashing import canonical_json
+    from mlgraph.trainer.checkpoint import FeatureSpec
 
     frame = pd.DataFrame({"z": [1.0, 2.0, 4.0], "b": ["x", "y", "x"], "a": ["p", "p", "q"]})
     spec = FeatureSpec.fit(frame, ["z"], ["b", "a"])
@@ -171,15 +188,31 @@ def test_evaluation_and_report_in_process(shared_drive: Path, config_dir: Path, 
     checkpoint_preds = pd.read_parquet(eval_dir / "predictions" / f"test-checkpoint-{ckpt_id}.parquet")
     y = checkpoint_preds["y_true"].to_numpy()
     noise = np.random.default_rng(0).normal(scale=y.std() * 0.01, size=len(y))
-    candidates = pd.concat([
-        pd.DataFrame({"model": "oracle", "row": checkpoint_preds["row"], "y_true": y, "y_pred": y + noise}),
-        pd.DataFrame({"model": "mean", "row": checkpoint_preds["row"], "y_true": y, "y_pred": np.full(len(y), y.mean())}),
-    ])
+    candidates = pd.concat(
+        [
+            pd.DataFrame({"model": "oracle", "row": checkpoint_preds["row"], "y_true": y, "y_pred": y + noise}),
+            pd.DataFrame(
+                {"model": "mean", "row": checkpoint_preds["row"], "y_true": y, "y_pred": np.full(len(y), y.mean())}
+            ),
+        ]
+    )
     candidates.to_parquet(eval_dir / "predictions" / "test.parquet")
-    evaluation_store.write_metrics(eval_dir, [
-        {"experiment": "salary", "model": m, "dataset": "test", "metric": "r2", "value": v,
-         "config_hash": "c", "timestamp": pd.Timestamp("2025-01-01", tz="UTC")} for m, v in (("oracle", 0.99), ("mean", 0.0))
-    ], source="candidates")
+    evaluation_store.write_metrics(
+        eval_dir,
+        [
+            {
+                "experiment": "salary",
+                "model": m,
+                "dataset": "test",
+                "metric": "r2",
+                "value": v,
+                "config_hash": "c",
+                "timestamp": pd.Timestamp("2025-01-01", tz="UTC"),
+            }
+            for m, v in (("oracle", 0.99), ("mean", 0.0))
+        ],
+        source="candidates",
+    )
 
     result = materialize(instance, "checkpoint_comparison_report", "salary")
     metadata = result.asset_materializations_for_node("checkpoint_comparison_report")[0].metadata
@@ -206,7 +239,7 @@ def test_broken_checkpoint_writes_eval_failed_and_fails_the_run(shared_drive: Pa
     ckpt = shared_drive / "models" / "salary" / "checkpoints" / "broken" / "final"
     ckpt.mkdir(parents=True)
     (ckpt / "metadata.json").write_text(json.dumps({"format": "mlgraph-mlp/1", "task": "regression"}))
-    from trainer_hook import signal_training_complete
+    from mlgraph.trainer import signal_training_complete
 
     assert signal_training_complete("salary", ckpt, mlflow=False)
     result = materialize(instance, "checkpoint_evaluation", "salary", raise_on_error=False)
@@ -232,9 +265,13 @@ def succeeded(instance: dg.DagsterInstance, job: str, partition: str) -> dg.Dags
 
 
 def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) -> int:
-    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == name]
+    states = [
+        s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == name
+    ]
     return sum(
-        1 for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=20)
+        1
+        for s in states
+        for t in instance.get_ticks(s.instigator_origin_id, s.selector_id, limit=20)
         if t.timestamp > after and t.status != TickStatus.STARTED
     )
 
@@ -244,8 +281,9 @@ def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) ->
     "run_launcher",
     [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_RUN_LAUNCHER, id="slurm-launcher")],
 )
-def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Path, config_dir: Path,
-                                                run_launcher: dict[str, Any]):
+def test_signal_to_report_survives_daemon_kill(
+    tmp_path: Path, shared_drive: Path, config_dir: Path, run_launcher: dict[str, Any]
+):
     on_slurm = run_launcher is SLURM_RUN_LAUNCHER
     if on_slurm:
         require_slurm()
@@ -258,35 +296,60 @@ def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Pat
     trainer_env.pop("MLFLOW_TRACKING_URI", None)
     daemon = DagsterDaemon(home, env, tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        summary = materialize_experiments(defs, instance, ["salary", "student_engagement"], selection=DATA_KEYS,
-                                          echo=lambda _: None, raise_on_error=True)
+        summary = materialize_experiments(
+            defs,
+            instance,
+            ["salary", "student_engagement"],
+            selection=DATA_KEYS,
+            echo=lambda _: None,
+            raise_on_error=True,
+        )
         assert not summary.failed
 
         def diagnostics() -> str:
             runs = instance.get_runs(limit=20)
-            return "runs: " + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}" for r in runs) \
-                + "\n" + daemon.logs()
+            return (
+                "runs: "
+                + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}" for r in runs)
+                + "\n"
+                + daemon.logs()
+            )
 
         try:
             daemon.start()
             salary = run_trainer("salary", trainer_env)
-            eval_salary = wait_for(lambda: succeeded(instance, EVAL_JOB, "salary"), RUN_TIMEOUT,
-                                   "the salary evaluation run", on_timeout=diagnostics)
+            eval_salary = wait_for(
+                lambda: succeeded(instance, EVAL_JOB, "salary"),
+                RUN_TIMEOUT,
+                "the salary evaluation run",
+                on_timeout=diagnostics,
+            )
             assert (shared_drive / "evaluation" / "salary" / EVAL_COMPLETE).is_file()
             # Crash the daemon while the analysis of salary is due (requested or not yet), then signal
             # a second experiment while nothing watches the drive.
             daemon.kill()
             engagement = run_trainer("student_engagement", trainer_env)
             daemon.start()
-            for job, partition in ((ANALYSIS_JOB, "salary"), (EVAL_JOB, "student_engagement"),
-                                   (ANALYSIS_JOB, "student_engagement")):
-                wait_for(lambda j=job, p=partition: succeeded(instance, j, p), RUN_TIMEOUT,
-                         f"{job}[{partition}]", on_timeout=diagnostics)
+            for job, partition in (
+                (ANALYSIS_JOB, "salary"),
+                (EVAL_JOB, "student_engagement"),
+                (ANALYSIS_JOB, "student_engagement"),
+            ):
+                wait_for(
+                    lambda j=job, p=partition: succeeded(instance, j, p),
+                    RUN_TIMEOUT,
+                    f"{job}[{partition}]",
+                    on_timeout=diagnostics,
+                )
             # Later ticks see every file again and must start nothing new.
             quiet_since = time.time()
             for sensor in ("training_complete_sensor", "eval_complete_sensor"):
-                wait_for(lambda s=sensor: sensor_ticks_after(instance, s, quiet_since) >= 2, 40,
-                         f"two more {sensor} ticks", on_timeout=diagnostics)
+                wait_for(
+                    lambda s=sensor: sensor_ticks_after(instance, s, quiet_since) >= 2,
+                    40,
+                    f"two more {sensor} ticks",
+                    on_timeout=diagnostics,
+                )
         finally:
             daemon.stop_all()
         assert daemon.descendants() == []
@@ -333,6 +396,8 @@ def test_signal_to_report_survives_daemon_kill(tmp_path: Path, shared_drive: Pat
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey("external_checkpoint"), asset_partitions=[experiment]),
                 limit=10,
             ).records
-            assert [r.asset_materialization.metadata["checkpoint_id"].value for r in records] == [trained["checkpoint_id"]]
+            assert [r.asset_materialization.metadata["checkpoint_id"].value for r in records] == [
+                trained["checkpoint_id"]
+            ]
         # The salary evaluation finished before the kill and was not repeated by the second daemon.
         assert eval_salary.run_id == runs_of(instance, EVAL_JOB, "salary")[0].run_id

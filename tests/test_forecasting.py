@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.experiment import ConfigError, ExperimentConfig, parse_experiment
-from pipeline_assets.training import forecast_data as fd
-from pipeline_assets.training import forecasting as fc
-from pipeline_assets.training.candidates import train_candidates
-from pipeline_assets.training.evaluation import evaluate
+from mlgraph.core.experiment import ConfigError, ExperimentConfig, parse_experiment
+from mlgraph.training import forecast_data as fd
+from mlgraph.training import forecasting as fc
+from mlgraph.training.candidates import train_candidates
+from mlgraph.training.evaluation import evaluate
 
 HOUR = np.timedelta64(1, "h")
 
@@ -34,12 +34,28 @@ def trending_gappy_series(n: int = 1200, seed: int = 0) -> tuple[pd.DataFrame, i
 
 
 def forecasting_config(families: tuple[str, ...], **forecast) -> ExperimentConfig:
-    settings = {"window": 24, "seasonal_period": 24, "epochs": 10, "patience": 3, "hidden_size": 16,
-                "batch_size": 32, "learning_rate": 0.01, **forecast}
-    return ExperimentConfig.model_validate({
-        "name": "gappy", "task": "forecasting", "dataset": {"generator": "demand_forecast"}, "target": "y",
-        "time_column": "ts", "models": [{"family": f} for f in families], "cv_folds": 2, "forecast": settings,
-    })
+    settings = {
+        "window": 24,
+        "seasonal_period": 24,
+        "epochs": 10,
+        "patience": 3,
+        "hidden_size": 16,
+        "batch_size": 32,
+        "learning_rate": 0.01,
+        **forecast,
+    }
+    return ExperimentConfig.model_validate(
+        {
+            "name": "gappy",
+            "task": "forecasting",
+            "dataset": {"generator": "demand_forecast"},
+            "target": "y",
+            "time_column": "ts",
+            "models": [{"family": f} for f in families],
+            "cv_folds": 2,
+            "forecast": settings,
+        }
+    )
 
 
 def test_gru_and_lstm_beat_seasonal_naive_on_a_trending_gappy_series(tmp_path) -> None:
@@ -57,8 +73,9 @@ def test_gru_and_lstm_beat_seasonal_naive_on_a_trending_gappy_series(tmp_path) -
     # Cross-validation scores observed points only: no filled value appears as a truth.
     assert outcome.data.observed[outcome.oof["row"].to_numpy()].all()
 
-    evaluated = evaluate(config, train, test, {f: r.artifact for f, r in outcome.families.items()}, None,
-                         outcome.data.scale)
+    evaluated = evaluate(
+        config, train, test, {f: r.artifact for f, r in outcome.families.items()}, None, outcome.data.scale
+    )
     rmse = {model: round(m["rmse"], 3) for model, m in evaluated.metrics.items()}
     assert evaluated.series["missing_points"] == dropped
     assert len(evaluated.predictions.query("model == 'gru'")) == len(test)  # every observed test point, no more
@@ -151,13 +168,20 @@ def test_monthly_series_with_gaps_follows_the_calendar() -> None:
 
 def test_a_frequency_that_empties_the_grid_is_refused_with_the_fix() -> None:
     ts = _hourly(30)
-    with pytest.raises(ValueError, match=r"x\.parquet: reindexing to the config frequency '15min'.*Fix: set forecast\.frequency"):
+    with pytest.raises(
+        ValueError, match=r"x\.parquet: reindexing to the config frequency '15min'.*Fix: set forecast\.frequency"
+    ):
         fd.regular_series(ts, np.ones(30), fd.resolve_frequency(ts, "15min", "x.parquet"), 24, "x.parquet")
 
 
 def test_frequency_field_is_checked_and_left_out_of_the_hash_when_unset(tmp_path) -> None:
-    base = {"name": "f", "task": "forecasting", "dataset": {"generator": "demand_forecast"}, "target": "y",
-            "time_column": "ts"}
+    base = {
+        "name": "f",
+        "task": "forecasting",
+        "dataset": {"generator": "demand_forecast"},
+        "target": "y",
+        "time_column": "ts",
+    }
     with pytest.raises(ConfigError, match=r"(?s)f\.yaml.*forecast\.frequency.*not a pandas frequency"):
         parse_experiment(tmp_path / "f.yaml", {**base, "forecast": {"frequency": "fortnightly"}})
     plain = parse_experiment(tmp_path / "f.yaml", base).config_hash
@@ -168,8 +192,8 @@ def test_frequency_field_is_checked_and_left_out_of_the_hash_when_unset(tmp_path
 
 
 def test_recurrent_champion_on_a_gappy_series_exports_and_passes_the_parity_gates(tmp_path) -> None:
-    from core.drive import DriveLayout
-    from pipeline_assets.deployment import gates, parity, quantize
+    from mlgraph.core.drive import DriveLayout
+    from mlgraph.deployment import gates, parity, quantize
     from tests.deployment_support import export_current, promote
 
     drive = DriveLayout.at(tmp_path)
@@ -194,4 +218,6 @@ def test_recurrent_champion_on_a_gappy_series_exports_and_passes_the_parity_gate
     assert int8.applicable
     gate = gates.int8_parity(drive, config, parity.Int8Budget())
     assert gate.applicable and gate.result.metric_loss["name"] == "rmse_relative_increase"
-    print(f"gappy GRU champion: fp32 {fp32.result.metadata()} int8 passed={gate.result.passed} {gate.result.metric_loss}")
+    print(
+        f"gappy GRU champion: fp32 {fp32.result.metadata()} int8 passed={gate.result.passed} {gate.result.metric_loss}"
+    )

@@ -5,8 +5,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from core.hashing import sha256_file as sha
-from pipeline_assets.data import generators
+from mlgraph.core.hashing import sha256_file as sha
+from mlgraph.data import generators
 
 
 @pytest.mark.parametrize("name", sorted(generators.GENERATORS))
@@ -31,8 +31,14 @@ def test_rows_are_a_prefix_across_sizes(monkeypatch):
 def test_student_engagement_schema_and_imbalance():
     table = generators.generate("student_engagement", rows=20000, seed=11)
     assert table.column_names == [
-        "student_country", "days_on_platform", "minutes_watched", "courses_started",
-        "practice_exams_started", "practice_exams_passed", "minutes_spent_on_exams", "purchased",
+        "student_country",
+        "days_on_platform",
+        "minutes_watched",
+        "courses_started",
+        "practice_exams_started",
+        "practice_exams_passed",
+        "minutes_spent_on_exams",
+        "purchased",
     ]
     positive = pc.mean(table["purchased"]).as_py()
     assert 0.05 < positive < 0.25, positive

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from pipeline_assets.analysis.manifest import build_manifest, verify_manifest
-from core.experiment import load_experiment_file
-from core.drive import PROJECT_ROOT
+from mlgraph.analysis.manifest import build_manifest, verify_manifest
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.experiment import load_experiment_file
 from tests.test_analysis_assets import materialize_salary, small_salary
 
 
@@ -31,8 +31,15 @@ def drive(tmp_path, config_dir):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes(data)
     loaded = load_experiment_file(config_dir / "experiments" / "salary.yaml")
-    manifest = build_manifest(root, "salary", loaded.config, loaded.path, [root / r for r in files], "run-1",
-                              {"source_sha256": "abc", "fingerprint": "def", "rows": 10})
+    manifest = build_manifest(
+        root,
+        "salary",
+        loaded.config,
+        loaded.path,
+        [root / r for r in files],
+        "run-1",
+        {"source_sha256": "abc", "fingerprint": "def", "rows": 10},
+    )
     path = root / "artifacts" / "salary" / "metadata" / "run_manifest.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(manifest))
@@ -42,8 +49,11 @@ def drive(tmp_path, config_dir):
 def test_manifest_contents(drive):
     root, path, _ = drive
     manifest = json.loads(path.read_text())
-    assert set(manifest["files"]) == {"datasets/salary/raw.parquet", "datasets/salary/train.parquet",
-                                      "artifacts/salary/benchmarks/constraint_experiment.csv"}
+    assert set(manifest["files"]) == {
+        "datasets/salary/raw.parquet",
+        "datasets/salary/train.parquet",
+        "artifacts/salary/benchmarks/constraint_experiment.csv",
+    }
     assert manifest["dataset"]["sha256"] == manifest["files"]["datasets/salary/raw.parquet"]
     assert len(manifest["config_hash"]) == 64 and manifest["seeds"]["split"] == 42
     assert manifest["packages"]["pyarrow"] and manifest["python"].count(".") == 2
@@ -76,13 +86,23 @@ def test_mlgraph_verify_after_materialization(instance, shared_drive, config_dir
     path = shared_drive / "artifacts" / "salary" / "metadata" / "run_manifest.json"
     manifest = json.loads(path.read_text())
     covered = set(manifest["files"])
-    assert {"datasets/salary/raw.parquet", "datasets/salary/train.parquet", "artifacts/salary/batch/features.parquet",
-            "artifacts/salary/constraints/c2000-m256-p50/features.parquet",
-            "artifacts/salary/benchmarks/significance_tests.csv", "artifacts/salary/plots/memory_vs_accuracy.png"} <= covered
+    assert {
+        "datasets/salary/raw.parquet",
+        "datasets/salary/train.parquet",
+        "artifacts/salary/batch/features.parquet",
+        "artifacts/salary/constraints/c2000-m256-p50/features.parquet",
+        "artifacts/salary/benchmarks/significance_tests.csv",
+        "artifacts/salary/plots/memory_vs_accuracy.png",
+    } <= covered
 
     def verify():
-        return subprocess.run([sys.executable, "-m", "mlgraph_cli.main", "verify", str(path)], cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "mlgraph.cli.main", "verify", str(path)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     ok = verify()
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -99,6 +119,9 @@ def test_verify_needs_the_manifest_in_its_drive_layout(drive, tmp_path):
     moved = tmp_path / "elsewhere" / "run_manifest.json"
     moved.parent.mkdir()
     moved.write_bytes(path.read_bytes())
-    with pytest.raises(ValueError, match=r"not where a run manifest of experiment 'salary' lives.*"
-                                         r"artifacts/salary/metadata/run_manifest.json"):
+    with pytest.raises(
+        ValueError,
+        match=r"not where a run manifest of experiment 'salary' lives.*"
+        r"artifacts/salary/metadata/run_manifest.json",
+    ):
         verify_manifest(moved)

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.experiment import load_experiment_file
-from mlgraph_cli.staging import materialize_experiments
-from pipeline_assets.data import loading
-from pipeline_assets.data.quality import id_like_columns
-from pipeline_assets.data.splitting import split_dataset
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.experiment import load_experiment_file
+from mlgraph.data import loading
+from mlgraph.data.quality import id_like_columns
+from mlgraph.data.splitting import split_dataset
 from pipeline_assets.definitions import defs
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
@@ -116,8 +116,8 @@ def test_string_target_with_gaps_trains_binary(instance, shared_drive, config_di
 
     import joblib
 
-    from pipeline_assets.preprocessing.engine import EngineOptions
-    from pipeline_assets.preprocessing.normalized import Roles
+    from mlgraph.preprocessing.engine import EngineOptions
+    from mlgraph.preprocessing.normalized import Roles
 
     config = load_experiment_file(config_dir / "experiments" / "penguins.yaml").config
     for family in ("logistic_regression", "decision_tree"):

@@ -23,9 +23,9 @@ import dagster as dg
 import httpx
 import pytest
 
-from core import tracking
-from core.drive import PROJECT_ROOT
-from operations import mlflow_server
+from mlgraph.core import tracking
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.ops import mlflow_server
 from tests.test_postgres_state import pg_url  # noqa: F401 - the fixture: a fresh database per test
 
 USERNAME = "mlgraph-admin"
@@ -52,8 +52,11 @@ class ServerProcess:
         """Start the process and return at once (the caller may do other work while it comes up)."""
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlgraph_cli.main", "mlflow-server", "--port", str(self.port)],
-                cwd=PROJECT_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "mlgraph.cli.main", "mlflow-server", "--port", str(self.port)],
+                cwd=PROJECT_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -108,10 +111,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("mlflow_server")
     drive = root / "shared"
     drive.mkdir()
-    proc = ServerProcess(drive, root / "server.log", {
-        "MLFLOW_TRACKING_USERNAME": USERNAME, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-        "MLGRAPH_MLFLOW_BACKEND_URI": "", "MLGRAPH_POSTGRES_URL": "",  # SQLite on this drive
-    })
+    proc = ServerProcess(
+        drive,
+        root / "server.log",
+        {
+            "MLFLOW_TRACKING_USERNAME": USERNAME,
+            "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+            "MLGRAPH_MLFLOW_BACKEND_URI": "",
+            "MLGRAPH_POSTGRES_URL": "",  # SQLite on this drive
+        },
+    )
     try:
         yield proc.start()
     finally:
@@ -127,8 +136,11 @@ def checkpoint(drive: Path, name: str = "ckpt") -> Path:
 
 
 def test_server_plan_keeps_secrets_off_the_command_line_and_the_drive(tmp_path: Path):
-    env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "pw-123456789",
-           "MLGRAPH_POSTGRES_URL": "postgresql+psycopg2://mlgraph:pg-secret@127.0.0.1:5433/mlgraph"}
+    env = {
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": "pw-123456789",
+        "MLGRAPH_POSTGRES_URL": "postgresql+psycopg2://mlgraph:pg-secret@127.0.0.1:5433/mlgraph",
+    }
     with pytest.raises(mlflow_server.MlflowServerError, match="MLFLOW_TRACKING_PASSWORD"):
         mlflow_server.plan(environ={"MLFLOW_TRACKING_USERNAME": "admin"}, drive_root=tmp_path)
     plan = mlflow_server.plan(environ=env, drive_root=tmp_path)
@@ -148,11 +160,18 @@ def test_server_plan_keeps_secrets_off_the_command_line_and_the_drive(tmp_path: 
 
 
 def test_training_run_lands_over_http_with_credentials(server: ServerProcess, monkeypatch: pytest.MonkeyPatch):
-    from trainer_hook import signal_training_complete
+    from mlgraph.trainer import signal_training_complete
 
     credentials(monkeypatch, server.url, USERNAME, PASSWORD)
-    result = signal_training_complete("salary", checkpoint(server.drive), final_loss=0.25, num_epochs=3,
-                                      params={"lr": 0.01}, shared_drive=server.drive, detect_git=False)
+    result = signal_training_complete(
+        "salary",
+        checkpoint(server.drive),
+        final_loss=0.25,
+        num_epochs=3,
+        params={"lr": 0.01},
+        shared_drive=server.drive,
+        detect_git=False,
+    )
     assert result.ok and result.mlflow_run_id and not result.warnings, result
     run = tracking.mlflow_client(server.url).get_run(result.mlflow_run_id)  # read back over HTTP
     assert run.data.metrics["final_loss"] == 0.25 and run.data.params == {"lr": "0.01"}
@@ -162,10 +181,14 @@ def test_training_run_lands_over_http_with_credentials(server: ServerProcess, mo
 
 @pytest.mark.parametrize("username,password", [(None, None), (USERNAME, "wrong-password")], ids=["none", "wrong"])
 def test_missing_or_wrong_credentials_get_401_and_a_clear_message(
-    server: ServerProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture, username, password
+    server: ServerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+    username,
+    password,
 ):
-    from trainer_hook import signal_training_complete
+    from mlgraph.trainer import signal_training_complete
 
     auth = (username, password) if username else None
     response = httpx.post(f"{server.url}/api/2.0/mlflow/experiments/search", json={"max_results": 1}, auth=auth)
@@ -175,13 +198,18 @@ def test_missing_or_wrong_credentials_get_401_and_a_clear_message(
     with pytest.raises(tracking.TrackingServerError, match="401 unauthorized: check MLFLOW_TRACKING_USERNAME/"):
         tracking.Tracker.open("salary", server.url, drive_root=server.drive)
     # The hook on the GPU machine: a warning, and the signal is still written.
-    result = signal_training_complete("salary", checkpoint(server.drive, f"ckpt-{username}"), final_loss=0.5,
-                                      shared_drive=server.drive, detect_git=False)
+    result = signal_training_complete(
+        "salary",
+        checkpoint(server.drive, f"ckpt-{username}"),
+        final_loss=0.5,
+        shared_drive=server.drive,
+        detect_git=False,
+    )
     assert result.ok and result.signal_path.exists() and result.mlflow_run_id is None
     assert any("unauthorized" in w and server.url in w for w in result.warnings), result.warnings
     assert "unauthorized" in caplog.text and PASSWORD not in caplog.text
     # The command line says the same in one line: no traceback, exit status 2.
-    from mlgraph_cli.main import main
+    from mlgraph.cli.main import main
 
     assert main(["compare", "--experiment", "salary"]) == 2
     err = capsys.readouterr().err
@@ -194,10 +222,20 @@ def test_stored_admin_password_is_checked_not_reset(server: ServerProcess, tmp_p
     # port the first one holds, before starting anything.
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**server.env, "MLFLOW_TRACKING_USERNAME": USERNAME, "MLFLOW_TRACKING_PASSWORD": "another-password",
-           "TMPDIR": str(tmp)}
-    second = subprocess.run([sys.executable, "-m", "mlgraph_cli.main", "mlflow-server", "--port", str(server.port)],
-                            cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **server.env,
+        "MLFLOW_TRACKING_USERNAME": USERNAME,
+        "MLFLOW_TRACKING_PASSWORD": "another-password",
+        "TMPDIR": str(tmp),
+    }
+    second = subprocess.run(
+        [sys.executable, "-m", "mlgraph.cli.main", "mlflow-server", "--port", str(server.port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 2 and f"127.0.0.1:{server.port} is in use" in second.stderr
     differs = f"MLFLOW_TRACKING_PASSWORD differs from the stored password of MLflow admin user {USERNAME!r}"
     assert differs in second.stdout
@@ -211,15 +249,16 @@ def test_stored_admin_password_is_checked_not_reset(server: ServerProcess, tmp_p
     warning = mlflow_server.mismatch_warning(USERNAME, auth_db)
     assert "differs" in warning and "never resets" in warning and "another-password" not in warning
     # Still the original password after that check: the server accepts it.
-    ok = httpx.post(f"{server.url}/api/2.0/mlflow/experiments/search", json={"max_results": 1},
-                    auth=(USERNAME, PASSWORD))
+    ok = httpx.post(
+        f"{server.url}/api/2.0/mlflow/experiments/search", json={"max_results": 1}, auth=(USERNAME, PASSWORD)
+    )
     assert ok.status_code == 200
 
 
 def test_unreachable_server_fails_evaluation_with_a_clear_message_and_keeps_local_results(
     shared_drive: Path, config_dir: Path, instance, monkeypatch: pytest.MonkeyPatch, capsys
 ):
-    from mlgraph_cli.staging import materialize_experiments
+    from mlgraph.cli.staging import materialize_experiments
     from pipeline_assets.definitions import defs
     from tests.conftest import shrink_experiment
     from tests.test_external_chain import DATA_KEYS, load_trainer, materialize
@@ -248,8 +287,12 @@ def test_errors_reaching_http_clients_carry_no_stack_trace(server: ServerProcess
     auth = (USERNAME, PASSWORD)
     answers = [
         httpx.get(f"{server.url}/api/2.0/mlflow/runs/get", params={"run_id": "0" * 32}, auth=auth),  # no such run
-        httpx.post(f"{server.url}/api/2.0/mlflow/runs/create", content=b"{not json", auth=auth,
-                   headers={"Content-Type": "application/json"}),  # malformed body
+        httpx.post(
+            f"{server.url}/api/2.0/mlflow/runs/create",
+            content=b"{not json",
+            auth=auth,
+            headers={"Content-Type": "application/json"},
+        ),  # malformed body
         httpx.post(f"{server.url}/api/2.0/mlflow/experiments/create", json={"name": 12}, auth=("x", "y")),
     ]
     for response in answers:
@@ -279,10 +322,15 @@ def test_tracking_store_on_postgres(tmp_path: Path, pg_url: str, monkeypatch: py
 
     drive = tmp_path / "shared"
     drive.mkdir()
-    server = ServerProcess(drive, tmp_path / "server.log", {
-        "MLFLOW_TRACKING_USERNAME": USERNAME, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-        "MLGRAPH_MLFLOW_BACKEND_URI": pg_url,
-    })
+    server = ServerProcess(
+        drive,
+        tmp_path / "server.log",
+        {
+            "MLFLOW_TRACKING_USERNAME": USERNAME,
+            "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+            "MLGRAPH_MLFLOW_BACKEND_URI": pg_url,
+        },
+    )
     try:
         server.start()
         credentials(monkeypatch, server.url, USERNAME, PASSWORD)

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from core import evaluation_store
-from core import metrics as core_metrics
-from core.drive import DriveLayout
-from core.experiment import ExperimentConfig
-from pipeline_assets.data.splitting import split_dataset
-from pipeline_assets.training import evaluation as ev
-from pipeline_assets.training import families as fam
-from pipeline_assets.training.candidates import train_candidates
-from pipeline_assets.training.labels import class_labels, probability_columns
+from mlgraph.core import evaluation_store
+from mlgraph.core import metrics as core_metrics
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.data.splitting import split_dataset
+from mlgraph.training import evaluation as ev
+from mlgraph.training import families as fam
+from mlgraph.training.candidates import train_candidates
+from mlgraph.training.labels import class_labels, probability_columns
 
 CLASSES = ("high", "low", "mid")  # sorted: index 0 = high, 1 = low, 2 = mid
 SMALL = {"random_forest": {"n_estimators": 15}}
@@ -41,8 +41,14 @@ def _frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def _config(**extra) -> ExperimentConfig:
-    data = {"name": "tiers", "task": "classification", "dataset": {"path": "tiers.csv"}, "target": "level",
-            "cv_folds": 3, **extra}
+    data = {
+        "name": "tiers",
+        "task": "classification",
+        "dataset": {"path": "tiers.csv"},
+        "target": "level",
+        "cv_folds": 3,
+        **extra,
+    }
     return ExperimentConfig.model_validate(data)
 
 
@@ -66,7 +72,9 @@ def test_multiclass_metrics_match_sklearn() -> None:
     assert set(core_metrics.multiclass_metrics(y, proba)) == set(core_metrics.MULTICLASS_METRICS)
     assert core_metrics.split_per_class("recall[a b]") == ("recall", "a b")
     assert core_metrics.split_per_class("f1_macro") is None
-    assert core_metrics.mlflow_metric_key("recall[x/y..]") == "recall/x_y" and core_metrics.mlflow_metric_key("f1") == "f1"
+    assert (
+        core_metrics.mlflow_metric_key("recall[x/y..]") == "recall/x_y" and core_metrics.mlflow_metric_key("f1") == "f1"
+    )
 
 
 def test_selection_metric_default_is_stated_per_target() -> None:
@@ -85,8 +93,11 @@ def test_labels_and_their_errors_name_the_class_count_and_field(tmp_path) -> Non
         train_candidates(_config(), one, tmp_path, n_jobs=1)
     rare = _frame(60, 0)
     rare.loc[rare.index[:2], "level"] = "rare"
-    with pytest.raises(ValueError, match=r"class 'rare' \(2 rows\) has fewer training rows than cv_folds=3.*"
-                                         r"Fix: lower 'cv_folds' in the experiment YAML to 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"class 'rare' \(2 rows\) has fewer training rows than cv_folds=3.*"
+        r"Fix: lower 'cv_folds' in the experiment YAML to 2",
+    ):
         train_candidates(_config(), rare, tmp_path, n_jobs=1)
     with pytest.raises(ValueError, match=r"selection.metric 'roc_auc' is not computed for a 3-class target.*f1_macro"):
         train_candidates(_config(selection={"metric": "roc_auc"}), _frame(60, 0), tmp_path, n_jobs=1)
@@ -113,7 +124,9 @@ def test_stratified_split_and_sampling_keep_every_class_share() -> None:
     lonely.loc[lonely.index[0], "level"] = "solo"
     with pytest.raises(ValueError, match=r"class 'solo' has a single row.*stratified split.*Fix"):
         split_dataset(lonely, config)
-    with pytest.raises(ValueError, match=r"stratified sampling of 2 train rows.*3 classes.*Fix: raise sampling.train_rows"):
+    with pytest.raises(
+        ValueError, match=r"stratified sampling of 2 train rows.*3 classes.*Fix: raise sampling.train_rows"
+    ):
         split_dataset(frame, _config(sampling={"strategy": "stratified", "train_rows": 2}))
 
 
@@ -146,11 +159,19 @@ def test_every_family_trains_and_scores_a_multiclass_target(trained) -> None:
     baseline = evaluated.metrics[ev.BASELINE["classification"]]
     assert baseline["roc_auc_ovr_macro"] == 0.5 and "threshold" not in baseline
     assert set(evaluated.predictions.columns) == {"model", "row", "y_true", "y_pred", *proba_columns}
-    assert f"precision[{CLASSES[0]}]" in evaluated.metrics["knn"] and f"recall[{CLASSES[2]}]" in evaluated.metrics["knn"]
+    assert (
+        f"precision[{CLASSES[0]}]" in evaluated.metrics["knn"] and f"recall[{CLASSES[2]}]" in evaluated.metrics["knn"]
+    )
     table = ev.per_class_markdown(evaluated.metrics, CLASSES, evaluated.predictions)
     assert table.count("\n") == 1 + len(evaluated.metrics) * 3 and "| logistic_regression | mid |" in table
-    board = ev.scoreboard_markdown("classification", "f1_macro", {f: r.cv for f, r in outcome.families.items()},
-                                   evaluated.metrics, "knn", n_classes=3)
+    board = ev.scoreboard_markdown(
+        "classification",
+        "f1_macro",
+        {f: r.cv for f, r in outcome.families.items()},
+        evaluated.metrics,
+        "knn",
+        n_classes=3,
+    )
     assert "test roc_auc_ovr_macro" in board and "threshold" not in board
 
 
@@ -178,32 +199,46 @@ def _promote(drive: DriveLayout, config: ExperimentConfig, family: str, train: p
     """What champion_model leaves for a multiclass champion: the splits, the model file, an argmax pointer."""
     import joblib
 
-    from core.hashing import sha256_file
-    from pipeline_assets.training.model_files import ARGMAX_DECISION
-    from pipeline_assets.training.promotion import PromotionStore
+    from mlgraph.core.hashing import sha256_file
+    from mlgraph.training.model_files import ARGMAX_DECISION
+    from mlgraph.training.promotion import PromotionStore
 
     for split, frame in (("train", train), ("test", test)):
         drive.dataset_path(config.name, split).parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(drive.dataset_path(config.name, split), index=False)
     spec = fam.feature_spec(train, config)
-    model = fam.build_model("classification", family, fam.resolved_params("classification", family, SMALL.get(family, {})),
-                            spec, config.seed)
+    model = fam.build_model(
+        "classification",
+        family,
+        fam.resolved_params("classification", family, SMALL.get(family, {})),
+        spec,
+        config.seed,
+    )
     model.fit(fam.prepare_frame(train, spec), class_labels(train["level"], "train")[0])
     path = drive.champion_bundle(config.name, "1") / f"{family}.joblib"
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, path)
-    PromotionStore(drive.promotion_dir(config.config_hash)).promote({
-        "model_path": str(path), "model_type": family, "model_version": "1", "run_id": f"run-{family}",
-        "artifact_sha256": sha256_file(path), "config_hash": config.config_hash, "experiment": config.name,
-        "metric": "f1_macro", "decision": ARGMAX_DECISION, "classes": list(CLASSES),
-    })
+    PromotionStore(drive.promotion_dir(config.config_hash)).promote(
+        {
+            "model_path": str(path),
+            "model_type": family,
+            "model_version": "1",
+            "run_id": f"run-{family}",
+            "artifact_sha256": sha256_file(path),
+            "config_hash": config.config_hash,
+            "experiment": config.name,
+            "metric": "f1_macro",
+            "decision": ARGMAX_DECISION,
+            "classes": list(CLASSES),
+        }
+    )
     return model, spec
 
 
 @pytest.mark.parametrize("family", fam.DEFAULT_PARAMS["classification"])
 def test_multiclass_champion_exports_and_passes_parity_by_argmax(tmp_path, family) -> None:
-    from pipeline_assets.deployment import bench, export, gates, quantize, runtime
-    from pipeline_assets.deployment.champion import Rows, evaluation_split, read_champion
+    from mlgraph.deployment import bench, export, gates, quantize, runtime
+    from mlgraph.deployment.champion import Rows, evaluation_split, read_champion
 
     drive, config = DriveLayout.at(tmp_path), _config()
     train, test = _frame(300, 5), _frame(100, 6)
@@ -222,7 +257,10 @@ def test_multiclass_champion_exports_and_passes_parity_by_argmax(tmp_path, famil
     label, probabilities = session.run(["label", "probabilities"], feed)
     assert probabilities.shape == (len(test), 3)  # the (n, k) tensor
     np.testing.assert_array_equal(label, model.predict(frame))
-    assert runtime.onnx_predictor(runtime.ONNX_FP32, "classification", outcome.path)(Rows(frame=frame)).shape == (100, 3)
+    assert runtime.onnx_predictor(runtime.ONNX_FP32, "classification", outcome.path)(Rows(frame=frame)).shape == (
+        100,
+        3,
+    )
     if family != "logistic_regression":
         return
     # The linear champion's MatMul quantizes; INT8 keeps parity and the one-vs-rest ROC-AUC budget; the benchmark
@@ -232,10 +270,25 @@ def test_multiclass_champion_exports_and_passes_parity_by_argmax(tmp_path, famil
     assert int8.applicable and int8.result.passed, int8.result.failures
     assert int8.result.metric_loss["metric"] == "roc_auc_ovr_macro"
     evaluation = evaluation_split(config, train, test, champion.load())
-    tiny = bench.BenchSettings("tiny", warmup=1, latency_runs=5, min_seconds=0.0, min_repeats=1, rss_rows=8,
-                               latency_seconds=0.0, batch_sizes=(1,))
-    rows = bench.run_benchmark(config, champion, champion.load(), bench.variants(champion, outcome.path, quantized.path),
-                               evaluation, tiny, threads=(1,))
+    tiny = bench.BenchSettings(
+        "tiny",
+        warmup=1,
+        latency_runs=5,
+        min_seconds=0.0,
+        min_repeats=1,
+        rss_rows=8,
+        latency_seconds=0.0,
+        batch_sizes=(1,),
+    )
+    rows = bench.run_benchmark(
+        config,
+        champion,
+        champion.load(),
+        bench.variants(champion, outcome.path, quantized.path),
+        evaluation,
+        tiny,
+        threads=(1,),
+    )
     assert {r["metric"] for r in rows} == {"f1_macro"} and len({r["variant"] for r in rows}) == 3
     assert all(0.5 < r["metric_value"] <= 1 for r in rows), rows
 
@@ -258,16 +311,24 @@ def _checks(instance: dg.DagsterInstance) -> dict[str, bool]:
 
 @pytest.mark.timeout(240)
 def test_training_and_deployment_groups_handle_a_multiclass_champion(shared_drive: Path, config_dir: Path) -> None:
-    from mlgraph_cli.staging import materialize_experiments
+    from mlgraph.cli.staging import materialize_experiments
     from pipeline_assets.definitions import defs
     from resources.experiments import ExperimentCatalog
 
     _frame(360, 4).to_csv(config_dir / "experiments" / "tiers.csv", index=False)
-    (config_dir / "experiments" / "tiers.yaml").write_text(yaml.safe_dump({
-        "name": "tiers", "task": "classification", "dataset": {"path": "tiers.csv"}, "target": "level",
-        "sampling": {"strategy": "stratified"}, "cv_folds": 3,
-        "models": [{"family": "logistic_regression"}, {"family": "decision_tree"}],
-    }))
+    (config_dir / "experiments" / "tiers.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiers",
+                "task": "classification",
+                "dataset": {"path": "tiers.csv"},
+                "target": "level",
+                "sampling": {"strategy": "stratified"},
+                "cv_folds": 3,
+                "models": [{"family": "logistic_regression"}, {"family": "decision_tree"}],
+            }
+        )
+    )
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("experiment", ["tiers"])
         keys = [dg.AssetKey(k) for k in DATA + TRAINING + DEPLOYMENT]
@@ -288,7 +349,9 @@ def test_training_and_deployment_groups_handle_a_multiclass_champion(shared_driv
     manifest = json.loads((models / "candidates.json").read_text())
     assert manifest["classes"] == list(CLASSES) and manifest["selection_metric"] == "f1_macro"
     config = ExperimentCatalog().load("tiers").config
-    pointer = json.loads((shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").read_text())
+    pointer = json.loads(
+        (shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").read_text()
+    )
     assert pointer["metric"] == "f1_macro" and pointer["classes"] == list(CLASSES) and "threshold" not in pointer
     rows = duckdb.sql(
         f"SELECT metric FROM {evaluation_store.read_metrics_sql(shared_drive / 'evaluation' / 'tiers')} "

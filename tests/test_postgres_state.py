@@ -16,8 +16,8 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 
-from core.drive import PROJECT_ROOT
-from mlgraph_cli.staging import materialize_experiments
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
 from tests.conftest import shrink_experiment
 from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
@@ -38,7 +38,8 @@ SCRIPT = PROJECT_ROOT / "scripts" / "postgres-local"
 POSTGRES_STORAGE: dict[str, Any] = {"postgres": {"postgres_url": {"env": "MLGRAPH_POSTGRES_URL"}}}
 # The Slurm jobs get the URL by name (sbatch --export), never written into the batch script.
 SLURM_PG_LAUNCHER: dict[str, Any] = {
-    **SLURM_RUN_LAUNCHER, "config": {**SLURM_RUN_LAUNCHER["config"], "env_vars": ["MLGRAPH_POSTGRES_URL"]},
+    **SLURM_RUN_LAUNCHER,
+    "config": {**SLURM_RUN_LAUNCHER["config"], "env_vars": ["MLGRAPH_POSTGRES_URL"]},
 }
 
 
@@ -112,7 +113,7 @@ def count_rows(url: str, table: str) -> int:
     import psycopg2
 
     with psycopg2.connect(libpq(url), connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - a table name of ours
+        cur.execute(f"SELECT count(*) FROM {table}")
         return cur.fetchone()[0]
 
 
@@ -152,8 +153,15 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
     # database at once would race creating the same tables, which is not what this test is about.
     dg.DagsterInstance.from_config(str(home)).dispose()
     procs = [
-        subprocess.Popen([sys.executable, "-c", BURST_RUN, str(events)], cwd=tmp_path, env=env, text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, "-c", BURST_RUN, str(events)],
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(processes)
     ]
     outputs = []
@@ -181,7 +189,8 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
         for run_id in run_ids:
             assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
             records = instance.get_records_for_run(
-                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events).records
+                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events
+            ).records
             assert sorted(r.asset_key.path[0] for r in records) == sorted(f"pg_burst_{i}" for i in range(events))
         for i in (0, events - 1):
             latest = instance.fetch_materializations(dg.AssetKey(f"pg_burst_{i}"), limit=10 * processes).records
@@ -196,8 +205,9 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
     "run_launcher",
     [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_PG_LAUNCHER, id="slurm-launcher")],
 )
-def test_signal_to_report_on_postgres(tmp_path: Path, shared_drive: Path, config_dir: Path, pg_url: str,
-                                      run_launcher: dict[str, Any]):
+def test_signal_to_report_on_postgres(
+    tmp_path: Path, shared_drive: Path, config_dir: Path, pg_url: str, run_launcher: dict[str, Any]
+):
     on_slurm = run_launcher is SLURM_PG_LAUNCHER
     if on_slurm:
         require_slurm()
@@ -210,21 +220,30 @@ def test_signal_to_report_on_postgres(tmp_path: Path, shared_drive: Path, config
     daemon = DagsterDaemon(home, env, tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        summary = materialize_experiments(defs, instance, ["salary"], selection=DATA_KEYS,
-                                          echo=lambda _: None, raise_on_error=True)
+        summary = materialize_experiments(
+            defs, instance, ["salary"], selection=DATA_KEYS, echo=lambda _: None, raise_on_error=True
+        )
         assert not summary.failed
 
         def diagnostics() -> str:
             runs = instance.get_runs(limit=20)
-            return "runs: " + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}"
-                                        for r in runs) + "\n" + daemon.logs()
+            return (
+                "runs: "
+                + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}" for r in runs)
+                + "\n"
+                + daemon.logs()
+            )
 
         try:
             daemon.start()
             trained = run_trainer("salary", trainer_env)
             for job in (EVAL_JOB, ANALYSIS_JOB):
-                wait_for(lambda j=job: succeeded(instance, j, "salary"), RUN_TIMEOUT, f"{job}[salary]",
-                         on_timeout=diagnostics)
+                wait_for(
+                    lambda j=job: succeeded(instance, j, "salary"),
+                    RUN_TIMEOUT,
+                    f"{job}[salary]",
+                    on_timeout=diagnostics,
+                )
         finally:
             daemon.stop_all()
         assert daemon.descendants() == []
@@ -252,7 +271,7 @@ def test_init_links_the_postgres_instance_file_when_configured(tmp_path: Path, m
     """No server needed: `mlgraph init` picks the instance file; the URL stays in the environment."""
     import yaml
 
-    from mlgraph_cli.commands.project import init_home
+    from mlgraph.cli.commands.project import init_home
 
     secret = "postgresql+psycopg2://mlgraph:planted-secret@127.0.0.1:5433/mlgraph"
     for url, expected in ((None, "dagster.yaml"), (secret, "deploy/dagster.postgres.yaml"), (None, "dagster.yaml")):
@@ -328,8 +347,21 @@ def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkey
     defs_file = tmp_path / "burst_defs.py"
     defs_file.write_text(BURST_DEFS.format(events=events))
     workspace_yaml = tmp_path / "workspace.yaml"
-    workspace_yaml.write_text(yaml.safe_dump({"load_from": [{"python_file": {
-        "relative_path": str(defs_file), "location_name": "burst", "working_directory": str(PROJECT_ROOT)}}]}))
+    workspace_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_file": {
+                            "relative_path": str(defs_file),
+                            "location_name": "burst",
+                            "working_directory": str(PROJECT_ROOT),
+                        }
+                    }
+                ]
+            }
+        )
+    )
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("SHARED_DRIVE", str(drive))  # the batch scripts and job logs go under it
     with (
@@ -340,16 +372,20 @@ def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkey
         barrier = tmp_path / "barrier"
         barrier.mkdir()
         run_config = {"ops": {"burst": {"config": {"directory": str(barrier), "parties": parties}}}}
-        created = [harness.create_run(instance, context, "burst", "burst_job", run_config=run_config)
-                   for _ in range(runs)]
+        created = [
+            harness.create_run(instance, context, "burst", "burst_job", run_config=run_config) for _ in range(runs)
+        ]
         for run in created:  # straight to the launcher, one after another: the jobs overlap on the cluster
             instance.launch_run(run.run_id, context)
         run_ids = [run.run_id for run in created]
         try:
             finished = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-            wait_for(lambda: all(instance.get_run_by_id(r).status in finished for r in run_ids), 240,
-                     f"{runs} Slurm runs to finish",
-                     on_timeout=lambda: ", ".join(instance.get_run_by_id(r).status.value for r in run_ids))
+            wait_for(
+                lambda: all(instance.get_run_by_id(r).status in finished for r in run_ids),
+                240,
+                f"{runs} Slurm runs to finish",
+                on_timeout=lambda: ", ".join(instance.get_run_by_id(r).status.value for r in run_ids),
+            )
         finally:
             for run_id in run_ids:
                 job_id = instance.get_run_by_id(run_id).tags.get("slurm/job_id")
@@ -360,11 +396,12 @@ def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkey
             assert run.status == dg.DagsterRunStatus.SUCCESS, "\n".join(harness.run_messages(instance, run_id))[-3000:]
             assert run.tags.get("slurm/job_id")
             records = instance.get_records_for_run(
-                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events).records
+                run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10 * events
+            ).records
             assert sorted(r.asset_key.path[0] for r in records) == sorted(f"slurm_burst_{i}" for i in range(events))
         # They did write at the same time: at least two runs were executing at once (the barrier saw to it).
         spans = [(r.start_time, r.end_time) for r in instance.get_run_records(dg.RunsFilter(run_ids=run_ids))]
-        assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+        assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :]), spans
         latest = instance.fetch_materializations(dg.AssetKey(f"slurm_burst_{events - 1}"), limit=10 * runs).records
         assert {r.run_id for r in latest} == set(run_ids)
     logs = [p for p in (drive / "logs").rglob("*") if p.is_file()]

@@ -6,14 +6,14 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from core.drive import FEATURES_PARQUET, OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.constraints import Constraint
+from mlgraph.core.drive import FEATURES_PARQUET, OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
+from mlgraph.preprocessing import engine, outputs
+from mlgraph.preprocessing.compute import threads_for
+from mlgraph.preprocessing.options import MB
 from pipeline_assets.definitions import defs
-from mlgraph_cli.staging import materialize_experiments
-from pipeline_assets.preprocessing import engine, outputs
 from pipeline_assets.preprocessing.checks import streaming_features_match_batch
-from pipeline_assets.preprocessing.compute import threads_for
-from pipeline_assets.preprocessing.options import MB
-from core.constraints import Constraint
 from tests.conftest import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
@@ -24,8 +24,12 @@ CONSTRAINTS = ["c2000-m256-p50", "c10000-m1024-p100"]
 def sweep(instance, experiment):
     """Data + batch features, then each constraint partition in its own run; returns the runs' results."""
     summary = materialize_experiments(
-        defs, instance, [experiment], selection=[*DATA_KEYS, dg.AssetKey("batch_features")],
-        echo=lambda _: None, raise_on_error=True,
+        defs,
+        instance,
+        [experiment],
+        selection=[*DATA_KEYS, dg.AssetKey("batch_features")],
+        echo=lambda _: None,
+        raise_on_error=True,
     )
     assert summary.failed == []
     job = defs.resolve_implicit_global_asset_job_def()
@@ -84,7 +88,9 @@ def test_streaming_features_and_constraint_runs(instance, shared_drive, config_d
         assert floor < run[metric] <= 1.0 and run["training_time_s"] > 0
         assert run["chunk_size"] == constraint.chunk_size and run["memory_limit_mb"] == constraint.memory_limit_mb
 
-        manifest = json.loads((shared_drive / "artifacts" / experiment / "intermediate" / key / "manifest.json").read_text())
+        manifest = json.loads(
+            (shared_drive / "artifacts" / experiment / "intermediate" / key / "manifest.json").read_text()
+        )
         assert manifest["complete"] and len(manifest["chunks"]) == len(transform)
     # Bigger chunks need more working memory: their input alone is larger (the measured peaks'
     # ordering depends on the machine's threads and load; benchmarks/streaming.py reports it).

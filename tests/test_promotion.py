@@ -7,15 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from mlgraph_cli.main import main
-from pipeline_assets.training import promotion
-from pipeline_assets.training.lineage import verify_lineage, write_lineage
+from mlgraph.cli.main import main
+from mlgraph.training import promotion
+from mlgraph.training.lineage import verify_lineage, write_lineage
 from resources.tracking import MlflowTracking
 
 
 def _pointer(run_id: str, version: str = "1", **extra) -> dict:
-    return {"run_id": run_id, "model_type": "ridge", "config_hash": "h" * 64, "model_uri": f"runs:/{run_id}/ridge",
-            "score": 0.9, "timestamp": promotion.utc_now(), "dataset_sha256": "d1", "model_version": version, **extra}
+    return {
+        "run_id": run_id,
+        "model_type": "ridge",
+        "config_hash": "h" * 64,
+        "model_uri": f"runs:/{run_id}/ridge",
+        "score": 0.9,
+        "timestamp": promotion.utc_now(),
+        "dataset_sha256": "d1",
+        "model_version": version,
+        **extra,
+    }
 
 
 def test_decide_is_idempotent_unless_forced_or_data_changed() -> None:
@@ -107,8 +116,11 @@ def test_promote_cli_shows_and_rolls_back(shared_drive: Path, config_dir: Path, 
 def test_lineage_verifies_and_names_the_changed_file(tmp_path: Path, capsys) -> None:
     drive = tmp_path / "drive"
     files = {}
-    for name, rel in {"dataset_train": "datasets/x/train.parquet", "model": "models/x/champions/v1/m.joblib",
-                      "threshold": "models/x/champions/v1/threshold.txt"}.items():
+    for name, rel in {
+        "dataset_train": "datasets/x/train.parquet",
+        "model": "models/x/champions/v1/m.joblib",
+        "threshold": "models/x/champions/v1/threshold.txt",
+    }.items():
         path = drive / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f"{name}-bytes".encode())

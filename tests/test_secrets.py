@@ -21,9 +21,9 @@ import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
-from core import tracking
-from core.drive import PROJECT_ROOT
-from mlgraph_cli.staging import materialize_experiments
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core import tracking
+from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
 from tests.conftest import shrink_experiment
 from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
@@ -45,8 +45,11 @@ SECRET_NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLGRAPH
 
 def planted() -> dict[str, str]:
     tag = uuid.uuid4().hex
-    return {"MLFLOW_TRACKING_PASSWORD": f"mlflow-pw-{tag}", "MLGRAPH_POSTGRES_PASSWORD": f"pg-pw-{tag}",
-            "MLGRAPH_WEBHOOK_TOKEN": f"hook-token-{tag}"}
+    return {
+        "MLFLOW_TRACKING_PASSWORD": f"mlflow-pw-{tag}",
+        "MLGRAPH_POSTGRES_PASSWORD": f"pg-pw-{tag}",
+        "MLGRAPH_WEBHOOK_TOKEN": f"hook-token-{tag}",
+    }
 
 
 def leaks(text: str | bytes, secrets: dict[str, str]) -> list[str]:
@@ -59,16 +62,30 @@ def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, s
     require_slurm()
     secrets = planted()
     shrink_experiment(config_dir, "salary", 600)
-    server = ServerProcess(shared_drive, tmp_path / "mlflow-server.log", {
-        "MLFLOW_TRACKING_USERNAME": "mlgraph", **secrets, "MLGRAPH_MLFLOW_BACKEND_URI": "", "MLGRAPH_POSTGRES_URL": "",
-    })
+    server = ServerProcess(
+        shared_drive,
+        tmp_path / "mlflow-server.log",
+        {
+            "MLFLOW_TRACKING_USERNAME": "mlgraph",
+            **secrets,
+            "MLGRAPH_MLFLOW_BACKEND_URI": "",
+            "MLGRAPH_POSTGRES_URL": "",
+        },
+    )
     home = tmp_path / "dagster_home"
     # The job gets the credentials by name (sbatch --export), as deploy/*.yaml's env_vars would list them.
-    launcher: dict[str, Any] = {**SLURM_RUN_LAUNCHER, "config": {**SLURM_RUN_LAUNCHER["config"],
-                                                                  "env_vars": list(SECRET_NAMES)}}
+    launcher: dict[str, Any] = {
+        **SLURM_RUN_LAUNCHER,
+        "config": {**SLURM_RUN_LAUNCHER["config"], "env_vars": list(SECRET_NAMES)},
+    }
     write_instance_config(home, launcher)
-    env = {"SHARED_DRIVE": str(shared_drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore",
-           "MLFLOW_TRACKING_USERNAME": "mlgraph", **secrets}
+    env = {
+        "SHARED_DRIVE": str(shared_drive),
+        "MLGRAPH_CONFIG_DIR": str(config_dir),
+        "PYTHONWARNINGS": "ignore",
+        "MLFLOW_TRACKING_USERNAME": "mlgraph",
+        **secrets,
+    }
     daemon = DagsterDaemon(home, env, tmp_path)
     outputs: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
@@ -79,16 +96,21 @@ def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, s
             mp.setenv("MLFLOW_TRACKING_URI", server.url)
             daemon.env["MLFLOW_TRACKING_URI"] = server.url
             with dg.DagsterInstance.from_config(str(home)) as instance:
-                summary = materialize_experiments(defs, instance, ["salary"], selection=DATA_KEYS,
-                                                  echo=outputs.append, raise_on_error=True)
+                summary = materialize_experiments(
+                    defs, instance, ["salary"], selection=DATA_KEYS, echo=outputs.append, raise_on_error=True
+                )
                 assert not summary.failed
                 daemon.start()
                 server.wait_healthy()
                 trained = run_trainer("salary", {**os.environ, **env, "MLFLOW_TRACKING_URI": server.url}, epochs=2)
                 assert trained.get("mlflow_run_id"), trained  # the trainer's hook logged over HTTP
                 for job in (EVAL_JOB, ANALYSIS_JOB):
-                    wait_for(lambda j=job: succeeded(instance, j, "salary"), RUN_TIMEOUT, f"{job}[salary]",
-                             on_timeout=daemon.logs)
+                    wait_for(
+                        lambda j=job: succeeded(instance, j, "salary"),
+                        RUN_TIMEOUT,
+                        f"{job}[salary]",
+                        on_timeout=daemon.logs,
+                    )
                 [eval_run] = runs_of(instance, EVAL_JOB, "salary")
                 assert "slurm/job_id" in eval_run.tags and eval_run.tags.get("mlgraph/mlflow_run_id")
                 # Every run's tags and every event (its metadata included), as stored.
@@ -97,11 +119,18 @@ def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, s
                     for entry in instance.all_logs(run.run_id):
                         assert not leaks(serialize_value(entry), secrets), (run.run_id, entry.message)
             daemon.stop_all()
-            for args in (["signal", "check", str(shared_drive / "evaluation" / "salary" / ".eval_complete")],
-                         ["doctor"]):
-                cli = subprocess.run([sys.executable, "-m", "mlgraph_cli.main", *args], cwd=PROJECT_ROOT,
-                                     env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True,
-                                     text=True, timeout=120)
+            for args in (
+                ["signal", "check", str(shared_drive / "evaluation" / "salary" / ".eval_complete")],
+                ["doctor"],
+            ):
+                cli = subprocess.run(
+                    [sys.executable, "-m", "mlgraph.cli.main", *args],
+                    cwd=PROJECT_ROOT,
+                    env={**os.environ, "DAGSTER_HOME": str(home)},
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 outputs += [cli.stdout, cli.stderr]
             client = tracking.mlflow_client(server.url)
             runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from core.drive import DriveLayout
-from core.prediction_log import log_files
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.prediction_log import log_files
 from tests.serving_support import (  # noqa: F401
     BINARY,
     FORECAST,
@@ -27,8 +27,15 @@ from tests.serving_support import (  # noqa: F401
     wait_for,
 )
 
-FEATURES = ["student_country", "days_on_platform", "minutes_watched", "courses_started",
-            "practice_exams_started", "practice_exams_passed", "minutes_spent_on_exams"]
+FEATURES = [
+    "student_country",
+    "days_on_platform",
+    "minutes_watched",
+    "courses_started",
+    "practice_exams_started",
+    "practice_exams_passed",
+    "minutes_spent_on_exams",
+]
 MAX_ROWS = 20
 
 
@@ -41,8 +48,7 @@ def binary(serving_drive, tmp_path_factory):  # noqa: F811
 
 
 def _logged(drive: DriveLayout, name: str) -> list[dict]:
-    return [json.loads(line) for f in log_files(drive.prediction_log_path(name))
-            for line in f.read_text().splitlines()]
+    return [json.loads(line) for f in log_files(drive.prediction_log_path(name)) for line in f.read_text().splitlines()]
 
 
 def test_predict_and_batch_answer_at_the_promoted_threshold(binary) -> None:
@@ -62,8 +68,11 @@ def test_predict_and_batch_answer_at_the_promoted_threshold(binary) -> None:
     assert all(p["prediction"] == int(p["probability"] >= 0.35) for p in predictions)
 
     health = server.wait_up()
-    wait_for(lambda: {r["request_id"] for r in _logged(drive, BINARY)} >= {body["request_id"],
-                                                                           many.json()["request_id"]}, 5, "log")
+    wait_for(
+        lambda: {r["request_id"] for r in _logged(drive, BINARY)} >= {body["request_id"], many.json()["request_id"]},
+        5,
+        "log",
+    )
     records = [r for r in _logged(drive, BINARY) if r["request_id"] == many.json()["request_id"]]
     assert [r["row"] for r in records] == list(range(6)) and records[2]["inputs"] == rows[2]
     assert records[2]["output"] == predictions[2] and records[2]["model_version"] == "1"
@@ -83,12 +92,15 @@ def test_openapi_names_every_feature_with_its_type(binary) -> None:
     assert "swagger-ui" in server.client.get("/docs").text
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"minutes_watched": "twelve"}, "minutes_watched"),      # wrong type
-    ({"days_on_platform": "3"}, "days_on_platform"),         # strict: no strings for numbers
-    ({"courses_started": None, "bogus": 1}, "bogus"),        # unknown field
-    ({"__drop__": "practice_exams_passed"}, "practice_exams_passed"),  # missing field
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"minutes_watched": "twelve"}, "minutes_watched"),  # wrong type
+        ({"days_on_platform": "3"}, "days_on_platform"),  # strict: no strings for numbers
+        ({"courses_started": None, "bogus": 1}, "bogus"),  # unknown field
+        ({"__drop__": "practice_exams_passed"}, "practice_exams_passed"),  # missing field
+    ],
+)
 def test_invalid_fields_are_422_naming_the_field(binary, change, field) -> None:
     server, drive = binary
     row = json_rows(drive, BINARY, FEATURES, 1)[0]
@@ -126,23 +138,27 @@ def test_a_batch_of_bad_rows_answers_a_bounded_error_list(binary) -> None:
 
 def test_malformed_json_is_400_and_oversized_bodies_413(binary) -> None:
     server, drive = binary
-    response = server.client.post("/predict", content=b'{"minutes_watched": 1,', headers={"content-type":
-                                                                                       "application/json"})
+    response = server.client.post(
+        "/predict", content=b'{"minutes_watched": 1,', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"] == "malformed_json"
     row = json_rows(drive, BINARY, FEATURES, 1)[0]
     too_many = server.client.post("/batch_predict", json={"rows": [row] * (MAX_ROWS + 1)})
     assert too_many.status_code == 413 and str(MAX_ROWS) in too_many.json()["detail"]
     big = json.dumps({"rows": [row] * 150}).encode()  # about 30 kB, over the 20 kB limit
-    assert server.client.post("/batch_predict", content=big, headers={"content-type": "application/json"}
-                              ).status_code == 413
+    assert (
+        server.client.post("/batch_predict", content=big, headers={"content-type": "application/json"}).status_code
+        == 413
+    )
     # No Content-Length (chunked): the streamed bytes are counted.
-    chunks = (big[i:i + 4096] for i in range(0, len(big), 4096))
+    chunks = (big[i : i + 4096] for i in range(0, len(big), 4096))
     streamed = server.client.post("/batch_predict", content=chunks, headers={"content-type": "application/json"})
     assert streamed.status_code == 413 and streamed.json()["error"] == "too_large"
     # A Content-Length that lies low: the server reads only the declared bytes, which are not valid JSON.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 10\r\n\r\n" + big)
+        raw.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n" + big
+        )
         status = raw.recv(65536).split(b"\r\n", 1)[0]
     assert status == b"HTTP/1.1 400 Bad Request"
 
@@ -178,8 +194,8 @@ def test_monitoring_endpoints_report_drift_in_served_traffic(serving_drive, tmp_
     """Traffic with two features moved by 4σ, answered and logged by the service → drift and a retraining trigger."""
     import pandas as pd
 
-    from pipeline_assets.monitoring.baseline import compute_baseline, write_baseline
-    from pipeline_assets.training.promotion import PromotionStore
+    from mlgraph.monitoring.baseline import compute_baseline, write_baseline
+    from mlgraph.training.promotion import PromotionStore
 
     root = drive_copy(serving_drive, tmp_path / "shared")
     drive, config = DriveLayout.at(root), config_of(serving_drive[1], BINARY)
@@ -237,8 +253,9 @@ def test_regression_and_multiclass(serving_drive) -> None:  # noqa: F811
 
         tiers.wait_up()
         answer = tiers.client.post("/predict", json={"x1": 2.5, "x2": None, "colour": "red"}).json()
-        assert set(answer["probabilities"]) == set(TIERS) and sum(answer["probabilities"].values()) == \
-            pytest.approx(1.0)
+        assert set(answer["probabilities"]) == set(TIERS) and sum(answer["probabilities"].values()) == pytest.approx(
+            1.0
+        )
         assert answer["prediction"] == max(answer["probabilities"], key=answer["probabilities"].get) == "high"
         assert 'mlgraph_predictions_total{label="high",model_version="1"} 1.0' in tiers.client.get("/metrics").text
 
@@ -250,8 +267,9 @@ def test_forecasting_takes_the_window_it_needs(serving_drive, tmp_path) -> None:
     with Server(root, config_dir, FORECAST) as server:
         health = server.wait_up(timeout=90)
         assert health["model"]["family"] == "gru" and health["model"]["runtime"] == "onnx_fp32"
-        window = server.client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"][
-            "properties"]["window"]
+        window = server.client.get("/openapi.json").json()["components"]["schemas"]["PredictRequest"]["properties"][
+            "window"
+        ]
         assert window["minItems"] == window["maxItems"] == 12 and "'demand'" in window["description"]
         recent = [100.0 + i for i in range(12)]
         answer = server.client.post("/predict", json={"window": recent})

@@ -15,10 +15,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from core.drive import DriveLayout
-from core.hashing import sha256_file
-from core.prediction_log import log_files
-from pipeline_assets.training.promotion import PromotionStore
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.hashing import sha256_file
+from mlgraph.core.prediction_log import log_files
+from mlgraph.training.promotion import PromotionStore
 from tests.serving_support import (  # noqa: F401
     BINARY,
     Server,
@@ -59,8 +59,9 @@ class Load:
                 except httpx.TransportError:
                     return  # the server went away
                 data = response.json()
-                answer = Answer(response.status_code, data.get("model_version"), data.get("request_id"), rows,
-                                time.monotonic())
+                answer = Answer(
+                    response.status_code, data.get("model_version"), data.get("request_id"), rows, time.monotonic()
+                )
                 self.per_thread[index].append(answer)
                 self.answers.append(answer)
 
@@ -85,8 +86,9 @@ def _jobs(drive: DriveLayout) -> list[tuple[str, dict, int]]:
 
 
 def _records(drive: DriveLayout) -> list[dict]:
-    return [json.loads(line) for f in log_files(drive.prediction_log_path(BINARY)) for line in
-            f.read_text().splitlines()]
+    return [
+        json.loads(line) for f in log_files(drive.prediction_log_path(BINARY)) for line in f.read_text().splitlines()
+    ]
 
 
 @pytest.fixture
@@ -103,17 +105,30 @@ def test_hot_reload_under_load_fails_no_request(private) -> None:
         with Load(server.url, _jobs(drive)) as load:
             load.more(100)
             train = pd.read_parquet(drive.dataset_path(BINARY, "train"))
-            promote_model(drive, config, fit(config, train, "logistic_regression", {"C": 0.01}),
-                          "logistic_regression", "2", threshold=0.5)
+            promote_model(
+                drive,
+                config,
+                fit(config, train, "logistic_regression", {"C": 0.01}),
+                "logistic_regression",
+                "2",
+                threshold=0.5,
+            )
             wait_for(lambda: any(a.version == "2" for a in load.answers[-20:]), 30, "answers from v2")
             load.more(100)
             # A broken v3 (not a model file at all) is promoted: it must never answer.
             broken = drive.champion_bundle(BINARY, "3") / "logistic_regression.joblib"
             broken.parent.mkdir(parents=True)
             broken.write_bytes(b"not a pickle")
-            PromotionStore(drive.promotion_dir(config.config_hash)).promote({
-                "model_path": str(broken), "model_type": "logistic_regression", "model_version": "3",
-                "run_id": "run-broken", "artifact_sha256": sha256_file(broken), "threshold": 0.5})
+            PromotionStore(drive.promotion_dir(config.config_hash)).promote(
+                {
+                    "model_path": str(broken),
+                    "model_type": "logistic_regression",
+                    "model_version": "3",
+                    "run_id": "run-broken",
+                    "artifact_sha256": sha256_file(broken),
+                    "threshold": 0.5,
+                }
+            )
             failure = wait_for(lambda: server.client.get("/health").json()["last_load_failure"], 30, "v3 refused")
             load.more(100)
         health = server.client.get("/health").json()
@@ -165,10 +180,18 @@ def test_a_new_champion_is_served_natively_until_its_export_passes_the_gates(pri
     with Server(root, config_dir, BINARY) as server:
         assert server.wait_up()["model"]["note"] == "release gates passed"
         train = pd.read_parquet(drive.dataset_path(BINARY, "train"))
-        promote_model(drive, config, fit(config, train, "logistic_regression", {"C": 0.05}), "logistic_regression",
-                      "2", threshold=0.5, export=False)
-        health = wait_for(lambda: (h := server.client.get("/health").json())["model_version"] == "2" and h, 30,
-                          "v2 served")
+        promote_model(
+            drive,
+            config,
+            fit(config, train, "logistic_regression", {"C": 0.05}),
+            "logistic_regression",
+            "2",
+            threshold=0.5,
+            export=False,
+        )
+        health = wait_for(
+            lambda: (h := server.client.get("/health").json())["model_version"] == "2" and h, 30, "v2 served"
+        )
         assert health["model"]["runtime"] == "native" and "not evaluated" in health["model"]["note"]
         row = json_rows(drive, BINARY, FEATURES, 1)[0]
         assert server.client.post("/predict", json=row).json()["model_version"] == "2"

@@ -14,21 +14,26 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from core.drive import PROJECT_ROOT, DriveLayout
-from core.experiment import load_experiment_file
-from core.prediction_log import RECORD_FIELDS, log_files
-from serving.app import create_app
-from serving.log_writer import Entry, PredictionLogWriter
-from serving.model import input_spec, load_model
-from serving.schema import batch_model, row_model
-from serving.settings import ServeSettings
+from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
+from mlgraph.core.experiment import load_experiment_file
+from mlgraph.core.prediction_log import RECORD_FIELDS, log_files
+from mlgraph.serving.app import create_app
+from mlgraph.serving.log_writer import Entry, PredictionLogWriter
+from mlgraph.serving.model import input_spec, load_model
+from mlgraph.serving.schema import batch_model, row_model
+from mlgraph.serving.settings import ServeSettings
 from tests.serving_support import BINARY, config_of, json_rows, serving_drive, wait_for  # noqa: F401
 from tests.test_serving import FEATURES
 
 
 def _entry(i: int, rows: int = 1) -> Entry:
-    return Entry(1_700_000_000.0 + i, f"req-{i}", "7", [{"x": i, "pad": "p" * 40}] * rows,
-                 [{"prediction": i % 2, "probability": 0.5}] * rows)
+    return Entry(
+        1_700_000_000.0 + i,
+        f"req-{i}",
+        "7",
+        [{"x": i, "pad": "p" * 40}] * rows,
+        [{"prediction": i % 2, "probability": 0.5}] * rows,
+    )
 
 
 def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
@@ -52,7 +57,8 @@ def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert all(tuple(r) == RECORD_FIELDS for r in records)
     assert sorted((r["request_id"], r["row"]) for r in records) == sorted(
-        (f"req-{i}", row) for i in range(1000) for row in range(1 + i % 3))
+        (f"req-{i}", row) for i in range(1000) for row in range(1 + i % 3)
+    )
     assert records[0]["time"].endswith("+00:00") and writer.records == len(records)
 
 

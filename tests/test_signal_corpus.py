@@ -20,12 +20,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from core.drive import PROJECT_ROOT
-from core.untrusted import printable
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.untrusted import printable
+from mlgraph.external import signal_scan
+from mlgraph.external.signal_scan import SignalCursor
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from sensors import signal_scan, signal_sensors
-from sensors.signal_scan import SignalCursor
+from sensors import signal_sensors
 from sensors.signal_sensors import build_signal_sensors
 from tests.conftest import DEMO
 from tests.test_signal_sensors import write_eval, write_training
@@ -73,7 +74,7 @@ def run_tick(sensor, instance, drive: Path, config_dir: Path, unblock: Path | No
     def evaluate() -> None:
         try:
             outcome["result"] = sensor(context)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             outcome["error"] = exc
 
     worker = threading.Thread(target=evaluate, daemon=True)
@@ -95,8 +96,16 @@ def assert_clean_text(text: str) -> None:
     assert printable(text, multiline=True) == text, text
 
 
-def check_tick(sensor, instance, drive: Path, config_dir: Path, good: Path, hostile_rel: str, expected: str,
-               unblock: Path | None = None) -> list[tuple[int, str]]:
+def check_tick(
+    sensor,
+    instance,
+    drive: Path,
+    config_dir: Path,
+    good: Path,
+    hostile_rel: str,
+    expected: str,
+    unblock: Path | None = None,
+) -> list[tuple[int, str]]:
     result, lines = run_tick(sensor, instance, drive, config_dir, unblock)
     # The good signal runs...
     assert [(r.partition_key, r.run_key.split(":")[0]) for r in result.run_requests] == [
@@ -156,6 +165,7 @@ def link_to(make_target: Callable[[Path], None]) -> Callable[[Path], None]:
         target = path.parent / "target"
         make_target(target)
         path.symlink_to(target)
+
     return make
 
 
@@ -219,8 +229,16 @@ def test_hostile_training_signal_is_rejected_and_the_good_one_runs(case, instanc
     (hostile.parent / "ck").mkdir()
     make, expected = CORPUS[case]
     make(hostile)
-    check_tick(TRAINING_SENSOR, instance, drive, config_dir, good, TRAINING_FILE, expected,
-               unblock=hostile if case == "fifo" else None)
+    check_tick(
+        TRAINING_SENSOR,
+        instance,
+        drive,
+        config_dir,
+        good,
+        TRAINING_FILE,
+        expected,
+        unblock=hostile if case == "fifo" else None,
+    )
 
 
 BAD_DIRECTORY_NAMES = ["Bad\x1bName", "tab\there", "newline\n", b"\xff\xfe".decode("utf-8", "surrogateescape")]
@@ -276,8 +294,15 @@ def test_an_unexpected_error_on_one_file_rejects_it_with_a_traceback(instance, c
         return real_parse(data, model, source=source)
 
     monkeypatch.setattr(signal_scan, "parse_signal", parse)
-    lines = check_tick(TRAINING_SENSOR, instance, drive, config_dir, good, TRAINING_FILE,
-                       "unexpected error while checking it (RuntimeError: surprise in the parser)")
+    lines = check_tick(
+        TRAINING_SENSOR,
+        instance,
+        drive,
+        config_dir,
+        good,
+        TRAINING_FILE,
+        "unexpected error while checking it (RuntimeError: surprise in the parser)",
+    )
     assert any(level == logging.ERROR and "Traceback (most recent call last)" in line for level, line in lines)
 
     monkeypatch.setattr(signal_scan, "parse_signal", real_parse)
@@ -291,8 +316,12 @@ def test_an_unexpected_error_on_one_file_rejects_it_with_a_traceback(instance, c
     monkeypatch.setattr(signal_sensors, "_evaluation_request", request)
     result, lines = run_tick(TRAINING_SENSOR, instance, drive, config_dir)
     assert [r.partition_key for r in result.run_requests] == ["salary"]
-    assert any(level == logging.ERROR and "unexpected error while requesting its run (KeyError" in line
-               and "Traceback (most recent call last)" in line for level, line in lines)
+    assert any(
+        level == logging.ERROR
+        and "unexpected error while requesting its run (KeyError" in line
+        and "Traceback (most recent call last)" in line
+        for level, line in lines
+    )
 
 
 def test_a_tick_stops_taking_files_when_its_time_is_spent(tmp_path):
@@ -302,8 +331,16 @@ def test_a_tick_stops_taking_files_when_its_time_is_spent(tmp_path):
     for i in range(4):
         os.utime(write_training(drive, f"exp{i}"), ns=(base + i * 10**9,) * 2)
     clock = iter(range(100))  # each reading one "second" after the last
-    plan = signal_scan.plan_tick(drive, drive / "models", (".training_complete",), SignalCursor(), 0,
-                                 now_ns=base + 60 * 10**9, max_seconds=2.5, monotonic=lambda: float(next(clock)))
+    plan = signal_scan.plan_tick(
+        drive,
+        drive / "models",
+        (".training_complete",),
+        SignalCursor(),
+        0,
+        now_ns=base + 60 * 10**9,
+        max_seconds=2.5,
+        monotonic=lambda: float(next(clock)),
+    )
     # Deadline 2.5 (read at 0): the readings 1 and 2 take a file each, the reading 3 stops the tick.
     assert len(plan.accepted) == 2 and plan.rejected == [] and plan.backlog == 2
     assert plan.cursor.high_water_ns == base + 10**9
@@ -318,8 +355,8 @@ def test_the_fifo_case_is_a_real_fifo(tmp_path):
 
 def test_an_evaluation_failure_with_control_characters_still_writes_a_readable_signal(tmp_path):
     """The readers refuse control characters; the writer of .eval_failed escapes them instead of failing."""
-    from core.signals import EvalFailed, parse_signal
-    from pipeline_assets.external.evaluation import failure_signal
+    from mlgraph.core.signals import EvalFailed, parse_signal
+    from mlgraph.external.evaluation import failure_signal
 
     exc = RuntimeError("CUDA \x1b[31merror\x1b[0m at \x00")
     failed = failure_signal("salary", "7", exc, "Traceback:\n\tboom\x07\n", None, None, "run-1")

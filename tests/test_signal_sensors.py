@@ -10,13 +10,13 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from core.atomic import atomic_write_text
-from core.hashing import sha256_bytes
-from core.signals import MAX_SIGNAL_BYTES
+from mlgraph.core.atomic import atomic_write_text
+from mlgraph.core.hashing import sha256_bytes
+from mlgraph.core.signals import MAX_SIGNAL_BYTES
+from mlgraph.external.signal_scan import SignalCursor
 from pipeline_assets.analysis.report_assets import AnalysisReportConfig
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from sensors.signal_scan import SignalCursor
 from sensors.signal_sensors import ConfigHashCache, build_signal_sensors
 
 TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
@@ -26,8 +26,14 @@ def write_training(drive: Path, directory: str, checkpoint: str = "ck1", **field
     """models/{directory}/.training_complete for a fresh checkpoint; `fields` override the signal's."""
     ckpt = drive / "models" / directory / "checkpoints" / checkpoint / "final"
     ckpt.mkdir(parents=True, exist_ok=True)
-    signal = {"timestamp": "2025-09-30T14:32:15Z", "experiment": directory, "checkpoint_path": str(ckpt),
-              "hostname": "wild_west", "user": "trainer", **fields}
+    signal = {
+        "timestamp": "2025-09-30T14:32:15Z",
+        "experiment": directory,
+        "checkpoint_path": str(ckpt),
+        "hostname": "wild_west",
+        "user": "trainer",
+        **fields,
+    }
     return atomic_write_text(drive / "models" / directory / ".training_complete", json.dumps(signal))
 
 
@@ -78,7 +84,10 @@ def test_new_same_rewritten_and_older_mtime(env, monkeypatch):
     assert request.tags["mlgraph/signal_file"] == str(first)
     assert request.tags["mlgraph/checkpoint_id"] == "ck1"
     assert request.tags["mlgraph/training_mlflow_run_id"] == "abc123"
-    assert request.tags["mlgraph/config_hash"] == ExperimentCatalog(config_dir=str(config_dir)).load("salary").config.config_hash
+    assert (
+        request.tags["mlgraph/config_hash"]
+        == ExperimentCatalog(config_dir=str(config_dir)).load("salary").config.config_hash
+    )
     assert request.tags["mlgraph/compute"] == "slurm" and request.tags["slurm/kind"] == "evaluation"
     [event] = result.asset_events
     assert isinstance(event, dg.AssetMaterialization) and event.asset_key == dg.AssetKey("external_checkpoint")
@@ -199,8 +208,9 @@ def test_content_that_already_ran_is_not_requested_again(env):
     drive, config_dir, instance = env
     path = write_training(drive, "salary")
     run_id = str(uuid.uuid4())
-    instance.add_run(DagsterRun(job_name="checkpoint_evaluation_job", run_id=run_id,
-                                tags={"dagster/run_key": key(drive, path)}))
+    instance.add_run(
+        DagsterRun(job_name="checkpoint_evaluation_job", run_id=run_id, tags={"dagster/run_key": key(drive, path)})
+    )
     result = tick(TRAINING_SENSOR, instance, drive, config_dir, cursor=None)
     assert result.run_requests == []
     assert f"already evaluated by run {run_id}" in result.skip_reason.skip_message
@@ -223,8 +233,9 @@ def test_corrupt_cursor_fails_with_the_fix(env):
 
 def test_eval_complete_runs_analysis_and_failures_are_reported(env):
     drive, config_dir, instance = env
-    done = write_eval(drive, "salary", checkpoint_id="ck1", dagster_run_id="run-1", mlflow_run_id="mlf",
-                      config_hash="h" * 64)
+    done = write_eval(
+        drive, "salary", checkpoint_id="ck1", dagster_run_id="run-1", mlflow_run_id="mlf", config_hash="h" * 64
+    )
     failed = write_eval(drive, "student_engagement", ".eval_failed", error_type="RuntimeError", checkpoint_id="ck2")
     failed_status = write_eval(drive, "demand_forecast", status="failed", error_message="diverged")
     result = tick(EVAL_SENSOR, instance, drive, config_dir)
@@ -232,7 +243,9 @@ def test_eval_complete_runs_analysis_and_failures_are_reported(env):
     assert request.run_key == key(drive, done) and request.partition_key == "salary"
     # The checkpoint named by the signal; every other analysis option at its default.
     defaults = AnalysisReportConfig().model_dump()
-    assert request.run_config["ops"] == {"checkpoint_comparison_report": {"config": {**defaults, "checkpoint_id": "ck1"}}}
+    assert request.run_config["ops"] == {
+        "checkpoint_comparison_report": {"config": {**defaults, "checkpoint_id": "ck1"}}
+    }
     assert request.tags["mlgraph/eval_run_id"] == "run-1" and request.tags["mlgraph/mlflow_run_id"] == "mlf"
     assert request.tags["mlgraph/eval_job_id"] == "77" and request.tags["mlgraph/config_hash"] == "h" * 64
     assert request.tags["slurm/kind"] == "analysis"
@@ -281,6 +294,7 @@ def test_config_hash_cache_is_bounded_and_keeps_one_entry_per_file(tmp_path: Pat
         def load() -> str:
             loads.append(path.name)
             return sha256_bytes(path.read_bytes())
+
         return cache.config_hash(path, load)
 
     files = [tmp_path / f"exp{i}.yaml" for i in range(5)]

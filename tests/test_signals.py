@@ -1,4 +1,4 @@
-"""Signal schemas (core.signals): strict parsing with file, field and fix; checkpoint ids and resolution."""
+"""Signal schemas (mlgraph.core.signals): strict parsing with file, field and fix; checkpoint ids and resolution."""
 
 import json
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core import untrusted
-from core.signals import (
+from mlgraph.core import untrusted
+from mlgraph.core.signals import (
     MAX_SIGNAL_BYTES,
     EvalComplete,
     EvalFailed,
@@ -20,8 +20,8 @@ from core.signals import (
     read_signal,
     resolve_checkpoint,
 )
-from core.untrusted import control_character, printable
-from trainer_hook import signal_training_complete
+from mlgraph.core.untrusted import control_character, printable
+from mlgraph.trainer import signal_training_complete
 
 TRAINING = {
     "timestamp": "2025-09-30T14:32:15Z",
@@ -47,13 +47,29 @@ def reason(data: bytes, model) -> str:
 
 
 def test_valid_signals_parse_and_round_trip():
-    full = {**TRAINING, "config_path": "/c.yaml", "num_epochs": 10, "final_loss": 2.34, "total_steps": 50000,
-            "git_commit": "a94429c"}
+    full = {
+        **TRAINING,
+        "config_path": "/c.yaml",
+        "num_epochs": 10,
+        "final_loss": 2.34,
+        "total_steps": 50000,
+        "git_commit": "a94429c",
+    }
     signal = parse_signal(encode(full), TrainingComplete)
     assert signal.num_epochs == 10 and signal.timestamp.utcoffset().total_seconds() == 0
     assert parse_signal(signal.to_json().encode(), TrainingComplete) == signal
-    done = parse_signal(encode({**EVAL, "job_id": 4242, "datasets_evaluated": ["test"],
-                                "metrics_summary": {"r2": 0.8}, "eval_duration_seconds": 3.5}), EvalComplete)
+    done = parse_signal(
+        encode(
+            {
+                **EVAL,
+                "job_id": 4242,
+                "datasets_evaluated": ["test"],
+                "metrics_summary": {"r2": 0.8},
+                "eval_duration_seconds": 3.5,
+            }
+        ),
+        EvalComplete,
+    )
     assert done.job_id == "4242"  # a numeric Slurm id is the same id
     assert parse_signal(encode(FAILED), EvalFailed).status == "failed"
 
@@ -149,7 +165,7 @@ def test_checkpoint_ids_and_resolution(tmp_path: Path):
         resolve_checkpoint(drive, "models/salary/checkpoints/missing")
 
 
-# ---- hostile input: bounded decoding, control characters, non-regular files (core.untrusted) ----
+# ---- hostile input: bounded decoding, control characters, non-regular files (mlgraph.core.untrusted) ----
 
 
 @pytest.mark.parametrize(
@@ -198,8 +214,10 @@ def test_free_text_keeps_line_breaks_but_refuses_other_controls():
 def test_printable_escapes_what_storage_and_logs_refuse():
     assert printable("a\x00b\x1b\x7f\x85\ud800") == "a\\x00b\\x1b\\x7f\\x85\\ud800"
     assert printable("keep\ttabs\nand lines", multiline=True) == "keep\ttabs\nand lines"
-    assert (control_character({"ok": ["fine", "bad\x00"]})
-            == "value of 'ok' item 1 holds control character U+0000 (NUL) at position 3")
+    assert (
+        control_character({"ok": ["fine", "bad\x00"]})
+        == "value of 'ok' item 1 holds control character U+0000 (NUL) at position 3"
+    )
     assert control_character("plain text, ünïcode ✓") is None
 
 
@@ -216,7 +234,7 @@ def test_any_corruption_of_a_signal_is_a_signal_error_or_a_signal():
             at = rng.randrange(len(data) + 1)
             op = rng.random()
             if op < 0.4:
-                data[at:at + 1] = bytes([rng.choice(alphabet)])
+                data[at : at + 1] = bytes([rng.choice(alphabet)])
             elif op < 0.7:
                 data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
             elif op < 0.85:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.slurm import SlurmClient, SlurmError, _reverse_lines
-from resources.slurm_jobs import parse_key_values
+from mlgraph.slurm.client import SlurmClient, SlurmError, _reverse_lines
+from mlgraph.slurm.jobs import parse_key_values
 from tests.slurm_support import harness
 
 CONTROLLER_DOWN = "squeue: error: Unable to contact slurm controller (connect failure)"
@@ -165,9 +165,12 @@ def test_show_job_of_a_purged_job_is_none():
 def test_job_falls_back_to_the_latest_completion_record(tmp_path: Path):
     jobcomp = tmp_path / "jobcomp.txt"
     jobcomp.write_text(
-        JOBCOMP_LINE.format(id=5, state="NODE_FAIL", exit="0:0") + "\n"
-        + JOBCOMP_LINE.format(id=50, state="COMPLETED", exit="0:0") + "\n"
-        + JOBCOMP_LINE.format(id=5, state="CANCELLED", exit="0:15") + "\n"
+        JOBCOMP_LINE.format(id=5, state="NODE_FAIL", exit="0:0")
+        + "\n"
+        + JOBCOMP_LINE.format(id=50, state="COMPLETED", exit="0:0")
+        + "\n"
+        + JOBCOMP_LINE.format(id=5, state="CANCELLED", exit="0:15")
+        + "\n"
     )
     runner = ScriptedRunner((1, "", "slurm_load_jobs error: Invalid job id specified"))
     client, _ = client_with(runner, jobcomp_file=str(jobcomp))
@@ -181,8 +184,10 @@ def test_job_falls_back_to_the_latest_completion_record(tmp_path: Path):
 def test_completion_file_comes_from_the_cluster_config_and_sacct_needs_accounting(tmp_path: Path):
     jobcomp = tmp_path / "jobcomp.txt"
     jobcomp.write_text(JOBCOMP_LINE.format(id=8, state="COMPLETED", exit="0:0") + "\n")
-    config = f"JobCompLoc              = {jobcomp}\nJobCompType             = jobcomp/filetxt\n" \
-             "AccountingStorageType   = accounting_storage/none\n"
+    config = (
+        f"JobCompLoc              = {jobcomp}\nJobCompType             = jobcomp/filetxt\n"
+        "AccountingStorageType   = accounting_storage/none\n"
+    )
     runner = ScriptedRunner((1, "", "Invalid job id specified"), (0, config, ""), (1, "", "Invalid job id specified"))
     client, _ = client_with(runner)
 

@@ -17,16 +17,16 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from tests.conftest import shrink_experiment
 from dagster._core.events import DagsterEventType
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.tags import COMPUTE_TAG, slurm_tags
+from mlgraph.slurm.client import SlurmClient
+from tests.conftest import shrink_experiment
 from tests.slurm_support import harness
 from tests.slurm_support.harness import PIPELINE_LOCATION, SUPPORT_LOCATION, wait_for
-
-from core.tags import COMPUTE_TAG, slurm_tags
-from resources.slurm import SlurmClient
-from core.drive import PROJECT_ROOT
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -121,9 +121,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             try:
                 daemon.start(instance)
                 # Slurm checks time limits about every 30 s: start this run now, check it last.
-                c.timeout_run_id = c.submit(
-                    "slow_job", {COMPUTE_TAG: "slurm", "slurm/time": "00:01:00"}, slow(300)
-                )
+                c.timeout_run_id = c.submit("slow_job", {COMPUTE_TAG: "slurm", "slurm/time": "00:01:00"}, slow(300))
                 yield c
             finally:
                 daemon.stop()
@@ -265,8 +263,11 @@ def test_daemon_restart_still_resolves_in_flight_run(cluster: Cluster) -> None:
     worker_pid = int(
         wait_for(
             lambda: next(
-                (m.split("pid: ")[1].rstrip(").") for m in harness.run_messages(cluster.instance, run_id)
-                 if m.startswith("Started process for run (pid:")),
+                (
+                    m.split("pid: ")[1].rstrip(").")
+                    for m in harness.run_messages(cluster.instance, run_id)
+                    if m.startswith("Started process for run (pid:")
+                ),
                 None,
             ),
             30,

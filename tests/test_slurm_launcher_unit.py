@@ -22,20 +22,21 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test
 from dagster._serdes import deserialize_value
 
-from resources.slurm import SlurmError
-from resources.slurm_jobs import SlurmJob
-from core.tags import COMPUTE_TAG, SLURM_RESOURCE_TAGS as RESOURCE_TAGS
-from core.tags import SLURM_JOB_ID_TAG as JOB_ID_TAG
-from launcher.batch_script import SlurmConfigError, validate_resources
-from launcher.job_end import record_job_end
-from launcher.slurm_launcher import SlurmRunLauncher
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.tags import COMPUTE_TAG
+from mlgraph.core.tags import SLURM_JOB_ID_TAG as JOB_ID_TAG
+from mlgraph.core.tags import SLURM_RESOURCE_TAGS as RESOURCE_TAGS
+from mlgraph.launcher.batch_script import SlurmConfigError, validate_resources
+from mlgraph.launcher.job_end import record_job_end
+from mlgraph.launcher.slurm_launcher import SlurmRunLauncher
+from mlgraph.slurm.client import SlurmError
+from mlgraph.slurm.jobs import SlurmJob
 
 SLURM = {"mlgraph/compute": "slurm"}
 
 
 class FakeClient:
-    """Scripted stand-in for resources.slurm.SlurmClient."""
+    """Scripted stand-in for mlgraph.slurm.client.SlurmClient."""
 
     def __init__(self, available: bool = True):
         self.jobs: dict[str, SlurmJob] = {}
@@ -309,7 +310,7 @@ def test_launch_submits_a_script_matching_the_tags_and_tags_the_run(instance, cl
     ):
         assert f"#SBATCH {directive}\n" in text
     assert client.submitted[0]["job_name"] == f"mlgraph-{run.run_id[:8]}"
-    assert f"Submitted Slurm job 100 (4 CPUs, 8G, time 02:00:00, partition gpu, gres gpu:1)" in messages(
+    assert "Submitted Slurm job 100 (4 CPUs, 8G, time 02:00:00, partition gpu, gres gpu:1)" in messages(
         instance, run.run_id
     )
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
@@ -499,14 +500,24 @@ def test_terminate_local_run_delegates(instance, client, local):
 
 @pytest.mark.parametrize(
     ("exit_code", "terminated", "reason", "state"),
-    [(0, False, "None", "COMPLETED"), (1, False, "None", "FAILED"), (143, True, "TimeLimit", "TIMEOUT"),
-     (143, True, "None", "CANCELLED")],
+    [
+        (0, False, "None", "COMPLETED"),
+        (1, False, "None", "FAILED"),
+        (143, True, "TimeLimit", "TIMEOUT"),
+        (143, True, "None", "CANCELLED"),
+    ],
 )
 def test_footer_records_slurm_figures(instance, client, local, exit_code, terminated, reason, state):
     launcher = make_launcher(instance, client, local)
     run = started_slurm_run(
-        instance, launcher, client, "COMPLETING" if terminated else "RUNNING",
-        reason=reason, elapsed="00:00:42", cpus=2, mem="1G",
+        instance,
+        launcher,
+        client,
+        "COMPLETING" if terminated else "RUNNING",
+        reason=reason,
+        elapsed="00:00:42",
+        cpus=2,
+        mem="1G",
     )
     client.max_rss = "183M"
 
@@ -537,7 +548,7 @@ def test_figures_recorded_by_the_footer_are_not_repeated(instance, client, local
 def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive):
     overrides = {
         "run_launcher": {
-            "module": "launcher.slurm_launcher",
+            "module": "mlgraph.launcher.slurm_launcher",
             "class": "SlurmRunLauncher",
             "config": {"route": "all", "cpus": 2, "mem": "4G", "partition": "debug", "env_vars": ["HF_TOKEN"]},
         }
@@ -572,7 +583,7 @@ def test_bad_launcher_settings_are_rejected_with_the_setting_named(config, messa
 
 
 def test_job_tag_helper_speaks_the_launchers_tags(instance, client, local):
-    from core.tags import slurm_tags
+    from mlgraph.core.tags import slurm_tags
 
     tags = slurm_tags(cpus=3, mem="2G", time="00:30:00", kind="evaluation")
     assert set(tags) - {COMPUTE_TAG} <= set(RESOURCE_TAGS)

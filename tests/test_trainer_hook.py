@@ -1,4 +1,4 @@
-"""The training completion hook (trainer_hook): atomic, retrying, never raising; and `mlgraph signal`."""
+"""The training completion hook (mlgraph.trainer): atomic, retrying, never raising; and `mlgraph signal`."""
 
 import json
 import os
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import trainer_hook.hook
-from core.drive import PROJECT_ROOT
-from core.signals import SignalError, TrainingComplete, parse_signal, read_signal
-from mlgraph_cli.main import main as cli
-from trainer_hook import signal_training_complete
+import mlgraph.trainer.hook
+from mlgraph.cli.main import main as cli
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.signals import SignalError, TrainingComplete, parse_signal, read_signal
+from mlgraph.trainer import signal_training_complete
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
@@ -26,10 +26,13 @@ def wait_until(condition, what: str, timeout: float = 30.0) -> None:
 
 
 def test_hook_import_is_cheap():
-    code = ("import sys, json, trainer_hook.hook; "
-            "print(json.dumps([m for m in ('dagster', 'torch', 'mlflow', 'pandas') if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
+    code = (
+        "import sys, json, mlgraph.trainer.hook; "
+        "print(json.dumps([m for m in ('dagster', 'torch', 'mlflow', 'pandas') if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
@@ -42,8 +45,9 @@ def checkpoint(shared_drive: Path) -> Path:
 
 
 def test_hook_writes_a_valid_signal(shared_drive: Path, checkpoint: Path):
-    result = signal_training_complete("salary", checkpoint, num_epochs=3, final_loss=0.5, total_steps=30,
-                                      metrics={"val_rmse": 1.25}, mlflow=False)
+    result = signal_training_complete(
+        "salary", checkpoint, num_epochs=3, final_loss=0.5, total_steps=30, metrics={"val_rmse": 1.25}, mlflow=False
+    )
     assert result and result.attempts == 1 and result.error is None
     assert result.signal_path == shared_drive / "models" / "salary" / ".training_complete"
     signal, _ = read_signal(result.signal_path)
@@ -87,17 +91,19 @@ def test_hook_retries_a_transient_failure(shared_drive: Path, checkpoint: Path, 
         blocker.unlink(missing_ok=True)
 
     # `time` is the module object: subprocess's own waits (the git lookup) would land here too, so no git.
-    monkeypatch.setattr(trainer_hook.hook.time, "sleep", back_off)
-    result = signal_training_complete("other", shared_drive / "models" / "other_ckpt", mlflow=False,
-                                      retries=5, backoff_seconds=0.1, detect_git=False)
+    monkeypatch.setattr(mlgraph.trainer.hook.time, "sleep", back_off)
+    result = signal_training_complete(
+        "other", shared_drive / "models" / "other_ckpt", mlflow=False, retries=5, backoff_seconds=0.1, detect_git=False
+    )
     assert result and result.attempts > 1 and waits == [0.1]
     assert read_signal(shared_drive / "models" / "other" / ".training_complete")[0].experiment == "other"
 
     (shared_drive / "models" / "stuck").write_text("in the way for good")
     waits.clear()
-    monkeypatch.setattr(trainer_hook.hook.time, "sleep", waits.append)
-    result = signal_training_complete("stuck", checkpoint, mlflow=False, retries=2, backoff_seconds=0.05,
-                                      detect_git=False)
+    monkeypatch.setattr(mlgraph.trainer.hook.time, "sleep", waits.append)
+    result = signal_training_complete(
+        "stuck", checkpoint, mlflow=False, retries=2, backoff_seconds=0.05, detect_git=False
+    )
     assert not result and result.attempts == 3 and "after 3 attempts" in result.error
     # Exponential back-off between the three attempts: 0.05 s, then 0.1 s.
     assert waits == [0.05, 0.1]
@@ -125,8 +131,9 @@ def test_hook_write_is_atomic_for_a_concurrent_reader(shared_drive: Path, checkp
     thread.start()
     try:
         for i in range(25):
-            assert signal_training_complete("salary", checkpoint, final_loss=float(i), metrics=big, mlflow=False,
-                                            detect_git=False)
+            assert signal_training_complete(
+                "salary", checkpoint, final_loss=float(i), metrics=big, mlflow=False, detect_git=False
+            )
             # The reader keeps reading through the next write; waiting here only guarantees it keeps up.
             wait_until(lambda i=i: float(i) in seen or bad, f"the reader to see write {i}")
         wait_until(lambda: len(seen) > 25 or bad, "one more read of the last signal")
@@ -139,8 +146,16 @@ def test_hook_write_is_atomic_for_a_concurrent_reader(shared_drive: Path, checkp
 
 def test_hook_logs_final_metrics_to_mlflow(shared_drive: Path, checkpoint: Path, tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = signal_training_complete("salary", checkpoint, final_loss=0.25, num_epochs=4, total_steps=40,
-                                      metrics={"val_r2": 0.9}, params={"lr": 0.01}, mlflow_tracking_uri=uri)
+    result = signal_training_complete(
+        "salary",
+        checkpoint,
+        final_loss=0.25,
+        num_epochs=4,
+        total_steps=40,
+        metrics={"val_r2": 0.9},
+        params={"lr": 0.01},
+        mlflow_tracking_uri=uri,
+    )
     assert result and result.mlflow_run_id and result.warnings == []
     assert read_signal(result.signal_path)[0].mlflow_run_id == result.mlflow_run_id
     from mlflow.tracking import MlflowClient
@@ -156,8 +171,24 @@ def test_hook_logs_final_metrics_to_mlflow(shared_drive: Path, checkpoint: Path,
 
 
 def test_cli_training_complete_and_check(shared_drive: Path, checkpoint: Path, capsys):
-    assert cli(["signal", "training-complete", "--experiment", "salary", "--checkpoint", str(checkpoint),
-                "--num-epochs", "2", "--metric", "val_mae=3.5", "--no-mlflow"]) == 0
+    assert (
+        cli(
+            [
+                "signal",
+                "training-complete",
+                "--experiment",
+                "salary",
+                "--checkpoint",
+                str(checkpoint),
+                "--num-epochs",
+                "2",
+                "--metric",
+                "val_mae=3.5",
+                "--no-mlflow",
+            ]
+        )
+        == 0
+    )
     written = shared_drive / "models" / "salary" / ".training_complete"
     assert capsys.readouterr().out.strip() == str(written)
     signal, _ = read_signal(written)

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlgraph_cli.main import main
+from mlgraph.cli.main import main
+from mlgraph.cli.staging import materialize_experiments
+from mlgraph.core.evaluation_store import read_metrics_sql
+from mlgraph.core.metrics import CLASSIFICATION_METRICS, FORECAST_METRICS
+from mlgraph.training.lineage import verify_lineage
 from pipeline_assets.definitions import defs
-from core.evaluation_store import read_metrics_sql
-from mlgraph_cli.staging import materialize_experiments
-from pipeline_assets.training.lineage import verify_lineage
-from core.metrics import CLASSIFICATION_METRICS, FORECAST_METRICS
 from resources.experiments import ExperimentCatalog
 from resources.tracking import MlflowTracking
 from tests.conftest import shrink_experiment
@@ -53,10 +53,16 @@ def _shrink_forests(config_dir: Path, name: str) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def _materialize(instance, names: list[str], assets: list[str], run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+def _materialize(
+    instance, names: list[str], assets: list[str], run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
-        instance=instance, partition_key=names[0], asset_selection=_keys(assets), run_config=run_config, raise_on_error=False
+        instance=instance,
+        partition_key=names[0],
+        asset_selection=_keys(assets),
+        run_config=run_config,
+        raise_on_error=False,
     )
 
 
@@ -69,13 +75,19 @@ def _runs(experiment: str) -> tuple[object, list]:
 
 
 def _parent_of(runs: list, dagster_run_id: str):
-    parents = [r for r in runs if r.data.tags.get("dagster_run_id") == dagster_run_id and r.data.tags.get("mlgraph.role") == "execution"]
+    parents = [
+        r
+        for r in runs
+        if r.data.tags.get("dagster_run_id") == dagster_run_id and r.data.tags.get("mlgraph.role") == "execution"
+    ]
     assert len(parents) == 1, f"expected one parent run for Dagster run {dagster_run_id}, got {len(parents)}"
     return parents[0]
 
 
 def _check_passed(result: dg.ExecuteInProcessResult, check: str) -> bool:
-    evaluations = [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    evaluations = [
+        e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
     matching = [e for e in evaluations if e.check_name == check]
     assert matching, f"check {check} did not run"
     return matching[-1].passed
@@ -110,8 +122,13 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
     evaluation = shared_drive / "evaluation" / name
     relation = duckdb.sql(f"SELECT * FROM {read_metrics_sql(evaluation)}")
     assert dict(zip(relation.columns, map(str, relation.types), strict=True)) == {
-        "experiment": "VARCHAR", "model": "VARCHAR", "dataset": "VARCHAR", "metric": "VARCHAR", "value": "DOUBLE",
-        "config_hash": "VARCHAR", "timestamp": "TIMESTAMP WITH TIME ZONE",
+        "experiment": "VARCHAR",
+        "model": "VARCHAR",
+        "dataset": "VARCHAR",
+        "metric": "VARCHAR",
+        "value": "DOUBLE",
+        "config_hash": "VARCHAR",
+        "timestamp": "TIMESTAMP WITH TIME ZONE",
     }
     test = duckdb.sql(
         f"SELECT model, metric, value FROM {read_metrics_sql(evaluation)} WHERE dataset = 'test' AND config_hash = ?",
@@ -125,11 +142,15 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
         assert set(CLASSIFICATION_METRICS) <= set(values)
         assert all(0 <= values[m] <= 1 for m in CLASSIFICATION_METRICS), (model, values)
     assert by_model["baseline_majority_class"]["roc_auc"] == 0.5
-    assert {"cv", "test"} == {r[0] for r in duckdb.sql(f"SELECT DISTINCT dataset FROM {read_metrics_sql(evaluation)}").fetchall()}
+    assert {"cv", "test"} == {
+        r[0] for r in duckdb.sql(f"SELECT DISTINCT dataset FROM {read_metrics_sql(evaluation)}").fetchall()
+    }
     predictions = pd.read_parquet(evaluation / "predictions" / "test.parquet")
     assert list(predictions.columns) == ["model", "row", "y_true", "y_pred", "y_score"]
     assert set(predictions["y_pred"]) <= {0, 1} and predictions["y_score"].between(0, 1).all()
-    assert len(predictions) == (len(families) + 1) * len(pd.read_parquet(shared_drive / "datasets" / name / "test.parquet"))
+    assert len(predictions) == (len(families) + 1) * len(
+        pd.read_parquet(shared_drive / "datasets" / name / "test.parquet")
+    )
 
     # Promotion pointer, history, lineage, registry alias.
     promotion_dir = shared_drive / "model-promotion" / "global" / config.config_hash
@@ -148,7 +169,9 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
     parent = _parent_of(runs, dagster_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["config_hash"] == config.config_hash and parent.data.params["cv_folds"] == "3"
-    assert parent.data.tags["mlgraph.partition"] == name and parent.data.tags["mlgraph.champion"] == current["model_type"]
+    assert (
+        parent.data.tags["mlgraph.partition"] == name and parent.data.tags["mlgraph.champion"] == current["model_type"]
+    )
     assert parent.data.tags["mlgraph.dataset_sha256"] == manifest["dataset_sha256"]
     assert parent.data.metrics["test_roc_auc"] == by_model[current["model_type"]]["roc_auc"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -160,7 +183,9 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
         assert child.data.tags["mlgraph.config_hash"] == config.config_hash
         assert child.data.params["seed"] == "42"
         assert child.data.metrics["test_roc_auc"] == by_model[family]["roc_auc"]
-        assert child.data.metrics["cv_roc_auc_mean"] == pytest.approx(manifest["families"][family]["cv"]["roc_auc"]["mean"])
+        assert child.data.metrics["cv_roc_auc_mean"] == pytest.approx(
+            manifest["families"][family]["cv"]["roc_auc"]["mean"]
+        )
         assert [m.step for m in client.get_metric_history(child.info.run_id, "cv_roc_auc")] == [0, 1, 2]
         assert [a.path for a in client.list_artifacts(child.info.run_id, family)] == [f"{family}/{family}.joblib"]
         # The child run's duration is the family's own compute time, not the moment it took to log it.
@@ -180,7 +205,9 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
     assert json.loads((promotion_dir / "current.json").read_text())["run_id"] == current["run_id"]
     assert len(client.search_model_versions(f"name = '{registered}'")) == 1
 
-    forced = _materialize(instance, [name], ["champion_model"], {"ops": {"champion_model": {"config": {"force": True}}}})
+    forced = _materialize(
+        instance, [name], ["champion_model"], {"ops": {"champion_model": {"config": {"force": True}}}}
+    )
     assert forced.success and _check_passed(forced, "champion_model_beats_baseline")
     assert len((promotion_dir / "history.jsonl").read_text().splitlines()) == 2
     assert str(client.get_model_version_by_alias(registered, "champion").version) == "2"
@@ -211,13 +238,19 @@ def test_regression_and_forecasting_train_and_promote(shared_drive: Path, config
     _edit(config_dir, "salary", cv_folds=3)
     _shrink_forests(config_dir, "salary")
     shrink_experiment(config_dir, "demand_forecast", 1000)
-    _edit(config_dir, "demand_forecast", cv_folds=2, **{"forecast.epochs": 3, "forecast.hidden_size": 8,
-                                                        "forecast.batch_size": 128, "forecast.learning_rate": 0.01})
+    _edit(
+        config_dir,
+        "demand_forecast",
+        cv_folds=2,
+        **{"forecast.epochs": 3, "forecast.hidden_size": 8, "forecast.batch_size": 128, "forecast.learning_rate": 0.01},
+    )
     for name, metric in (("salary", "r2"), ("demand_forecast", "composite")):
         result = materialize_experiments(defs, instance, [name], selection=_keys(DATA + TRAINING), echo=lambda _: None)
         assert result.failed == [], name
         config = ExperimentCatalog().load(name).config
-        current = json.loads((shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").read_text())
+        current = json.loads(
+            (shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").read_text()
+        )
         assert current["model_type"] in config.families and current["metric"] == metric
         assert not (shared_drive / "models" / name / "threshold.txt").exists()
         event = instance.get_latest_materialization_event(dg.AssetKey("decision_threshold"))
@@ -252,15 +285,30 @@ def test_regression_and_forecasting_train_and_promote(shared_drive: Path, config
 def test_champion_no_better_than_baseline_is_not_promoted(shared_drive: Path, config_dir: Path, instance) -> None:
     # A perfectly periodic series: seasonal naive is exact, so the champion ties the baseline and fails the gate.
     hours = np.arange(400)
-    frame = pd.DataFrame({"ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h"),
-                          "y": 100 + 10 * np.sin(2 * np.pi * hours / 24)})
+    frame = pd.DataFrame(
+        {
+            "ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h"),
+            "y": 100 + 10 * np.sin(2 * np.pi * hours / 24),
+        }
+    )
     frame.to_csv(config_dir / "experiments" / "periodic.csv", index=False)
-    (config_dir / "experiments" / "periodic.yaml").write_text(yaml.safe_dump({
-        "name": "periodic", "task": "forecasting", "dataset": {"path": "periodic.csv"}, "target": "y",
-        "time_column": "ts", "columns": {"ts": "datetime", "y": "numeric"},
-        "models": [{"family": "seasonal_naive"}], "cv_folds": 2,
-    }))
-    summary = materialize_experiments(defs, instance, ["periodic"], selection=_keys(DATA + TRAINING), echo=lambda _: None)
+    (config_dir / "experiments" / "periodic.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "periodic",
+                "task": "forecasting",
+                "dataset": {"path": "periodic.csv"},
+                "target": "y",
+                "time_column": "ts",
+                "columns": {"ts": "datetime", "y": "numeric"},
+                "models": [{"family": "seasonal_naive"}],
+                "cv_folds": 2,
+            }
+        )
+    )
+    summary = materialize_experiments(
+        defs, instance, ["periodic"], selection=_keys(DATA + TRAINING), echo=lambda _: None
+    )
     assert summary.failed, "the blocking baseline check must fail the run"
     config = ExperimentCatalog().load("periodic").config
     assert not (shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").exists()
@@ -293,8 +341,16 @@ def test_parent_run_fails_when_a_step_after_training_fails(shared_drive: Path, c
     shrink_experiment(config_dir, name, 400)
     _edit(config_dir, name, cv_folds=2, models=[{"family": "logistic_regression"}, {"family": "decision_tree"}])
     graph = dg.Definitions(
-        assets=[raw_dataset, dataset_fingerprint, train_test_split, candidate_models, decision_threshold,
-                evaluation_metrics, champion_model, after_champion],
+        assets=[
+            raw_dataset,
+            dataset_fingerprint,
+            train_test_split,
+            candidate_models,
+            decision_threshold,
+            evaluation_metrics,
+            champion_model,
+            after_champion,
+        ],
         resources={"storage": SharedDrive(), "catalog": ExperimentCatalog(), "mlflow": MlflowTracking()},
         executor=dg.in_process_executor,
     )
@@ -310,7 +366,7 @@ def test_parent_run_fails_when_a_step_after_training_fails(shared_drive: Path, c
 
 
 def test_training_steps_are_the_training_group_in_run_order() -> None:
-    from pipeline_assets.training.mlflow_runs import TRAINING_STEPS
+    from mlgraph.training.mlflow_runs import TRAINING_STEPS
 
     graph = defs.resolve_asset_graph()
     group = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).group_name == "training"}

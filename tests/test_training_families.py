@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import metrics as core_metrics
-from core.experiment import ExperimentConfig
-from pipeline_assets.training import families as fam
-from pipeline_assets.training import forecasting as fc
-from pipeline_assets.training import metrics as mt
-from pipeline_assets.training.candidates import train_candidates
-from pipeline_assets.training.cv import cv_splits
-from pipeline_assets.training.promotion import select_champion
-from pipeline_assets.training.threshold import calibrate_threshold
+from mlgraph.core import metrics as core_metrics
+from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.training import families as fam
+from mlgraph.training import forecasting as fc
+from mlgraph.training import metrics as mt
+from mlgraph.training.candidates import train_candidates
+from mlgraph.training.cv import cv_splits
+from mlgraph.training.promotion import select_champion
+from mlgraph.training.threshold import calibrate_threshold
 
 
 def _config(task: str, **extra) -> ExperimentConfig:
@@ -69,7 +69,9 @@ def test_regressor_fits_and_predicts(family: str) -> None:
     spec = fam.feature_spec(train, config)
     model = fam.build_model("regression", family, fam.resolved_params("regression", family, {}), spec, seed=0)
     model.fit(fam.prepare_frame(train, spec), train["y"])
-    result = core_metrics.regression_metrics(test["y"].to_numpy(), fam.predict("regression", model, fam.prepare_frame(test, spec)))
+    result = core_metrics.regression_metrics(
+        test["y"].to_numpy(), fam.predict("regression", model, fam.prepare_frame(test, spec))
+    )
     assert result["rmse"] >= result["mae"] > 0
     assert 0.5 < result["r2"] <= 1.0, f"{family}: {result}"
 
@@ -90,8 +92,15 @@ def _series(n: int = 360, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return y, ts
 
 
-TINY_FORECAST = {"window": 12, "seasonal_period": 24, "epochs": 8, "patience": 8, "hidden_size": 8, "batch_size": 32,
-                 "learning_rate": 0.01}
+TINY_FORECAST = {
+    "window": 12,
+    "seasonal_period": 24,
+    "epochs": 8,
+    "patience": 8,
+    "hidden_size": 8,
+    "batch_size": 32,
+    "learning_rate": 0.01,
+}
 
 
 @pytest.mark.parametrize("family", ["gru", "lstm", "prophet", "seasonal_naive"])
@@ -102,7 +111,9 @@ def test_forecaster_fits_predicts_and_round_trips(family: str, tmp_path) -> None
     positions = np.arange(300, 360)
     preds = fc.predict_forecaster(fit, y, ts, positions)
     assert preds.shape == (60,) and np.all(np.isfinite(preds))
-    scores = mt.forecast_metrics(y[positions], preds, {"rmse": 0.5, "mae": 0.3, "mse": 0.2}, scale=float(np.std(y[:300])))
+    scores = mt.forecast_metrics(
+        y[positions], preds, {"rmse": 0.5, "mae": 0.3, "mse": 0.2}, scale=float(np.std(y[:300]))
+    )
     assert 0 < scores["composite"] < 1.0, f"{family} should beat predicting the mean: {scores}"
     path = fc.save_forecaster(fit, tmp_path / f"{family}{fc.ARTIFACT_SUFFIX[family]}")
     again = fc.predict_forecaster(fc.load_forecaster(family, path), y, ts, positions)
@@ -236,7 +247,11 @@ def test_selection_rule_direction_and_ties() -> None:
 
 
 def test_training_is_deterministic_and_independent_of_workers(tmp_path) -> None:
-    config = _config("classification", models=[{"family": "logistic_regression"}, {"family": "random_forest", "params": {"n_estimators": 20}}], cv_folds=3)
+    config = _config(
+        "classification",
+        models=[{"family": "logistic_regression"}, {"family": "random_forest", "params": {"n_estimators": 20}}],
+        cv_folds=3,
+    )
     train = _tabular(150, "classification", 3)
     one = train_candidates(config, train, tmp_path / "a", n_jobs=1)
     two = train_candidates(config, train, tmp_path / "b", n_jobs=2)
@@ -248,13 +263,19 @@ def test_training_is_deterministic_and_independent_of_workers(tmp_path) -> None:
         assert one.families[family].fold_metrics == two.families[family].fold_metrics
         # Pickle bytes may differ (memo sharing across processes); the fitted models may not.
         a, b = (joblib.load(r.families[family].artifact) for r in (one, two))
-        np.testing.assert_array_equal(fam.positive_scores(a, fam.prepare_frame(probe, spec)),
-                                      fam.positive_scores(b, fam.prepare_frame(probe, spec)))
+        np.testing.assert_array_equal(
+            fam.positive_scores(a, fam.prepare_frame(probe, spec)),
+            fam.positive_scores(b, fam.prepare_frame(probe, spec)),
+        )
     pd.testing.assert_frame_equal(one.oof, two.oof)
     assert set(one.oof["model"]) == {"logistic_regression", "random_forest"} and len(one.oof) == 300
 
-    forecast = _config("forecasting", models=[{"family": "gru"}, {"family": "seasonal_naive"}], cv_folds=2,
-                       forecast={**TINY_FORECAST, "epochs": 3})
+    forecast = _config(
+        "forecasting",
+        models=[{"family": "gru"}, {"family": "seasonal_naive"}],
+        cv_folds=2,
+        forecast={**TINY_FORECAST, "epochs": 3},
+    )
     y, ts = _series(200)
     frame = pd.DataFrame({"ts": ts, "y": y})
     first = train_candidates(forecast, frame, tmp_path / "f1", n_jobs=1)
@@ -269,7 +290,9 @@ def test_bad_training_input_names_the_column_and_the_fix(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"train.parquet: column 'y'.*at least two target classes, found 1.*Fix"):
         train_candidates(_config("classification"), one_class, tmp_path, n_jobs=1)
     rare = _tabular(60, "classification").assign(y=lambda f: np.where(np.arange(len(f)) < 3, 2, f.y))
-    with pytest.raises(ValueError, match=r"class 2 \(3 rows\) has fewer training rows than cv_folds=5.*Fix: lower 'cv_folds'"):
+    with pytest.raises(
+        ValueError, match=r"class 2 \(3 rows\) has fewer training rows than cv_folds=5.*Fix: lower 'cv_folds'"
+    ):
         train_candidates(_config("classification"), rare, tmp_path, n_jobs=1)
     text_target = _tabular(60, "regression").assign(y="high")
     with pytest.raises(ValueError, match=r"column 'y' has type object.*must be numeric.*Fix"):
@@ -287,8 +310,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.experiment import ExperimentConfig
-from pipeline_assets.training.candidates import train_candidates
+from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.training.candidates import train_candidates
 
 config = ExperimentConfig.model_validate({
     "name": "slow", "task": "regression", "dataset": {"generator": "salary"}, "target": "y", "cv_folds": 2,
@@ -319,16 +342,22 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
 
     import psutil
 
-    from core.drive import PROJECT_ROOT
+    from mlgraph.core.drive import PROJECT_ROOT
 
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(tmp_path)], cwd=PROJECT_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT, str(tmp_path)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     workers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(workers) < 2:
             time.sleep(0.5)
-            workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline())]
+            workers = [
+                c for c in psutil.Process(proc.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline())
+            ]
         assert len(workers) >= 2, "the loky workers did not start"
         # The watchdog starts with a worker's first task: wait until every worker is running one.
         while time.monotonic() < deadline and not all(_running_a_forest(w) for w in workers):

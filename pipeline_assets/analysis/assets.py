@@ -4,20 +4,20 @@ import json
 
 import dagster as dg
 
-from core.drive import FEATURES_PARQUET, FIT_JSON, STREAMING_CHUNKS_JSONL, SUMMARY_JSON
-from pipeline_assets.analysis import manifest, pipeline_summary, plots, significance, sweep
+from mlgraph.analysis import manifest, pipeline_summary, plots, significance, sweep
+from mlgraph.core.atomic import atomic_write_json, atomic_write_text
+from mlgraph.core.constraints import Constraint
+from mlgraph.core.drive import FEATURES_PARQUET, FIT_JSON, STREAMING_CHUNKS_JSONL, SUMMARY_JSON
+from mlgraph.core.markdown import md_image, md_table
+from mlgraph.preprocessing import engine, outputs, validation
+from mlgraph.preprocessing.probe_model import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
 from pipeline_assets.partitions import (
     constraint_partitions_def,
     experiment_from_constraints_mapping,
     experiment_partitions_def,
 )
-from pipeline_assets.preprocessing import engine, outputs, validation
-from pipeline_assets.preprocessing.probe_model import ACCURACY_COLUMN, ACCURACY_LABEL, METRIC_COLUMNS
-from core.constraints import Constraint
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
-from core.atomic import atomic_write_json, atomic_write_text
-from core.markdown import md_image, md_table
 from resources.warehouse import Warehouse
 
 # By key: importing another group's assets here would make the loader claim them for this group.
@@ -92,7 +92,9 @@ def significance_tests(
     # The smallest chunk size of the grid: the most "streaming" of the configurations.
     chunk_size = min(Constraint.parse(k).chunk_size for k in constraint_partitions_def.get_partition_keys())
     runs = significance.timed_runs(
-        storage.dataset_path(experiment, "train"), engine.EngineOptions.from_config(config), chunk_size,
+        storage.dataset_path(experiment, "train"),
+        engine.EngineOptions.from_config(config),
+        chunk_size,
         config.preprocessing.significance_runs,
     )
     row = significance.significance_row(runs, chunk_size, seed=config.seed)
@@ -119,8 +121,11 @@ def tradeoff_plots(
     config = catalog.load(experiment).config
     rows = outputs.read_csv_rows(storage.constraint_experiment_csv(experiment))
     paths = plots.draw_tradeoff_plots(
-        rows, ACCURACY_COLUMN[config.task], ACCURACY_LABEL[config.task],
-        {name: storage.plot_path(experiment, name) for name in plots.PLOTS}, experiment,
+        rows,
+        ACCURACY_COLUMN[config.task],
+        ACCURACY_LABEL[config.task],
+        {name: storage.plot_path(experiment, name) for name in plots.PLOTS},
+        experiment,
     )
     return dg.MaterializeResult(
         metadata={
@@ -156,8 +161,13 @@ def run_manifest(
     ]
     fingerprint = json.loads(storage.fingerprint_path(experiment).read_text())
     document = manifest.build_manifest(
-        storage.root_path, experiment, loaded.config, loaded.path, [p for p in candidates if p.exists()],
-        context.run.run_id, fingerprint,
+        storage.root_path,
+        experiment,
+        loaded.config,
+        loaded.path,
+        [p for p in candidates if p.exists()],
+        context.run.run_id,
+        fingerprint,
     )
     path = atomic_write_json(storage.run_manifest_json(experiment), document)
     return dg.MaterializeResult(
@@ -213,8 +223,11 @@ def run_summary(
     )
     path = atomic_write_json(storage.pipeline_report_json(experiment), report)
     failed = [
-        f"{name}:{key}" for name, results in checks.items() if name != "run_manifest_verifies"
-        for key, result in results.items() if not result["passed"]
+        f"{name}:{key}"
+        for name, results in checks.items()
+        if name != "run_manifest_verifies"
+        for key, result in results.items()
+        if not result["passed"]
     ]
     return dg.MaterializeResult(
         metadata={

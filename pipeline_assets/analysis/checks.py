@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from pipeline_assets.analysis import manifest
+from mlgraph.analysis import manifest
+from mlgraph.preprocessing import outputs
 from pipeline_assets.analysis.assets import constraint_sweep_table, run_manifest
 from pipeline_assets.partitions import constraint_partitions_def
-from pipeline_assets.preprocessing import outputs
 from resources.storage import SharedDrive
 
 
@@ -15,7 +15,11 @@ def run_manifest_verifies(context: dg.AssetCheckExecutionContext, storage: Share
     differences = manifest.verify_manifest(storage.run_manifest_json(context.partition_key))
     return dg.AssetCheckResult(
         passed=not differences,
-        metadata={"differences": len(differences), "differences_limit": 0, "details": dg.MetadataValue.json(differences)},
+        metadata={
+            "differences": len(differences),
+            "differences_limit": 0,
+            "details": dg.MetadataValue.json(differences),
+        },
     )
 
 

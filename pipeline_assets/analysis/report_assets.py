@@ -6,11 +6,11 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from core import evaluation_store
-from core.markdown import md_image, md_table
-from core.signals import read_signal
-from core.tags import TAG_CHECKPOINT_ID
-from pipeline_assets.analysis import checkpoint_comparison as comparison
+from mlgraph.analysis import checkpoint_comparison as comparison
+from mlgraph.core import evaluation_store
+from mlgraph.core.markdown import md_image, md_table
+from mlgraph.core.signals import read_signal
+from mlgraph.core.tags import TAG_CHECKPOINT_ID
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -46,8 +46,13 @@ def _metrics_table(evaluation_dir: Path) -> pd.DataFrame:
     return wide
 
 
-def _checkpoint_id(context: dg.AssetExecutionContext, config: AnalysisReportConfig, eval_dir: Path,
-                   signal_file: Path, metrics: pd.DataFrame) -> tuple[str, str]:
+def _checkpoint_id(
+    context: dg.AssetExecutionContext,
+    config: AnalysisReportConfig,
+    eval_dir: Path,
+    signal_file: Path,
+    metrics: pd.DataFrame,
+) -> tuple[str, str]:
     """The checkpoint to report on, and what chose it: run config, run tag, .eval_complete, latest in the metrics."""
     if config.checkpoint_id:
         return config.checkpoint_id, "run config"
@@ -71,8 +76,10 @@ def _paired_markdown(paired: pd.DataFrame) -> str:
         return "no candidates to compare"
     return md_table(
         ["candidate", "mean diff", "95% CI", "Holm p", "verdict"],
-        [[r.candidate, f"{r.mean_diff:.4g}", f"[{r.ci_low:.4g}, {r.ci_high:.4g}]", f"{r.p_holm:.3g}", r.verdict]
-         for r in paired.itertuples()],
+        [
+            [r.candidate, f"{r.mean_diff:.4g}", f"[{r.ci_low:.4g}, {r.ci_high:.4g}]", f"{r.p_holm:.3g}", r.verdict]
+            for r in paired.itertuples()
+        ],
     )
 
 

@@ -4,8 +4,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.atomic import atomic_write_json
-from pipeline_assets.data import datasets, loading, splitting
+from mlgraph.core.atomic import atomic_write_json
+from mlgraph.data import datasets, loading, splitting
 from pipeline_assets.data.source_assets import EXPERIMENT_SOURCE
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog

@@ -5,8 +5,8 @@ import json
 import dagster as dg
 import pyarrow.parquet as pq
 
+from mlgraph.data.quality import id_like_columns, split_report
 from pipeline_assets.data.assets import raw_dataset, train_test_split
-from pipeline_assets.data.quality import id_like_columns, split_report
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 
@@ -71,4 +71,3 @@ def train_test_split_proportions(
     test = pq.read_table(storage.dataset_path(config.name, "test"))
     report = split_report(meta, train, test, config)
     return dg.AssetCheckResult(passed=report.passed, metadata=report.metadata)
-

@@ -9,7 +9,7 @@ import warnings
 
 import dagster as dg
 
-from pipeline_assets.data import sources
+from mlgraph.data import sources
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 
@@ -31,7 +31,9 @@ def _metadata(version: sources.SourceVersion) -> dict[str, str]:
 def source_observation(version: sources.SourceVersion) -> dg.AssetObservation:
     """The observation of one experiment's inputs, as the sensor and `mlgraph demo` report it (no run)."""
     return dg.AssetObservation(
-        EXPERIMENT_SOURCE, partition=version.experiment, tags={DATA_VERSION_TAG: version.data_version},
+        EXPERIMENT_SOURCE,
+        partition=version.experiment,
+        tags={DATA_VERSION_TAG: version.data_version},
         metadata=_metadata(version),
     )
 

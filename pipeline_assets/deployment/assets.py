@@ -6,9 +6,9 @@ checks.py, so a failed gate stops the benchmark (and serving) downstream.
 
 import dagster as dg
 
-from core.markdown import md_image, md_table
+from mlgraph.core.markdown import md_image, md_table
+from mlgraph.training.lineage import extend_lineage
 from pipeline_assets.partitions import experiment_partitions_def
-from pipeline_assets.training.lineage import extend_lineage
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
@@ -29,22 +29,28 @@ def onnx_model(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """The promoted champion exported to ONNX with its export report, or why it has no faithful export."""
-    from pipeline_assets.deployment import export
-    from pipeline_assets.deployment.champion import read_champion
+    from mlgraph.deployment import export
+    from mlgraph.deployment.champion import read_champion
 
     config = catalog.load(context.partition_key).config
     champion = read_champion(storage, config)
     outcome = export.export_champion(storage, champion, champion.load())
     report = outcome.report
     # The ONNX hashes join the champion's lineage.json, so `mlgraph verify` checks them too.
-    extend_lineage(storage.lineage_json(config.name), champion.run_id,
-                   {"onnx_model": outcome.path if outcome.exported else None})
-    common = {"champion": champion.label(), "status": outcome.status,
-              "report": dg.MetadataValue.path(str(storage.export_report_json(config.name)))}
+    extend_lineage(
+        storage.lineage_json(config.name), champion.run_id, {"onnx_model": outcome.path if outcome.exported else None}
+    )
+    common = {
+        "champion": champion.label(),
+        "status": outcome.status,
+        "report": dg.MetadataValue.path(str(storage.export_report_json(config.name))),
+    }
     if not outcome.exported:
         context.log.warning(f"{champion.label()} is not exportable ({report['reason']}): the native model is served")
-        return dg.MaterializeResult(metadata={**common, "reason": report["reason"]},
-                                    data_version=dg.DataVersion(f"not-exportable-{champion.model_version}"))
+        return dg.MaterializeResult(
+            metadata={**common, "reason": report["reason"]},
+            data_version=dg.DataVersion(f"not-exportable-{champion.model_version}"),
+        )
     context.log.info(
         f"{champion.label()} → {outcome.path} ({report['bytes']:,} bytes, {report['conversion_seconds']}s)"
     )
@@ -70,17 +76,20 @@ def onnx_int8_model(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Dynamic INT8 quantization of the ONNX champion: what it changed, or that nothing was quantizable."""
-    from pipeline_assets.deployment import quantize
-    from pipeline_assets.deployment.champion import read_champion
-    from pipeline_assets.deployment.gates import read_report
+    from mlgraph.deployment import quantize
+    from mlgraph.deployment.champion import read_champion
+    from mlgraph.deployment.gates import read_report
 
     config = catalog.load(context.partition_key).config
     champion = read_champion(storage, config)
     export_report = read_report(storage.export_report_json(config.name), "onnx_model", champion)
     outcome = quantize.quantize_champion(storage, config.name, export_report)
     report = outcome.report
-    extend_lineage(storage.lineage_json(config.name), champion.run_id,
-                   {"onnx_int8_model": outcome.path if outcome.applicable else None})
+    extend_lineage(
+        storage.lineage_json(config.name),
+        champion.run_id,
+        {"onnx_int8_model": outcome.path if outcome.applicable else None},
+    )
     context.log.info(f"{champion.label()}: {report['summary']}")
     metadata = {
         "champion": champion.label(),
@@ -92,10 +101,18 @@ def onnx_int8_model(
     if "fp32_ops" in report:
         metadata["fp32_ops"] = dg.MetadataValue.json(report["fp32_ops"])
     if not outcome.applicable:
-        return dg.MaterializeResult(metadata=metadata,
-                                    data_version=dg.DataVersion(f"int8-not-applicable-{champion.model_version}"))
-    metadata.update({"path": dg.MetadataValue.path(str(outcome.path)), "fp32_bytes": report["fp32_bytes"],
-                     "int8_bytes": report["bytes"], "size_ratio": report["size_ratio"], "sha256": report["sha256"]})
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(f"int8-not-applicable-{champion.model_version}")
+        )
+    metadata.update(
+        {
+            "path": dg.MetadataValue.path(str(outcome.path)),
+            "fp32_bytes": report["fp32_bytes"],
+            "int8_bytes": report["bytes"],
+            "size_ratio": report["size_ratio"],
+            "sha256": report["sha256"],
+        }
+    )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report["sha256"]))
 
 
@@ -114,7 +131,7 @@ def inference_benchmark(
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """Latency, throughput, memory and accuracy of each served variant, its Pareto front, and vs the last champion."""
-    from pipeline_assets.deployment import bench
+    from mlgraph.deployment import bench
 
     if config.settings not in bench.SETTINGS:
         raise dg.Failure(
@@ -126,8 +143,12 @@ def inference_benchmark(
     champion, rows = measured.champion, measured.rows
     csv_path = bench.write_csv(rows, storage.inference_benchmark_csv(exp.name))
     metric = champion.metric or exp.selection_metric  # what the champion was promoted on
-    plot = bench.pareto_plot(rows, metric, storage.plot_path(exp.name, "inference_pareto"),
-                             f"{exp.name}: {champion.label()} ({settings.name} settings)")
+    plot = bench.pareto_plot(
+        rows,
+        metric,
+        storage.plot_path(exp.name, "inference_pareto"),
+        f"{exp.name}: {champion.label()} ({settings.name} settings)",
+    )
     with warehouse.get_connection() as connection:
         previous = bench.previous_champion_rows(connection, exp.name, champion.model_version, settings.name)
         stored = bench.store_rows(connection, rows)
@@ -140,8 +161,15 @@ def inference_benchmark(
     points = bench.pareto_points(rows)
     front = [p["point"] for p in points if p["pareto_optimal"]]
     context.log.info(f"{exp.name}: Pareto-optimal (test {metric} vs one-row p99): {', '.join(front)}")
-    shown = ["point", "latency_p50_us", "latency_p99_us", "metric_value", "peak_rss_mb", "model_bytes",
-             "pareto_optimal"]
+    shown = [
+        "point",
+        "latency_p50_us",
+        "latency_p99_us",
+        "metric_value",
+        "peak_rss_mb",
+        "model_bytes",
+        "pareto_optimal",
+    ]
     return dg.MaterializeResult(
         metadata={
             "champion": champion.label(),
@@ -153,7 +181,8 @@ def inference_benchmark(
             "pareto_plot": dg.MetadataValue.md(md_image(plot, "accuracy vs one-row p99 latency")),
             "vs_previous_champion": dg.MetadataValue.md(
                 md_table(["variant", "figure", "current", "previous", "previous_version", "change"], comparison)
-                if comparison else "no earlier champion of this experiment was benchmarked with these settings"
+                if comparison
+                else "no earlier champion of this experiment was benchmarked with these settings"
             ),
             "rows": len(rows),
             "path": dg.MetadataValue.path(str(csv_path)),

@@ -10,7 +10,7 @@ reports record the variant as missing, never as an INT8 or ONNX model.
 
 import dagster as dg
 
-from core.markdown import md_table
+from mlgraph.core.markdown import md_table
 from pipeline_assets.deployment.assets import CHAMPION_MODEL, onnx_int8_model, onnx_model
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -19,16 +19,20 @@ TRAIN_TEST_SPLIT = dg.AssetKey("train_test_split")
 
 
 def _not_applicable(reason: str) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=True, description=f"not applicable: {reason}",
-                               metadata={"applicable": False, "reason": reason})
+    return dg.AssetCheckResult(
+        passed=True, description=f"not applicable: {reason}", metadata={"applicable": False, "reason": reason}
+    )
 
 
 def _parity_result(outcome) -> dg.AssetCheckResult:
     if not outcome.applicable:
         return _not_applicable(outcome.reason)
     result = outcome.result
-    return dg.AssetCheckResult(passed=result.passed, metadata={"applicable": True, **result.metadata()},
-                               description="; ".join(result.failures) or "within every limit")
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        metadata={"applicable": True, **result.metadata()},
+        description="; ".join(result.failures) or "within every limit",
+    )
 
 
 @dg.asset_check(asset=onnx_model, blocking=True, additional_deps=[CHAMPION_MODEL, TRAIN_TEST_SPLIT])
@@ -36,7 +40,7 @@ def onnx_model_parity(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.AssetCheckResult:
     """ONNX FP32 matches the native champion on the test split and edge rows: max/mean abs error, label agreement."""
-    from pipeline_assets.deployment import gates
+    from mlgraph.deployment import gates
 
     return _parity_result(gates.fp32_parity(storage, catalog.load(context.partition_key).config))
 
@@ -46,8 +50,8 @@ def onnx_int8_model_parity(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.AssetCheckResult:
     """ONNX INT8 passes the same parity limits and loses at most the budgeted test metric against FP32."""
-    from pipeline_assets.deployment import gates
-    from pipeline_assets.deployment.parity import Int8Budget
+    from mlgraph.deployment import gates
+    from mlgraph.deployment.parity import Int8Budget
 
     config = catalog.load(context.partition_key).config
     return _parity_result(gates.int8_parity(storage, config, Int8Budget.of(config)))
@@ -58,13 +62,15 @@ def onnx_model_schema(
     context: dg.AssetCheckExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.AssetCheckResult:
     """The ONNX serving inputs have the names, types and order of the training features."""
-    from pipeline_assets.deployment import gates
+    from mlgraph.deployment import gates
 
     outcome = gates.schema(storage, catalog.load(context.partition_key).config)
     if not outcome.applicable:
         return _not_applicable(outcome.reason)
-    rows = [[e["name"], e["type"], next((a["type"] for a in outcome.actual if a["name"] == e["name"]), "—")]
-            for e in outcome.expected]
+    rows = [
+        [e["name"], e["type"], next((a["type"] for a in outcome.actual if a["name"] == e["name"]), "—")]
+        for e in outcome.expected
+    ]
     return dg.AssetCheckResult(
         passed=not outcome.differences,
         description="; ".join(outcome.differences) or "serving inputs equal the training features",

@@ -7,12 +7,18 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from core import evaluation_store
-from core.atomic import atomic_write_text
-from core.markdown import md_table
-from core.signals import SignalError, TrainingComplete, checkpoint_id, read_signal, resolve_checkpoint, utc_now
-from core.tags import SLURM_JOB_ID_TAG, TAG_CHECKPOINT_PATH, TAG_MLFLOW_RUN_ID, TAG_SIGNAL_FILE, TAG_TRAINING_MLFLOW_RUN_ID
-from pipeline_assets.external import evaluation
+from mlgraph.core import evaluation_store
+from mlgraph.core.atomic import atomic_write_text
+from mlgraph.core.markdown import md_table
+from mlgraph.core.signals import SignalError, TrainingComplete, checkpoint_id, read_signal, resolve_checkpoint, utc_now
+from mlgraph.core.tags import (
+    SLURM_JOB_ID_TAG,
+    TAG_CHECKPOINT_PATH,
+    TAG_MLFLOW_RUN_ID,
+    TAG_SIGNAL_FILE,
+    TAG_TRAINING_MLFLOW_RUN_ID,
+)
+from mlgraph.external import evaluation
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -114,8 +120,9 @@ def checkpoint_evaluation(
             mlflow.tracker(experiment), result, context.run.run_id, context.run.tags.get(TAG_TRAINING_MLFLOW_RUN_ID)
         )
         context.instance.add_run_tags(context.run.run_id, {TAG_MLFLOW_RUN_ID: mlflow_run_id})
-        done = evaluation.completion_signal(result, experiment, job_id, started, checkpoint_path, context.run.run_id,
-                                            mlflow_run_id, config_hash)
+        done = evaluation.completion_signal(
+            result, experiment, job_id, started, checkpoint_path, context.run.run_id, mlflow_run_id, config_hash
+        )
         # Written last: analysis may start the moment this file appears.
         signal_out = atomic_write_text(storage.eval_complete_signal(experiment), done.to_json())
     except Exception as exc:
@@ -147,13 +154,22 @@ def checkpoint_evaluation(
 
 
 def _write_failure(
-    context: dg.AssetExecutionContext, storage: SharedDrive, experiment: str, job_id: str,
-    checkpoint_path: Path | None, exc: BaseException,
+    context: dg.AssetExecutionContext,
+    storage: SharedDrive,
+    experiment: str,
+    job_id: str,
+    checkpoint_path: Path | None,
+    exc: BaseException,
 ) -> None:
     """Record a critical failure as evaluation/{experiment}/.eval_failed; the caller re-raises."""
     failed = evaluation.failure_signal(
-        experiment, job_id, exc, traceback.format_exc(), checkpoint_id(checkpoint_path) if checkpoint_path else None,
-        checkpoint_path, context.run.run_id,
+        experiment,
+        job_id,
+        exc,
+        traceback.format_exc(),
+        checkpoint_id(checkpoint_path) if checkpoint_path else None,
+        checkpoint_path,
+        context.run.run_id,
     )
     target = storage.eval_failed_signal(experiment)
     try:

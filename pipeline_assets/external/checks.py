@@ -3,9 +3,9 @@
 import dagster as dg
 import pyarrow.parquet as pq
 
-from core import evaluation_store
-from core.signals import EvalComplete, read_signal
-from pipeline_assets.external import evaluation
+from mlgraph.core import evaluation_store
+from mlgraph.core.signals import EvalComplete, read_signal
+from mlgraph.external import evaluation
 from pipeline_assets.external.assets import checkpoint_evaluation
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive

@@ -10,7 +10,7 @@ import warnings
 
 import dagster as dg
 
-from core.markdown import md_table
+from mlgraph.core.markdown import md_table
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -21,47 +21,61 @@ DATA_VERSION_TAG = "dagster/data_version"  # what an observation's DataVersion b
 
 def prediction_log_observation(experiment: str, status) -> dg.AssetObservation:
     """The observation of one experiment's log (a log_status.LogStatus), as the drift sensor reports it."""
-    return dg.AssetObservation(PREDICTION_LOG, partition=experiment, tags={DATA_VERSION_TAG: status.version},
-                               metadata=status.metadata())
+    return dg.AssetObservation(
+        PREDICTION_LOG, partition=experiment, tags={DATA_VERSION_TAG: status.version}, metadata=status.metadata()
+    )
 
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)  # observable sources are beta in name only (Dagster 1.13)
 
     @dg.multi_observable_source_asset(
-        specs=[dg.AssetSpec(PREDICTION_LOG, partitions_def=experiment_partitions_def,
-                            description="The service's prediction log (serving/{experiment}/prediction_log*.jsonl).")],
+        specs=[
+            dg.AssetSpec(
+                PREDICTION_LOG,
+                partitions_def=experiment_partitions_def,
+                description="The service's prediction log (serving/{experiment}/prediction_log*.jsonl).",
+            )
+        ],
         partitions_def=experiment_partitions_def,
     )
     def prediction_log(context: dg.AssetExecutionContext, storage: SharedDrive) -> dg.ObserveResult:
         """Observes one experiment's prediction log: rows, size, last write, current file."""
-        from pipeline_assets.monitoring.log_status import log_status
+        from mlgraph.monitoring.log_status import log_status
 
         status = log_status(storage.prediction_log_path(context.partition_key))
         return dg.ObserveResult(data_version=dg.DataVersion(status.version), metadata=status.metadata())
 
 
-@dg.asset(partitions_def=experiment_partitions_def, deps=[dg.AssetKey("champion_model")], kinds={"json"},
-          code_version="1")
+@dg.asset(
+    partitions_def=experiment_partitions_def, deps=[dg.AssetKey("champion_model")], kinds={"json"}, code_version="1"
+)
 def drift_baseline(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """The champion's training distribution (feature means, stds, quantiles, category and class shares), saved beside it."""
-    from pipeline_assets.monitoring.baseline import compute_baseline, read_baseline, write_baseline
-    from pipeline_assets.training import model_files
-    from pipeline_assets.training.promotion import PromotionStore
+    from mlgraph.monitoring.baseline import compute_baseline, read_baseline, write_baseline
+    from mlgraph.training import model_files
+    from mlgraph.training.promotion import PromotionStore
 
     config = catalog.load(context.partition_key).config
     champion = PromotionStore(storage.promotion_dir(config.config_hash)).current()
     if champion is None:
-        raise dg.Failure(f"{config.name}: no champion is promoted for config hash {config.config_hash[:12]}; "
-                         "materialize champion_model first (drift is measured against the champion's training data)")
+        raise dg.Failure(
+            f"{config.name}: no champion is promoted for config hash {config.config_hash[:12]}; "
+            "materialize champion_model first (drift is measured against the champion's training data)"
+        )
     meta = model_files.split_meta(storage, config.name)
     version = str(champion.get("model_version", ""))
     path = storage.drift_baseline_json(config.name)
     kept = read_baseline(storage, config.name)
     same_data = meta.get("dataset_sha256") == champion.get("dataset_sha256")
-    if not same_data and kept and kept.get("champion_version") == version and kept.get("config_hash") == config.config_hash:
+    if (
+        not same_data
+        and kept
+        and kept.get("champion_version") == version
+        and kept.get("config_hash") == config.config_hash
+    ):
         # The data moved on but its challenger was not promoted: the champion still serves, so the baseline
         # stays the distribution it was trained on (the current split is no longer it).
         context.log.info(f"champion v{version} was trained on earlier data; its baseline is kept")
@@ -70,10 +84,19 @@ def drift_baseline(
         baseline = compute_baseline(model_files.read_split(storage, config.name, "train"), config, champion)
         baseline["train_split_is_champions"] = same_data
         write_baseline(storage, config.name, baseline)
-    rows = [[n, f"{s['mean']:.4g}" if s["mean"] is not None else "-", f"{s['std']:.4g}" if s["std"] is not None else "-",
-             f"{s['missing_share']:.1%}"] for n, s in baseline["numeric"].items()]
-    rows += [[n, f"{len(s['frequencies'])} categories", "", f"{s['missing_share']:.1%}"]
-             for n, s in baseline["categorical"].items()]
+    rows = [
+        [
+            n,
+            f"{s['mean']:.4g}" if s["mean"] is not None else "-",
+            f"{s['std']:.4g}" if s["std"] is not None else "-",
+            f"{s['missing_share']:.1%}",
+        ]
+        for n, s in baseline["numeric"].items()
+    ]
+    rows += [
+        [n, f"{len(s['frequencies'])} categories", "", f"{s['missing_share']:.1%}"]
+        for n, s in baseline["categorical"].items()
+    ]
     return dg.MaterializeResult(
         metadata={
             "champion_version": version,
@@ -88,14 +111,15 @@ def drift_baseline(
     )
 
 
-@dg.asset(partitions_def=experiment_partitions_def, deps=[drift_baseline, PREDICTION_LOG], kinds={"json"},
-          code_version="1")
+@dg.asset(
+    partitions_def=experiment_partitions_def, deps=[drift_baseline, PREDICTION_LOG], kinds={"json"}, code_version="1"
+)
 def drift_report(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
     """Drift of the newest logged predictions against the baseline: per-feature z-scores, categories, class-rate shift."""
-    from core.atomic import atomic_write_json
-    from pipeline_assets.monitoring.drift import build_report, retraining_trigger
+    from mlgraph.core.atomic import atomic_write_json
+    from mlgraph.monitoring.drift import build_report, retraining_trigger
 
     config = catalog.load(context.partition_key).config
     report = build_report(storage.layout, config)

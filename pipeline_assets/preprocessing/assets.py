@@ -5,13 +5,13 @@ import json
 import dagster as dg
 import pyarrow.parquet as pq
 
-from core.atomic import atomic_write_json
-from core.drive import FEATURES_PARQUET
-from core.constraints import Constraint
-from core.hashing import sha256_file
-from core.markdown import md_table
+from mlgraph.core.atomic import atomic_write_json
+from mlgraph.core.constraints import Constraint
+from mlgraph.core.drive import FEATURES_PARQUET
+from mlgraph.core.hashing import sha256_file
+from mlgraph.core.markdown import md_table
+from mlgraph.preprocessing import engine, outputs, probe_model
 from pipeline_assets.partitions import experiment_constraint_partitions_def, experiment_partitions_def
-from pipeline_assets.preprocessing import engine, outputs, probe_model
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 
@@ -121,11 +121,18 @@ def constraint_probe_result(
     # The test split goes through the same operators with the statistics fitted on train.
     test = engine.transform_table(pq.read_table(storage.dataset_path(experiment, "test")), fit)
     result = probe_model.train_probe(
-        config.task, train, test, config.target, compute_limit=constraint.compute_limit,
-        time_column=config.time_column, window=config.forecast.window, seed=config.seed,
+        config.task,
+        train,
+        test,
+        config.target,
+        compute_limit=constraint.compute_limit,
+        time_column=config.time_column,
+        window=config.forecast.window,
+        seed=config.seed,
     )
-    row = probe_model.constraint_run_row(experiment, constraint_key, config.task, constraint,
-                                         outputs.read_summary(out_dir), result)
+    row = probe_model.constraint_run_row(
+        experiment, constraint_key, config.task, constraint, outputs.read_summary(out_dir), result
+    )
     path = atomic_write_json(storage.constraint_run_json(experiment, constraint_key), row)
     context.log.info(f"{experiment} [{constraint_key}]: {result.model} {json.dumps(result.metrics)}")
     return dg.MaterializeResult(
@@ -150,7 +157,9 @@ def batch_features(
     config = catalog.load(experiment).config
     features_path = storage.batch_file(experiment, FEATURES_PARQUET)
     result = engine.run_batch(
-        storage.dataset_path(experiment, "train"), engine.EngineOptions.from_config(config), output=features_path,
+        storage.dataset_path(experiment, "train"),
+        engine.EngineOptions.from_config(config),
+        output=features_path,
         collect=False,
     )
     outputs.write_run_outputs(storage.batch_dir(experiment), result, {"experiment": experiment})

@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from core.drive import FEATURES_PARQUET, STREAMING_CHUNKS_JSONL
-from core.constraints import Constraint
+from mlgraph.core.constraints import Constraint
+from mlgraph.core.drive import FEATURES_PARQUET, STREAMING_CHUNKS_JSONL
+from mlgraph.preprocessing import outputs, validation
 from pipeline_assets.partitions import experiment_from_constraints_mapping
-from pipeline_assets.preprocessing import outputs, validation
 from pipeline_assets.preprocessing.assets import batch_features, streaming_features
 from resources.storage import SharedDrive
 
@@ -21,9 +21,7 @@ def _keys(context: dg.AssetCheckExecutionContext) -> tuple[str, str]:
     # Read from the drive, not loaded as an input: declared so the graph shows the check depends on it.
     additional_deps=[dg.AssetDep(batch_features, partition_mapping=experiment_from_constraints_mapping)],
 )
-def streaming_features_match_batch(
-    context: dg.AssetCheckExecutionContext, storage: SharedDrive
-) -> dg.AssetCheckResult:
+def streaming_features_match_batch(context: dg.AssetCheckExecutionContext, storage: SharedDrive) -> dg.AssetCheckResult:
     """Same columns, same rows and values within 1e-9 as batch_features (whole-data statistics)."""
     experiment, constraint = _keys(context)
     report = validation.features_agree(

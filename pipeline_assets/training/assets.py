@@ -15,13 +15,13 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from core import evaluation_store
-from core.hashing import sha256_text
-from core.markdown import md_table
-from core.metrics import mlflow_metric_key
+from mlgraph.core import evaluation_store
+from mlgraph.core.hashing import sha256_text
+from mlgraph.core.markdown import md_table
+from mlgraph.core.metrics import mlflow_metric_key
+from mlgraph.training import model_files
+from mlgraph.training.mlflow_runs import ExecutionRun, later_steps
 from pipeline_assets.partitions import experiment_partitions_def
-from pipeline_assets.training import model_files
-from pipeline_assets.training.mlflow_runs import ExecutionRun, later_steps
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
@@ -55,8 +55,13 @@ def _mlflow_execution(context: dg.AssetExecutionContext, tracking: MlflowTrackin
     steps then fail (dagster issue #21872); wrapping the whole body (not just the MLflow calls) means
     a failure anywhere in a later step still marks the run that an earlier step opened.
     """
-    execution = ExecutionRun(tracking.tracker(context.partition_key), context.run.run_id, context.partition_key,
-                             context.job_name, context.run.tags)
+    execution = ExecutionRun(
+        tracking.tracker(context.partition_key),
+        context.run.run_id,
+        context.partition_key,
+        context.job_name,
+        context.run.tags,
+    )
     try:
         yield execution
     except BaseException as exc:
@@ -84,9 +89,9 @@ def candidate_models(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
     """Every configured model family, cross-validated and fitted in parallel, one MLflow child run each."""
-    from pipeline_assets.training.candidates import train_candidates
-    from pipeline_assets.training.labels import class_count
-    from pipeline_assets.training.mlflow_runs import log_candidates
+    from mlgraph.training.candidates import train_candidates
+    from mlgraph.training.labels import class_count
+    from mlgraph.training.mlflow_runs import log_candidates
 
     with _mlflow_execution(context, mlflow, "candidate_models") as execution:
         loaded = catalog.load(context.partition_key)
@@ -107,8 +112,16 @@ def candidate_models(
     selection = outcome.selection_metric
     table = md_table(
         ["family", f"cv {selection}", "fit s", "cv s", "MLflow run"],
-        [[family, f"{r.cv[selection]['mean']:.4f} ± {r.cv[selection]['std']:.4f}", f"{r.fit_seconds:.2f}",
-          f"{r.cv_seconds:.2f}", f"`{run_ids[family]}`"] for family, r in outcome.families.items()],
+        [
+            [
+                family,
+                f"{r.cv[selection]['mean']:.4f} ± {r.cv[selection]['std']:.4f}",
+                f"{r.fit_seconds:.2f}",
+                f"{r.cv_seconds:.2f}",
+                f"`{run_ids[family]}`",
+            ]
+            for family, r in outcome.families.items()
+        ],
     )
     return dg.MaterializeResult(
         metadata={
@@ -133,9 +146,9 @@ def decision_threshold(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
     """Binary cut-off: most out-of-fold recall with precision ≥ the target (multiclass: argmax; other tasks: none)."""
-    from pipeline_assets.training.mlflow_runs import log_thresholds
-    from pipeline_assets.training.promotion import select_champion
-    from pipeline_assets.training.threshold import calibrate_families
+    from mlgraph.training.mlflow_runs import log_thresholds
+    from mlgraph.training.promotion import select_champion
+    from mlgraph.training.threshold import calibrate_families
 
     with _mlflow_execution(context, mlflow, "decision_threshold") as execution:
         loaded = catalog.load(context.partition_key)
@@ -169,8 +182,10 @@ def decision_threshold(
         )
     table = md_table(
         ["family", "threshold", "oof precision", "oof recall", "target reached"],
-        [[f, f"{r.threshold:.4f}", f"{r.precision:.4f}", f"{r.recall:.4f}", "yes" if r.reached_target else "NO"]
-         for f, r in results.items()],
+        [
+            [f, f"{r.threshold:.4f}", f"{r.precision:.4f}", f"{r.recall:.4f}", "yes" if r.reached_target else "NO"]
+            for f, r in results.items()
+        ],
     )
     return dg.MaterializeResult(
         metadata={
@@ -222,8 +237,8 @@ def evaluation_metrics(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
     """Test-set metrics of every family and the trivial baseline, as hive-partitioned parquet plus predictions."""
-    from pipeline_assets.training import evaluation
-    from pipeline_assets.training.promotion import select_champion
+    from mlgraph.training import evaluation
+    from mlgraph.training.promotion import select_champion
 
     with _mlflow_execution(context, mlflow, "evaluation_metrics") as execution:
         loaded = catalog.load(context.partition_key)
@@ -239,14 +254,16 @@ def evaluation_metrics(
         outcome = evaluation.evaluate(config, train, test, artifacts, thresholds, manifest.get("scale"))
         written = evaluation.write_evaluation(storage, config, manifest, thresholds, outcome, dt.datetime.now(dt.UTC))
         for family, entry in manifest["families"].items():
-            execution.tracker.log(entry["run_id"], metrics={f"test_{mlflow_metric_key(m)}": v
-                                                            for m, v in outcome.metrics[family].items()})
+            execution.tracker.log(
+                entry["run_id"], metrics={f"test_{mlflow_metric_key(m)}": v for m, v in outcome.metrics[family].items()}
+            )
 
     cv = {f: v["cv"] for f, v in manifest["families"].items()}
     leader = select_champion(model_files.cv_scores(manifest, selection), selection, config.families)
     classes = model_files.classes(manifest)
-    scoreboard = evaluation.scoreboard_markdown(config.task, selection, cv, outcome.metrics, leader,
-                                                len(classes) if classes else None)
+    scoreboard = evaluation.scoreboard_markdown(
+        config.task, selection, cv, outcome.metrics, leader, len(classes) if classes else None
+    )
     per_class = {}
     if outcome.classes is not None:
         table = evaluation.per_class_markdown(outcome.metrics, outcome.classes, outcome.predictions)
@@ -294,8 +311,8 @@ def champion_model(
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """The best family by the experiment's rule, gated on the baseline, promoted (pointer, history, registry alias)."""
-    from pipeline_assets.training import promotion
-    from pipeline_assets.training.evaluation import read_test_metrics
+    from mlgraph.training import promotion
+    from mlgraph.training.evaluation import read_test_metrics
 
     with _mlflow_execution(context, mlflow, "champion_model") as execution:
         loaded = catalog.load(context.partition_key)
@@ -322,18 +339,36 @@ def champion_model(
         if promotion.contested(current, exp.config_hash, meta["dataset_sha256"], config.force):
             # New data (a retraining): the champion is replaced only by a strictly better model on today's test split.
             challenge = promotion.challenge_champion(
-                exp, gate, current, model_files.read_split(storage, exp.name, "train"),
-                model_files.read_split(storage, exp.name, "test"), manifest.get("scale"))
+                exp,
+                gate,
+                current,
+                model_files.read_split(storage, exp.name, "train"),
+                model_files.read_split(storage, exp.name, "test"),
+                manifest.get("scale"),
+            )
         decision = promotion.decide(current, exp.config_hash, meta["dataset_sha256"], config.force, challenge)
         tags = {"mlgraph.promoted": str(decision.promote).lower()}
         if decision.promote:
-            pointer = promotion.promote_champion(store, storage, loaded, meta, manifest, gate, execution.tracker.client,
-                                                 mlflow.registered_model_name(exp.name), context.run.run_id)
+            pointer = promotion.promote_champion(
+                store,
+                storage,
+                loaded,
+                meta,
+                manifest,
+                gate,
+                execution.tracker.client,
+                mlflow.registered_model_name(exp.name),
+                context.run.run_id,
+            )
             tags["mlgraph.model_version"] = pointer["model_version"]
-            context.log.info(f"promoted {gate.champion} ({pointer['registered_model']} v{pointer['model_version']}, "
-                             f"alias champion): {decision.reason}")
+            context.log.info(
+                f"promoted {gate.champion} ({pointer['registered_model']} v{pointer['model_version']}, "
+                f"alias champion): {decision.reason}"
+            )
         elif challenge is not None:
-            store.record_not_promoted(challenge, decision, manifest["families"][gate.champion]["run_id"], context.run.run_id)
+            store.record_not_promoted(
+                challenge, decision, manifest["families"][gate.champion]["run_id"], context.run.run_id
+            )
             context.log.info(decision.reason)
         else:
             context.log.info(f"not promoted again: {decision.reason}")
@@ -349,8 +384,11 @@ def champion_model(
             "cv_score": gate.cv_score,
             "test_score": gate.champion_test,
             "baseline_test_score": gate.baseline_test,
-            **({"champion_test_score_now": challenge.champion_test} if challenge and challenge.champion_test is not None
-               else {}),
+            **(
+                {"champion_test_score_now": challenge.champion_test}
+                if challenge and challenge.champion_test is not None
+                else {}
+            ),
             "current_run_id": str(current.get("run_id", "")),
             "model_version": str(current.get("model_version", "")),
             "pointer": dg.MetadataValue.path(str(store.current_path)),

@@ -20,7 +20,7 @@ import yaml
 from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.storage.dagster_run import DagsterRun
 
-from core.drive import PROJECT_ROOT
+from mlgraph.core.drive import PROJECT_ROOT
 from tests.daemon_harness import AUTOMATION_OFF
 
 SUPPORT_DEFS = Path(__file__).with_name("defs.py")
@@ -42,8 +42,10 @@ def require_slurm() -> None:
         pytest.skip("Slurm is not installed; `scripts/slurm-local up` starts a local single-node cluster")
     ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30, check=False)
     if "UP" not in ping.stdout:
-        pytest.fail(f"Slurm is installed but its controller does not answer ({ping.stdout.strip()} "
-                    f"{ping.stderr.strip()}): run `scripts/slurm-local up`")
+        pytest.fail(
+            f"Slurm is installed but its controller does not answer ({ping.stdout.strip()} "
+            f"{ping.stderr.strip()}): run `scripts/slurm-local up`"
+        )
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
@@ -69,7 +71,7 @@ def write_instance_yaml(
     home.mkdir(parents=True, exist_ok=True)
     if launcher == "slurm":
         run_launcher = {
-            "module": "launcher.slurm_launcher",
+            "module": "mlgraph.launcher.slurm_launcher",
             "class": "SlurmRunLauncher",
             "config": dict(launcher_config or {}),
         }

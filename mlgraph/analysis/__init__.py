@@ -1,0 +1,1 @@
+"""The analysis domain: plain Python (no Dagster) behind the `analysis` asset group."""

@@ -1,0 +1,404 @@
+"""Experiment configuration: the pydantic model, YAML loading with clear errors, the config hash."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.hashing import sha256_text
+from mlgraph.core.metrics import DEFAULT_SELECTION_METRIC, default_selection_metric
+
+# libyaml's loader when present: sensors re-read every experiment file each tick.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The experiment-name rule, the one home: partition keys, YAML stems, directories and signal fields.
+# It also rules out '..', '/' and absolute paths.
+EXPERIMENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+EXPERIMENT_NAME_RULE = "1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
+
+
+def is_experiment_name(value: str) -> bool:
+    # fullmatch: a '$' anchor would also accept a trailing newline.
+    return EXPERIMENT_NAME_RE.fullmatch(value) is not None
+
+
+DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
+
+Task = Literal["classification", "regression", "forecasting"]
+ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "regression": ("ridge", "random_forest", "hist_gradient_boosting", "knn", "decision_tree"),
+    "classification": ("logistic_regression", "knn", "svm", "decision_tree", "random_forest"),
+    "forecasting": ("gru", "lstm", "prophet", "seasonal_naive"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file is invalid; the message names the file, the field and the fix."""
+
+
+class Strict(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatasetConfig(Strict):
+    generator: Literal["salary", "student_engagement", "demand_forecast"] | None = Field(
+        default=None, description="Built-in deterministic demo generator"
+    )
+    path: str | None = Field(
+        default=None,
+        description="CSV or parquet file; relative paths are relative to the experiment YAML",
+    )
+    rows: int | None = Field(default=None, gt=0, description="Rows to generate (generators only)")
+    seed: int = Field(default=0, description="Generator seed")
+    na_values: list[str] | None = Field(
+        default=None,
+        description="A file's texts for a missing cell besides "
+        "the empty one (unset: pandas' NA, N/A, NaN, null, None, ...)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.generator is None) == (self.path is None):
+            raise ValueError("set exactly one of 'generator' or 'path'")
+        if self.path is not None:
+            if self.rows is not None:
+                raise ValueError("'rows' applies to generators only; remove it for a file source")
+            if Path(self.path).suffix.lower() not in {".csv", ".parquet", ".pq"}:
+                raise ValueError(f"path {self.path!r} must end in .csv or .parquet")
+        elif self.na_values is not None:
+            raise ValueError("'na_values' applies to file sources only; remove it for a generator")
+        return self
+
+
+class SamplingConfig(Strict):
+    train_rows: int | None = Field(default=None, gt=0, description="Rows kept from the train split")
+    test_rows: int | None = Field(default=None, gt=0, description="Rows kept from the test split")
+    strategy: Literal["head", "random", "stratified"] = "head"
+    seed: int = 42
+
+
+class SplitConfig(Strict):
+    test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class ModelSpec(Strict):
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SelectionConfig(Strict):
+    metric: str | None = Field(default=None, description="Metric that picks the champion")
+    composite_weights: dict[str, float] = Field(
+        default_factory=lambda: {"rmse": 0.5, "mae": 0.3, "mse": 0.2},
+        description="Weights of the forecasting composite score (lower is better)",
+    )
+
+    @field_validator("composite_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - {"rmse", "mae", "mse"}
+        if unknown:
+            raise ValueError(f"unknown composite metrics {sorted(unknown)}; use rmse, mae, mse")
+        if any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
+            raise ValueError("composite weights must be non-negative and sum to more than 0")
+        return value
+
+
+class DriftConfig(Strict):
+    """Drift monitoring and the retraining it triggers (design document 001, stage 5); not in the config hash."""
+
+    window: int = Field(default=5000, gt=0, description="Newest logged predictions a drift report reads")
+    min_window: int = Field(default=200, gt=0, description="Fewer predictions: 'insufficient_data', not 'no drift'")
+    drift_zscore_threshold: float = Field(default=3.0, gt=0, description="|window mean - train mean| / train std limit")
+    drift_min_features: int = Field(default=2, ge=1, description="Drift when at least this many features drift")
+    class_rate_shift_threshold: float = Field(default=0.1, gt=0, le=1, description="Predicted class-share shift limit")
+    unseen_share_threshold: float = Field(default=0.05, ge=0, le=1, description="Unseen-category share limit")
+    chi2_pvalue: float = Field(default=0.001, gt=0, lt=1, description="Categorical chi-square p-value limit")
+    retrain_cooldown_hours: float = Field(default=6.0, ge=0, description="Hours between drift-triggered retrainings")
+
+
+class DeploymentConfig(Strict):
+    """Release-gate budgets for the ONNX variants (design document 001, stage 3)."""
+
+    int8_max_roc_auc_loss: float = Field(
+        default=0.01, ge=0, le=1, description="Classification: ROC AUC INT8 may lose against FP32 on the test split"
+    )
+    int8_max_rmse_increase: float = Field(
+        default=0.01, ge=0, description="Regression/forecasting: relative RMSE increase INT8 may add against FP32"
+    )
+
+
+class PreprocessingConfig(Strict):
+    correlation_threshold: float = Field(
+        default=0.95, gt=0, le=1, description="Drop one of each feature pair with |r| above this"
+    )
+    outlier_z: float = Field(default=4.0, gt=0, description="Clip numeric values to mean ± z·std")
+    significance_runs: int = Field(default=10, ge=2, description="Repeats per significance test")
+    spill_to_disk: bool = True
+
+
+class ForecastConfig(Strict):
+    window: int = Field(default=24, gt=0, description="Input window length (time steps)")
+    horizon: int = Field(default=1, gt=0)
+    seasonal_period: int = Field(default=24, gt=0)
+    epochs: int = Field(default=20, gt=0)
+    patience: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    hidden_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    device: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="Where GRU/LSTM train; models are always saved and served from the CPU"
+    )
+    target_mode: Literal["change", "level"] = Field(
+        default="change",
+        description="What GRU/LSTM learn: the change from the window's last value, or the standardised level",
+    )
+    frequency: str | None = Field(
+        default=None,
+        description="The series' spacing as a pandas alias ('1h', 'W-SUN', 'MS'; a number for a numeric time "
+        "column); inferred from the training timestamps when unset",
+    )
+
+    @field_validator("frequency")
+    @classmethod
+    def _frequency(cls, value: str | None) -> str | None:
+        if value is None or _is_number(value):
+            return value
+        from pandas.tseries.frequencies import to_offset  # only when set: core stays light to import
+
+        try:
+            to_offset(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a pandas frequency; use e.g. '1h', '15min', 'D', 'W-SUN', 'MS'"
+            ) from None
+        return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+# Fields added after config hashes were first recorded, with their defaults: left out of the hash while
+# unset, so a field added to the schema never makes an existing experiment's models stale.
+HASH_OMITTED_AT_DEFAULT: dict[tuple[str, ...], Any] = {
+    ("dataset", "na_values"): None,
+    ("exclude_columns",): [],
+    ("forecast", "target_mode"): "change",
+    ("forecast", "frequency"): None,
+    ("deployment",): DeploymentConfig().model_dump(),
+}
+# `drift:` as hashes first recorded it (monitoring only now): every hash keeps this payload in its place.
+LEGACY_DRIFT_HASH_PAYLOAD: dict[str, Any] = {"ks_pvalue": 0.01, "min_samples": 200, "psi_threshold": 0.2}
+
+
+class ExperimentConfig(Strict):
+    """One experiment: one dataset, one task, the models to compare and how to judge them."""
+
+    name: str
+    task: Task
+    description: str = ""
+    dataset: DatasetConfig
+    target: str
+    time_column: str | None = None
+    columns: dict[str, ColumnType] = Field(default_factory=dict, description="Declared column types, checked on load")
+    exclude_columns: list[str] = Field(
+        default_factory=list, description="Columns that are not features (row ids, leaks); left out of the splits"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    models: list[ModelSpec] = Field(default_factory=list)
+    cv_folds: int = Field(default=5, ge=2, le=20)
+    precision_target: float = Field(default=0.8, gt=0, le=1)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    seed: int = 42
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not is_experiment_name(value):
+            raise ValueError(f"{value!r} is not a valid experiment name: use {EXPERIMENT_NAME_RULE}")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("target must name the column to predict")
+        return value
+
+    @field_validator("exclude_columns")
+    @classmethod
+    def _excludable(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if kept := [info.data[k] for k in ("target", "time_column") if info.data.get(k) in value]:
+            raise ValueError(f"{kept} name the target or time column, which cannot be excluded; remove them")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.task == "forecasting" and not self.time_column:
+            raise ValueError("forecasting experiments need 'time_column' (the timestamp column)")
+        if self.sampling.strategy == "stratified" and self.task != "classification":
+            raise ValueError("sampling.strategy 'stratified' needs task 'classification'")
+        allowed = FAMILIES[self.task]
+        for spec in self.models:
+            if spec.family not in allowed:
+                raise ValueError(
+                    f"model family {spec.family!r} is not available for {self.task}; choose from {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def families(self) -> list[str]:
+        """Configured families, or every family of the task when none are listed."""
+        return [m.family for m in self.models] or list(FAMILIES[self.task])
+
+    def model_params(self, family: str) -> dict[str, Any]:
+        for spec in self.models:
+            if spec.family == family:
+                return dict(spec.params)
+        return {}
+
+    @property
+    def selection_metric(self) -> str:
+        """The configured metric, else the task's default (classification: the binary default, roc_auc)."""
+        return self.selection.metric or DEFAULT_SELECTION_METRIC[self.task]
+
+    def selection_metric_for(self, n_classes: int | None) -> str:
+        """The configured metric, else the default for a target with `n_classes` classes (3+: f1_macro)."""
+        return self.selection.metric or default_selection_metric(self.task, n_classes)
+
+    @property
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical validated config (defaults filled in; description and drift excluded).
+
+        The description is prose and `drift` is monitoring: editing either must not make every model stale.
+        """
+        payload = self.model_dump(mode="json", exclude={"description", "drift"})
+        payload["drift"] = LEGACY_DRIFT_HASH_PAYLOAD  # monitoring never changes the model; old hashes stay put
+        for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():
+            node = payload
+            for key in parents:
+                node = node[key]
+            if node[field] == default:
+                del node[field]
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return sha256_text(canonical)
+
+
+class LoadedExperiment(BaseModel):
+    """A validated config together with the file it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    config: ExperimentConfig
+    path: Path
+
+    @property
+    def source_path(self) -> Path | None:
+        """Absolute path of the dataset file (None for generators)."""
+        if self.config.dataset.path is None:
+            return None
+        return resolve_dataset_path(self.path, self.config.dataset.path)
+
+
+def resolve_dataset_path(config_file: Path, raw: str) -> Path:
+    """Resolve a dataset path; relative paths may not leave the YAML's directory."""
+    candidate = Path(raw)
+    if candidate.is_absolute():
+        return candidate
+    base = config_file.parent.resolve()
+    resolved = (base / candidate).resolve()
+    if ".." in candidate.parts or not resolved.is_relative_to(base):
+        raise ConfigError(
+            f"{config_file}: field 'dataset.path': {raw!r} leaves the config directory {base}. "
+            "Fix: use an absolute path, or put the file under that directory and give its path "
+            "without '..'."
+        )
+    return resolved
+
+
+_FIXES = {
+    "extra_forbidden": "remove this key or fix its spelling",
+    "missing": "add this required field",
+    "literal_error": "use one of the allowed values",
+    "string_type": "quote it (YAML reads unquoted numbers, null, ~ and yes/no as other types)",
+}
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid experiment config ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        fix = _FIXES.get(err["type"], "correct the value")
+        lines.append(f"  field '{loc}': {err['msg']}. Fix: {fix}.")
+    return "\n".join(lines)
+
+
+def parse_experiment(path: Path, data: Any) -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the file must hold a YAML mapping (name:, task:, dataset:, ...), "
+            f"got {type(data).__name__}. Fix: see config/experiments/salary.yaml for an example."
+        )
+    try:
+        config = ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    if config.name != path.stem:
+        raise ConfigError(
+            f"{path}: field 'name': {config.name!r} does not match the file name {path.stem!r}. "
+            f"Fix: rename the file to {config.name}.yaml or set name: {path.stem}."
+        )
+    return config
+
+
+def load_experiment_file(path: str | Path) -> LoadedExperiment:
+    """Read and validate one experiment YAML; every failure is a ConfigError naming the file."""
+    path = Path(path).resolve()
+    if not is_experiment_name(path.stem):
+        raise ConfigError(
+            f"{path}: the file name {path.stem!r} is not a valid experiment name. Fix: rename it "
+            f"to {EXPERIMENT_NAME_RULE}."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment config. Fix: create it or check the name.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason}). Fix: save it as UTF-8.") from None
+    try:
+        data = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}. Fix: correct the YAML syntax.") from None
+    config = parse_experiment(path, data)
+    loaded = LoadedExperiment(config=config, path=path)
+    loaded.source_path  # noqa: B018 - validates the dataset path eagerly
+    return loaded
+
+
+def experiments_dir(config_dir: str | Path | None = None) -> Path:
+    return Path(config_dir or DEFAULT_CONFIG_DIR) / "experiments"
+
+
+def experiment_names(config_dir: str | Path | None = None) -> list[str]:
+    """Stems of the experiment YAML files (valid names only; sorted)."""
+    directory = experiments_dir(config_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.is_file() and is_experiment_name(p.stem))

@@ -1,0 +1,203 @@
+"""HTML for the page and for the live fragment it refetches; every value from a run, a file or Slurm is escaped."""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from importlib import resources
+from urllib.parse import quote
+
+from mlgraph.dashboard.settings import DashboardSettings
+from mlgraph.dashboard.state import STATUSES, DashboardState, RunRow, TrainingSignal
+
+RUN_COLUMNS = (
+    "Experiment",
+    "Kind",
+    "Status",
+    "Slurm job",
+    "Slurm state",
+    "Reason",
+    "Submitted",
+    "Started",
+    "Elapsed",
+    "Time limit",
+    "Links",
+)
+EXPERIMENT_COLUMNS = ("Experiment", "Latest training signal", "Latest evaluation", "Latest analysis")
+
+
+def _e(value: object) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _clock(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp)) if timestamp else "never"
+
+
+def _link(href: str, text: str, cls: str) -> str:
+    return f'<a class="{cls}" href="{_e(href)}" rel="noopener">{_e(text)}</a>'
+
+
+def run_links(row: RunRow, settings: DashboardSettings) -> str:
+    links = [_link(f"{settings.dagster_url}/runs/{quote(row.run_id, safe='')}", "Dagster", "dagster-link")]
+    if row.mlflow_run_id:
+        links.append(
+            _link(f"{settings.mlflow_url}/#/runs/{quote(row.mlflow_run_id, safe='')}", "MLflow", "mlflow-link")
+        )
+    if row.log_path:
+        links.append(_link(f"logs/{quote(row.run_id, safe='')}", "log", "log-link"))
+    return " ".join(links)
+
+
+def run_row(row: RunRow, settings: DashboardSettings) -> str:
+    cells = (
+        _e(row.experiment),
+        f'<span title="{_e(row.job_name)}">{_e(row.kind)}</span>',
+        f'<span class="badge status-{row.status}">{_e(row.label)}</span>',
+        _e(row.slurm_job_id or ""),
+        f'<span class="slurm-state">{_e(row.slurm_state or "")}</span>',
+        _e(row.reason or ""),
+        _e(row.submitted or ""),
+        _e(row.started or ""),
+        _e(row.elapsed or ""),
+        _e(row.time_limit or ""),
+        run_links(row, settings),
+    )
+    return (
+        f'<tr id="run-{_e(row.run_id)}" class="run status-{row.status}" data-status="{row.status}" '
+        f'data-experiment="{_e(row.experiment)}" data-run-id="{_e(row.run_id)}">'
+        + "".join(f"<td>{cell}</td>" for cell in cells)
+        + "</tr>"
+    )
+
+
+def _signal_cell(signal: TrainingSignal | None, settings: DashboardSettings) -> str:
+    if signal is None:
+        return '<span class="muted">no training signal</span>'
+    if signal.error:
+        return f'<span class="signal-error">unreadable: {_e(signal.error)}</span>'
+    s = signal.signal
+    text = (
+        f"{_e(s.user)}@{_e(s.hostname)}, {_e(s.timestamp.isoformat())}, checkpoint <code>{_e(s.checkpoint_path)}</code>"
+    )
+    if s.mlflow_run_id:
+        text += " " + _link(f"{settings.mlflow_url}/#/runs/{quote(s.mlflow_run_id, safe='')}", "MLflow", "mlflow-link")
+    return text
+
+
+def _latest_cell(row: RunRow | None) -> str:
+    if row is None:
+        return '<span class="muted">none</span>'
+    return f'<a href="#run-{_e(row.run_id)}" class="badge status-{row.status}">{_e(row.label)}</a>' + (
+        f" job {_e(row.slurm_job_id)}" if row.slurm_job_id else ""
+    )
+
+
+def experiment_rows(state: DashboardState, settings: DashboardSettings) -> str:
+    out = []
+    for name in state.experiments:
+        latest = state.latest.get(name, {})
+        out.append(
+            f'<tr class="experiment" data-experiment="{_e(name)}"><td>{_e(name)}</td>'
+            f"<td>{_signal_cell(state.signals.get(name), settings)}</td>"
+            f"<td>{_latest_cell(latest.get('evaluation'))}</td><td>{_latest_cell(latest.get('analysis'))}</td>"
+            "</tr>"
+        )
+    return "".join(out) or '<tr><td colspan="4" class="muted">no experiments yet</td></tr>'
+
+
+def _slurm_line(state: DashboardState) -> str:
+    slurm = state.slurm
+    if slurm.polled_at is None:
+        return '<p id="slurm-status" class="slurm-waiting">Slurm: not polled yet</p>'
+    if slurm.error:
+        return (
+            f'<p id="slurm-status" class="slurm-unavailable">Slurm unavailable ({_e(slurm.error)}); '
+            f"last poll {_clock(slurm.polled_at)}. Runs below come from Dagster.</p>"
+        )
+    active = sum(not job.is_terminal for job in slurm.queue.values())
+    return (
+        f'<p id="slurm-status" class="slurm-ok">Slurm: {active} jobs queued or running, '
+        f"polled {_clock(slurm.polled_at)}</p>"
+    )
+
+
+def _alerts(state: DashboardState) -> str:
+    items = "".join(
+        f'<li class="alert severity-{_e(a.get("severity", "warning"))}"><b>{_e(a.get("severity", ""))}</b> '
+        f"{_e(a.get('time', ''))} {_e(a.get('kind', ''))}"
+        + (f" [{_e(a.get('experiment'))}]" if a.get("experiment") else "")
+        + f": {_e(a.get('message', ''))}</li>"
+        for a in state.alerts
+    )
+    body = f"<ul>{items}</ul>" if items else '<p class="muted">none</p>'
+    count = f" ({len(state.alerts)})" if state.alerts else ""
+    return f'<section id="alerts"><h2>Open alerts{count}</h2>{body}</section>'
+
+
+def _table(table_id: str, title: str, headers: tuple[str, ...], body: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    return (
+        f'<section><h2>{_e(title)}</h2><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
+def _queue(state: DashboardState) -> str:
+    rows = []
+    for j in state.queue:
+        cells = (
+            j.job_id,
+            j.name,
+            j.state,
+            j.reason if j.reason != "None" else "",
+            j.raw.get("SubmitTime"),
+            j.elapsed,
+            j.time_limit,
+        )
+        rows.append(
+            f'<tr class="queue-job" data-job-id="{_e(j.job_id)}">'
+            + "".join(f"<td>{_e(c)}</td>" for c in cells)
+            + "</tr>"
+        )
+    headers = ("Job", "Name", "State", "Reason", "Submitted", "Elapsed", "Time limit")
+    return _table("queue", "Other Slurm jobs", headers, "".join(rows)) if rows else ""
+
+
+def fragment(state: DashboardState, settings: DashboardSettings) -> str:
+    """The part of the page the browser refetches and swaps in place (no full reload)."""
+    body = "".join(run_row(row, settings) for row in state.runs)
+    if not body:
+        body = f'<tr><td colspan="{len(RUN_COLUMNS)}" class="muted">no runs match</td></tr>'
+    return (
+        f'<div id="live-content" data-generated="{state.generated_at:.3f}">{_slurm_line(state)}'
+        f'<p id="summary">Updated {_clock(state.generated_at)}; showing {len(state.runs)} of {state.total_runs} '
+        f"recent runs.</p>{_alerts(state)}"
+        + _table("experiments", "Experiments", EXPERIMENT_COLUMNS, experiment_rows(state, settings))
+        + _table("runs", "Runs", RUN_COLUMNS, body)
+        + f"{_queue(state)}</div>"
+    )
+
+
+def static_text(name: str) -> str:
+    return resources.files("dashboard").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def page(state: DashboardState, settings: DashboardSettings, experiment: str = "", status: str = "") -> str:
+    options = "".join(
+        f'<option value="{s}"{" selected" if s == status else ""}>{s or "all"}</option>' for s in ("", *STATUSES)
+    )
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mlgraph jobs</title>'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<style>{static_text('dashboard.css')}</style></head>"
+        f'<body data-refresh-seconds="{settings.refresh_seconds:g}"><header><h1>mlgraph jobs</h1>'
+        '<span id="refresh-note" class="muted"></span></header>'
+        '<form id="filters" method="get" action="">'
+        f'<label>Experiment <input type="search" id="experiment-filter" name="experiment" value="{_e(experiment)}" '
+        'placeholder="search"></label> '
+        f'<label>Status <select id="status-filter" name="status">{options}</select></label> '
+        '<button type="submit">Filter</button></form>'
+        f'<div id="live">{fragment(state, settings)}</div>'
+        '<script src="static/dashboard.js"></script></body></html>'
+    )

@@ -1,0 +1,1 @@
+"""The data domain: plain Python (no Dagster) behind the `data` asset group."""

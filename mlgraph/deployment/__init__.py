@@ -1,0 +1,1 @@
+"""The deployment domain: plain Python (no Dagster) behind the `deployment` asset group."""

@@ -1,0 +1,1 @@
+"""The external domain: plain Python (no Dagster) behind the `external` asset group."""

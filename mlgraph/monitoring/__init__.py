@@ -1,0 +1,1 @@
+"""The monitoring domain: plain Python (no Dagster) behind the `monitoring` asset group."""

@@ -1,0 +1,349 @@
+"""Alerts: one JSON line per event in `logs/alerts.jsonl` on the drive, optionally POSTed to a webhook.
+
+Plain Python (no Dagster): the daemon's sensors (sensors/alerts.py, the signal sensors) and the
+`mlgraph alerts check` / `mlgraph doctor` commands call in with what they observed (a failed run, a
+heartbeat timestamp, a path to measure) and this module decides whether it is news.
+
+Record contract (the dashboard reads it through `read_open_alerts`): one object per line with `time`
+(ISO 8601 UTC), `kind` (one of KINDS), `key` (stable per condition), `message`, `severity`
+("warning" | "critical"), `resolved` (bool) and optionally `experiment`, `run_id`, `job`, `slurm_state`.
+An alert is open while the latest line of its key is not resolved; conditions that can clear (heartbeat,
+disk, consecutive failures) write a resolved line when they do. Event alerts (a failed run, a rejected
+signal) have nothing to clear, so they count as open for EVENT_OPEN_HOURS after they fired.
+
+Dedupe: a key that is open fires again only after the cooldown (default 1 h), so a check that runs
+every minute alerts once per hour, not sixty times. The state is the file itself, read and appended
+under an exclusive `flock` on a lock file beside it, so the daemon and cron-run CLI never interleave lines
+or both fire the same alert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlgraph.core.drive import DriveLayout
+from mlgraph.core.untrusted import printable
+from mlgraph.ops.webhook import post_alert
+
+RUN_FAILED = "run_failed"
+CONSECUTIVE_FAILURES = "consecutive_failures"
+HEARTBEAT_STALE = "daemon_heartbeat_stale"
+DISK_SPACE_LOW = "disk_space_low"
+SIGNAL_REJECTED = "signal_rejected"
+KINDS = (RUN_FAILED, CONSECUTIVE_FAILURES, HEARTBEAT_STALE, DISK_SPACE_LOW, SIGNAL_REJECTED)
+EVENT_KINDS = (RUN_FAILED, SIGNAL_REJECTED)
+SEVERITIES = ("warning", "critical")
+
+COOLDOWN_ENV = "MLGRAPH_ALERT_COOLDOWN_SECONDS"
+HEARTBEAT_MAX_AGE_ENV = "MLGRAPH_HEARTBEAT_MAX_AGE_SECONDS"
+DISK_MIN_FREE_ENV = "MLGRAPH_DISK_MIN_FREE_PERCENT"
+DEFAULT_COOLDOWN_SECONDS = 3600.0
+DEFAULT_HEARTBEAT_MAX_AGE_SECONDS = 300.0  # seed 004: "watcher daemon down for >5 minutes"
+DEFAULT_DISK_MIN_FREE_PERCENT = 10.0  # seed 004: "disk space <10% on shared drive"
+CONSECUTIVE_FAILURE_LIMIT = 3
+EVENT_OPEN_HOURS = 24
+MESSAGE_LIMIT = 2000
+# user:password@ in a URL an error message happens to quote (a database URL, a webhook).
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r} is not a number. Fix: set it to a number or unset it") from None
+
+
+def cooldown_seconds() -> float:
+    return _env_float(COOLDOWN_ENV, DEFAULT_COOLDOWN_SECONDS)
+
+
+def heartbeat_max_age_seconds() -> float:
+    return _env_float(HEARTBEAT_MAX_AGE_ENV, DEFAULT_HEARTBEAT_MAX_AGE_SECONDS)
+
+
+def disk_min_free_percent() -> float:
+    return _env_float(DISK_MIN_FREE_ENV, DEFAULT_DISK_MIN_FREE_PERCENT)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def scrub(text: str) -> str:
+    """Single-line-safe, bounded, and without credentials embedded in URLs."""
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    text = printable(text, multiline=True)
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+# Only the newest part of the log is read: open alerts and cooldowns live in its recent lines, and a log
+# that grew for years (it is never truncated) must not slow every sensor tick and page view.
+TAIL_BYTES = 8 * 1024 * 1024
+
+
+def read_records(path: Path, tail_bytes: int = TAIL_BYTES) -> list[dict]:
+    """The well-formed records of the file's last `tail_bytes`, in order (a torn or foreign line is skipped)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - tail_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return []
+    if size > tail_bytes:
+        data = data.split(b"\n", 1)[-1]  # the first line is cut in the middle
+    records = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("key"), str):
+            records.append(record)
+    return records
+
+
+def _latest_by_key(records: Iterable[dict]) -> dict[str, dict]:
+    latest: dict[str, dict] = {}
+    for record in records:
+        latest[record["key"]] = record
+    return latest
+
+
+def _append(path: Path, record: dict) -> None:
+    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _deliver(record: dict) -> dict:
+    post_alert(record)
+    return record
+
+
+def raise_alert(
+    drive: DriveLayout,
+    kind: str,
+    key: str,
+    message: str,
+    severity: str,
+    *,
+    experiment: str | None = None,
+    run_id: str | None = None,
+    job: str | None = None,
+    slurm_state: str | None = None,
+    cooldown: float | None = None,
+    now: datetime | None = None,
+) -> dict | None:
+    """Record (and POST) the alert unless its key is open and fired within the cooldown; the record or None."""
+    if kind not in KINDS or severity not in SEVERITIES:
+        raise ValueError(f"alert kind {kind!r} / severity {severity!r}: expected one of {KINDS} / {SEVERITIES}")
+    now = now or utc_now()
+    cooldown = cooldown_seconds() if cooldown is None else cooldown
+    path = drive.alerts_jsonl()
+    record = {
+        "time": iso(now),
+        "kind": kind,
+        "key": key,
+        "message": scrub(message),
+        "severity": severity,
+        "resolved": False,
+    }
+    for name, value in (("experiment", experiment), ("run_id", run_id), ("job", job), ("slurm_state", slurm_state)):
+        if value:
+            record[name] = scrub(str(value))
+    with _locked(path):
+        last = _latest_by_key(read_records(path)).get(key)
+        if last is not None and not last.get("resolved"):
+            fired = _parse_time(last.get("time"))
+            if fired is not None and (now - fired).total_seconds() < cooldown:
+                return None
+        _append(path, record)
+    return _deliver(record)
+
+
+def resolve_alert(drive: DriveLayout, key: str, message: str, now: datetime | None = None) -> dict | None:
+    """Write a resolved line when the key is open (the condition cleared); the record or None."""
+    path = drive.alerts_jsonl()
+    with _locked(path):
+        last = _latest_by_key(read_records(path)).get(key)
+        if last is None or last.get("resolved"):
+            return None
+        record = {**last, "time": iso(now or utc_now()), "message": scrub(message), "resolved": True}
+        _append(path, record)
+    return _deliver(record)
+
+
+def read_open_alerts(drive: DriveLayout | str | os.PathLike[str], now: datetime | None = None) -> list[dict]:
+    """Open alerts, newest first: the latest line of each key, unless resolved (or an event over a day old)."""
+    layout = drive if isinstance(drive, DriveLayout) else DriveLayout.at(drive)
+    now = now or utc_now()
+    open_alerts = []
+    for record in _latest_by_key(read_records(layout.alerts_jsonl())).values():
+        if record.get("resolved"):
+            continue
+        fired = _parse_time(record.get("time"))
+        if record.get("kind") in EVENT_KINDS and fired and (now - fired).total_seconds() > EVENT_OPEN_HOURS * 3600:
+            continue
+        open_alerts.append(record)
+    return sorted(open_alerts, key=lambda r: str(r.get("time")), reverse=True)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The outcome of one check: status "ok", "fail" or "skipped", and a line that says why."""
+
+    status: str
+    message: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
+def heartbeat_condition(latest: float | None, now: datetime | None = None, max_age: float | None = None) -> Condition:
+    """`latest`: the newest daemon heartbeat (epoch seconds) the caller read from the instance, or None."""
+    if latest is None:
+        return Condition("skipped", "no daemon heartbeat recorded (no daemon started on this instance yet)")
+    max_age = heartbeat_max_age_seconds() if max_age is None else max_age
+    age = (now or utc_now()).timestamp() - latest
+    if age > max_age:
+        return Condition(
+            "fail",
+            f"the daemon's last heartbeat is {age:.0f}s old (limit {max_age:.0f}s): "
+            "dagster-daemon is down or hung. Fix: restart it on the Slurm head node",
+        )
+    return Condition("ok", f"daemon heartbeat {max(age, 0):.0f}s old (limit {max_age:.0f}s)")
+
+
+def disk_condition(path: Path, min_free_percent: float | None = None) -> Condition:
+    """Free space of the filesystem holding `path` against the threshold."""
+    min_free_percent = disk_min_free_percent() if min_free_percent is None else min_free_percent
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    free = 100.0 * usage.free / usage.total if usage.total else 0.0
+    text = (
+        f"{free:.1f}% free on the drive ({usage.free / 2**30:.1f} GiB of {usage.total / 2**30:.1f} GiB "
+        f"at {path}; limit {min_free_percent:g}%)"
+    )
+    if free < min_free_percent:
+        return Condition("fail", text + ". Fix: remove old artifacts/backups or grow the volume")
+    return Condition("ok", text)
+
+
+def _apply(drive: DriveLayout, condition: Condition, kind: str, key: str, now: datetime | None) -> Condition:
+    if condition.failed:
+        raise_alert(drive, kind, key, condition.message, "critical", now=now)
+    elif condition.status == "ok":
+        resolve_alert(drive, key, f"resolved: {condition.message}", now=now)
+    return condition
+
+
+def check_heartbeat(drive: DriveLayout, latest: float | None, now: datetime | None = None) -> Condition:
+    return _apply(drive, heartbeat_condition(latest, now), HEARTBEAT_STALE, HEARTBEAT_STALE, now)
+
+
+def check_disk(drive: DriveLayout, now: datetime | None = None) -> Condition:
+    return _apply(drive, disk_condition(drive.root_path), DISK_SPACE_LOW, DISK_SPACE_LOW, now)
+
+
+def run_failed(
+    drive: DriveLayout,
+    run_id: str,
+    job: str,
+    message: str,
+    experiment: str | None = None,
+    slurm_state: str | None = None,
+    now: datetime | None = None,
+) -> dict | None:
+    where = f" of {experiment}" if experiment else ""
+    state = f" (Slurm {slurm_state})" if slurm_state else ""
+    return raise_alert(
+        drive,
+        RUN_FAILED,
+        f"{RUN_FAILED}:{run_id}",
+        f"run {run_id[:8]} of job {job}{where} failed{state}: {message}",
+        "warning",
+        experiment=experiment,
+        run_id=run_id,
+        job=job,
+        slurm_state=slurm_state,
+        now=now,
+    )
+
+
+def consecutive_failures(
+    drive: DriveLayout, experiment: str, latest_statuses: list[str], now: datetime | None = None
+) -> dict | None:
+    """`latest_statuses`: the experiment's finished runs, newest first ("FAILURE", "SUCCESS", ...)."""
+    key = f"{CONSECUTIVE_FAILURES}:{experiment}"
+    recent = latest_statuses[:CONSECUTIVE_FAILURE_LIMIT]
+    if len(recent) == CONSECUTIVE_FAILURE_LIMIT and all(s == "FAILURE" for s in recent):
+        return raise_alert(
+            drive,
+            CONSECUTIVE_FAILURES,
+            key,
+            f"the last {CONSECUTIVE_FAILURE_LIMIT} runs of experiment {experiment} failed",
+            "critical",
+            experiment=experiment,
+            now=now,
+        )
+    if recent and recent[0] == "SUCCESS":
+        return resolve_alert(drive, key, f"resolved: a run of experiment {experiment} succeeded", now=now)
+    return None
+
+
+def signal_rejected(
+    drive: DriveLayout, key: str, reason: str, experiment: str | None = None, now: datetime | None = None
+) -> dict | None:
+    """`key`: the rejection's run key (path + content hash), so one file's content alerts once."""
+    return raise_alert(
+        drive,
+        SIGNAL_REJECTED,
+        f"{SIGNAL_REJECTED}:{key}",
+        f"rejected signal {reason}",
+        "warning",
+        experiment=experiment,
+        now=now,
+    )

@@ -1,0 +1,1 @@
+"""The preprocessing domain: plain Python (no Dagster) behind the `preprocessing` asset group."""

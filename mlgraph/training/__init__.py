@@ -1,0 +1,1 @@
+"""The training domain: plain Python (no Dagster) behind the `training` asset group."""

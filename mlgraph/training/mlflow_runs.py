@@ -1,0 +1,192 @@
+"""The training group's MLflow runs: one parent run per Dagster run, one child run per model family.
+
+Runs are written through mlgraph.core.tracking (explicit client, lock retries), from the asset's own process:
+training workers return results and the parent process logs them, so one Dagster run never makes
+two writers. The parent run's status is set here, not by dagster-mlflow's hook (which can mark the
+MLflow run finished while later ops still run, dagster issue #21872): FAILED as soon as a step fails,
+FINISHED after the run's last training step, and FAILED again at the end of the run if any other step
+of it failed (MlflowTracking's teardown, and the run-status sensors in sensors/mlflow_status.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mlgraph.core.experiment import LoadedExperiment
+from mlgraph.core.tags import RETRAINING_TAGS
+from mlgraph.core.tracking import Tracker
+
+# The assets that write this Dagster run's parent run, in run order (the training group).
+TRAINING_STEPS = ("candidate_models", "decision_threshold", "evaluation_metrics", "champion_model")
+
+
+def later_steps(step: str) -> tuple[str, ...]:
+    """The training steps that run after `step` when a run selects them."""
+    return TRAINING_STEPS[TRAINING_STEPS.index(step) + 1 :]
+
+
+def ran_training(selected: Iterable[str]) -> bool:
+    return any(name in TRAINING_STEPS for name in selected)
+
+
+def execution_params(
+    loaded: LoadedExperiment, meta: Mapping[str, Any], selection_metric: str | None = None
+) -> dict[str, Any]:
+    """The execution's inputs, as the comparison table shows them (`selection_metric`: resolved for the target)."""
+    config = loaded.config
+    params = {
+        "experiment": config.name,
+        "task": config.task,
+        "config_hash": config.config_hash,
+        "families": ",".join(config.families),
+        "selection_metric": selection_metric or config.selection_metric,
+        "cv_folds": config.cv_folds,
+        "seed": config.seed,
+        "sampling.strategy": config.sampling.strategy,
+        "sampling.train_rows": config.sampling.train_rows,
+        "sampling.test_rows": config.sampling.test_rows,
+        "split.test_size": config.split.test_size,
+        "train_rows": meta.get("train_rows_after"),
+        "test_rows": meta.get("test_rows_after"),
+    }
+    if config.task == "classification":
+        params["precision_target"] = config.precision_target
+    if config.task == "forecasting":
+        params.update({f"forecast.{k}": v for k, v in config.forecast.model_dump().items()})
+        params.update({f"composite.{k}": v for k, v in config.selection.composite_weights.items()})
+    return params
+
+
+def trigger_tags(run_tags: Mapping[str, str]) -> dict[str, str]:
+    """What started the Dagster run (a drift trigger: reason and window), in MLflow's tag spelling."""
+    return {name.replace("/", "."): run_tags[name] for name in RETRAINING_TAGS if name in run_tags}
+
+
+class ExecutionRun:
+    """One Dagster run's MLflow parent run, as one training step sees it."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        dagster_run_id: str,
+        partition: str,
+        job_name: str,
+        run_tags: Mapping[str, str] | None = None,
+    ):
+        self.trigger = trigger_tags(run_tags or {})
+        self.tracker = tracker
+        self.dagster_run_id = dagster_run_id
+        self.partition = partition
+        self.job_name = job_name
+        self.run_id: str | None = None
+        self.created = False
+        self.failed = False  # set when the step knows the Dagster run will fail (a blocking check)
+
+    def open(self, loaded: LoadedExperiment, meta: Mapping[str, Any], selection_metric: str | None = None) -> str:
+        """Create the parent run (first step of the Dagster run) or reopen it; returns its id."""
+        config = loaded.config
+        tags = {
+            "mlgraph.experiment": config.name,
+            "mlgraph.partition": self.partition,
+            "mlgraph.config_hash": config.config_hash,
+            "mlgraph.dataset_sha256": meta["dataset_sha256"],
+            "mlgraph.train_sha256": meta["train_sha256"],
+            "mlgraph.test_sha256": meta["test_sha256"],
+            "mlgraph.job": self.job_name,
+            "mlgraph.config_file": str(loaded.path),
+            **self.trigger,
+        }
+        name = f"{config.name}-{self.dagster_run_id[:8]}"
+        self.run_id, self.created = self.tracker.parent_run(
+            self.dagster_run_id, name, tags, execution_params(loaded, meta, selection_metric)
+        )
+        return self.run_id
+
+    def existing(self) -> str | None:
+        return self.run_id or self.tracker.find_parent(self.dagster_run_id)
+
+    def child_tags(self, loaded: LoadedExperiment, meta: Mapping[str, Any]) -> dict[str, str]:
+        config = loaded.config
+        return {
+            "dagster_run_id": self.dagster_run_id,
+            "mlgraph.experiment": config.name,
+            "mlgraph.partition": self.partition,
+            "mlgraph.config_hash": config.config_hash,
+            "mlgraph.dataset_sha256": meta["dataset_sha256"],
+            "mlgraph.train_sha256": meta["train_sha256"],
+            "mlgraph.task": config.task,
+        }
+
+    def finish(self, run_continues: bool) -> None:
+        """After a successful step: FAILED if the step failed the run, FINISHED if no training step follows."""
+        run_id = self.existing()
+        if run_id is None:
+            return
+        if self.failed:
+            self.tracker.set_status(run_id, "FAILED")
+        elif not run_continues:
+            self.tracker.set_status(run_id, "FINISHED")
+
+
+def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[str, str], config: Any) -> str:
+    """One child run for a trained family: params, fold metrics, CV summary, epoch losses, the model file.
+
+    `result` is a candidates.FamilyOutcome; fold metrics are series with step = fold index, per-epoch
+    losses series with step = epoch.
+    """
+    # Families train in worker processes before anything is logged: date the child run back by its own
+    # compute time (fit + CV) so its MLflow duration (and `mlgraph compare`'s) is the family's cost.
+    start_ms = int((time.time() - result.fit_seconds - result.cv_seconds) * 1000)
+    run_id = tracker.child_run(parent_id, result.family, {**tags, "mlgraph.family": result.family}, start_ms)
+    params = {
+        **{f"model.{k}": v for k, v in result.params.items()},
+        "family": result.family,
+        "seed": config.seed,
+        "cv_folds": config.cv_folds,
+    }
+    metrics = {f"cv_{m}_mean": s["mean"] for m, s in result.cv.items()}
+    metrics.update({f"cv_{m}_std": s["std"] for m, s in result.cv.items()})
+    metrics.update({"fit_seconds": result.fit_seconds, "cv_seconds": result.cv_seconds})
+    series = [(f"cv_{m}", v, fold) for fold, fm in enumerate(result.fold_metrics) for m, v in fm.items()]
+    for epoch in result.history:
+        series += [("train_loss", epoch["train_loss"], epoch["epoch"]), ("val_loss", epoch["val_loss"], epoch["epoch"])]
+    if result.history:
+        metrics.update({"epochs_run": len(result.history), "best_epoch": result.metadata.get("best_epoch", 0)})
+    tracker.log(run_id, params=params, metrics=metrics, series=series)
+    tracker.log_artifact(run_id, str(result.artifact), artifact_path=result.family)
+    tracker.set_status(run_id, "FINISHED")
+    return run_id
+
+
+def log_candidates(
+    tracker: Tracker, parent_id: str, outcome: Any, tags: Mapping[str, str], config: Any
+) -> dict[str, str]:
+    """Child runs for every family of a candidates.TrainingOutcome, then the parent's totals; family → run id.
+
+    Written one after another once the workers are done: the workers never touch MLflow.
+    """
+    run_ids = {
+        family: log_candidate(tracker, parent_id, result, tags, config) for family, result in outcome.families.items()
+    }
+    tracker.log(parent_id, metrics={"training_seconds": outcome.wall_seconds, "workers": outcome.n_jobs})
+    return run_ids
+
+
+def log_thresholds(
+    tracker: Tracker, parent_id: str, manifest: Mapping[str, Any], results: Mapping[str, Any], chosen: str
+) -> None:
+    """Each family's calibrated threshold on its child run; the chosen family's on the parent run."""
+    for family, entry in manifest["families"].items():
+        result = results[family]
+        tracker.log(
+            entry["run_id"],
+            metrics={
+                "threshold": result.threshold,
+                "oof_precision_at_threshold": result.precision,
+                "oof_recall_at_threshold": result.recall,
+            },
+            tags={"mlgraph.threshold_reached_target": str(result.reached_target).lower()},
+        )
+    tracker.log(parent_id, metrics={"threshold": results[chosen].threshold})
