@@ -1,1 +1,1 @@
-"""Typed Dagster resources: the shared drive, the experiment catalog, DuckDB, MLflow, Slurm."""
+"""Typed Dagster resources over mlgraph's plain classes: the shared drive, the experiment catalog, DuckDB, MLflow."""

@@ -1,1 +1,1 @@
-"""Sensors: experiment configs now; signal files (training, evaluation) and drift later."""
+"""Sensors: experiment configs and sources, signal files, MLflow run status, drift, alerts."""

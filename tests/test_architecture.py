@@ -53,7 +53,7 @@ DAGSTER_PACKAGES = {"dagster", "dagster_mlflow", "dagster_duckdb", "dagster_post
 # The trainer-side kit runs on a GPU machine with only the drive mounted: it may import the core only.
 TRAINER_MAY_IMPORT = ("mlgraph.core", "mlgraph.trainer")
 # Modules allowed to run past this many lines only when their docstring says why.
-MAX_LINES = 400
+MAX_LINES = 500  # ruff format spreads long calls one argument a line: 400 hand-wrapped lines became ~480
 LONG_MODULE_MARK = "Why this module is long:"
 
 
@@ -197,6 +197,20 @@ def test_no_import_cycles_between_modules():
     graph = {module: {target for _, target in imports_of(path, module)} for module, path in MODULES.items()}
     cycles = import_cycles(graph)
     assert not cycles, "modules importing each other (lazy imports count):\n" + "\n".join(map(str, cycles))
+
+
+def layer_table() -> str:
+    """The layer map as the markdown table docs/architecture.md shows (rendered from LAYERS, not copied)."""
+    rows = ["| layer | packages |", "|---|---|"]
+    for layer in reversed(range(len(LAYER_NAMES))):
+        packages = ", ".join(f"`{name}`" for name, at in LAYERS.items() if at == layer)
+        rows.append(f"| {layer} {LAYER_NAMES[layer]} | {packages} |")
+    return "\n".join(rows) + "\n"
+
+
+def test_docs_show_the_layer_map_as_it_is():
+    doc = (PROJECT_ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert layer_table() in doc, "docs/architecture.md must show the layer map; paste:\n" + layer_table()
 
 
 def test_cycle_finder_finds_a_cycle():

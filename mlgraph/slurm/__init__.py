@@ -1,1 +1,1 @@
-"""The Slurm client and job records, shared by the launcher, the resource and the dashboard."""
+"""The Slurm client, job records and figures, shared by the launcher, the dashboard and the alert sensors."""

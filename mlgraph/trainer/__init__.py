@@ -1,6 +1,6 @@
-"""The trainer-side completion hook: runs on the GPU machine, never in the daemon.
+"""The trainer-side kit: the completion hook and the checkpoint format, for a GPU machine, never the daemon.
 
-It imports only `core` (no Dagster, no torch, no mlflow at import), so a training script on a
+It imports only `mlgraph.core` (no Dagster, no torch, no mlflow at import), so a training script on a
 machine that only mounts the drive can call it:
 
     from mlgraph.trainer import signal_training_complete
