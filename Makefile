@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 export SHARED_DRIVE ?= $(CURDIR)/.shared
 export DAGSTER_HOME ?= $(SHARED_DRIVE)/state/dagster
 
-.PHONY: venv demo test ui mlflow-ui mlflow-server dashboard serve slurm-up slurm-down postgres-up postgres-down backup doctor clean
+.PHONY: venv demo test lint test-fast ui mlflow-ui mlflow-server dashboard serve slurm-up slurm-down postgres-up postgres-down backup doctor clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest
+
+# ruff: lint (pyflakes, bugbear, isort, pyupgrade, simplify, ...) and formatting, as configured in pyproject.toml.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The tier that needs no service (README, "Two commands"): no daemon, Slurm, PostgreSQL or browser; two workers.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not daemon and not slurm and not postgres and not browser" -n 2 --dist worksteal
 
 # The daemon that `dagster dev` starts runs the automation sensors (on by default): whatever is missing or
 # outdated for a registered experiment is materialized, heavy runs on Slurm when sbatch is on PATH.

@@ -45,6 +45,7 @@ from mlgraph.dashboard.app import Dashboard, create_app
 from mlgraph.dashboard.settings import DashboardSettings
 from mlgraph.dashboard.slurm_poller import SlurmSnapshot
 from mlgraph.slurm.jobs import SlurmJob
+from tests.support import dagster_instance, wait_for
 
 TARGET_S = 1.0
 _JOBS = ("checkpoint_evaluation_job", "checkpoint_comparison_report_job", "training_job")
@@ -71,10 +72,7 @@ class FixedPoller:
     def stop(self) -> None: ...
 
 
-def build(home: Path, drive: Path, n: int) -> tuple[dg.DagsterInstance, SlurmSnapshot]:
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    instance = dg.DagsterInstance.from_config(str(home))
+def build(instance: dg.DagsterInstance, drive: Path, n: int) -> SlurmSnapshot:
     layout = DriveLayout(drive)
     jobs = {}
     for i in range(n):
@@ -119,7 +117,7 @@ def build(home: Path, drive: Path, n: int) -> tuple[dg.DagsterInstance, SlurmSna
                 }
             )
         )
-    return instance, SlurmSnapshot(queue=jobs, polled_at=time.time())
+    return SlurmSnapshot(queue=jobs, polled_at=time.time())
 
 
 def _median(fn, repeat: int) -> float:
@@ -150,11 +148,7 @@ def http_get_seconds(dashboard_settings, instance, poller, repeat: int) -> dict:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
+        wait_for(lambda: server.started, 30, "uvicorn to start", interval=0.05)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             start = time.perf_counter()
             first = client.get("/", headers={"Accept-Encoding": "gzip"})
@@ -173,28 +167,29 @@ def http_get_seconds(dashboard_settings, instance, poller, repeat: int) -> dict:
 
 def measure(tmp: Path, n: int, repeat: int) -> dict:
     drive = tmp / f"drive{n}"
-    instance, snapshot = build(tmp / f"home{n}", drive, n)
-    # No sharing window: every request below reads the instance (cold: all runs; warm: runs updated since).
-    settings = DashboardSettings(drive_root=drive, run_limit=max(n, 1), cache_seconds=0.0)
-    poller = FixedPoller(snapshot)
-    warm = Dashboard(settings, instance, poller)
-    state = warm.state()
-    assert len(state.runs) == n, (len(state.runs), n)
-    query = _median(lambda: list(instance.get_run_records(limit=n)), repeat)
-    collect = _median(warm.state, repeat)
-    html = _median(lambda: render.page(state, settings), repeat)
-    cold_page = _median(lambda: render.page(Dashboard(settings, instance, poller).state(), settings), repeat)
-    warm_page = _median(lambda: render.page(warm.state(), settings), repeat)
-    return {
-        "runs": n,
-        "slurm_jobs": len(snapshot.queue),
-        "instance_query_all_s": round(query, 4),
-        "collect_warm_s": round(collect, 4),
-        "render_s": round(html, 4),
-        "page_cold_s": round(cold_page, 4),
-        "page_warm_s": round(warm_page, 4),
-        **http_get_seconds(settings, instance, poller, repeat),
-    }
+    with dagster_instance(tmp / f"home{n}") as instance:
+        snapshot = build(instance, drive, n)
+        # No sharing window: every request below reads the instance (cold: all runs; warm: runs updated since).
+        settings = DashboardSettings(drive_root=drive, run_limit=max(n, 1), cache_seconds=0.0)
+        poller = FixedPoller(snapshot)
+        warm = Dashboard(settings, instance, poller)
+        state = warm.state()
+        assert len(state.runs) == n, (len(state.runs), n)
+        query = _median(lambda: list(instance.get_run_records(limit=n)), repeat)
+        collect = _median(warm.state, repeat)
+        html = _median(lambda: render.page(state, settings), repeat)
+        cold_page = _median(lambda: render.page(Dashboard(settings, instance, poller).state(), settings), repeat)
+        warm_page = _median(lambda: render.page(warm.state(), settings), repeat)
+        return {
+            "runs": n,
+            "slurm_jobs": len(snapshot.queue),
+            "instance_query_all_s": round(query, 4),
+            "collect_warm_s": round(collect, 4),
+            "render_s": round(html, 4),
+            "page_cold_s": round(cold_page, 4),
+            "page_warm_s": round(warm_page, 4),
+            **http_get_seconds(settings, instance, poller, repeat),
+        }
 
 
 def main() -> None:

@@ -108,7 +108,7 @@ def tick_benchmark(n: int, repeats: int) -> dict:
             layout = DriveLayout(drive)
             handled = plan_tick(
                 drive, layout.models_root(), (TRAINING_COMPLETE,), SignalCursor(), 0, max_files=n
-            ).cursor.serialize()
+            ).cursor.dump()
             steady_s, steady = timed(lambda: run(training, handled), repeats)
             assert steady.run_requests == []
             for name in names[:10]:
@@ -128,7 +128,7 @@ def tick_benchmark(n: int, repeats: int) -> dict:
             assert len(new.run_requests) == 10
             eval_handled = plan_tick(
                 drive, layout.evaluation_root(), (EVAL_COMPLETE, EVAL_FAILED), SignalCursor(), 0, max_files=n
-            ).cursor.serialize()
+            ).cursor.dump()
             eval_s, eval_steady = timed(lambda: run(evaluation, eval_handled), repeats)
             assert eval_steady.run_requests == []
             cursor_bytes = len(handled)
@@ -147,11 +147,13 @@ def tick_benchmark(n: int, repeats: int) -> dict:
     }
 
 
-def latency_benchmark(n_dirs: int, samples: int) -> dict:
+def latency_benchmark(n_dirs: int, samples: int, storage: dict | None = None) -> dict:
     from mlgraph.cli.staging import materialize_experiments
     from mlgraph.trainer import signal_training_complete
     from pipeline_assets.definitions import defs
-    from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
+    from tests.support import dagster_instance, wait_for
+    from tests.support.daemon import DagsterDaemon
+    from tests.support.instance import write_instance_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -168,11 +170,11 @@ def latency_benchmark(n_dirs: int, samples: int) -> dict:
         env = {"SHARED_DRIVE": str(drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
         os.environ.update(env)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-        write_instance_config(home)
+        write_instance_config(home, storage=storage)
         keys = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
         daemon = DagsterDaemon(home, env, tmp)
         created, started, ticks = [], [], []
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        with dagster_instance(home) as instance:
             materialize_experiments(
                 defs, instance, ["salary"], selection=keys, echo=lambda _: None, raise_on_error=True
             )

@@ -1,6 +1,6 @@
 """Launch latency of SlurmRunLauncher against Dagster's DefaultRunLauncher. Prints JSON.
 
-For each of N runs of a one-asset job (tests/slurm_support/defs.py `quick_job`) on the real
+For each of N runs of a one-asset job (tests/support/slurm/defs.py `quick_job`) on the real
 local cluster: seconds from `instance.launch_run` to the Slurm job RUNNING and to the Dagster
 run STARTED; then the same job N times through DefaultRunLauncher (launch_run -> STARTED).
 Each run finishes before the next starts. Medians, with min / max.
@@ -27,11 +27,12 @@ import dagster as dg
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-from tests.slurm_support.harness import (
+from tests.support import dagster_instance, wait_for
+from tests.support.slurm.harness import (
     SUPPORT_LOCATION,
     create_run,
     squeue_state,
-    write_instance_yaml,
+    write_slurm_instance,
     write_workspace,
 )
 
@@ -78,17 +79,19 @@ def launch_and_time(instance, workspace, slurm: bool, timeout: float = 120) -> d
         raise RuntimeError(f"benchmark run {run.run_id} did not finish within {timeout}s")
     if slurm:
         # Let the footer finish so the next job starts on an idle node.
-        while squeue_state(job_id) not in {None, "COMPLETED", "FAILED", "CANCELLED"}:
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"Slurm job {job_id} did not end within {timeout}s")
-            time.sleep(0.1)
+        wait_for(
+            lambda: squeue_state(job_id) in {None, "COMPLETED", "FAILED", "CANCELLED"},
+            max(0.0, deadline - time.perf_counter()),
+            f"Slurm job {job_id} to end",
+            interval=0.1,
+        )
     return timings
 
 
 def measure(home: Path, workspace_yaml: Path, slurm: bool, runs: int) -> list[dict[str, float]]:
     os.environ["DAGSTER_HOME"] = str(home)
     with (
-        dg.DagsterInstance.get() as instance,
+        dagster_instance(home) as instance,
         # Code-server INFO lines would go to stdout, which carries only the JSON.
         WorkspaceProcessContext(
             instance, WorkspaceFileTarget(paths=[str(workspace_yaml)]), code_server_log_level="WARNING"
@@ -113,8 +116,8 @@ def main() -> None:
         (root / "shared").mkdir()
         workspace_yaml = write_workspace(root / "workspace.yaml", pipeline=False)
         slurm_home, default_home = root / "slurm_home", root / "default_home"
-        write_instance_yaml(slurm_home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
-        write_instance_yaml(default_home, launcher="default")
+        write_slurm_instance(slurm_home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
+        write_slurm_instance(default_home, launcher="default")
         slurm = measure(slurm_home, workspace_yaml, slurm=True, runs=args.runs)
         default = measure(default_home, workspace_yaml, slurm=False, runs=args.runs)
 

@@ -66,7 +66,8 @@ def postgres_up() -> str | None:
 def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict:
     import dagster as dg
 
-    from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, write_instance_config
+    from tests.support import dagster_instance
+    from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
 
     storage = POSTGRES_STORAGE if "MLGRAPH_POSTGRES_URL" in env else None
     # This process opens the instance too (schema, counting back), and the URL is read from its environment.
@@ -76,7 +77,8 @@ def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict
     write_instance_config(home, DEFAULT_RUN_LAUNCHER, storage=storage)
     env = {**env, "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
     # Create the schema once, as `mlgraph init` or the daemon does, so the burst measures writes only.
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    with dagster_instance(home):
+        pass
     per = [runs // processes + (1 if i < runs % processes else 0) for i in range(processes)]
     source = worker_source()
     procs = [
@@ -115,7 +117,7 @@ def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict
     succeeded = sum(1 for parts in lines if parts and parts[0] == "run" and parts[2] == "True")
     errors = [" ".join(parts[1:])[:200] for parts in lines if parts and parts[0] == "error"]
     locked = sum(1 for _, out, err in outputs if "database is locked" in (out + err))
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         backend = type(instance.event_log_storage).__name__
         stored = sum(
             len(
@@ -148,18 +150,9 @@ def burst(home: Path, env: dict, runs: int, processes: int, events: int) -> dict
 
 def latency(samples: int, storage: dict | None) -> dict:
     """benchmarks/sensors.py's daemon latency (no extra empty experiment directories), on `storage`."""
-    import functools
-
-    import tests.daemon_harness as harness
     from benchmarks.sensors import latency_benchmark
 
-    # latency_benchmark imports write_instance_config when called: point it at this backend's storage.
-    original = harness.write_instance_config
-    harness.write_instance_config = functools.partial(original, storage=storage)
-    try:
-        return latency_benchmark(0, samples)
-    finally:
-        harness.write_instance_config = original
+    return latency_benchmark(0, samples, storage=storage)
 
 
 def main() -> None:
@@ -177,7 +170,7 @@ def main() -> None:
 
     import psycopg2
 
-    from tests.test_postgres_state import libpq, server_url
+    from tests.support.postgres import libpq, server_url
 
     base_env = {k: v for k, v in os.environ.items() if k != "MLGRAPH_POSTGRES_URL"}
     name = f"mlgraph_bench_{uuid.uuid4().hex[:12]}"

@@ -19,12 +19,13 @@ At most one retraining per experiment per `drift.retrain_cooldown_hours`, across
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
+from mlgraph.core.cursor import JsonCursor
 from mlgraph.core.experiment import ConfigError
 from mlgraph.core.tags import (
     DAGSTER_PARTITION_TAG,
@@ -49,27 +50,22 @@ MAX_TAG_CHARS = 1000
 
 
 @dataclass
-class DriftCursor:
+class DriftCursor(JsonCursor):
     """Last drift-triggered request per experiment ({"at": epoch seconds, "run_key": ...}) and last log version."""
+
+    KIND = "a drift cursor"
+    SENSOR = "drift_sensor"
+    AFTER_RESET = "the cooldown then comes from the runs the instance holds."
 
     triggers: dict[str, dict] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, raw: str | None) -> DriftCursor:
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-            return cls(triggers=dict(data["triggers"]), logs=dict(data["logs"]))
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ValueError(
-                f"sensor cursor {raw[:200]!r} is not a drift cursor ({exc}). Fix: clear the cursor in the Dagster UI "
-                "(Sensors → drift_sensor → cursor); the cooldown then comes from the runs the instance holds."
-            ) from None
+    def from_json(cls, data: Any) -> DriftCursor:
+        return cls(triggers=dict(data["triggers"]), logs=dict(data["logs"]))
 
-    def dumps(self) -> str:
-        return json.dumps({"triggers": self.triggers, "logs": self.logs}, sort_keys=True)
+    def to_json(self) -> dict:
+        return {"triggers": self.triggers, "logs": self.logs}
 
 
 def run_key(experiment: str, window: dict) -> str:
@@ -119,12 +115,8 @@ def drift_sensor(
     from mlgraph.monitoring.drift import DRIFT, build_report
     from mlgraph.monitoring.log_status import log_status
 
-    try:
-        cursor = DriftCursor.parse(context.cursor)
-    except ValueError as exc:
-        # A damaged cursor must not stop the loop: the instance's drift runs still enforce the cooldown.
-        context.log.warning(f"{exc} Starting from an empty cursor.")
-        cursor = DriftCursor()
+    # A damaged cursor must not stop the loop: the instance's drift runs still enforce the cooldown.
+    cursor = DriftCursor.load_or_reset(context.cursor, context.log.warning)
     now = time.time()
     requests, observations, notes = [], [], []
     for name in sorted(context.instance.get_dynamic_partitions(experiment_partitions_def.name)):
@@ -175,4 +167,4 @@ def drift_sensor(
         requests.append(request)
         cursor.triggers[name] = {"at": now, "run_key": request.run_key}
     skip = None if requests else ("; ".join(notes) or "no experiment registered")
-    return dg.SensorResult(run_requests=requests, asset_events=observations, cursor=cursor.dumps(), skip_reason=skip)
+    return dg.SensorResult(run_requests=requests, asset_events=observations, cursor=cursor.dump(), skip_reason=skip)

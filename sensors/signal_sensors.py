@@ -276,7 +276,7 @@ class _Tick:
         self.context = context
         self.drive = storage.root_path
         self.plan: TickPlan = plan_tick(
-            self.drive, base, names, SignalCursor.parse(context.cursor), settle_seconds, max_per_tick, now_ns
+            self.drive, base, names, SignalCursor.load(context.cursor), settle_seconds, max_per_tick, now_ns
         )
         self.experiments = _Experiments(context.instance, catalog, _CONFIG_HASHES)
         self.reasons = [rejection_reason(self.drive, r) for r in self.plan.rejected]
@@ -331,7 +331,7 @@ class _Tick:
             run_requests=self.runs,
             asset_events=self.events,
             dynamic_partitions_requests=self.experiments.requests(),
-            cursor=self.plan.cursor.serialize(),
+            cursor=self.plan.cursor.dump(),
             skip_reason=None if self.runs else skip_message(self.plan, self.drive, self.reasons, self.notes),
         )
 

@@ -7,10 +7,12 @@ Reporting the same version again (say, after the cursor was cleared) is harmless
 data versions, and an unchanged one starts nothing.
 """
 
-import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 
+from mlgraph.core.cursor import JsonCursor
 from mlgraph.core.experiment import ConfigError
 from mlgraph.data import sources
 from pipeline_assets.data.source_assets import source_observation
@@ -22,23 +24,28 @@ from resources.experiments import ExperimentCatalog
 MIN_INTERVAL_SECONDS = 15
 
 
-def parse_cursor(raw: str | None) -> dict[str, sources.SourceVersion]:
-    if not raw:
-        return {}
-    try:
-        return {name: sources.SourceVersion.from_dict(data) for name, data in json.loads(raw).items()}
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(
-            f"sensor cursor {raw[:200]!r} is not a source cursor ({exc}). Fix: clear the cursor in the Dagster "
-            "UI (Sensors → experiment_source_sensor → cursor); every experiment is then observed again, "
-            "which starts no run where nothing changed."
-        ) from None
+@dataclass
+class SourceCursor(JsonCursor):
+    """The last source version reported per experiment."""
+
+    KIND = "a source cursor"
+    SENSOR = "experiment_source_sensor"
+    AFTER_RESET = "every experiment is then observed again, which starts no run where nothing changed."
+
+    versions: dict[str, sources.SourceVersion] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "SourceCursor":
+        return cls({name: sources.SourceVersion.from_dict(version) for name, version in data.items()})
+
+    def to_json(self) -> dict:
+        return {name: version.to_dict() for name, version in self.versions.items()}
 
 
 @dg.sensor(minimum_interval_seconds=MIN_INTERVAL_SECONDS, default_status=dg.DefaultSensorStatus.RUNNING)
 def experiment_source_sensor(context: dg.SensorEvaluationContext, catalog: ExperimentCatalog) -> dg.SensorResult:
     """Reports a new experiment_source observation for each experiment whose config or data file changed."""
-    seen = parse_cursor(context.cursor)
+    seen = SourceCursor.load(context.cursor).versions
     current: dict[str, sources.SourceVersion] = {}
     observations = []
     for name in sorted(context.instance.get_dynamic_partitions(experiment_partitions_def.name)):
@@ -53,7 +60,7 @@ def experiment_source_sensor(context: dg.SensorEvaluationContext, catalog: Exper
         current[name] = version
         if name not in seen or seen[name].data_version != version.data_version:
             observations.append(source_observation(version))
-    cursor = json.dumps({name: v.to_dict() for name, v in current.items()}, sort_keys=True)
+    cursor = SourceCursor(current).dump()
     if not observations:
         return dg.SensorResult(skip_reason=f"{len(current)} experiment source(s) unchanged", cursor=cursor)
     context.log.info(f"new source versions: {', '.join(o.partition for o in observations)}")

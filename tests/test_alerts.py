@@ -25,7 +25,8 @@ from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
 from mlgraph.core.tags import COMPUTE_TAG, TAG_EXPERIMENT
 from mlgraph.ops import alerts
 from mlgraph.ops.webhook import WEBHOOK_URL_ENV
-from tests.slurm_support import harness
+from tests.support import dagster_instance, wait_for
+from tests.support.slurm import harness
 from tests.test_signal_sensors import TRAINING_SENSOR, tick
 
 T0 = alerts.utc_now()
@@ -148,14 +149,14 @@ def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(
 
 def test_stale_heartbeat_and_low_disk_through_alerts_check(shared_drive: Path, tmp_path, monkeypatch, capsys):
     home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dagster_instance(home):
+        pass  # an instance that never saw a daemon
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     drive = DriveLayout.at(shared_drive)
     assert main(["alerts", "check"]) == 0
     assert "daemon heartbeat: skipped" in capsys.readouterr().out and lines(drive) == []
 
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance(home) as instance:
         instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 600, "SENSOR", None, None))
     monkeypatch.setenv(alerts.DISK_MIN_FREE_ENV, "100")  # any real disk is under 100 % free
     for _ in range(3):  # cron runs it every minute; one alert per condition
@@ -165,7 +166,7 @@ def test_stale_heartbeat_and_low_disk_through_alerts_check(shared_drive: Path, t
     kinds = sorted(a["kind"] for a in alerts.read_open_alerts(drive))
     assert kinds == ["daemon_heartbeat_stale", "disk_space_low"] and len(lines(drive)) == 2
 
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance(home) as instance:
         instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", None, None))
     monkeypatch.setenv(alerts.DISK_MIN_FREE_ENV, "0")
     assert main(["alerts", "check"]) == 0
@@ -209,13 +210,15 @@ defs = dg.Definitions(
 '''
 
 
+@pytest.mark.slurm
+@pytest.mark.daemon
 @pytest.mark.timeout(240)
 def test_slurm_failures_alert_per_run_and_once_for_three_in_a_row(tmp_path: Path, monkeypatch):
     harness.require_slurm()
     shared, home = tmp_path / "shared", tmp_path / "dagster_home"
     shared.mkdir()
     (tmp_path / "crash_location.py").write_text(CRASH_LOCATION)
-    harness.write_instance_yaml(home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
+    harness.write_slurm_instance(home, {"route": "tagged", "cpus": 1, "mem": "512M", "time": "00:05:00"})
     workspace_yaml = tmp_path / "workspace.yaml"
     workspace_yaml.write_text(
         yaml.safe_dump(
@@ -237,7 +240,7 @@ def test_slurm_failures_alert_per_run_and_once_for_three_in_a_row(tmp_path: Path
     daemon = harness.Daemon(workspace_yaml, dict(os.environ), tmp_path / "daemon.log")
     drive = DriveLayout.at(shared)
     with (
-        dg.DagsterInstance.get() as instance,
+        dagster_instance(home) as instance,
         WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace,
     ):
         try:
@@ -256,18 +259,18 @@ def test_slurm_failures_alert_per_run_and_once_for_three_in_a_row(tmp_path: Path
                 failed = {r["run_id"] for r in records if r["kind"] == "run_failed"}
                 return failed == set(run_ids) and any(r["kind"] == "consecutive_failures" for r in records)
 
-            try:
-                harness.wait_for(alerted, 150, "three run_failed alerts and one consecutive_failures alert")
-            except AssertionError:
+            def diagnostics() -> str:
                 statuses = [instance.get_run_by_id(r).status for r in run_ids]
-                raise AssertionError(f"{statuses}\n{lines(drive)}\n{daemon.log_path.read_text()[-3000:]}") from None
+                return f"{statuses}\n{lines(drive)}\n{daemon.log_path.read_text()[-3000:]}"
+
+            wait_for(alerted, 150, "three run_failed alerts and one consecutive_failures alert", on_timeout=diagnostics)
             for run_id in run_ids:
                 assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
             # Two more sensor ticks over the same failures: nothing new is written.
             origin = _sensor_origin(workspace)
             seen = len(lines(drive))
             ticks = len(instance.get_ticks(*origin))
-            harness.wait_for(lambda: len(instance.get_ticks(*origin)) >= ticks + 2, 30, "two more sensor ticks")
+            wait_for(lambda: len(instance.get_ticks(*origin)) >= ticks + 2, 30, "two more sensor ticks")
         finally:
             daemon.stop()
             # Jobs still queued or running die with the test (scancel of an ended job is a no-op).

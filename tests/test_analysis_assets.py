@@ -12,7 +12,7 @@ from mlgraph.cli.staging import materialize_experiments
 from mlgraph.core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
 from mlgraph.preprocessing import outputs
 from pipeline_assets.definitions import defs
-from tests.conftest import shrink_experiment
+from tests.support.fixtures import shrink_experiment
 
 CONSTRAINTS = ["c2000-m256-p50", "c10000-m1024-p100"]
 MY_KEYS = [

@@ -28,7 +28,9 @@ from pipeline_assets.jobs import SLURM_RUN_TAGS
 from pipeline_assets.partitions import experiment_from_constraints_mapping as per_experiment
 from resources.experiments import ExperimentCatalog
 from sensors.sources import experiment_source_sensor
-from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
+from tests.support import dagster_instance, wait_for
+from tests.support.daemon import DagsterDaemon
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
 
 # --- a stand-in graph: the production names and edges, trivial bodies ------------------------------
 # Static partitions: Dagster's condition tester re-reads dynamic partitions for every condition node.
@@ -208,7 +210,7 @@ def once_each(assets: set[str]) -> Counter:
 def daemonless():
     CHECK_PASSES["train_test_split"] = True
     LINEAGE.update(train_test_split=0, batch_features=None)
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         yield Daemonless(instance, stand_in_defs())
 
 
@@ -320,7 +322,7 @@ def test_source_sensor_reports_only_new_versions_for_automation(tmp_path):
     after = csv.read_bytes()
     assert len(before) == len(after) and sum(a != b for a, b in zip(before, after, strict=True)) == 1
     csv.write_bytes(before)
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         instance.add_dynamic_partitions("experiment", ["tiny"])
         first = source_tick(instance, tmp_path, None)
         [observation] = first.asset_events
@@ -407,6 +409,7 @@ def last_tick_after(instance: dg.DagsterInstance, sensor: str, since: float) -> 
     return max(started, default=None)
 
 
+@pytest.mark.daemon
 @pytest.mark.timeout(900)
 def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path, shared_drive: Path):
     config_dir = tmp_path / "config"
@@ -417,7 +420,7 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
     daemon = DagsterDaemon(home, env, tmp_path)
     automated, on_slurm = automated_assets()
     assert {"champion_model", "constraint_probe_result", "run_summary"} <= set(automated)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
 
         def runs() -> list[dg.DagsterRun]:
             return list(instance.get_runs())

@@ -18,8 +18,8 @@ from dagster._daemon.types import DaemonHeartbeat
 from mlgraph.cli.main import main
 from mlgraph.core.drive import DriveLayout
 from mlgraph.ops.backup import MANIFEST, complete_backups
-from tests.daemon_harness import wait_for
-from tests.test_postgres_state import libpq, pg_url  # noqa: F401 - the fixture
+from tests.support import dagster_instance, wait_for
+from tests.support.postgres import libpq
 
 
 @dg.asset
@@ -33,11 +33,9 @@ def site(shared_drive: Path, config_dir: Path, tmp_path: Path, monkeypatch):
     """A drive with an instance (two runs), MLflow (two runs) and the warehouse; DAGSTER_HOME under the drive."""
     drive = DriveLayout.at(shared_drive)
     home = drive.dagster_home()
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("MLGRAPH_BACKUP_DIR", str(tmp_path / "backups"))
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance(home) as instance:
         for _ in range(2):
             assert dg.materialize([tiny], instance=instance).success
     con = duckdb.connect(str(drive.warehouse_db()))
@@ -53,7 +51,7 @@ def mlflow_client(drive: DriveLayout):
 
 
 def run_ids(home: Path) -> list[str]:
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         return sorted(run.run_id for run in instance.get_runs())
 
 
@@ -87,7 +85,7 @@ def test_restore_drill(site: DriveLayout, tmp_path: Path, capsys):
     assert manifest["versions"]["dagster"] == dg.__version__
 
     # Life goes on, then the disk fails under MLflow's database.
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         assert dg.materialize([tiny], instance=instance).success
     assert len(run_ids(home)) == 3
     corrupt(site.mlflow_db())
@@ -97,11 +95,11 @@ def test_restore_drill(site: DriveLayout, tmp_path: Path, capsys):
     assert "sqlite state/mlflow.db: FAIL" in report and "sqlite dagster/history/runs.db: ok" in report
 
     # A running daemon (fresh heartbeat) blocks the restore; a dead one (old heartbeat) does not.
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", None, None))
     assert main(["restore", "--latest"]) == 1
     assert "daemon is running" in capsys.readouterr().err
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 3600, "SENSOR", None, None))
     assert main(["restore", "--latest"]) == 0
 
@@ -219,6 +217,7 @@ def test_backup_while_writers_commit_is_consistent(shared_drive: Path, config_di
             proc.wait(timeout=10)
 
 
+@pytest.mark.postgres
 def test_postgres_is_dumped_and_restored_without_its_password_in_files(
     shared_drive: Path, config_dir: Path, tmp_path: Path, monkeypatch, pg_url: str, capsys
 ):

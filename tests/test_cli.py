@@ -9,7 +9,8 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from mlgraph.core.drive import PROJECT_ROOT
-from tests.conftest import shrink_experiment
+from tests.support import dagster_instance
+from tests.support.fixtures import shrink_experiment
 
 BIN = Path(sys.executable).parent
 
@@ -51,7 +52,7 @@ def test_dagster_asset_materialize_from_repo_root(tmp_path, shared_drive, config
     assert pq.read_metadata(shared_drive / "datasets" / "salary" / "raw.parquet").num_rows == 2000
 
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance(tmp_path / "dagster_home") as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("raw_dataset"))
         assert event is not None and event.dagster_event.partition == "salary"
 

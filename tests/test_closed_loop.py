@@ -34,8 +34,10 @@ from mlgraph.monitoring.baseline import read_baseline
 from mlgraph.training.promotion import PromotionStore
 from pipeline_assets.definitions import defs
 from resources.tracking import MlflowTracking
-from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
 from tests.serving_support import Server
+from tests.support import dagster_instance, wait_for
+from tests.support.daemon import DagsterDaemon
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
 from tests.test_automation import last_tick_after
 
 NAME = "loop"
@@ -127,7 +129,7 @@ def loop_experiment(tmp_path: Path, shared_drive: Path, monkeypatch: pytest.Monk
 def deployed(loop_experiment: LoopExperiment) -> LoopExperiment:
     """Trained, promoted (v1), deployed and baselined in-process on data A, in the daemon's instance."""
     write_instance_config(loop_experiment.home, DEFAULT_RUN_LAUNCHER)
-    with dg.DagsterInstance.from_config(str(loop_experiment.home)) as instance:
+    with dagster_instance(loop_experiment.home) as instance:
         summary = materialize_experiments(
             defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DEPLOYED], echo=lambda _: None
         )
@@ -164,6 +166,7 @@ def latest_skip(instance: dg.DagsterInstance) -> str:
     return tick.skip_reason or ""
 
 
+@pytest.mark.daemon
 @pytest.mark.timeout(300)
 def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldown(deployed: LoopExperiment) -> None:
     loop = deployed
@@ -171,7 +174,7 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
     sigma = {n: baseline_a["numeric"][n]["std"] for n in SHIFTED}
     # New labelled data arrives and is ingested (the data group; automation would do it in production).
     population_b(600, 4, sigma).to_csv(loop.csv, index=False)
-    with dg.DagsterInstance.from_config(str(loop.home)) as instance:
+    with dagster_instance(loop.home) as instance:
         assert (
             materialize_experiments(
                 defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DATA], echo=lambda _: None
@@ -180,7 +183,7 @@ def test_drift_retrains_once_promotes_a_better_champion_and_respects_the_cooldow
         )
     daemon = DagsterDaemon(loop.home, loop.env, loop.home.parent)
     server = Server(loop.drive.root, loop.config_dir, NAME)
-    with dg.DagsterInstance.from_config(str(loop.home)) as instance:
+    with dagster_instance(loop.home) as instance:
 
         def runs() -> list[dg.DagsterRun]:
             return [r for r in instance.get_runs() if r.job_name == "retraining_job"]

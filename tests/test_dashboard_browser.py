@@ -36,13 +36,14 @@ from mlgraph.core.tags import (
     slurm_tags,
 )
 from mlgraph.ops.alerts import CONSECUTIVE_FAILURES, raise_alert
-from tests.slurm_support.harness import require_slurm, wait_for
+from tests.support import dagster_instance, wait_for
+from tests.support.slurm.harness import require_slurm
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REFRESH_SECONDS = 1
 DAGSTER_URL, MLFLOW_URL = "http://dagster.test:3000", "http://mlflow.test:5000"
 AUTH = ("ops", "s3cret-for-this-test")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.browser, pytest.mark.slurm]
 # Headless Chromium is always "visible": the page is told otherwise, as a hidden tab would be.
 VISIBILITY_JS = """Object.defineProperty(document, 'visibilityState', {value: arguments[0], configurable: true});
 document.dispatchEvent(new Event('visibilitychange'));"""
@@ -177,97 +178,101 @@ def world(tmp_path_factory):
     layout = DriveLayout(drive)
     logs = layout.logs_root() / "evaluation"
     logs.mkdir(parents=True)
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     jobs: list[str] = []
     servers: list[subprocess.Popen] = []
-    try:
-        done_eval = _sbatch(logs / "%j.log", "echo evaluated", "mlgraph-dash-eval")
-        done_analysis = _sbatch(logs / "%j.log", "echo analysed", "mlgraph-dash-analysis")
-        running = _sbatch(logs / "%j.log", "echo dashboard-test-running; sleep 300", "mlgraph-dash-running")
-        failed = _sbatch(logs / "%j.log", "echo failing; exit 1", "mlgraph-dash-failed")
-        jobs += [done_eval, done_analysis, running, failed]
-        wait_for(lambda: _squeue_state(running) == "RUNNING", 60, f"job {running} to run")
-        for job_id, state in ((failed, "FAILED"), (done_eval, "COMPLETED"), (done_analysis, "COMPLETED")):
-            wait_for(lambda: _squeue_state(job_id) in (state, None), 60, f"job {job_id} to end {state}")
+    with dagster_instance(home) as instance:
+        try:
+            done_eval = _sbatch(logs / "%j.log", "echo evaluated", "mlgraph-dash-eval")
+            done_analysis = _sbatch(logs / "%j.log", "echo analysed", "mlgraph-dash-analysis")
+            running = _sbatch(logs / "%j.log", "echo dashboard-test-running; sleep 300", "mlgraph-dash-running")
+            failed = _sbatch(logs / "%j.log", "echo failing; exit 1", "mlgraph-dash-failed")
+            jobs += [done_eval, done_analysis, running, failed]
+            wait_for(lambda: _squeue_state(running) == "RUNNING", 60, f"job {running} to run")
+            for job_id, state in ((failed, "FAILED"), (done_eval, "COMPLETED"), (done_analysis, "COMPLETED")):
+                wait_for(
+                    lambda job_id=job_id, state=state: _squeue_state(job_id) in (state, None),
+                    60,
+                    f"job {job_id} to end {state}",
+                )
 
-        checkpoint = layout.models_dir("salary") / "checkpoints" / "ckpt-7"
-        checkpoint.mkdir(parents=True)
-        layout.training_complete_signal("salary").write_text(
-            TrainingComplete(
-                timestamp=datetime(2026, 11, 30, 9, tzinfo=UTC),
-                experiment="salary",
-                checkpoint_path=str(checkpoint),
-                hostname="wild-west",
-                user="trainer",
-                mlflow_run_id="a" * 32,
-            ).to_json()
-        )
-
-        # An open alert as the alerting module writes it (logs/alerts.jsonl on the drive).
-        raise_alert(
-            layout,
-            CONSECUTIVE_FAILURES,
-            "dashboard-test",
-            "3 evaluation jobs failed in a row",
-            "critical",
-            experiment="demand_forecast",
-        )
-        instance = dg.DagsterInstance.from_config(str(home))
-        runs = {}
-        runs["eval"] = evaluation_job.execute_in_process(
-            instance=instance,
-            tags=_tags("salary", "evaluation", done_eval, logs / f"{done_eval}.log", **{TAG_MLFLOW_RUN_ID: "b" * 32}),
-        ).run_id
-        runs["analysis"] = analysis_job.execute_in_process(
-            instance=instance, tags=_tags("salary", "analysis", done_analysis, logs / f"{done_analysis}.log")
-        ).run_id
-        run = instance.create_run_for_job(
-            evaluation_job, tags=_tags("student_engagement", "evaluation", running, logs / f"{running}.log")
-        )
-        _event(instance, run, DagsterEventType.RUN_START)
-        runs["running"] = run.run_id
-        run = instance.create_run_for_job(
-            evaluation_job, tags=_tags("demand_forecast", "evaluation", failed, logs / f"{failed}.log")
-        )
-        _event(instance, run, DagsterEventType.RUN_START)
-        instance.report_run_failed(run, f"Slurm job {failed} FAILED")
-        runs["failed"] = run.run_id
-        # NOT_STARTED: a QUEUED run needs a code location origin, which a bare test instance has not.
-        queued = instance.create_run_for_job(analysis_job, tags={TAG_EXPERIMENT: "student_engagement"})
-        runs["queued"] = queued.run_id
-
-        port, broken_port = _free_port(), _free_port()
-        servers.append(_serve(port, home, drive))
-        servers.append(
-            _serve(
-                broken_port,
-                home,
-                drive,
-                "--slurm-bin-dir",
-                str(tmp / "no-such-bin"),
-                env={"MLGRAPH_DASHBOARD_USERNAME": AUTH[0], "MLGRAPH_DASHBOARD_PASSWORD": AUTH[1]},
+            checkpoint = layout.models_dir("salary") / "checkpoints" / "ckpt-7"
+            checkpoint.mkdir(parents=True)
+            layout.training_complete_signal("salary").write_text(
+                TrainingComplete(
+                    timestamp=datetime(2026, 11, 30, 9, tzinfo=UTC),
+                    experiment="salary",
+                    checkpoint_path=str(checkpoint),
+                    hostname="wild-west",
+                    user="trainer",
+                    mlflow_run_id="a" * 32,
+                ).to_json()
             )
-        )
-        url, broken_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{broken_port}"
-        started = time.monotonic()
-        _wait_polled(servers[0], url)
-        _wait_polled(servers[1], broken_url, auth=AUTH)
-        yield {
-            "url": url,
-            "broken_url": broken_url,
-            "instance": instance,
-            "runs": runs,
-            "queued": queued,
-            "jobs": {"eval": done_eval, "running": running, "failed": failed},
-            "started": started,
-            "tmp": tmp,
-        }
-    finally:
-        for proc in servers:
-            _stop(proc)
-        for job_id in jobs:
-            subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
+
+            # An open alert as the alerting module writes it (logs/alerts.jsonl on the drive).
+            raise_alert(
+                layout,
+                CONSECUTIVE_FAILURES,
+                "dashboard-test",
+                "3 evaluation jobs failed in a row",
+                "critical",
+                experiment="demand_forecast",
+            )
+            runs = {}
+            runs["eval"] = evaluation_job.execute_in_process(
+                instance=instance,
+                tags=_tags(
+                    "salary", "evaluation", done_eval, logs / f"{done_eval}.log", **{TAG_MLFLOW_RUN_ID: "b" * 32}
+                ),
+            ).run_id
+            runs["analysis"] = analysis_job.execute_in_process(
+                instance=instance, tags=_tags("salary", "analysis", done_analysis, logs / f"{done_analysis}.log")
+            ).run_id
+            run = instance.create_run_for_job(
+                evaluation_job, tags=_tags("student_engagement", "evaluation", running, logs / f"{running}.log")
+            )
+            _event(instance, run, DagsterEventType.RUN_START)
+            runs["running"] = run.run_id
+            run = instance.create_run_for_job(
+                evaluation_job, tags=_tags("demand_forecast", "evaluation", failed, logs / f"{failed}.log")
+            )
+            _event(instance, run, DagsterEventType.RUN_START)
+            instance.report_run_failed(run, f"Slurm job {failed} FAILED")
+            runs["failed"] = run.run_id
+            # NOT_STARTED: a QUEUED run needs a code location origin, which a bare test instance has not.
+            queued = instance.create_run_for_job(analysis_job, tags={TAG_EXPERIMENT: "student_engagement"})
+            runs["queued"] = queued.run_id
+
+            port, broken_port = _free_port(), _free_port()
+            servers.append(_serve(port, home, drive))
+            servers.append(
+                _serve(
+                    broken_port,
+                    home,
+                    drive,
+                    "--slurm-bin-dir",
+                    str(tmp / "no-such-bin"),
+                    env={"MLGRAPH_DASHBOARD_USERNAME": AUTH[0], "MLGRAPH_DASHBOARD_PASSWORD": AUTH[1]},
+                )
+            )
+            url, broken_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{broken_port}"
+            started = time.monotonic()
+            _wait_polled(servers[0], url)
+            _wait_polled(servers[1], broken_url, auth=AUTH)
+            yield {
+                "url": url,
+                "broken_url": broken_url,
+                "instance": instance,
+                "runs": runs,
+                "queued": queued,
+                "jobs": {"eval": done_eval, "running": running, "failed": failed},
+                "started": started,
+                "tmp": tmp,
+            }
+        finally:
+            for proc in servers:
+                _stop(proc)
+            for job_id in jobs:
+                subprocess.run(["scancel", job_id], capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture

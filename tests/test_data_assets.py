@@ -13,7 +13,7 @@ from dagster._time import get_current_datetime
 
 from mlgraph.cli.staging import materialize_experiments
 from pipeline_assets.definitions import defs
-from tests.conftest import shrink_experiment
+from tests.support.fixtures import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
 

@@ -18,7 +18,7 @@ from mlgraph.deployment import bench, export
 from mlgraph.training.lineage import verify_lineage, write_lineage
 from pipeline_assets.definitions import defs
 from resources.tracking import MlflowTracking
-from tests.deployment_support import EXPERIMENT, demo_frames, perturb_first_weight, tabular_champion  # noqa: F401
+from tests.support.deployment import EXPERIMENT, perturb_first_weight, tabular_champion
 
 DEPLOYMENT = ["onnx_model", "onnx_int8_model", "inference_benchmark"]
 NAME = EXPERIMENT["classification"]
@@ -47,7 +47,7 @@ def _materialized(instance: dg.DagsterInstance, key: str) -> bool:
 
 
 @pytest.fixture
-def champion(shared_drive, config_dir, demo_frames):  # noqa: F811
+def champion(shared_drive, config_dir, demo_frames):
     """A promoted logistic regression whose run exists in MLflow (the benchmark logs to it)."""
     drive = DriveLayout.at(shared_drive)
     config = tabular_champion(drive, "classification", "logistic_regression", demo_frames)

@@ -19,14 +19,7 @@ from mlgraph.deployment import bench, export, gates, parity, quantize, runtime, 
 from mlgraph.deployment.champion import Rows, read_champion
 from mlgraph.training import families as fam
 from mlgraph.training import forecasting as fc
-from tests.deployment_support import (  # noqa: F401  (demo_frames is a fixture)
-    demo_config,
-    demo_frames,
-    export_current,
-    perturb_first_weight,
-    promote,
-    tabular_champion,
-)
+from tests.support.deployment import demo_config, export_current, perturb_first_weight, promote, tabular_champion
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 from dagster._daemon.types import DaemonHeartbeat
 
 from mlgraph.cli.main import main
 from mlgraph.core.drive import DriveLayout
+from tests.support import dagster_instance
 
 LINE = re.compile(r"^(?P<name>[^:]+): (?P<status>ok \(|skipped \(|FAIL: )")
 
@@ -25,11 +25,9 @@ def drive(shared_drive: Path, config_dir: Path, monkeypatch) -> DriveLayout:
     """What `make demo` leaves: an instance that never saw a daemon, MLflow's SQLite file, the warehouse."""
     layout = DriveLayout.at(shared_drive)
     home = layout.dagster_home()
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.delenv("MLGRAPH_POSTGRES_URL", raising=False)
-    with dg.DagsterInstance.get():
+    with dagster_instance(home):
         pass  # creates the SQLite run, event-log and schedule storage
     con = sqlite3.connect(layout.mlflow_db())
     con.execute("CREATE TABLE experiments (id INTEGER PRIMARY KEY, name TEXT)")
@@ -88,6 +86,7 @@ class Health(BaseHTTPRequestHandler):
         return None
 
 
+@pytest.mark.slurm
 def test_each_broken_part_fails_with_its_reason(drive: DriveLayout, monkeypatch, capsys):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -103,7 +102,7 @@ def test_each_broken_part_fails_with_its_reason(drive: DriveLayout, monkeypatch,
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:pw@127.0.0.1:{server.server_address[1]}")  # now closed
     (drive.state_dir() / "auth.db").write_bytes(b"this is not a database" * 100)
-    with dg.DagsterInstance.get() as instance:
+    with dagster_instance(drive.dagster_home()) as instance:
         instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 900, "SENSOR", None, None))
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from mlgraph.core.drive import DriveLayout
 from mlgraph.training import families as fam
 from mlgraph.training.promotion import BaselineGate, PromotionStore, challenge_champion, contested, decide
-from tests.deployment_support import demo_frames, tabular_champion  # noqa: F401
+from tests.support.deployment import tabular_champion
 
 
 def gate(candidate_test: float) -> BaselineGate:
@@ -32,7 +32,7 @@ def gate(candidate_test: float) -> BaselineGate:
 
 
 @pytest.fixture
-def champion(tmp_path: Path, demo_frames):  # noqa: F811
+def champion(tmp_path: Path, demo_frames):
     drive = DriveLayout.at(tmp_path)
     config = tabular_champion(drive, "classification", "logistic_regression", demo_frames)
     store = PromotionStore(drive.promotion_dir(config.config_hash))

@@ -108,7 +108,7 @@ def test_run_key_is_deterministic_per_experiment_and_window(setup) -> None:
 def test_an_expired_trigger_allows_the_next_run(setup) -> None:
     drive = setup[0]
     log(drive, 500, 1, shifted={"f1": 4, "f2": 4})
-    expired = DriftCursor(triggers={"shop": {"at": 0.0, "run_key": "drift:shop:old"}}).dumps()
+    expired = DriftCursor(triggers={"shop": {"at": 0.0, "run_key": "drift:shop:old"}}).dump()
     [request] = tick(setup, expired).run_requests
     assert request.run_key != "drift:shop:old"
 
@@ -123,7 +123,7 @@ def test_a_broken_baseline_is_reported_and_skipped(setup) -> None:
 
 def test_a_foreign_cursor_says_how_to_fix_it() -> None:
     with pytest.raises(ValueError, match="clear the cursor"):
-        DriftCursor.parse("[1, 2]")
+        DriftCursor.load("[1, 2]")
 
 
 def test_drift_report_asset_writes_the_report(setup) -> None:

@@ -4,6 +4,7 @@ import dagster as dg
 
 from resources.experiments import ExperimentCatalog
 from sensors.experiments import experiment_config_sensor
+from tests.support import dagster_instance
 
 
 def evaluate(instance, config_dir):
@@ -23,7 +24,7 @@ def apply(instance, result):
 
 
 def test_adds_removes_and_skips(config_dir):
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         result = evaluate(instance, config_dir)
         assert isinstance(result, dg.SensorResult)
         [add] = result.dynamic_partitions_requests
@@ -50,7 +51,7 @@ def test_adds_removes_and_skips(config_dir):
 
 def test_invalid_yaml_is_reported_not_added(config_dir):
     (config_dir / "experiments" / "broken.yaml").write_text("name: broken\ntask: regression\n")
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         instance.add_dynamic_partitions("experiment", ["salary", "student_engagement", "demand_forecast"])
         result = evaluate(instance, config_dir)
         assert isinstance(result, dg.SkipReason)

@@ -34,9 +34,11 @@ from mlgraph.core.signals import (
 )
 from pipeline_assets.definitions import defs
 from resources.experiments import ExperimentCatalog
-from tests.conftest import shrink_experiment
-from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
-from tests.slurm_support.harness import require_slurm
+from tests.support import dagster_instance, wait_for
+from tests.support.daemon import DagsterDaemon
+from tests.support.fixtures import shrink_experiment
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.slurm.harness import require_slurm
 
 # Tagged runs (evaluation, analysis) become Slurm jobs on the local cluster; small requests so both fit.
 SLURM_RUN_LAUNCHER: dict[str, Any] = {
@@ -276,10 +278,14 @@ def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) ->
     )
 
 
+@pytest.mark.daemon
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "run_launcher",
-    [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_RUN_LAUNCHER, id="slurm-launcher")],
+    [
+        pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"),
+        pytest.param(SLURM_RUN_LAUNCHER, id="slurm-launcher", marks=pytest.mark.slurm),
+    ],
 )
 def test_signal_to_report_survives_daemon_kill(
     tmp_path: Path, shared_drive: Path, config_dir: Path, run_launcher: dict[str, Any]
@@ -295,7 +301,7 @@ def test_signal_to_report_survives_daemon_kill(
     trainer_env = {**os.environ, **env}
     trainer_env.pop("MLFLOW_TRACKING_URI", None)
     daemon = DagsterDaemon(home, env, tmp_path)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         summary = materialize_experiments(
             defs,
             instance,

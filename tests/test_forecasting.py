@@ -194,7 +194,7 @@ def test_frequency_field_is_checked_and_left_out_of_the_hash_when_unset(tmp_path
 def test_recurrent_champion_on_a_gappy_series_exports_and_passes_the_parity_gates(tmp_path) -> None:
     from mlgraph.core.drive import DriveLayout
     from mlgraph.deployment import gates, parity, quantize
-    from tests.deployment_support import export_current, promote
+    from tests.support.deployment import export_current, promote
 
     drive = DriveLayout.at(tmp_path)
     frame, _ = trending_gappy_series(n=500)

@@ -166,8 +166,8 @@ def test_excluded_column_must_exist(instance, shared_drive, config_dir):
         (list(range(1, 31)), True),  # R's rownames
         ([float(v) for v in range(100, 70, -1)], True),  # decreasing, stored as floats
         ([str(v) for v in range(5, 35)], True),  # digits stored as text
-        ([1, 2] + list(range(2, 30)), False),  # a repeat: not unique
-        (list(range(1, 30)) + [None], False),  # a gap: not an id
+        ([1, 2, *range(2, 30)], False),  # a repeat: not unique
+        ([*range(1, 30), None], False),  # a gap: not an id
         ([v + 0.5 for v in range(30)], False),  # not whole numbers
         (list(np.random.default_rng(1).permutation(30)), False),  # unique but unordered
         (list(range(1, 11)), False),  # too few rows to tell

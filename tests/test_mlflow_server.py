@@ -26,7 +26,7 @@ import pytest
 from mlgraph.core import tracking
 from mlgraph.core.drive import PROJECT_ROOT
 from mlgraph.ops import mlflow_server
-from tests.test_postgres_state import pg_url  # noqa: F401 - the fixture: a fresh database per test
+from tests.support import wait_for
 
 USERNAME = "mlgraph-admin"
 PASSWORD = f"planted-Pw-{uuid.uuid4().hex}"  # unique: any occurrence anywhere is a leak
@@ -65,19 +65,21 @@ class ServerProcess:
 
     def wait_healthy(self) -> ServerProcess:
         assert self.proc is not None, "launch() first"
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:  # bounded: /health answers once the workers are up
+
+        def healthy() -> bool:  # /health answers once the workers are up
             if self.proc.poll() is not None:
                 raise AssertionError(f"mlgraph mlflow-server exited {self.proc.returncode}: {self.output()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"no /health after {STARTUP_SECONDS}s: {self.output()[-3000:]}")
-            time.sleep(0.25)
+                return False
+
+        def stopped_with_output() -> str:
+            self.stop()
+            return self.output()[-3000:]
+
+        wait_for(healthy, STARTUP_SECONDS, f"{self.url}/health", interval=0.25, on_timeout=stopped_with_output)
+        return self
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -179,7 +181,7 @@ def test_training_run_lands_over_http_with_credentials(server: ServerProcess, mo
     assert json.loads(result.signal_path.read_text())["mlflow_run_id"] == result.mlflow_run_id
 
 
-@pytest.mark.parametrize("username,password", [(None, None), (USERNAME, "wrong-password")], ids=["none", "wrong"])
+@pytest.mark.parametrize(("username", "password"), [(None, None), (USERNAME, "wrong-password")], ids=["none", "wrong"])
 def test_missing_or_wrong_credentials_get_401_and_a_clear_message(
     server: ServerProcess,
     monkeypatch: pytest.MonkeyPatch,
@@ -260,7 +262,7 @@ def test_unreachable_server_fails_evaluation_with_a_clear_message_and_keeps_loca
 ):
     from mlgraph.cli.staging import materialize_experiments
     from pipeline_assets.definitions import defs
-    from tests.conftest import shrink_experiment
+    from tests.support.fixtures import shrink_experiment
     from tests.test_external_chain import DATA_KEYS, load_trainer, materialize
 
     shrink_experiment(config_dir, "salary", 600)
@@ -314,11 +316,12 @@ def test_password_appears_nowhere(server: ServerProcess, monkeypatch: pytest.Mon
             assert PASSWORD.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.postgres
 def test_tracking_store_on_postgres(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch):
     """The same server with its tracking store in a fresh PostgreSQL database (CI runs scripts/postgres-local)."""
     from sqlalchemy.engine import make_url
 
-    from tests.test_postgres_state import count_rows
+    from tests.support.postgres import count_rows
 
     drive = tmp_path / "shared"
     drive.mkdir()

@@ -24,6 +24,7 @@ from mlgraph.training import evaluation as ev
 from mlgraph.training import families as fam
 from mlgraph.training.candidates import train_candidates
 from mlgraph.training.labels import class_labels, probability_columns
+from tests.support import dagster_instance
 
 CLASSES = ("high", "low", "mid")  # sorted: index 0 = high, 1 = low, 2 = mid
 SMALL = {"random_forest": {"n_estimators": 15}}
@@ -329,7 +330,7 @@ def test_training_and_deployment_groups_handle_a_multiclass_champion(shared_driv
             }
         )
     )
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         instance.add_dynamic_partitions("experiment", ["tiers"])
         keys = [dg.AssetKey(k) for k in DATA + TRAINING + DEPLOYMENT]
         summary = materialize_experiments(defs, instance, ["tiers"], selection=keys, echo=lambda _: None)

@@ -1,5 +1,6 @@
 """Dagster's instance on a real PostgreSQL (scripts/postgres-local): the external chain on the real daemon,
-and concurrent runs writing events at once. Each test gets its own fresh database, dropped at the end.
+and concurrent runs writing events at once. Each test gets its own fresh database, dropped at the end
+(the `pg_url` fixture, tests/support/postgres.py).
 
 Skipped when the local server is down, except in CI (CI=true), where that is a failure.
 """
@@ -7,11 +8,8 @@ Skipped when the local server is down, except in CI (CI=true), where that is a f
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import dagster as dg
 import pytest
@@ -19,9 +17,12 @@ import pytest
 from mlgraph.cli.staging import materialize_experiments
 from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
-from tests.conftest import shrink_experiment
-from tests.daemon_harness import DEFAULT_RUN_LAUNCHER, DagsterDaemon, wait_for, write_instance_config
-from tests.slurm_support.harness import require_slurm
+from tests.support import dagster_instance, wait_for
+from tests.support.daemon import DagsterDaemon
+from tests.support.fixtures import shrink_experiment
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.postgres import count_rows
+from tests.support.slurm.harness import require_slurm
 from tests.test_external_chain import (
     ANALYSIS_JOB,
     DATA_KEYS,
@@ -33,7 +34,6 @@ from tests.test_external_chain import (
     succeeded,
 )
 
-SCRIPT = PROJECT_ROOT / "scripts" / "postgres-local"
 # The instance reads the URL from the environment, as deploy/dagster.postgres.yaml does.
 POSTGRES_STORAGE: dict[str, Any] = {"postgres": {"postgres_url": {"env": "MLGRAPH_POSTGRES_URL"}}}
 # The Slurm jobs get the URL by name (sbatch --export), never written into the batch script.
@@ -41,80 +41,6 @@ SLURM_PG_LAUNCHER: dict[str, Any] = {
     **SLURM_RUN_LAUNCHER,
     "config": {**SLURM_RUN_LAUNCHER["config"], "env_vars": ["MLGRAPH_POSTGRES_URL"]},
 }
-
-
-def server_url(database: str) -> str:
-    """The `mlgraph` role's SQLAlchemy URL for `database`, from the variables scripts/postgres-local uses.
-
-    The driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed."""
-    port = os.environ.get("MLGRAPH_POSTGRES_PORT", "5433")
-    password = os.environ.get("MLGRAPH_POSTGRES_PASSWORD", "mlgraph-local-dev")  # the script's local-dev default
-    return f"postgresql+psycopg2://mlgraph:{quote(password, safe='')}@127.0.0.1:{port}/{database}"
-
-
-def require_postgres() -> None:
-    """Skip when scripts/postgres-local is down, except under CI=true, where it must be up."""
-    status = subprocess.run([str(SCRIPT), "status"], capture_output=True, text=True, timeout=30, check=False)
-    if status.returncode != 0:
-        message = f"PostgreSQL is not up ({status.stdout.strip()} {status.stderr.strip()})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {message}: run `scripts/postgres-local up` before `make test`")
-        pytest.skip(f"{message}; `scripts/postgres-local up` starts a local server (as root)")
-
-
-@pytest.fixture
-def pg_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh database for this test alone (created, then dropped with its connections); exported as
-    MLGRAPH_POSTGRES_URL for the instance, the daemon and the runs."""
-    require_postgres()
-    import psycopg2
-
-    name = f"mlgraph_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(libpq(server_url("mlgraph")), connect_timeout=10)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        url = server_url(name)
-        monkeypatch.setenv("MLGRAPH_POSTGRES_URL", url)
-        yield url
-    finally:
-        try:
-            drop_database(admin, name)
-        finally:
-            admin.close()
-
-
-def drop_database(admin: Any, name: str, timeout: float = 30) -> None:
-    """DROP DATABASE ... WITH (FORCE), retried while an autovacuum worker (the superuser's, which our role may
-    not terminate) still works on it, e.g. after MLflow's migrations filled it."""
-    import time
-
-    import psycopg2
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            return
-        except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ObjectInUse):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def libpq(url: str) -> str:
-    """The same URL for psycopg2.connect (libpq knows no driver suffix)."""
-    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
-
-
-def count_rows(url: str, table: str) -> int:
-    import psycopg2
-
-    with psycopg2.connect(libpq(url), connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
 
 
 # One run of a small job whose single op logs EVENTS materializations; it waits on stdin so that all the
@@ -143,6 +69,7 @@ print(result.run_id, result.success, flush=True)
 """
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(180)
 def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
     processes, events = 6, 25
@@ -151,7 +78,8 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONWARNINGS": "ignore"}
     # Create the schema once first, as `mlgraph init` or the daemon does: six processes opening an empty
     # database at once would race creating the same tables, which is not what this test is about.
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    with dagster_instance(home):
+        pass
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", BURST_RUN, str(events)],
@@ -184,7 +112,7 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
         assert "database is locked" not in err
     run_ids = [out.split()[-2] for _, out, _ in outputs]
 
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         for run_id in run_ids:
             assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
@@ -200,10 +128,15 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
     assert not list(home.rglob("*.db"))
 
 
+@pytest.mark.postgres
+@pytest.mark.daemon
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "run_launcher",
-    [pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"), pytest.param(SLURM_PG_LAUNCHER, id="slurm-launcher")],
+    [
+        pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"),
+        pytest.param(SLURM_PG_LAUNCHER, id="slurm-launcher", marks=pytest.mark.slurm),
+    ],
 )
 def test_signal_to_report_on_postgres(
     tmp_path: Path, shared_drive: Path, config_dir: Path, pg_url: str, run_launcher: dict[str, Any]
@@ -218,7 +151,7 @@ def test_signal_to_report_on_postgres(
     trainer_env = {**os.environ, **env}
     trainer_env.pop("MLFLOW_TRACKING_URI", None)
     daemon = DagsterDaemon(home, env, tmp_path)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dagster_instance(home) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         summary = materialize_experiments(
             defs, instance, ["salary"], selection=DATA_KEYS, echo=lambda _: None, raise_on_error=True
@@ -328,6 +261,8 @@ defs = dg.Definitions(jobs=[burst_job])
 """
 
 
+@pytest.mark.postgres
+@pytest.mark.slurm
 @pytest.mark.timeout(300)
 def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch):
     """Several runs launched through the real Slurm launcher at once, all writing events to one Postgres."""
@@ -335,7 +270,7 @@ def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkey
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-    from tests.slurm_support import harness
+    from tests.support.slurm import harness
 
     require_slurm()
     # The local cluster has 2 CPUs and jobs take one each: two run at once, the third after them.
@@ -365,7 +300,7 @@ def test_concurrent_slurm_runs_lose_no_event(tmp_path: Path, pg_url: str, monkey
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("SHARED_DRIVE", str(drive))  # the batch scripts and job logs go under it
     with (
-        dg.DagsterInstance.get() as instance,
+        dagster_instance(home) as instance,
         WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace,
     ):
         context = workspace.create_request_context()

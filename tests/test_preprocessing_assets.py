@@ -14,7 +14,7 @@ from mlgraph.preprocessing.compute import threads_for
 from mlgraph.preprocessing.options import MB
 from pipeline_assets.definitions import defs
 from pipeline_assets.preprocessing.checks import streaming_features_match_batch
-from tests.conftest import shrink_experiment
+from tests.support.fixtures import shrink_experiment
 
 DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
 SWEEP_KEYS = [dg.AssetKey("streaming_features"), dg.AssetKey("constraint_probe_result")]

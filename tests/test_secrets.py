@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pytest
 from dagster._serdes import serialize_value
 
@@ -25,9 +24,11 @@ from mlgraph.cli.staging import materialize_experiments
 from mlgraph.core import tracking
 from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
-from tests.conftest import shrink_experiment
-from tests.daemon_harness import DagsterDaemon, wait_for, write_instance_config
-from tests.slurm_support.harness import require_slurm
+from tests.support import dagster_instance, wait_for
+from tests.support.daemon import DagsterDaemon
+from tests.support.fixtures import shrink_experiment
+from tests.support.instance import write_instance_config
+from tests.support.slurm.harness import require_slurm
 from tests.test_external_chain import (
     ANALYSIS_JOB,
     DATA_KEYS,
@@ -57,6 +58,8 @@ def leaks(text: str | bytes, secrets: dict[str, str]) -> list[str]:
     return [name for name, value in secrets.items() if value.encode() in data]
 
 
+@pytest.mark.slurm
+@pytest.mark.daemon
 @pytest.mark.timeout(300)
 def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, shared_drive: Path, config_dir: Path):
     require_slurm()
@@ -95,7 +98,7 @@ def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, s
             server.launch()  # comes up while the data is materialized
             mp.setenv("MLFLOW_TRACKING_URI", server.url)
             daemon.env["MLFLOW_TRACKING_URI"] = server.url
-            with dg.DagsterInstance.from_config(str(home)) as instance:
+            with dagster_instance(home) as instance:
                 summary = materialize_experiments(
                     defs, instance, ["salary"], selection=DATA_KEYS, echo=outputs.append, raise_on_error=True
                 )

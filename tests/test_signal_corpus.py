@@ -28,7 +28,8 @@ from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from sensors import signal_sensors
 from sensors.signal_sensors import build_signal_sensors
-from tests.conftest import DEMO
+from tests.support import dagster_instance
+from tests.support.instance import DEMO
 from tests.test_signal_sensors import write_eval, write_training
 
 TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
@@ -40,7 +41,7 @@ GOOD = {"timestamp": "2025-09-30T14:32:15Z", "experiment": HOSTILE, "hostname": 
 
 @pytest.fixture(scope="module")
 def instance():
-    with dg.DagsterInstance.ephemeral() as inst:
+    with dagster_instance() as inst:
         inst.add_dynamic_partitions("experiment", DEMO)
         yield inst
 

@@ -94,7 +94,7 @@ def test_new_same_rewritten_and_older_mtime(env, monkeypatch):
     assert event.partition == "salary" and event.metadata["checkpoint_id"].value == "ck1"
     assert event.metadata["hostname"].value == "wild_west"
     assert result.dynamic_partitions_requests == []  # salary is registered already
-    cursor = SignalCursor.parse(result.cursor)
+    cursor = SignalCursor.load(result.cursor)
     assert cursor == SignalCursor(changed_ns(first), [first_key])
 
     again = tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor)
@@ -111,13 +111,13 @@ def test_new_same_rewritten_and_older_mtime(env, monkeypatch):
     [request] = result.run_requests
     assert request.run_key == key(drive, rewritten) != first_key
     assert request.tags["mlgraph/checkpoint_id"] == "ck2"
-    assert SignalCursor.parse(result.cursor) == SignalCursor(changed_ns(rewritten), [key(drive, rewritten)])
+    assert SignalCursor.load(result.cursor) == SignalCursor(changed_ns(rewritten), [key(drive, rewritten)])
 
     # A signal whose mtime is a day older than everything handled (moved in with its temp file's mtime).
     older = write_training(drive, "student_engagement", "ck9")
     day_ago = time.time() - 86_400
     os.utime(older, (day_ago, day_ago))
-    assert older.stat().st_mtime_ns < SignalCursor.parse(result.cursor).high_water_ns
+    assert older.stat().st_mtime_ns < SignalCursor.load(result.cursor).high_water_ns
     late = tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor)
     [request] = late.run_requests
     assert request.partition_key == "student_engagement" and request.run_key == key(drive, older)
@@ -173,7 +173,7 @@ def test_bad_files_are_reported_and_never_block_good_ones(env, tmp_path: Path):
     assert [r.run_key for r in result.run_requests] == [key(drive, good)]
     assert result.skip_reason is None
     broken = drive / "models" / "student_engagement" / ".training_complete"
-    cursor = SignalCursor.parse(result.cursor)
+    cursor = SignalCursor.load(result.cursor)
     assert cursor.high_water_ns == max(changed_ns(broken), changed_ns(good)) and key(drive, broken) in cursor.keys
     assert tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor).run_requests == []
 
@@ -185,7 +185,7 @@ def test_unsettled_files_wait_for_a_later_tick(env):
     result = tick(patient, instance, drive, config_dir)
     assert result.run_requests == []
     assert "1 settling: models/salary/.training_complete" in result.skip_reason.skip_message
-    assert SignalCursor.parse(result.cursor) == SignalCursor()
+    assert SignalCursor.load(result.cursor) == SignalCursor()
     # Once settled (here: a sensor with a shorter settle time), the same cursor takes it.
     assert [r.run_key for r in tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor).run_requests] == [
         key(drive, path)
@@ -214,7 +214,7 @@ def test_content_that_already_ran_is_not_requested_again(env):
     result = tick(TRAINING_SENSOR, instance, drive, config_dir, cursor=None)
     assert result.run_requests == []
     assert f"already evaluated by run {run_id}" in result.skip_reason.skip_message
-    assert SignalCursor.parse(result.cursor).keys == [key(drive, path)]
+    assert SignalCursor.load(result.cursor).keys == [key(drive, path)]
 
 
 def test_local_compute_is_chosen_at_tick_time(env, monkeypatch):
@@ -256,7 +256,7 @@ def test_eval_complete_runs_analysis_and_failures_are_reported(env):
         assert isinstance(event, dg.AssetObservation) and event.asset_key == dg.AssetKey("checkpoint_evaluation")
         assert event.metadata["status"].value == "failed" and event.metadata["error_message"].value == message
     assert observations["student_engagement"].metadata["error_type"].value == "RuntimeError"
-    cursor = SignalCursor.parse(result.cursor)
+    cursor = SignalCursor.load(result.cursor)
     assert set(cursor.keys) <= {key(drive, p) for p in (done, failed, failed_status)}
     assert cursor.high_water_ns == max(changed_ns(p) for p in (done, failed, failed_status))
 

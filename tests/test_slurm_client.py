@@ -9,7 +9,8 @@ import pytest
 
 from mlgraph.slurm.client import SlurmClient, SlurmError, _reverse_lines
 from mlgraph.slurm.jobs import parse_key_values
-from tests.slurm_support import harness
+from tests.support import wait_for
+from tests.support.slurm import harness
 
 CONTROLLER_DOWN = "squeue: error: Unable to contact slurm controller (connect failure)"
 SCONTROL_LINE = (
@@ -251,26 +252,24 @@ def _script(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slurm
 def test_real_cluster_job_is_visible_then_resolved_from_its_completion_record(real_client, tmp_path):
     job_id = real_client.submit(_script(tmp_path, "echo hello"), export=["PATH"])
 
-    job = harness.wait_for(
-        lambda: (j := real_client.show_job(job_id)) and j.is_terminal and j, 60, f"job {job_id} to finish"
-    )
+    job = wait_for(lambda: (j := real_client.show_job(job_id)) and j.is_terminal and j, 60, f"job {job_id} to finish")
     assert job.state == "COMPLETED" and job.cpus == 1 and job.mem == "64M"
     assert (tmp_path / f"{job_id}.log").read_text().strip() == "hello"
-    record = harness.wait_for(lambda: real_client.completion_record(job_id), 30, "the jobcomp record")
+    record = wait_for(lambda: real_client.completion_record(job_id), 30, "the jobcomp record")
     assert (record.state, record.exit_code, record.mem, record.source) == ("COMPLETED", "0:0", "64M", "jobcomp")
 
 
+@pytest.mark.slurm
 def test_real_cluster_cancel_and_refusal(real_client, tmp_path):
     job_id = real_client.submit(_script(tmp_path, "sleep 120"), export=["PATH"])
     assert [j.job_id for j in real_client.queue(job_ids=[job_id])] == [job_id]
 
     real_client.cancel(job_id)
-    harness.wait_for(
-        lambda: (j := real_client.job(job_id)) and j.state == "CANCELLED", 45, f"job {job_id} to be cancelled"
-    )
+    wait_for(lambda: (j := real_client.job(job_id)) and j.state == "CANCELLED", 45, f"job {job_id} to be cancelled")
     real_client.cancel(job_id)  # already ended: not an error
 
     started = time.monotonic()

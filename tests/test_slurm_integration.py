@@ -24,11 +24,12 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from mlgraph.core.drive import PROJECT_ROOT
 from mlgraph.core.tags import COMPUTE_TAG, slurm_tags
 from mlgraph.slurm.client import SlurmClient
-from tests.conftest import shrink_experiment
-from tests.slurm_support import harness
-from tests.slurm_support.harness import PIPELINE_LOCATION, SUPPORT_LOCATION, wait_for
+from tests.support import dagster_instance, wait_for
+from tests.support.fixtures import shrink_experiment
+from tests.support.slurm import harness
+from tests.support.slurm.harness import PIPELINE_LOCATION, SUPPORT_LOCATION
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slurm, pytest.mark.daemon]
 
 POLL_SECONDS = 2
 # Launcher defaults for this instance: deliberately unlike the tags the tests pass.
@@ -101,7 +102,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     shared.mkdir()
     shutil.copytree(PROJECT_ROOT / "config", config)
     shrink_experiment(config, "salary", rows=300)
-    harness.write_instance_yaml(home, DEFAULTS, poll_seconds=POLL_SECONDS)
+    harness.write_slurm_instance(home, DEFAULTS, poll_seconds=POLL_SECONDS)
     workspace_yaml = harness.write_workspace(root / "workspace.yaml")
 
     with pytest.MonkeyPatch.context() as mp:
@@ -113,7 +114,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         daemon = harness.Daemon(workspace_yaml, dict(os.environ), root / "daemon.log")
         with (
-            dg.DagsterInstance.get() as instance,
+            dagster_instance(home) as instance,
             WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace_yaml)])) as workspace,
         ):
             instance.add_dynamic_partitions("experiment", ["salary"])

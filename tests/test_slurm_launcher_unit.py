@@ -16,7 +16,6 @@ import pytest
 import yaml
 from dagster._core.code_pointer import FileCodePointer
 from dagster._core.events import DagsterEventType
-from dagster._core.instance_for_test import instance_for_test
 from dagster._core.launcher import LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.test_utils import create_run_for_test
@@ -31,6 +30,8 @@ from mlgraph.launcher.job_end import record_job_end
 from mlgraph.launcher.slurm_launcher import SlurmRunLauncher
 from mlgraph.slurm.client import SlurmError
 from mlgraph.slurm.jobs import SlurmJob
+from tests.support import dagster_instance
+from tests.support.slurm.harness import SUPPORT_DEFS
 
 SLURM = {"mlgraph/compute": "slurm"}
 
@@ -94,8 +95,9 @@ class FakeLocalLauncher(RunLauncher):
 
 
 @pytest.fixture
-def instance(shared_drive: Path) -> Iterator[dg.DagsterInstance]:
-    with instance_for_test() as inst:
+def instance(shared_drive: Path, tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """A persistent instance (SQLite under a temporary DAGSTER_HOME): the launcher refuses an ephemeral one."""
+    with dagster_instance(tmp_path / "dagster_home") as inst:
         yield inst
 
 
@@ -121,7 +123,7 @@ def make_run(instance, tags=None, status=None) -> dg.DagsterRun:
         repository_origin=RepositoryPythonOrigin(
             executable_path=sys.executable,
             code_pointer=FileCodePointer(
-                python_file=str(PROJECT_ROOT / "tests" / "slurm_support" / "defs.py"),
+                python_file=str(SUPPORT_DEFS),
                 fn_name="defs",
                 working_directory=str(PROJECT_ROOT),
             ),
@@ -412,7 +414,7 @@ def test_slurm_time_formats_are_accepted(value):
 
 
 def test_ephemeral_instance_cannot_send_runs_to_slurm(client, local):
-    with dg.DagsterInstance.ephemeral() as ephemeral:
+    with dagster_instance() as ephemeral:
         launcher = make_launcher(ephemeral, client, local)
         run = launch(launcher, ephemeral, SLURM)
         assert run.status == dg.DagsterRunStatus.FAILURE and client.submitted == []
@@ -545,7 +547,7 @@ def test_figures_recorded_by_the_footer_are_not_repeated(instance, client, local
 # --- configuration -------------------------------------------------------------------------
 
 
-def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive):
+def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive, tmp_path):
     overrides = {
         "run_launcher": {
             "module": "mlgraph.launcher.slurm_launcher",
@@ -553,7 +555,7 @@ def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive):
             "config": {"route": "all", "cpus": 2, "mem": "4G", "partition": "debug", "env_vars": ["HF_TOKEN"]},
         }
     }
-    with instance_for_test(overrides=overrides) as inst:
+    with dagster_instance(tmp_path / "dagster_home", config=overrides) as inst:
         launcher = inst.run_launcher
         assert isinstance(launcher, SlurmRunLauncher)
         assert launcher.route == "all" and launcher.env_vars == ["HF_TOKEN"]
@@ -564,7 +566,7 @@ def test_instance_builds_the_launcher_from_dagster_yaml_config(shared_drive):
 def test_repository_dagster_yaml_configures_the_slurm_launcher(tmp_path, shared_drive):
     config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
     assert config["run_launcher"]["class"] == "SlurmRunLauncher"
-    with instance_for_test(overrides={"run_launcher": config["run_launcher"]}) as inst:
+    with dagster_instance(tmp_path / "dagster_home", config={"run_launcher": config["run_launcher"]}) as inst:
         assert isinstance(inst.run_launcher, SlurmRunLauncher) and inst.run_launcher.route == "auto"
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,7 @@ from mlgraph.cli.main import main as cli
 from mlgraph.core.drive import PROJECT_ROOT
 from mlgraph.core.signals import SignalError, TrainingComplete, parse_signal, read_signal
 from mlgraph.trainer import signal_training_complete
-
-
-def wait_until(condition, what: str, timeout: float = 30.0) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.001)
+from tests.support import wait_for
 
 
 def test_hook_import_is_cheap():
@@ -135,8 +127,8 @@ def test_hook_write_is_atomic_for_a_concurrent_reader(shared_drive: Path, checkp
                 "salary", checkpoint, final_loss=float(i), metrics=big, mlflow=False, detect_git=False
             )
             # The reader keeps reading through the next write; waiting here only guarantees it keeps up.
-            wait_until(lambda i=i: float(i) in seen or bad, f"the reader to see write {i}")
-        wait_until(lambda: len(seen) > 25 or bad, "one more read of the last signal")
+            wait_for(lambda i=i: float(i) in seen or bad, 30, f"the reader to see write {i}", interval=0.001)
+        wait_for(lambda: len(seen) > 25 or bad, 30, "one more read of the last signal", interval=0.001)
     finally:
         stop.set()
         thread.join(timeout=10)

@@ -20,7 +20,7 @@ from mlgraph.training.lineage import verify_lineage
 from pipeline_assets.definitions import defs
 from resources.experiments import ExperimentCatalog
 from resources.tracking import MlflowTracking
-from tests.conftest import shrink_experiment
+from tests.support.fixtures import shrink_experiment
 
 DATA = ["raw_dataset", "dataset_fingerprint", "train_test_split"]
 TRAINING = ["candidate_models", "decision_threshold", "evaluation_metrics", "champion_model"]

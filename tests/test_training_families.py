@@ -17,6 +17,7 @@ from mlgraph.training.candidates import train_candidates
 from mlgraph.training.cv import cv_splits
 from mlgraph.training.promotion import select_champion
 from mlgraph.training.threshold import calibrate_threshold
+from tests.support import wait_for
 
 
 def _config(task: str, **extra) -> ExperimentConfig:
@@ -338,7 +339,6 @@ def _running_a_forest(worker) -> bool:
 def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
     import subprocess
     import sys
-    import time
 
     import psutil
 
@@ -351,18 +351,16 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path) -> None:
         stderr=subprocess.DEVNULL,
     )
     workers: list[psutil.Process] = []
+
+    def two_workers() -> bool:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        workers[:] = [c for c in children if "LokyProcess" in " ".join(c.cmdline())]
+        return len(workers) >= 2
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(workers) < 2:
-            time.sleep(0.5)
-            workers = [
-                c for c in psutil.Process(proc.pid).children(recursive=True) if "LokyProcess" in " ".join(c.cmdline())
-            ]
-        assert len(workers) >= 2, "the loky workers did not start"
+        wait_for(two_workers, 60, "two loky workers of the parent", interval=0.5)
         # The watchdog starts with a worker's first task: wait until every worker is running one.
-        while time.monotonic() < deadline and not all(_running_a_forest(w) for w in workers):
-            time.sleep(0.2)
-        assert all(_running_a_forest(w) for w in workers), "the loky workers did not start a task"
+        wait_for(lambda: all(_running_a_forest(w) for w in workers), 60, "every loky worker to run a task")
         proc.kill()
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(workers, timeout=20)

@@ -24,13 +24,13 @@ Experiments are named `<prefix>/<experiment>` and store their artifacts under
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlgraph.core.drive import DriveLayout
+from mlgraph.core.retry import Retry, jittered
 
 T = TypeVar("T")
 
@@ -148,18 +148,14 @@ def describe_server_error(exc: BaseException, tracking_uri: str | None) -> str |
 
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, base_delay: float = 0.05, **kwargs: Any) -> T:
     """Call `fn`, retrying SQLite lock errors with jittered exponential backoff (≈ 25 s in all)."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not is_lock_error(exc) or attempt == attempts - 1:
-                message = describe_server_error(exc, getattr(getattr(fn, "__self__", None), "tracking_uri", None))
-                if message:
-                    raise TrackingServerError(message) from exc
-                raise
-            # Jitter from a private RNG: the global one is seeded for the models.
-            time.sleep(min(5.0, base_delay * 2**attempt) * (0.5 + random.Random().random()))
-    raise AssertionError("unreachable")
+    policy = Retry(attempts=attempts, delay=base_delay, max_delay=5.0, transient=is_lock_error, jitter=jittered)
+    try:
+        return policy.call(fn, *args, **kwargs)
+    except Exception as exc:
+        message = describe_server_error(exc, getattr(getattr(fn, "__self__", None), "tracking_uri", None))
+        if message:
+            raise TrackingServerError(message) from exc
+        raise
 
 
 def mlflow_client(tracking_uri: str) -> Any:

@@ -20,14 +20,15 @@ only, bounded in bytes and time), every decode failure is a rejection with its r
 A tick also stops taking new files after `MAX_TICK_SECONDS`, leaving the rest for the next one.
 """
 
-import json
 import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from mlgraph.core.cursor import JsonCursor
 from mlgraph.core.experiment import is_experiment_name
 from mlgraph.core.hashing import sha256_bytes
 from mlgraph.core.signals import (
@@ -51,25 +52,21 @@ SKIP_MESSAGE_LIMIT = 2000
 
 
 @dataclass
-class SignalCursor:
+class SignalCursor(JsonCursor):
+    """The newest change time a signal sensor has acted on, and the run keys of the files changed at that time."""
+
+    KIND = "a signal cursor"
+    AFTER_RESET = "every signal is then re-checked and runs that exist are not repeated."
+
     high_water_ns: int = 0
     keys: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, raw: str | None) -> "SignalCursor":
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-            return cls(high_water_ns=int(data["high_water_ns"]), keys=sorted(str(k) for k in data["keys"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"sensor cursor {raw[:200]!r} is not a signal cursor ({exc}). Fix: clear the cursor in the "
-                "Dagster UI (Sensors → cursor); every signal is then re-checked and runs that exist are not repeated."
-            ) from None
+    def from_json(cls, data: Any) -> "SignalCursor":
+        return cls(high_water_ns=int(data["high_water_ns"]), keys=sorted(str(k) for k in data["keys"]))
 
-    def serialize(self) -> str:
-        return json.dumps({"high_water_ns": self.high_water_ns, "keys": sorted(set(self.keys))}, sort_keys=True)
+    def to_json(self) -> dict:
+        return {"high_water_ns": self.high_water_ns, "keys": sorted(set(self.keys))}
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ import platform
 import shutil
 import sqlite3
 import subprocess
-import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from mlgraph.core.atomic import atomic_write_json
 from mlgraph.core.hashing import sha256_file
+from mlgraph.core.retry import Retry
 from mlgraph.ops.stores import Places, Store, discover, libpq_target, postgres_url
 
 BACKUP_DIR_ENV = "MLGRAPH_BACKUP_DIR"
@@ -72,20 +72,21 @@ def duckdb_connect(path: Path, read_only: bool):
     """A DuckDB connection, waiting a bounded time for a writer that holds the file's lock."""
     import duckdb
 
-    for attempt in range(DUCKDB_LOCK_ATTEMPTS):
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise BackupError(f"{path}: DuckDB cannot open it ({exc})") from None
-            if attempt == DUCKDB_LOCK_ATTEMPTS - 1:
-                raise BackupError(
-                    f"{path} is locked by a writer (still after {DUCKDB_LOCK_ATTEMPTS} tries): "
-                    f"{str(exc).splitlines()[0]}. Fix: retry once the run writing the warehouse "
-                    "has finished"
-                ) from None
-            time.sleep(DUCKDB_LOCK_WAIT_SECONDS)  # backoff between bounded retries, not synchronization
-    raise AssertionError("unreachable")
+    def locked(exc: BaseException) -> bool:
+        return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+    # A fixed wait between bounded retries (backoff, not synchronization).
+    policy = Retry(attempts=DUCKDB_LOCK_ATTEMPTS, delay=DUCKDB_LOCK_WAIT_SECONDS, factor=1, transient=locked)
+    try:
+        return policy.call(duckdb.connect, str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if not locked(exc):
+            raise BackupError(f"{path}: DuckDB cannot open it ({exc})") from None
+        raise BackupError(
+            f"{path} is locked by a writer (still after {DUCKDB_LOCK_ATTEMPTS} tries): "
+            f"{str(exc).splitlines()[0]}. Fix: retry once the run writing the warehouse "
+            "has finished"
+        ) from None
 
 
 def sql_literal(text: str) -> str:

@@ -2,7 +2,7 @@
 
 Every command runs through one injectable `runner`, so tests can drive any answer the
 controller might give; transient failures (controller not responding, socket timeouts) are
-retried with bounded exponential backoff, anything else raises `SlurmError` at once.
+retried with bounded exponential backoff (`mlgraph.core.retry`), anything else raises `SlurmError` at once.
 """
 
 import os
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from mlgraph.core.retry import Retry
 from mlgraph.slurm.jobs import (
     SlurmJob,
     base_state,
@@ -101,11 +102,14 @@ class SlurmClient:
         self._runner = runner or _default_runner
         self._slurm_conf = slurm_conf
         self._jobcomp_file = jobcomp_file
-        self._retries = retries
-        self._backoff = backoff_seconds
-        self._max_backoff = max_backoff_seconds
         self._timeout = command_timeout_seconds
-        self._sleep = sleep
+        self._retry = Retry(
+            attempts=retries + 1,
+            delay=backoff_seconds,
+            max_delay=max_backoff_seconds,
+            transient=lambda error: isinstance(error, SlurmError) and error.transient,
+            sleep=sleep,
+        )
         self._config: dict[str, str] | None = None
 
     @staticmethod
@@ -124,23 +128,21 @@ class SlurmClient:
 
     def run(self, args: Sequence[str], *, env: Mapping[str, str] | None = None, retry: bool = True) -> str:
         """Run one command; return stdout. Transient failures are retried with exponential backoff."""
-        attempts = self._retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                proc = self._runner(args, self._timeout, self._env(env))
-            except subprocess.TimeoutExpired:
-                error = SlurmError(args, None, f"no answer within {self._timeout:g}s", transient=True)
-            except FileNotFoundError as exc:
-                raise SlurmError(args, 127, f"{args[0]} not found on PATH ({exc})") from exc
-            else:
-                if proc.returncode == 0:
-                    return proc.stdout
-                stderr = (proc.stderr or "") + ("" if proc.stderr else proc.stdout or "")
-                error = SlurmError(args, proc.returncode, stderr, transient=is_transient(stderr))
-            if not error.transient or attempt == attempts - 1:
-                raise error
-            self._sleep(min(self._backoff * 2**attempt, self._max_backoff))
-        raise AssertionError("unreachable")
+        if not retry:
+            return self._run_once(args, env)
+        return self._retry.call(self._run_once, args, env)
+
+    def _run_once(self, args: Sequence[str], env: Mapping[str, str] | None) -> str:
+        try:
+            proc = self._runner(args, self._timeout, self._env(env))
+        except subprocess.TimeoutExpired:
+            raise SlurmError(args, None, f"no answer within {self._timeout:g}s", transient=True) from None
+        except FileNotFoundError as exc:
+            raise SlurmError(args, 127, f"{args[0]} not found on PATH ({exc})") from exc
+        if proc.returncode == 0:
+            return proc.stdout
+        stderr = (proc.stderr or "") + ("" if proc.stderr else proc.stdout or "")
+        raise SlurmError(args, proc.returncode, stderr, transient=is_transient(stderr))
 
     def submit(
         self,
@@ -160,23 +162,18 @@ class SlurmClient:
         if export:
             args.append("--export=" + ",".join(export))
         args += [*extra_args, os.fspath(script)]
-        attempts = self._retries + 1
-        for attempt in range(attempts):
-            try:
+        for attempt in self._retry:
+            if attempt.number > 1 and job_name:
+                # The failed submission may have reached the controller: a job queued under its name is the result.
+                queued = self.queue(name=job_name)
+                if queued:
+                    return queued[0].job_id
+            with attempt:
                 out = self.run(args, env=env, retry=False)
-            except SlurmError as error:
-                if not error.transient or attempt == attempts - 1:
-                    raise
-                self._sleep(min(self._backoff * 2**attempt, self._max_backoff))
-                if job_name:
-                    queued = self.queue(name=job_name)
-                    if queued:
-                        return queued[0].job_id
-                continue
-            job_id = out.strip().split(";")[0]
-            if not _JOB_ID.match(job_id):
-                raise SlurmError(args, 0, f"unexpected sbatch output {out.strip()!r}")
-            return job_id
+                job_id = out.strip().split(";")[0]
+                if not _JOB_ID.match(job_id):
+                    raise SlurmError(args, 0, f"unexpected sbatch output {out.strip()!r}")
+                return job_id
         raise AssertionError("unreachable")
 
     def queue(self, *, job_ids: Sequence[str] = (), name: str | None = None) -> list[SlurmJob]:

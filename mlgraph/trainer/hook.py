@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mlgraph.core.drive import SHARED_DRIVE_ENV, DriveLayout, resolve_drive_root
+from mlgraph.core.retry import Retry
 from mlgraph.core.signals import (
     SignalError,
     TrainingComplete,
@@ -207,29 +208,38 @@ def _signal_training_complete(
             warnings.append(message)
 
     payload = signal.to_json().encode("utf-8")
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            _write_and_verify(target, payload)
-            break
-        except (PermissionError, SignalError) as exc:
-            return _fail(f"cannot write {target}: {exc}", signal=signal, attempts=attempt, warnings=warnings)
-        except OSError as exc:
-            # Network drives fail transiently (EIO, ESTALE, timeouts): back off and try again.
-            if attempt > retries:
-                return _fail(
-                    f"cannot write {target} after {attempt} attempts: {exc}",
-                    signal=signal,
-                    attempts=attempt,
-                    warnings=warnings,
-                )
-            delay = backoff_seconds * 2 ** (attempt - 1)
-            log.warning("writing %s failed (%s); retry %d/%d in %.1fs", target, exc, attempt, retries, delay)
-            time.sleep(delay)
+    attempts = 0
+
+    def write() -> None:
+        nonlocal attempts
+        attempts += 1
+        _write_and_verify(target, payload)
+
+    def warn(attempt: int, exc: BaseException, delay: float) -> None:
+        log.warning("writing %s failed (%s); retry %d/%d in %.1fs", target, exc, attempt, retries, delay)
+
+    # Network drives fail transiently (EIO, ESTALE, timeouts): back off and try again. A refusal is final.
+    policy = Retry(
+        attempts=max(retries, 0) + 1,
+        delay=backoff_seconds,
+        transient=lambda exc: isinstance(exc, OSError) and not isinstance(exc, PermissionError),
+        sleep=time.sleep,
+        on_retry=warn,
+    )
+    try:
+        policy.call(write)
+    except (PermissionError, SignalError) as exc:
+        return _fail(f"cannot write {target}: {exc}", signal=signal, attempts=attempts, warnings=warnings)
+    except OSError as exc:
+        return _fail(
+            f"cannot write {target} after {attempts} attempts: {exc}",
+            signal=signal,
+            attempts=attempts,
+            warnings=warnings,
+        )
     log.info("wrote %s (checkpoint %s)", target, signal.checkpoint_path)
     return HookResult(
-        ok=True, signal_path=target, signal=signal, mlflow_run_id=run_id, attempts=attempt, warnings=warnings
+        ok=True, signal_path=target, signal=signal, mlflow_run_id=run_id, attempts=attempts, warnings=warnings
     )
 
 

@@ -4,15 +4,16 @@ Everything started here is tracked by PID and stopped by PID (the daemon and the
 servers it spawns); every wait is bounded.
 """
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import dagster as dg
 import psutil
@@ -21,14 +22,13 @@ from dagster._core.definitions.selector import JobSubsetSelector
 from dagster._core.storage.dagster_run import DagsterRun
 
 from mlgraph.core.drive import PROJECT_ROOT
-from tests.daemon_harness import AUTOMATION_OFF
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.wait import wait_for
 
 SUPPORT_DEFS = Path(__file__).with_name("defs.py")
 SUPPORT_LOCATION = "slurm_support"
 PIPELINE_LOCATION = "mlgraph"
 BIN = Path(sys.executable).parent
-
-T = TypeVar("T")
 
 
 def require_slurm() -> None:
@@ -48,56 +48,28 @@ def require_slurm() -> None:
         )
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
-    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+def slurm_launcher(config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The dagster.yaml `run_launcher` block of the Slurm run launcher with `config`."""
+    return {"module": "mlgraph.launcher.slurm_launcher", "class": "SlurmRunLauncher", "config": dict(config or {})}
 
 
-def write_instance_yaml(
-    home: Path,
-    launcher_config: Mapping[str, Any] | None = None,
-    *,
-    launcher: str = "slurm",
-    poll_seconds: int = 2,
+def write_slurm_instance(
+    home: Path, launcher_config: Mapping[str, Any] | None = None, *, launcher: str = "slurm", poll_seconds: int = 2
 ) -> Path:
-    """A dagster.yaml for a temporary DAGSTER_HOME: queued runs, the given launcher, fast monitoring."""
-    home.mkdir(parents=True, exist_ok=True)
-    if launcher == "slurm":
-        run_launcher = {
-            "module": "mlgraph.launcher.slurm_launcher",
-            "class": "SlurmRunLauncher",
-            "config": dict(launcher_config or {}),
-        }
-    else:
-        run_launcher = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
-    config = {
-        "telemetry": {"enabled": False},
-        "run_coordinator": {
-            "module": "dagster.core.run_coordinator",
-            "class": "QueuedRunCoordinator",
-            "config": {"max_concurrent_runs": 4, "dequeue_interval_seconds": 1},
-        },
-        "run_launcher": run_launcher,
-        "run_monitoring": {
-            "enabled": True,
+    """The Slurm tests' instance (write_instance_config with four runs at once, fast monitoring, no resume),
+    with the Slurm launcher (`launcher="slurm"`, `launcher_config`) or Dagster's default one."""
+    write_instance_config(
+        home,
+        slurm_launcher(launcher_config) if launcher == "slurm" else DEFAULT_RUN_LAUNCHER,
+        max_concurrent_runs=4,
+        run_monitoring={
             "start_timeout_seconds": 120,
             "cancel_timeout_seconds": 30,
             "max_resume_run_attempts": 0,
             "poll_interval_seconds": poll_seconds,
         },
-        # The automation sensors are on by default; here they would materialize every registered experiment.
-        "auto_materialize": AUTOMATION_OFF,
-    }
-    path = home / "dagster.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    )
+    return home / "dagster.yaml"
 
 
 def write_workspace(path: Path, *, pipeline: bool = True) -> Path:
@@ -133,10 +105,8 @@ def kill_tree(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for proc in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(family, timeout=10)
 
 
@@ -181,15 +151,11 @@ class Daemon:
         if self.proc is None:
             return
         children = []
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            pass
         self.proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
         kill_tree(self.proc.pid)
         for child in children:
             kill_tree(child.pid)
