@@ -334,7 +334,7 @@ def test_killed_process_resumes_from_the_manifest(salary_files, tmp_path, monkey
     spill_dir, out = tmp_path / "spill", tmp_path / "features.parquet"
     script = textwrap.dedent(f"""
         import os, sys
-        from pipeline_assets.preprocessing import engine
+        from mlgraph.preprocessing import engine
         SALARY = engine.EngineOptions(target="salary")
         kill_at = int(sys.argv[1])
         def maybe_die(record):

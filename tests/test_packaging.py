@@ -101,3 +101,11 @@ def test_trainer_example_runs_without_dagster_or_a_path_edit(tmp_path: Path):
     assert result["dagster_modules"] == []
     assert result["project_on_path"] is False
     assert list((DriveLayout(drive).models_dir("salary") / "checkpoints").glob("*/final/model.pt"))
+
+
+def test_dashboard_static_files_load_as_package_resources():
+    from mlgraph.dashboard.render import static_text
+
+    for name in ("dashboard.css", "dashboard.js"):
+        on_disk = (PROJECT_ROOT / "mlgraph" / "dashboard" / "static" / name).read_text(encoding="utf-8")
+        assert on_disk and static_text(name) == on_disk

@@ -180,7 +180,7 @@ def fragment(state: DashboardState, settings: DashboardSettings) -> str:
 
 
 def static_text(name: str) -> str:
-    return resources.files("dashboard").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("mlgraph.dashboard").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def page(state: DashboardState, settings: DashboardSettings, experiment: str = "", status: str = "") -> str:
