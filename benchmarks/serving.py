@@ -35,7 +35,7 @@ import numpy as np
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.prediction_log import log_files
 from mlgraph.serving.model import input_spec, load_model
-from tests.serving_support import BINARY, Server, build_drive, config_of, json_rows, write_config_dir
+from tests.support.serving import BINARY, Server, build_drive, config_of, json_rows, write_config_dir
 
 CONCURRENCY = (1, 8, 32)
 BATCH_ROWS = 100

@@ -34,10 +34,10 @@ from mlgraph.monitoring.baseline import read_baseline
 from mlgraph.training.promotion import PromotionStore
 from pipeline_assets.definitions import defs
 from resources.tracking import MlflowTracking
-from tests.serving_support import Server
 from tests.support import dagster_instance, wait_for
 from tests.support.daemon import DagsterDaemon
 from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.serving import Server
 from tests.test_automation import last_tick_after
 
 NAME = "loop"

@@ -3,6 +3,7 @@ the Slurm poller against the real local cluster (and a broken squeue path), the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -17,11 +18,12 @@ from mlgraph.dashboard.alerts import open_alerts
 from mlgraph.dashboard.settings import PASSWORD_ENV, USERNAME_ENV, DashboardSettings
 from mlgraph.dashboard.slurm_poller import MIN_POLL_SECONDS, SlurmPoller
 from mlgraph.dashboard.state import RunRow, classify
-from tests.slurm_support.harness import require_slurm
+from tests.support import dagster_instance
+from tests.support.slurm.harness import require_slurm
 
 
 @pytest.mark.parametrize(
-    "state, words",
+    ("state", "words"),
     [
         ("CANCELLED", "cancelled"),
         ("TIMEOUT", "time limit reached"),
@@ -36,7 +38,7 @@ def test_a_failed_slurm_job_is_red_and_named_even_before_dagster_notices(state, 
 
 
 @pytest.mark.parametrize(
-    "dagster, slurm, colour",
+    ("dagster", "slurm", "colour"),
     [
         ("SUCCESS", "COMPLETED", "complete"),
         ("SUCCESS", None, "complete"),
@@ -53,25 +55,25 @@ def test_colour_follows_dagster_for_finished_runs_and_slurm_for_the_rest(dagster
 
 
 def _row(**overrides) -> RunRow:
-    values = dict(
-        run_id="0f0f0f0f-0000-4000-8000-000000000001",
-        job_name="checkpoint_evaluation_job",
-        kind="evaluation",
-        experiment="salary",
-        status="failed",
-        label="FAILURE",
-        dagster_status="FAILURE",
-        slurm_job_id="12",
-        slurm_state="FAILED",
-        reason=None,
-        submitted=None,
-        started=None,
-        elapsed=None,
-        time_limit=None,
-        mlflow_run_id=None,
-        log_path=None,
-        created=0.0,
-    )
+    values = {
+        "run_id": "0f0f0f0f-0000-4000-8000-000000000001",
+        "job_name": "checkpoint_evaluation_job",
+        "kind": "evaluation",
+        "experiment": "salary",
+        "status": "failed",
+        "label": "FAILURE",
+        "dagster_status": "FAILURE",
+        "slurm_job_id": "12",
+        "slurm_state": "FAILED",
+        "reason": None,
+        "submitted": None,
+        "started": None,
+        "elapsed": None,
+        "time_limit": None,
+        "mlflow_run_id": None,
+        "log_path": None,
+        "created": 0.0,
+    }
     return RunRow(**{**values, **overrides})
 
 
@@ -135,6 +137,7 @@ def test_a_missing_squeue_makes_slurm_unavailable_not_an_exception(tmp_path):
     assert poller.polls == 1
 
 
+@pytest.mark.slurm
 def test_the_poller_reads_the_real_queue_and_follows_new_completion_records(tmp_path):
     require_slurm()
     jobcomp = tmp_path / "jobcomp.txt"
@@ -175,7 +178,7 @@ def test_run_records_follow_updates_incrementally_and_drop_deleted_runs_on_a_ful
     from mlgraph.dashboard.app import RunRecords
     from tests.test_dashboard_browser import evaluation_job as job
 
-    with dg.DagsterInstance.ephemeral() as instance:
+    with dagster_instance() as instance:
         runs = [instance.create_run_for_job(job, tags={"mlgraph/experiment": f"e{i}"}) for i in range(3)]
         source = RunRecords(instance, limit=2, full_seconds=3600)
         first = source.read()
@@ -189,3 +192,44 @@ def test_run_records_follow_updates_incrementally_and_drop_deleted_runs_on_a_ful
         instance.delete_run(newer.run_id)
         source.full_seconds = 0
         assert [r.dagster_run.run_id for r in source.read()] == [runs[2].run_id, runs[1].run_id]
+
+
+def test_error_answers_come_from_the_shared_error_kinds_as_plain_text(tmp_path):
+    import httpx
+
+    from mlgraph.core.http_errors import BAD_REQUEST, FORBIDDEN, NOT_FOUND, UNAUTHORIZED
+    from mlgraph.core.tags import SLURM_LOG_TAG
+    from mlgraph.dashboard.app import create_app
+    from tests.test_dashboard_browser import evaluation_job as job
+
+    logs = DriveLayout(tmp_path).logs_root() / "evaluation"
+    logs.mkdir(parents=True)
+    (logs / "7.log").write_text("evaluated\n")
+    settings = DashboardSettings(drive_root=tmp_path, slurm_bin_dir=str(tmp_path / "no-slurm"), credentials=("u", "p"))
+    with dagster_instance() as instance:
+        run = {
+            name: instance.create_run_for_job(job, tags={SLURM_LOG_TAG: str(path)}).run_id
+            for name, path in (("inside", logs / "7.log"), ("outside", tmp_path / "x.log"), ("gone", logs / "8.log"))
+        }
+
+        async def calls() -> dict[str, httpx.Response]:
+            transport = httpx.ASGITransport(app=create_app(settings, instance), raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                answers = {"denied": await client.get("/")}
+                client.auth = ("u", "p")
+                answers["bad"] = await client.get("/fragment", params={"status": "<x>"})
+                answers["malformed"] = await client.get("/logs/not-a-run-id")
+                for name, run_id in run.items():
+                    answers[name] = await client.get(f"/logs/{run_id}")
+                return answers
+
+        answers = asyncio.run(calls())
+    denied, bad = answers["denied"], answers["bad"]
+    assert denied.status_code == UNAUTHORIZED.status and denied.text == "authentication required\n"
+    assert "WWW-Authenticate" in denied.headers and denied.headers["X-Content-Type-Options"] == "nosniff"
+    assert bad.status_code == BAD_REQUEST.status and bad.text.startswith("status must be one of")
+    assert "<x>" not in bad.text and bad.headers["content-type"].startswith("text/plain")
+    assert answers["inside"].status_code == 200 and answers["inside"].text == "evaluated\n"
+    assert answers["outside"].status_code == FORBIDDEN.status and "outside the drive's logs" in answers["outside"].text
+    assert answers["gone"].status_code == NOT_FOUND.status and "No such file" in answers["gone"].text
+    assert answers["malformed"].status_code == NOT_FOUND.status and answers["malformed"].text == "no such run\n"

@@ -12,7 +12,7 @@ import pytest
 
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.prediction_log import log_files
-from tests.serving_support import (  # noqa: F401
+from tests.support.serving import (  # noqa: F401
     BINARY,
     FORECAST,
     MULTICLASS,
@@ -93,7 +93,7 @@ def test_openapi_names_every_feature_with_its_type(binary) -> None:
 
 
 @pytest.mark.parametrize(
-    "change, field",
+    ("change", "field"),
     [
         ({"minutes_watched": "twelve"}, "minutes_watched"),  # wrong type
         ({"days_on_platform": "3"}, "days_on_platform"),  # strict: no strings for numbers

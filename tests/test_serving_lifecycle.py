@@ -19,7 +19,7 @@ from mlgraph.core.drive import DriveLayout
 from mlgraph.core.hashing import sha256_file
 from mlgraph.core.prediction_log import log_files
 from mlgraph.training.promotion import PromotionStore
-from tests.serving_support import (  # noqa: F401
+from tests.support.serving import (  # noqa: F401
     BINARY,
     Server,
     config_of,

@@ -18,11 +18,12 @@ from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
 from mlgraph.core.experiment import load_experiment_file
 from mlgraph.core.prediction_log import RECORD_FIELDS, log_files
 from mlgraph.serving.app import create_app
+from mlgraph.serving.core import ROUTES
 from mlgraph.serving.log_writer import Entry, PredictionLogWriter
 from mlgraph.serving.model import input_spec, load_model
 from mlgraph.serving.schema import batch_model, row_model
 from mlgraph.serving.settings import ServeSettings
-from tests.serving_support import BINARY, config_of, json_rows, serving_drive, wait_for  # noqa: F401
+from tests.support.serving import BINARY, config_of, json_rows, serving_drive, wait_for  # noqa: F401
 from tests.test_serving import FEATURES
 
 
@@ -114,3 +115,28 @@ def test_an_unexpected_failure_is_a_generic_500(serving_drive) -> None:  # noqa:
     body = response.json()
     assert body["error"] == "internal" and body["request_id"] == response.headers["x-request-id"]
     assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_other_paths_go_through_fastapi_and_its_errors_through_the_same_table(serving_drive) -> None:  # noqa: F811
+    root, config_dir = serving_drive
+    app = create_app(ServeSettings(BINARY, drive_root=str(root), config_dir=str(config_dir), log_predictions=False))
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [
+                await client.get("/predict"),
+                await client.get("/nowhere"),
+                await client.get("/openapi.json"),
+                await client.get("/metrics"),
+            ]
+
+    wrong_method, missing, schema, metrics = asyncio.run(calls())
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "POST" and wrong_method.headers["x-request-id"]
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    paths = schema.json()["paths"]
+    assert {route.path for route in ROUTES} <= set(paths)
+    assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "422", "500", "503"}
+    assert paths["/health"]["get"]["operationId"] == "health"
+    assert 'mlgraph_request_errors_total{kind="not_found"} 2.0' in metrics.text  # the 404 and the 405

@@ -2,7 +2,9 @@
 
 One SlurmPoller per app (started with the app) and short-lived caches of the instance's run records and
 the open alerts are shared by every viewer, so the number of open pages never multiplies the load on Slurm or the
-run storage. Optional basic auth covers every route; errors never carry a stack trace.
+run storage. Optional basic auth covers every route; errors never carry a stack trace. Every error is a
+`Refusal` of a kind in the shared error-kind table (mlgraph.core.http_errors), answered as plain text in one
+place (`refusal_text`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from mlgraph.core.drive import DriveLayout
+from mlgraph.core.http_errors import BAD_REQUEST, FORBIDDEN, INTERNAL, NOT_FOUND, UNAUTHORIZED, Refusal
 from mlgraph.core.tags import SLURM_JOB_ID_TAG, SLURM_LOG_TAG
 from mlgraph.dashboard import render
 from mlgraph.dashboard.alerts import open_alerts
@@ -123,31 +126,33 @@ class Dashboard:
                 status=status,
             )
 
-    def log_tail(self, run_id: str, stream: str) -> tuple[int, str]:
-        """(HTTP status, text): the end of the job log a run's `slurm/log` tag names, only inside logs/."""
+    def log_tail(self, run_id: str, stream: str) -> str:
+        """The end of the job log a run's `slurm/log` tag names, only inside logs/; else a Refusal saying why."""
         if not _RUN_ID.match(run_id):
-            return 404, "no such run\n"
+            raise Refusal(NOT_FOUND, "no such run")
         record = self.instance.get_run_record_by_id(run_id)
         raw = record.dagster_run.tags.get(SLURM_LOG_TAG) if record else None
         if not raw:
-            return 404, "this run has no Slurm log\n"
+            raise Refusal(NOT_FOUND, "this run has no Slurm log")
         path = Path(raw).with_suffix(".err") if stream == "err" else Path(raw)
         real = Path(os.path.realpath(path))
         root = Path(os.path.realpath(self.drive.logs_root()))
         if not real.is_relative_to(root):
-            return 403, f"the log {path} is outside the drive's logs directory {root}; open it on the cluster\n"
+            raise Refusal(
+                FORBIDDEN, f"the log {path} is outside the drive's logs directory {root}; open it on the cluster"
+            )
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as exc:
-            return 404, f"{path}: {exc.strerror}\n"
+            raise Refusal(NOT_FOUND, f"{path}: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                return 403, f"{path} is not a regular file\n"
+                raise Refusal(FORBIDDEN, f"{path} is not a regular file")
             fh.seek(max(st.st_size - _LOG_TAIL_BYTES, 0))
             data = fh.read(_LOG_TAIL_BYTES)
         head = f"# {path}: last {len(data)} of {st.st_size} bytes\n" if st.st_size > len(data) else ""
-        return 200, head + data.decode("utf-8", "replace")
+        return head + data.decode("utf-8", "replace")
 
 
 def _authorized(header: str | None, credentials: tuple[str, str]) -> bool:
@@ -161,6 +166,13 @@ def _authorized(header: str | None, credentials: tuple[str, str]) -> bool:
     user_ok = secrets.compare_digest(username.encode(), credentials[0].encode())
     password_ok = secrets.compare_digest(password.encode(), credentials[1].encode())
     return user_ok and password_ok
+
+
+def refusal_text(refusal: Refusal, headers: dict[str, str] | None = None):
+    """The dashboard's one error answer: the kind's status, the detail as one line of plain text."""
+    from fastapi.responses import PlainTextResponse
+
+    return PlainTextResponse(f"{refusal.detail}\n", status_code=refusal.status, headers=headers)
 
 
 def create_app(settings: DashboardSettings, instance=None, poller: SlurmPoller | None = None):
@@ -185,42 +197,36 @@ def create_app(settings: DashboardSettings, instance=None, poller: SlurmPoller |
     # The page is ~1 kB per run: compressed, a 30 s refresh of thousands of rows stays cheap over a network.
     app.add_middleware(GZipMiddleware, minimum_size=2048, compresslevel=5)
 
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, refusal: Refusal):
+        return refusal_text(refusal)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if settings.credentials and not _authorized(request.headers.get("authorization"), settings.credentials):
-            response = PlainTextResponse(
-                "authentication required\n",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Basic realm="mlgraph dashboard"'},
-            )
+            response = refusal_text(Refusal(UNAUTHORIZED), {"WWW-Authenticate": 'Basic realm="mlgraph dashboard"'})
         else:
             try:
                 response = await call_next(request)
             except Exception:
                 logger.exception("dashboard request %s failed", request.url.path)
-                response = PlainTextResponse("internal error; see the dashboard's log\n", status_code=500)
+                response = refusal_text(Refusal(INTERNAL, "internal error; see the dashboard's log"))
         response.headers.update(_SECURITY_HEADERS)
         return response
 
-    def filters(experiment: str, status: str) -> tuple[str, str] | Response:
+    def filters(experiment: str, status: str) -> tuple[str, str]:
         if status not in ("", *STATUSES):
-            return PlainTextResponse(
-                f"status must be one of {', '.join(STATUSES)}, or empty for all\n", status_code=400
-            )
+            raise Refusal(BAD_REQUEST, f"status must be one of {', '.join(STATUSES)}, or empty for all")
         return experiment.strip()[:128], status
 
     @app.get("/", response_class=HTMLResponse)
     def index(experiment: str = Query(""), status: str = Query("")):
         chosen = filters(experiment, status)
-        if isinstance(chosen, Response):
-            return chosen
         return HTMLResponse(render.page(dashboard.state(*chosen), settings, *chosen))
 
     @app.get("/fragment", response_class=HTMLResponse)
     def live_fragment(experiment: str = Query(""), status: str = Query("")):
         chosen = filters(experiment, status)
-        if isinstance(chosen, Response):
-            return chosen
         return HTMLResponse(render.fragment(dashboard.state(*chosen), settings))
 
     @app.get("/static/dashboard.js")
@@ -229,8 +235,7 @@ def create_app(settings: DashboardSettings, instance=None, poller: SlurmPoller |
 
     @app.get("/logs/{run_id}")
     def log(run_id: str, stream: str = Query("out")):
-        status_code, text = dashboard.log_tail(run_id, stream)
-        return PlainTextResponse(text, status_code=status_code)
+        return PlainTextResponse(dashboard.log_tail(run_id, stream))
 
     @app.get("/api/status")
     def api_status():

@@ -92,9 +92,7 @@ def quantize_model(fp32: Any) -> tuple[bytes, dict[str, int], list[str]]:
         # CPUs without VNNI (AVX2 only, e.g. AMD EPYC Zen 2/3) ORT's kernel adds pairs of those products in
         # int16, which saturates with full-range weights (measured: a MatMul off by 25 %). 7-bit weights
         # cannot overflow it; on VNNI machines they cost a little precision, within the INT8 budget.
-        quantize_dynamic(
-            fp32, out, op_types_to_quantize=list(OP_TYPES), weight_type=QuantType.QInt8, reduce_range=True
-        )
+        quantize_dynamic(fp32, out, op_types_to_quantize=list(OP_TYPES), weight_type=QuantType.QInt8, reduce_range=True)
         payload = out.read_bytes()
     return payload, quantized_nodes(onnx.load_from_string(payload)), removed
 

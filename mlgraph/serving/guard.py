@@ -1,6 +1,12 @@
-"""The outermost layer of every request (pure ASGI, so it costs microseconds): a request id, the body
-limit (the declared Content-Length and the bytes actually streamed, since either may lie or be absent),
-the latency histogram, the version header, and the direct dispatch of the prediction routes."""
+"""The outermost layer of every request, and the only ASGI code between the server and the request core
+(pure ASGI, so it costs microseconds): a request id, the body limit (the declared Content-Length and the
+bytes actually streamed, since either may lie or be absent), the latency histogram, the version header,
+and the dispatch of the routes in mlgraph.serving.core.ROUTES straight to the core. Any other path (the docs,
+a 404 or 405) goes to the FastAPI app.
+
+`refusal_response` is the one place a refusal becomes an HTTP status and body, and is counted: the core's
+refusals here, and FastAPI's errors through the app's exception handlers.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,15 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from mlgraph.core.http_errors import MALFORMED_JSON, TOO_LARGE, Refusal
+from mlgraph.serving.core import Answer, Route, ServiceCore, body_too_large
+from mlgraph.serving.metrics import ServiceMetrics
+
 REQUEST_ID_HEADER = "x-request-id"
 MODEL_VERSION_HEADER = "x-model-version"
+_REQUEST_ID = REQUEST_ID_HEADER.encode()
+_MODEL_VERSION = MODEL_VERSION_HEADER.encode()
+_JSON = b"application/json"
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per call
 
 
@@ -26,11 +39,17 @@ def error_body(kind: str, detail: Any, request_id: str) -> bytes:
     return dumps({"error": kind, "detail": detail, "request_id": request_id})
 
 
+def refusal_response(refusal: Refusal, request_id: str, metrics: ServiceMetrics) -> tuple[int, bytes]:
+    """(HTTP status, JSON body) of a refusal, counted under its kind's metric label."""
+    metrics.refused(refusal.kind)
+    return refusal.kind.status, error_body(refusal.kind.name, refusal.detail, request_id)
+
+
 class BodyTooLarge(HTTPException):
-    """Raised while the body streams in; FastAPI passes HTTPExceptions from body reading through unchanged."""
+    """Raised while a body streams into FastAPI, which passes HTTPExceptions from body reading through unchanged."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body larger than {limit} bytes. Fix: send fewer rows per request.")
+        super().__init__(TOO_LARGE.status, body_too_large(limit).detail)
 
 
 def request_id(request: Any) -> str:
@@ -38,20 +57,19 @@ def request_id(request: Any) -> str:
 
 
 class Guard:
+    """The service's ASGI app: `core`'s routes directly, everything else through `app` (FastAPI)."""
+
     def __init__(
         self,
         app: Any,
+        core: ServiceCore,
         max_body_bytes: int,
         observe: Callable[[str, float], None],
-        too_large: Callable[[], None],
         version: Callable[[], str | None],
-        direct: dict[tuple[str, str], Any] | None = None,
     ) -> None:
-        self.app, self.max_body_bytes = app, max_body_bytes
-        self.observe, self.too_large, self.version = observe, too_large, version
-        # (method, path) → ASGI endpoint called without the framework's middleware and routing: the
-        # prediction routes, which handle their own errors (half the per-request cost otherwise).
-        self.direct = direct or {}
+        self.app, self.core, self.max_body_bytes = app, core, max_body_bytes
+        self.observe, self.version = observe, version
+        self.routes = {(r.method, r.path): r for r in core.routes}
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -60,16 +78,78 @@ class Guard:
         start = time.perf_counter()
         rid = uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        limit = self.max_body_bytes
         try:
-            declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
-        except ValueError:
-            declared = None  # not a number: the streamed count below still applies
-        if declared is not None and declared > limit:
-            await self._refuse(send, rid, BodyTooLarge(limit).detail)
+            try:
+                declared = next((int(v) for k, v in scope["headers"] if k == b"content-length"), None)
+            except ValueError:
+                declared = None  # not a number: the streamed count still applies
+            if declared is not None and declared > self.max_body_bytes:
+                await self._send(send, body_too_large(self.max_body_bytes), rid, close=True)
+                return
+            route = self.routes.get((scope["method"], scope["path"]))
+            if route is None:
+                await self._fallback(scope, receive, send, rid)
+            else:
+                await self._answer(route, receive, send, rid)
+        finally:
             self.observe(scope["path"], time.perf_counter() - start)
+
+    def endpoint(self, route: Route) -> _Endpoint:
+        """`route` as an ASGI endpoint, for FastAPI to register."""
+        return _Endpoint(self, route)
+
+    async def dispatch(self, route: Route, scope: dict, receive: Callable, send: Callable) -> None:
+        """`route` answered through FastAPI (a HEAD, or the bare app without the guard)."""
+        rid = scope.get("state", {}).get("request_id") or uuid.uuid4().hex  # __call__ sets it; the bare app may not
+        await self._answer(route, receive, send, rid)
+
+    async def _answer(self, route: Route, receive: Callable, send: Callable, rid: str) -> None:
+        try:
+            body = await self._read(receive)
+        except Refusal as refusal:
+            await self._send(send, refusal, rid)
             return
-        received = 0
+        await self._send(send, await self.core.respond(route, body, rid), rid)
+
+    async def _read(self, receive: Callable) -> bytes:
+        limit, chunks, received = self.max_body_bytes, [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise Refusal(MALFORMED_JSON, "the client disconnected before the body ended")
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise body_too_large(limit)
+            if not message.get("more_body", False):
+                if not chunks:
+                    return chunk  # the whole body in one message: no copy
+                chunks.append(chunk)
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+    async def _send(self, send: Callable, outcome: Answer | Refusal, rid: str, close: bool = False) -> None:
+        if isinstance(outcome, Answer):
+            status, version = outcome.status, outcome.model_version
+            body = outcome.body if isinstance(outcome.body, bytes) else dumps(outcome.body)
+            content_type = _JSON if outcome.content_type == "application/json" else outcome.content_type.encode()
+        else:
+            status, body = refusal_response(outcome, rid, self.core.metrics)
+            version, content_type = None, _JSON
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (_REQUEST_ID, rid.encode()),
+        ]
+        if version or (version := self.version()):
+            headers.append((_MODEL_VERSION, version.encode()))
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _fallback(self, scope: dict, receive: Callable, send: Callable, rid: str) -> None:
+        limit, received = self.max_body_bytes, 0
 
         async def counted_receive() -> dict:
             nonlocal received
@@ -83,31 +163,22 @@ class Guard:
         async def tagged_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
-                if not any(k == MODEL_VERSION_HEADER.encode() for k, _ in headers) and (v := self.version()):
-                    headers.append((MODEL_VERSION_HEADER.encode(), v.encode()))
+                names = {k for k, _ in headers}  # a route FastAPI passed to `dispatch` (HEAD) has both already
+                if _REQUEST_ID not in names:
+                    headers.append((_REQUEST_ID, rid.encode()))
+                if _MODEL_VERSION not in names and (v := self.version()):
+                    headers.append((_MODEL_VERSION, v.encode()))
                 message["headers"] = headers
             await send(message)
 
-        target = self.direct.get((scope["method"], scope["path"]), self.app)
-        try:
-            await target(scope, counted_receive, tagged_send)
-        finally:
-            self.observe(scope["path"], time.perf_counter() - start)
+        await self.app(scope, counted_receive, tagged_send)
 
-    async def _refuse(self, send: Callable, rid: str, detail: str) -> None:
-        self.too_large()
-        body = error_body("too_large", detail, rid)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (REQUEST_ID_HEADER.encode(), rid.encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+class _Endpoint:
+    """An ASGI app, not a function: Starlette then passes it (scope, receive, send) as they are."""
+
+    def __init__(self, guard: Guard, route: Route) -> None:
+        self.guard, self.route = guard, route
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self.guard.dispatch(self.route, scope, receive, send)

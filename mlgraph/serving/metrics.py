@@ -1,26 +1,23 @@
-"""The service's Prometheus metrics, in a registry of its own (one per app, so tests can run several)."""
+"""The service's Prometheus metrics, in a registry of its own (one per app, so tests can run several).
+
+Error counts are labelled by the error-kind table (mlgraph.core.http_errors); latencies by the paths of
+the service's routes (mlgraph.serving.core.ROUTES), every other path as "other".
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-ERROR_KINDS = ("validation", "too_large", "malformed_json", "not_ready", "not_found", "internal")
-ENDPOINTS = (
-    "/predict",
-    "/batch_predict",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/monitoring/drift",
-    "/monitoring/retraining_trigger",
-)
+from mlgraph.core.http_errors import METRIC_LABELS, ErrorKind
+
 # One-row latencies sit around a millisecond; batches and cold paths reach seconds.
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class ServiceMetrics:
-    def __init__(self, experiment: str) -> None:
+    def __init__(self, experiment: str, endpoints: Iterable[str] = ()) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -53,17 +50,19 @@ class ServiceMetrics:
             "mlgraph_prediction_log_pending", "Predictions queued for the log writer", registry=self.registry
         )
         self.experiment = experiment
-        self._latency = {e: self.latency.labels(e) for e in (*ENDPOINTS, "other")}
-        self._errors = {k: self.errors.labels(k) for k in ERROR_KINDS}
+        self._latency = {e: self.latency.labels(e) for e in (*endpoints, "other")}
+        self._errors = {label: self.errors.labels(label) for label in METRIC_LABELS}
         self._counts: dict[tuple[str, str], Any] = {}
-        for kind in ERROR_KINDS:
-            self._errors[kind].inc(0)
+        for child in self._errors.values():
+            child.inc(0)
 
     def observe(self, endpoint: str, seconds: float) -> None:
         (self._latency.get(endpoint) or self._latency["other"]).observe(seconds)
 
-    def error(self, kind: str) -> None:
-        self._errors[kind].inc()
+    def refused(self, kind: ErrorKind) -> None:
+        """Count one request answered with an error of `kind` (kinds without a metric label are not counted)."""
+        if kind.metric is not None:
+            self._errors[kind.metric].inc()
 
     def predicted(self, labels: list[Any], version: str) -> None:
         for label, n in ((labels[0], 1),) if len(labels) == 1 else Counter(map(str, labels)).items():

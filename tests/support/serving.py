@@ -25,8 +25,8 @@ from mlgraph.data.generators import generate
 from mlgraph.training import families as fam
 from mlgraph.training.model_files import ARGMAX_DECISION
 from mlgraph.training.promotion import PromotionStore
-from tests.daemon_harness import wait_for
-from tests.deployment_support import export_current
+from tests.support.deployment import export_current
+from tests.support.wait import wait_for
 
 BINARY, REGRESSION, MULTICLASS, FORECAST = "student_engagement", "salary", "tiers", "demand_forecast"
 TIERS = ("high", "low", "mid")
