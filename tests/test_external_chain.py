@@ -6,8 +6,6 @@ nothing.
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from mlgraph.analysis import checkpoint_comparison as comparison
 from mlgraph.cli.staging import materialize_experiments
 from mlgraph.core import evaluation_store
-from mlgraph.core.drive import PROJECT_ROOT
 from mlgraph.core.hashing import sha256_bytes
 from mlgraph.core.signals import (
     EVAL_COMPLETE,
@@ -35,49 +32,23 @@ from mlgraph.core.signals import (
 from pipeline_assets.definitions import defs
 from resources.experiments import ExperimentCatalog
 from tests.support import dagster_instance, wait_for
+from tests.support.chain import (
+    ANALYSIS_JOB,
+    DATA_KEYS,
+    EVAL_JOB,
+    RUN_TIMEOUT,
+    SLURM_RUN_LAUNCHER,
+    load_trainer,
+    materialize,
+    run_diagnostics,
+    run_trainer,
+    runs_of,
+    succeeded,
+)
 from tests.support.daemon import DagsterDaemon
 from tests.support.fixtures import shrink_experiment
 from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
 from tests.support.slurm.harness import require_slurm
-
-# Tagged runs (evaluation, analysis) become Slurm jobs on the local cluster; small requests so both fit.
-SLURM_RUN_LAUNCHER: dict[str, Any] = {
-    "module": "mlgraph.launcher.slurm_launcher",
-    "class": "SlurmRunLauncher",
-    "config": {"route": "tagged", "cpus": 1, "mem": "2G", "time": "00:15:00"},
-}
-
-DATA_KEYS = [dg.AssetKey(k) for k in ("raw_dataset", "dataset_fingerprint", "train_test_split")]
-EVAL_JOB, ANALYSIS_JOB = "checkpoint_evaluation_job", "checkpoint_comparison_report_job"
-# Each wait covers a sensor tick (≤5 s), the settle time (2 s), a run process start and its work on 2 cores.
-RUN_TIMEOUT = 120
-
-
-def run_trainer(experiment: str, env: dict[str, str], epochs: int = 4) -> dict[str, Any]:
-    """examples/train_external.py in its own process, as a trainer on another machine runs it."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "examples" / "train_external.py"),
-            "--experiment",
-            experiment,
-            "--epochs",
-            str(epochs),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
-
-
-def materialize(instance: dg.DagsterInstance, key: str, partition: str, raise_on_error: bool = True):
-    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, partition_key=partition, asset_selection=[dg.AssetKey(key)], raise_on_error=raise_on_error
-    )
 
 
 def run_metrics_check(partition: str) -> dg.AssetCheckResult:
@@ -145,15 +116,6 @@ def test_feature_spec_survives_metadata_json():
     assert np.array_equal(again.transform(frame), spec.transform(frame))
     unseen = again.transform(pd.DataFrame({"z": [None], "b": ["new"], "a": ["q"]}))
     assert unseen.tolist() == [[0.0, 0.0, 0.0, 0.0, 1.0]]
-
-
-def load_trainer():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_external", PROJECT_ROOT / "examples" / "train_external.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_evaluation_and_report_in_process(shared_drive: Path, config_dir: Path, instance, capsys):
@@ -252,20 +214,6 @@ def test_broken_checkpoint_writes_eval_failed_and_fails_the_run(shared_drive: Pa
     assert not (shared_drive / "evaluation" / "salary" / EVAL_COMPLETE).exists()
 
 
-def runs_of(instance: dg.DagsterInstance, job: str, partition: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job, tags={"dagster/partition": partition})))
-
-
-def succeeded(instance: dg.DagsterInstance, job: str, partition: str) -> dg.DagsterRun | None:
-    runs = runs_of(instance, job, partition)
-    failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
-    if failed:
-        events = instance.all_logs(failed[0].run_id)
-        errors = [e.message for e in events if e.is_dagster_event and e.dagster_event.is_failure]
-        raise AssertionError(f"{job}[{partition}] run {failed[0].run_id} {failed[0].status}: {errors}")
-    return next((r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS), None)
-
-
 def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) -> int:
     states = [
         s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == name
@@ -313,13 +261,8 @@ def test_signal_to_report_survives_daemon_kill(
         assert not summary.failed
 
         def diagnostics() -> str:
-            runs = instance.get_runs(limit=20)
-            return (
-                "runs: "
-                + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}" for r in runs)
-                + "\n"
-                + daemon.logs()
-            )
+
+            return run_diagnostics(instance, daemon)
 
         try:
             daemon.start()

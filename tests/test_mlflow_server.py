@@ -262,8 +262,8 @@ def test_unreachable_server_fails_evaluation_with_a_clear_message_and_keeps_loca
 ):
     from mlgraph.cli.staging import materialize_experiments
     from pipeline_assets.definitions import defs
+    from tests.support.chain import DATA_KEYS, load_trainer, materialize
     from tests.support.fixtures import shrink_experiment
-    from tests.test_external_chain import DATA_KEYS, load_trainer, materialize
 
     shrink_experiment(config_dir, "salary", 600)
     materialize_experiments(defs, instance, ["salary"], selection=DATA_KEYS, echo=lambda _: None, raise_on_error=True)

@@ -18,21 +18,22 @@ from mlgraph.cli.staging import materialize_experiments
 from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
 from tests.support import dagster_instance, wait_for
-from tests.support.daemon import DagsterDaemon
-from tests.support.fixtures import shrink_experiment
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
-from tests.support.postgres import count_rows
-from tests.support.slurm.harness import require_slurm
-from tests.test_external_chain import (
+from tests.support.chain import (
     ANALYSIS_JOB,
     DATA_KEYS,
     EVAL_JOB,
     RUN_TIMEOUT,
     SLURM_RUN_LAUNCHER,
+    run_diagnostics,
     run_trainer,
     runs_of,
     succeeded,
 )
+from tests.support.daemon import DagsterDaemon
+from tests.support.fixtures import shrink_experiment
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.postgres import count_rows
+from tests.support.slurm.harness import require_slurm
 
 # The instance reads the URL from the environment, as deploy/dagster.postgres.yaml does.
 POSTGRES_STORAGE: dict[str, Any] = {"postgres": {"postgres_url": {"env": "MLGRAPH_POSTGRES_URL"}}}
@@ -159,13 +160,8 @@ def test_signal_to_report_on_postgres(
         assert not summary.failed
 
         def diagnostics() -> str:
-            runs = instance.get_runs(limit=20)
-            return (
-                "runs: "
-                + ", ".join(f"{r.job_name}[{r.tags.get('dagster/partition')}]={r.status.value}" for r in runs)
-                + "\n"
-                + daemon.logs()
-            )
+
+            return run_diagnostics(instance, daemon)
 
         try:
             daemon.start()

@@ -25,11 +25,7 @@ from mlgraph.core import tracking
 from mlgraph.core.drive import PROJECT_ROOT
 from pipeline_assets.definitions import defs
 from tests.support import dagster_instance, wait_for
-from tests.support.daemon import DagsterDaemon
-from tests.support.fixtures import shrink_experiment
-from tests.support.instance import write_instance_config
-from tests.support.slurm.harness import require_slurm
-from tests.test_external_chain import (
+from tests.support.chain import (
     ANALYSIS_JOB,
     DATA_KEYS,
     EVAL_JOB,
@@ -39,6 +35,10 @@ from tests.test_external_chain import (
     runs_of,
     succeeded,
 )
+from tests.support.daemon import DagsterDaemon
+from tests.support.fixtures import shrink_experiment
+from tests.support.instance import write_instance_config
+from tests.support.slurm.harness import require_slurm
 from tests.test_mlflow_server import ServerProcess
 
 SECRET_NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLGRAPH_WEBHOOK_TOKEN")

@@ -101,6 +101,13 @@ def duckdb_export(source: Path, target_dir: Path) -> None:
         con.close()
 
 
+def run_pg_tool(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A PostgreSQL client tool (pg_dump, pg_restore): the password in its environment, never its argv."""
+    return subprocess.run(
+        argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=PG_TIMEOUT_SECONDS, check=False
+    )
+
+
 def pg_dump(target: Path) -> None:
     url, env = libpq_target(postgres_url() or "")
     if shutil.which("pg_dump") is None:
@@ -108,14 +115,7 @@ def pg_dump(target: Path) -> None:
             "MLGRAPH_POSTGRES_URL is set but pg_dump is not on PATH. Fix: install the "
             "PostgreSQL client (e.g. apt-get install postgresql-client)"
         )
-    done = subprocess.run(
-        ["pg_dump", "--format=custom", "--no-password", f"--file={target}", f"--dbname={url}"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=PG_TIMEOUT_SECONDS,
-        check=False,
-    )
+    done = run_pg_tool(["pg_dump", "--format=custom", "--no-password", f"--file={target}", f"--dbname={url}"], env)
     if done.returncode != 0:
         raise BackupError(f"pg_dump failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from mlgraph.core.hashing import sha256_file
 from mlgraph.ops.backup import (
     MANIFEST,
-    PG_TIMEOUT_SECONDS,
     BackupError,
     complete_backups,
     duckdb_connect,
+    run_pg_tool,
     sql_literal,
     sqlite_copy,
 )
@@ -120,7 +119,7 @@ def _restore_postgres(dump: Path) -> None:
             "to the database to restore into"
         )
     libpq_url, env = libpq_target(url)
-    done = subprocess.run(
+    done = run_pg_tool(
         [
             "pg_restore",
             "--clean",
@@ -131,11 +130,7 @@ def _restore_postgres(dump: Path) -> None:
             f"--dbname={libpq_url}",
             str(dump),
         ],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=PG_TIMEOUT_SECONDS,
-        check=False,
+        env,
     )
     if done.returncode != 0:
         raise BackupError(
