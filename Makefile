@@ -22,8 +22,14 @@ venv: $(VENV)/.installed
 demo: venv
 	$(BIN)/mlgraph demo
 
+# Everything, in two passes: the tier that needs no service on two workers (test-fast), then the tests that
+# drive a daemon, Slurm, PostgreSQL or a browser one at a time (they share one cluster and one database
+# server). Both passes always run; the target fails if either did.
+SERVICE_TIERS := daemon or slurm or postgres or browser
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not ($(SERVICE_TIERS))" -n 2 --dist worksteal; fast=$$?; \
+	$(BIN)/python -m pytest -m "$(SERVICE_TIERS)"; services=$$?; \
+	test $$fast -eq 0 && test $$services -eq 0
 
 # ruff: lint (pyflakes, bugbear, isort, pyupgrade, simplify, ...) and formatting, as configured in pyproject.toml.
 lint: venv
@@ -32,7 +38,7 @@ lint: venv
 
 # The tier that needs no service (README, "Two commands"): no daemon, Slurm, PostgreSQL or browser; two workers.
 test-fast: venv
-	$(BIN)/python -m pytest -m "not daemon and not slurm and not postgres and not browser" -n 2 --dist worksteal
+	$(BIN)/python -m pytest -m "not ($(SERVICE_TIERS))" -n 2 --dist worksteal
 
 # The daemon that `dagster dev` starts runs the automation sensors (on by default): whatever is missing or
 # outdated for a registered experiment is materialized, heavy runs on Slurm when sbatch is on PATH.

@@ -129,7 +129,13 @@ def test_hot_reload_under_load_fails_no_request(private) -> None:
                     "threshold": 0.5,
                 }
             )
-            failure = wait_for(lambda: server.client.get("/health").json()["last_load_failure"], 30, "v3 refused")
+            # Wait for v3's own refusal: a poll that saw the pointer move while v2 was loading may have left
+            # an earlier "champion changed" failure there (the next poll loads v2; the failure stays shown).
+            failure = wait_for(
+                lambda: (f := server.client.get("/health").json()["last_load_failure"]) and "v3" in f["error"] and f,
+                30,
+                "v3 refused",
+            )
             load.more(100)
         health = server.client.get("/health").json()
     assert "v3" in failure["error"] and "cannot be loaded" in failure["error"]
