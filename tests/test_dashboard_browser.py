@@ -37,7 +37,7 @@ from mlgraph.core.tags import (
 )
 from mlgraph.ops.alerts import CONSECUTIVE_FAILURES, raise_alert
 from tests.support import dagster_instance, wait_for
-from tests.support.slurm.harness import require_slurm
+from tests.support.slurm.harness import require_slurm, squeue_state
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REFRESH_SECONDS = 1
@@ -88,17 +88,6 @@ def _sbatch(log: Path, command: str, name: str) -> str:
         check=True,
     )
     return out.stdout.strip().split(";")[0]
-
-
-def _squeue_state(job_id: str) -> str | None:
-    out = subprocess.run(
-        ["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return out.stdout.strip() or None
 
 
 def _event(instance: dg.DagsterInstance, run: dg.DagsterRun, kind: DagsterEventType) -> None:
@@ -187,10 +176,10 @@ def world(tmp_path_factory):
             running = _sbatch(logs / "%j.log", "echo dashboard-test-running; sleep 300", "mlgraph-dash-running")
             failed = _sbatch(logs / "%j.log", "echo failing; exit 1", "mlgraph-dash-failed")
             jobs += [done_eval, done_analysis, running, failed]
-            wait_for(lambda: _squeue_state(running) == "RUNNING", 60, f"job {running} to run")
+            wait_for(lambda: squeue_state(running) == "RUNNING", 60, f"job {running} to run")
             for job_id, state in ((failed, "FAILED"), (done_eval, "COMPLETED"), (done_analysis, "COMPLETED")):
                 wait_for(
-                    lambda job_id=job_id, state=state: _squeue_state(job_id) in (state, None),
+                    lambda job_id=job_id, state=state: squeue_state(job_id) in (state, None),
                     60,
                     f"job {job_id} to end {state}",
                 )
