@@ -111,11 +111,11 @@ class ServiceCore:
             "many": many,
         }
         self.routes = ROUTES
-        self._by_key = {(r.method, r.path): r for r in ROUTES}
+        self.routes_by_key = {(r.method, r.path): r for r in ROUTES}  # the wrapper dispatches through it too
 
     async def handle(self, method: str, path: str, body: bytes, request_id: str) -> Answer | Refusal:
         """The answer to one request, given its whole body; never raises."""
-        route = self._by_key.get((method, path))
+        route = self.routes_by_key.get((method, path))
         if route is None:
             known = any(r.path == path for r in self.routes)
             return Refusal(METHOD_NOT_ALLOWED if known else NOT_FOUND, f"{method} {path}: no such route")

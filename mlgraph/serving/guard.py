@@ -69,7 +69,7 @@ class Guard:
     ) -> None:
         self.app, self.core, self.max_body_bytes = app, core, max_body_bytes
         self.observe, self.version = observe, version
-        self.routes = {(r.method, r.path): r for r in core.routes}
+        self.routes = core.routes_by_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
