@@ -58,18 +58,18 @@ def bench(name: str, jobs: int | None, repeat: int) -> dict:
                 f"cv_{metric}_std": round(r.cv[metric]["std"], 6),
                 **({"epochs_run": len(r.history)} if r.history else {}),
             }
-            for family, r in outcome.families.items()
+            for family, r in outcome.models.items()
         },
-        "serial_seconds": round(sum(r.fit_seconds + r.cv_seconds for r in outcome.families.values()), 3),
+        "serial_seconds": round(sum(r.fit_seconds + r.cv_seconds for r in outcome.models.values()), 3),
         "workers": outcome.n_jobs,
         "wall_seconds": round(wall, 3),
         "wall_seconds_all_runs": [round(w, 3) for w, _ in runs],
     }
     if repeat > 1:
         result["deterministic"] = all(
-            other.families[f].fold_metrics == outcome.families[f].fold_metrics
+            other.models[f].fold_metrics == outcome.models[f].fold_metrics
             for _, other in runs[1:]
-            for f in outcome.families
+            for f in outcome.models
         )
     return result
 

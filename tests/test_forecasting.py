@@ -74,7 +74,7 @@ def test_gru_and_lstm_beat_seasonal_naive_on_a_trending_gappy_series(tmp_path) -
     assert outcome.data.observed[outcome.oof["row"].to_numpy()].all()
 
     evaluated = evaluate(
-        config, train, test, {f: r.artifact for f, r in outcome.families.items()}, None, outcome.data.scale
+        config, train, test, {f: r.artifact for f, r in outcome.models.items()}, None, outcome.data.scale
     )
     rmse = {model: round(m["rmse"], 3) for model, m in evaluated.metrics.items()}
     assert evaluated.series["missing_points"] == dropped

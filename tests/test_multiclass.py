@@ -109,7 +109,7 @@ def test_a_binary_target_keeps_its_scores_threshold_and_default(tmp_path) -> Non
     outcome = train_candidates(_config(models=[{"family": "logistic_regression"}]), binary, tmp_path, n_jobs=1)
     assert outcome.selection_metric == "roc_auc" and outcome.data.positive_label == "other"
     assert list(outcome.oof.columns) == ["model", "row", "fold", "y_true", "y_score"]
-    assert set(outcome.families["logistic_regression"].cv) == set(core_metrics.CLASSIFICATION_METRICS)
+    assert set(outcome.models["logistic_regression"].cv) == set(core_metrics.CLASSIFICATION_METRICS)
 
 
 def test_stratified_split_and_sampling_keep_every_class_share() -> None:
@@ -138,15 +138,15 @@ def trained(tmp_path_factory):
     config = _config(models=[{"family": f, "params": SMALL.get(f, {})} for f in fam.DEFAULT_PARAMS["classification"]])
     train, test = _frame(300, 2), _frame(120, 3)
     outcome = train_candidates(config, train, directory, n_jobs=2)
-    artifacts = {f: r.artifact for f, r in outcome.families.items()}
+    artifacts = {f: r.artifact for f, r in outcome.models.items()}
     return config, train, test, outcome, ev.evaluate(config, train, test, artifacts)
 
 
 def test_every_family_trains_and_scores_a_multiclass_target(trained) -> None:
     _, _, _, outcome, evaluated = trained
     assert outcome.data.classes == CLASSES and outcome.selection_metric == "f1_macro"
-    assert set(outcome.families) == set(fam.DEFAULT_PARAMS["classification"])
-    for family, result in outcome.families.items():
+    assert set(outcome.models) == set(fam.DEFAULT_PARAMS["classification"])
+    for family, result in outcome.models.items():
         assert set(result.cv) == set(core_metrics.MULTICLASS_METRICS)
         assert result.cv["f1_macro"]["mean"] > 0.55, (family, result.cv)  # chance is about 0.33
         assert evaluated.metrics[family]["accuracy"] > 0.6, (family, evaluated.metrics[family])
@@ -168,7 +168,7 @@ def test_every_family_trains_and_scores_a_multiclass_target(trained) -> None:
     board = ev.scoreboard_markdown(
         "classification",
         "f1_macro",
-        {f: r.cv for f, r in outcome.families.items()},
+        {f: r.cv for f, r in outcome.models.items()},
         evaluated.metrics,
         "knn",
         n_classes=3,

@@ -100,7 +100,7 @@ def test_classification_training_evaluation_promotion(shared_drive: Path, config
     _edit(config_dir, name, cv_folds=3)
     _shrink_forests(config_dir, name)
     config = ExperimentCatalog().load(name).config
-    families = config.families
+    families = config.model_names
 
     summary = materialize_experiments(defs, instance, [name], selection=_keys(DATA + TRAINING), echo=lambda _: None)
     assert summary.failed == []
@@ -251,7 +251,7 @@ def test_regression_and_forecasting_train_and_promote(shared_drive: Path, config
         current = json.loads(
             (shared_drive / "model-promotion" / "global" / config.config_hash / "current.json").read_text()
         )
-        assert current["model_type"] in config.families and current["metric"] == metric
+        assert current["model_type"] in config.model_names and current["metric"] == metric
         assert not (shared_drive / "models" / name / "threshold.txt").exists()
         event = instance.get_latest_materialization_event(dg.AssetKey("decision_threshold"))
         assert event.asset_materialization.metadata["applicable"].value is False

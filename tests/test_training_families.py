@@ -261,9 +261,9 @@ def test_training_is_deterministic_and_independent_of_workers(tmp_path) -> None:
     probe = _tabular(50, "classification", 4)
     spec = fam.feature_spec(train, config)
     for family in ("logistic_regression", "random_forest"):
-        assert one.families[family].fold_metrics == two.families[family].fold_metrics
+        assert one.models[family].fold_metrics == two.models[family].fold_metrics
         # Pickle bytes may differ (memo sharing across processes); the fitted models may not.
-        a, b = (joblib.load(r.families[family].artifact) for r in (one, two))
+        a, b = (joblib.load(r.models[family].artifact) for r in (one, two))
         np.testing.assert_array_equal(
             fam.positive_scores(a, fam.prepare_frame(probe, spec)),
             fam.positive_scores(b, fam.prepare_frame(probe, spec)),
@@ -281,9 +281,9 @@ def test_training_is_deterministic_and_independent_of_workers(tmp_path) -> None:
     frame = pd.DataFrame({"ts": ts, "y": y})
     first = train_candidates(forecast, frame, tmp_path / "f1", n_jobs=1)
     second = train_candidates(forecast, frame, tmp_path / "f2", n_jobs=1)
-    assert first.families["gru"].fold_metrics == second.families["gru"].fold_metrics
-    assert first.families["gru"].history == second.families["gru"].history
-    assert len(first.families["gru"].history) == 3
+    assert first.models["gru"].fold_metrics == second.models["gru"].fold_metrics
+    assert first.models["gru"].history == second.models["gru"].history
+    assert len(first.models["gru"].history) == 3
 
 
 def test_bad_training_input_names_the_column_and_the_fix(tmp_path) -> None:

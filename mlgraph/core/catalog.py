@@ -11,15 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mlgraph.core.drive import PROJECT_ROOT
+from mlgraph.core.drive import CONFIG_DIR_ENV, resolve_config_dir
 from mlgraph.core.experiment import LoadedExperiment, experiment_names, load_experiment_file
 
-CONFIG_DIR_ENV = "MLGRAPH_CONFIG_DIR"
-
-
-def resolve_config_dir(config_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The config directory: `config_dir`, else $MLGRAPH_CONFIG_DIR, else <project>/config (read at call time)."""
-    return Path(config_dir or os.environ.get(CONFIG_DIR_ENV) or PROJECT_ROOT / "config").resolve()
+__all__ = ["CONFIG_DIR_ENV", "CatalogRules", "ConfigCatalog", "resolve_config_dir"]
 
 
 class CatalogRules:

@@ -13,6 +13,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DRIVE_ENV = "SHARED_DRIVE"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
+CONFIG_DIR_ENV = "MLGRAPH_CONFIG_DIR"
 # Set: Dagster's run, event-log and schedule storage on PostgreSQL (deploy/dagster.postgres.yaml).
 POSTGRES_URL_ENV = "MLGRAPH_POSTGRES_URL"
 
@@ -32,6 +33,11 @@ OPERATOR_PROFILE_CSV = "operator_profile.csv"
 RUN_FILES = (FEATURES_PARQUET, FIT_JSON, SUMMARY_JSON, STREAMING_CHUNKS_JSONL, OPERATOR_PROFILE_CSV)
 CONSTRAINT_RUN_JSON = "constraint_run.json"
 PREDICTION_LOG_JSONL = "prediction_log.jsonl"
+
+
+def resolve_config_dir(config_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The config directory: `config_dir`, else $MLGRAPH_CONFIG_DIR, else <project>/config (read at call time)."""
+    return Path(config_dir or os.environ.get(CONFIG_DIR_ENV) or PROJECT_ROOT / "config").resolve()
 
 
 def default_shared_drive() -> Path:

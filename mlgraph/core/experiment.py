@@ -32,11 +32,28 @@ DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
 Task = Literal["classification", "regression", "forecasting"]
 ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
 
-FAMILIES: dict[str, tuple[str, ...]] = {
+# The families an experiment trains when its `models:` list is empty (as they always were).
+DEFAULT_FAMILIES: dict[str, tuple[str, ...]] = {
     "regression": ("ridge", "random_forest", "hist_gradient_boosting", "knn", "decision_tree"),
     "classification": ("logistic_regression", "knn", "svm", "decision_tree", "random_forest"),
     "forecasting": ("gru", "lstm", "prophet", "seasonal_naive"),
 }
+# The user's own code: `estimator` (a scikit-learn-compatible class or factory), `torch` (a build function).
+USER_FAMILIES = ("estimator", "torch")
+# Every family a spec may name, per task.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "regression": (*DEFAULT_FAMILIES["regression"], "lightgbm", "xgboost", *USER_FAMILIES),
+    "classification": (
+        *DEFAULT_FAMILIES["classification"],
+        "hist_gradient_boosting",
+        "lightgbm",
+        "xgboost",
+        *USER_FAMILIES,
+    ),
+    "forecasting": (*DEFAULT_FAMILIES["forecasting"], "torch"),
+}
+# "module:Name": a dotted module path and an attribute of it (plugins/my_models.py → my_models:NearestMean).
+IMPORT_PATH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -91,8 +108,57 @@ class SplitConfig(Strict):
 
 
 class ModelSpec(Strict):
+    """One model to train: a built-in family, the user's estimator, or the user's torch module."""
+
+    name: str | None = Field(
+        default=None, description="Unique within the experiment (files, MLflow runs, reports); default: the family"
+    )
     family: str
     params: dict[str, Any] = Field(default_factory=dict)
+    estimator: str | None = Field(
+        default=None, description="family 'estimator': 'module:Name', a class or factory in plugins/ or a package"
+    )
+    module: str | None = Field(
+        default=None, description="family 'torch': 'module:build', a function build(n_inputs, params) -> nn.Module"
+    )
+    preprocessing: Literal["standard", "none"] = Field(
+        default="standard",
+        description="family 'estimator': 'none' makes the estimator the whole pipeline (it gets the raw columns)",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not is_experiment_name(value):
+            raise ValueError(f"{value!r} is not a valid model name: use {EXPERIMENT_NAME_RULE}")
+        return value
+
+    @model_validator(mode="after")
+    def _user_code(self) -> ModelSpec:
+        needs = {"estimator": "estimator", "torch": "module"}.get(self.family)
+        for key in ("estimator", "module"):
+            value = getattr(self, key)
+            if key == needs and value is None:
+                raise ValueError(f"family {self.family!r} needs '{key}: \"module:Name\"' (the import path of the code)")
+            if key != needs and value is not None:
+                raise ValueError(f"'{key}' applies to family {'estimator' if key == 'estimator' else 'torch'} only")
+            if value is not None and IMPORT_PATH_RE.fullmatch(value) is None:
+                raise ValueError(
+                    f"{key} {value!r} is not an import path; write it as 'module:Name' (e.g. my_models:NearestMean)"
+                )
+        if self.preprocessing == "none" and self.family != "estimator":
+            raise ValueError("'preprocessing: none' applies to family 'estimator' only")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The spec's name: how files, MLflow runs, the evaluation parquet and promotion call this model."""
+        return self.name or self.family
+
+    @property
+    def import_path(self) -> str | None:
+        """The user code the spec runs (estimator or torch module), if any."""
+        return self.estimator or self.module
 
 
 class SelectionConfig(Strict):
@@ -262,18 +328,32 @@ class ExperimentConfig(Strict):
                 raise ValueError(
                     f"model family {spec.family!r} is not available for {self.task}; choose from {', '.join(allowed)}"
                 )
+        names = [spec.key for spec in self.models]
+        if duplicated := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(
+                f"model name(s) {duplicated} appear more than once in 'models'; give each spec its own 'name' "
+                "(e.g. ridge_weak, ridge_strong)"
+            )
         return self
 
     @property
-    def families(self) -> list[str]:
-        """Configured families, or every family of the task when none are listed."""
-        return [m.family for m in self.models] or list(FAMILIES[self.task])
+    def model_specs(self) -> list[ModelSpec]:
+        """The configured specs, or one spec per default family of the task when none are listed."""
+        return list(self.models) or [ModelSpec(family=f) for f in DEFAULT_FAMILIES[self.task]]
 
-    def model_params(self, family: str) -> dict[str, Any]:
-        for spec in self.models:
-            if spec.family == family:
-                return dict(spec.params)
-        return {}
+    @property
+    def model_names(self) -> list[str]:
+        """Every spec's name, in config order (ties in selection go to the first)."""
+        return [spec.key for spec in self.model_specs]
+
+    def model_spec(self, name: str) -> ModelSpec:
+        for spec in self.model_specs:
+            if spec.key == name:
+                return spec
+        raise KeyError(f"experiment {self.name!r} has no model named {name!r}; it has {self.model_names}")
+
+    def model_params(self, name: str) -> dict[str, Any]:
+        return dict(self.model_spec(name).params)
 
     @property
     def selection_metric(self) -> str:
@@ -292,6 +372,9 @@ class ExperimentConfig(Strict):
         """
         payload = self.model_dump(mode="json", exclude={"description", "drift"})
         payload["drift"] = LEGACY_DRIFT_HASH_PAYLOAD  # monitoring never changes the model; old hashes stay put
+        payload["models"] = [
+            _spec_hash_payload(spec, dumped) for spec, dumped in zip(self.models, payload["models"], strict=True)
+        ]
         for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():
             node = payload
             for key in parents:
@@ -300,6 +383,28 @@ class ExperimentConfig(Strict):
                 del node[field]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return sha256_text(canonical)
+
+
+# ModelSpec fields added after hashes were first recorded, with their defaults (left out of the hash).
+SPEC_HASH_OMITTED_AT_DEFAULT: dict[str, Any] = {"estimator": None, "module": None, "preprocessing": "standard"}
+
+
+def _spec_hash_payload(spec: ModelSpec, dumped: dict[str, Any]) -> dict[str, Any]:
+    """A spec as the config hash sees it: new fields at their defaults left out, the user's code by content.
+
+    A name equal to the family is the default too, so an existing experiment keeps its hash. User code
+    enters as its import path plus the SHA-256 of its source files: editing it makes the models stale.
+    """
+    out = {
+        k: v for k, v in dumped.items() if k not in SPEC_HASH_OMITTED_AT_DEFAULT or v != SPEC_HASH_OMITTED_AT_DEFAULT[k]
+    }
+    if out.get("name") in (None, spec.family):
+        out.pop("name", None)
+    if spec.import_path is not None:
+        from mlgraph.core.plugins import source_digest
+
+        out["code_sha256"] = source_digest(spec.import_path)
+    return out
 
 
 class LoadedExperiment(BaseModel):

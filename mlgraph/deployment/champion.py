@@ -17,19 +17,20 @@ import pandas as pd
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.hashing import sha256_file
+from mlgraph.core.plugins import ensure_on_path
 from mlgraph.training import families as fam
 from mlgraph.training import forecasting as fc
 from mlgraph.training.forecast_data import evaluation_series, window_inputs
 from mlgraph.training.labels import binary_labels, encode_labels, target_classes
 from mlgraph.training.model_files import ARGMAX_DECISION
-from mlgraph.training.promotion import PromotionStore
+from mlgraph.training.promotion import PromotionStore, pointer_model_name
 
 
 @dataclass(frozen=True)
 class Champion:
     experiment: str
     task: str
-    family: str
+    family: str  # the kind of model (gru, lightgbm, estimator, torch, ...)
     model_path: Path
     model_version: str
     run_id: str
@@ -37,6 +38,8 @@ class Champion:
     threshold: float | None  # binary classification: the promoted cut-off (multiclass: None, the label is the argmax)
     metric: str | None = None  # the selection metric it was promoted on
     classes: tuple[Any, ...] | None = None  # multiclass: the class labels, in index order
+    name: str = ""  # the spec's name (the family unless the experiment names its specs)
+    import_path: str | None = None  # the user's code (family estimator / torch)
 
     @property
     def multiclass(self) -> bool:
@@ -48,10 +51,15 @@ class Champion:
             return fc.load_forecaster(self.family, self.model_path)
         import joblib
 
+        ensure_on_path()  # a user estimator's class is unpickled from the plugins folder
         return joblib.load(self.model_path)
 
+    @property
+    def model_name(self) -> str:
+        return self.name or self.family
+
     def label(self) -> str:
-        return f"{self.family} v{self.model_version}"
+        return f"{self.model_name} v{self.model_version}"
 
 
 def read_champion(drive: DrivePaths, config: ExperimentConfig) -> Champion:
@@ -84,10 +92,14 @@ def read_champion(drive: DrivePaths, config: ExperimentConfig) -> Champion:
     argmax = pointer.get("decision") == ARGMAX_DECISION
     if config.task == "classification" and threshold is None and not argmax:
         raise ValueError(f"{store.current_path}: field 'threshold' is missing for a classifier. Fix: promote again.")
+    name = pointer_model_name(pointer)
+    spec = next((s for s in config.model_specs if s.key == name), None)
     return Champion(
         experiment=config.name,
         task=config.task,
         family=str(pointer["model_type"]),
+        name=name,
+        import_path=spec.import_path if spec is not None else None,
         model_path=path,
         model_version=str(pointer["model_version"]),
         run_id=str(pointer["run_id"]),

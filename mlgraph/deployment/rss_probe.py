@@ -29,6 +29,9 @@ def run(kind: str, model_path: str, inputs_path: str, family: str = "") -> dict[
         import joblib
         import pandas as pd
 
+        from mlgraph.core.plugins import ensure_on_path
+
+        ensure_on_path()  # a user estimator's class is unpickled from the plugins folder
         model = joblib.load(model_path)
         frame = pd.read_pickle(inputs_path)
         rows = len(frame)

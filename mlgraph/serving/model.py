@@ -25,7 +25,7 @@ from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.deployment import gates, runtime
 from mlgraph.deployment.champion import Champion, Rows, model_features, read_champion
 from mlgraph.training import families as fam
-from mlgraph.training.forecasting import RECURRENT
+from mlgraph.training.forecasting import TORCH_FORECASTERS
 from mlgraph.training.labels import target_classes
 
 FLOAT, INT, BOOL, STR = "float", "int", "bool", "str"
@@ -112,6 +112,7 @@ class LoadedModel:
         return {
             "model_version": c.model_version,
             "runtime": self.runtime,
+            "model": c.model_name,
             "family": c.family,
             "run_id": c.run_id,
             "config_hash": c.config_hash,
@@ -160,10 +161,10 @@ class LoadedModel:
 
 def _check_inputs(champion: Champion, native: Any, spec: InputSpec) -> fam.FeatureSpec | None:
     if spec.window is not None:
-        if champion.family not in RECURRENT:
+        if champion.family not in TORCH_FORECASTERS:
             raise ModelRefused(
-                f"champion {champion.label()}: the service serves recurrent forecasters "
-                f"({', '.join(RECURRENT)}), not {champion.family!r}"
+                f"champion {champion.label()}: the service serves torch forecasters "
+                f"({', '.join(TORCH_FORECASTERS)}), not {champion.family!r}"
             )
         window = int(native.metadata["window"])
         if window != spec.window:

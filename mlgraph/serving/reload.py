@@ -91,7 +91,7 @@ class ModelHolder:
         self.reloads += 1
         LOG.info(
             "serving %s v%s (%s)%s",
-            candidate.champion.family,
+            candidate.champion.model_name,
             candidate.version,
             candidate.runtime,
             f", replacing v{previous.version}" if previous else "",

@@ -1,6 +1,6 @@
-"""Train every configured family with cross-validation, in parallel within the machine's cores.
+"""Train every configured model spec with cross-validation, in parallel within the machine's cores.
 
-The work is cut into tasks — one per (family, fold) plus one final fit per family on the whole
+The work is cut into tasks — one per (spec, fold) plus one final fit per spec on the whole
 training split — and run by joblib (loky processes), slowest first. Every task pins its BLAS and
 torch thread pools to one thread and is seeded from the experiment seed, so results do not depend
 on how tasks land on workers: the same seed and data give identical metrics. Final models are saved
@@ -22,7 +22,7 @@ import pandas as pd
 
 from mlgraph.core import metrics as core_metrics
 from mlgraph.core.atomic import atomic_path
-from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.experiment import ExperimentConfig, ModelSpec
 from mlgraph.core.hashing import sha256_file
 from mlgraph.training import families as fam
 from mlgraph.training import forecasting as fc
@@ -30,6 +30,7 @@ from mlgraph.training import metrics as mt
 from mlgraph.training.cv import cv_splits
 from mlgraph.training.forecast_data import training_series
 from mlgraph.training.labels import class_labels, probability_columns, selection_metric
+from mlgraph.training.user_code import check_specs
 
 SKLEARN_SUFFIX = ".joblib"
 
@@ -41,8 +42,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def artifact_name(task: str, family: str) -> str:
-    return family + (fc.ARTIFACT_SUFFIX[family] if task == "forecasting" else SKLEARN_SUFFIX)
+def artifact_name(task: str, name: str, family: str) -> str:
+    """The model file of spec `name`: named after the spec, with its family's format as the suffix."""
+    return name + (fc.ARTIFACT_SUFFIX[family] if task == "forecasting" else SKLEARN_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -99,17 +101,25 @@ def prepare_training_data(train: pd.DataFrame, config: ExperimentConfig, where: 
 
 @dataclass(frozen=True)
 class Task:
-    family: str
+    spec: ModelSpec
     fold: int | None  # None = the final fit on the whole training split
     train_idx: np.ndarray
     val_idx: np.ndarray | None
     params: dict[str, Any]
     artifact: Path | None
 
+    @property
+    def name(self) -> str:
+        return self.spec.key
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
 
 @dataclass
 class TaskResult:
-    family: str
+    name: str
     fold: int | None
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
@@ -127,16 +137,17 @@ FORECAST_PARAM_KEYS = {
 }
 
 
-def family_params(config: ExperimentConfig, family: str) -> dict[str, Any]:
-    overrides = config.model_params(family)
+def spec_params(config: ExperimentConfig, spec: ModelSpec) -> dict[str, Any]:
+    """The spec's params with its family's defaults filled in (forecasting: from the `forecast` section)."""
+    family, overrides = spec.family, dict(spec.params)
     unknown = sorted(set(overrides) - FORECAST_PARAM_KEYS.get(family, set(overrides)))
     if config.task == "forecasting" and unknown:
         raise ValueError(
-            f"experiment {config.name!r}: models[{family}].params {unknown} are not {family} settings. "
+            f"experiment {config.name!r}: models[{spec.key}].params {unknown} are not {family} settings. "
             f"Fix: use {sorted(FORECAST_PARAM_KEYS[family])} (or the experiment's 'forecast' section)."
         )
     if config.task == "forecasting":
-        if family in fc.RECURRENT:
+        if family in fc.TORCH_FORECASTERS:
             f = config.forecast
             base = {
                 "hidden_size": f.hidden_size,
@@ -147,6 +158,8 @@ def family_params(config: ExperimentConfig, family: str) -> dict[str, Any]:
                 "window": f.window,
                 "horizon": f.horizon,
             }
+            if family == "torch":  # the user's network has its own size; everything else goes to build()
+                del base["hidden_size"]
             return {**base, **overrides}
         if family == "seasonal_naive":
             return {"seasonal_period": config.forecast.seasonal_period, "horizon": config.forecast.horizon, **overrides}
@@ -190,7 +203,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def run_task(task: Task, data: TrainingData, config: ExperimentConfig, parent_pid: int | None = None) -> TaskResult:
-    """Fit one family on one fold (predict its validation rows) or on everything (save the model)."""
+    """Fit one spec on one fold (predict its validation rows) or on everything (save the model)."""
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
     with _single_thread():
@@ -203,7 +216,7 @@ def _run_tabular_task(task: Task, data: TrainingData, config: ExperimentConfig) 
     import joblib
 
     assert data.X is not None and data.features is not None
-    model = fam.build_model(data.task, task.family, task.params, data.features, config.seed)
+    model = fam.build_model(data.task, task.family, task.params, data.features, config.seed, task.spec)
     X_tr, y_tr = data.X.iloc[task.train_idx], data.y[task.train_idx]
     start = time.perf_counter()
     model.fit(X_tr, y_tr)
@@ -213,7 +226,9 @@ def _run_tabular_task(task: Task, data: TrainingData, config: ExperimentConfig) 
         with atomic_path(task.artifact) as tmp:
             # zlib level 1: a 400-tree forest shrinks ~3× for ~1 s; joblib output is deterministic.
             joblib.dump(model, tmp, compress=1)
-        return TaskResult(task.family, None, seconds, artifact_sha256=sha256_file(task.artifact))
+        # The platform's torch loop records per-epoch losses (MLflow step metrics).
+        history = list(getattr(fam.final_estimator(model), "history_", []))
+        return TaskResult(task.name, None, seconds, artifact_sha256=sha256_file(task.artifact), history=history)
     assert task.val_idx is not None
     preds = fam.predict(data.task, model, data.X.iloc[task.val_idx])
     seconds = time.perf_counter() - start
@@ -224,7 +239,7 @@ def _run_tabular_task(task: Task, data: TrainingData, config: ExperimentConfig) 
         metrics = core_metrics.classification_metrics(y_va, preds, threshold=0.5)
     else:
         metrics = core_metrics.regression_metrics(y_va, preds)
-    return TaskResult(task.family, task.fold, seconds, metrics, preds, task.val_idx)
+    return TaskResult(task.name, task.fold, seconds, metrics, preds, task.val_idx)
 
 
 def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig) -> TaskResult:
@@ -236,13 +251,15 @@ def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig)
     end = int(task.train_idx.max()) + 1  # expanding window: the training part is a prefix
     start = time.perf_counter()
     observed = data.observed if data.observed is not None else np.ones(len(data.y), dtype=bool)
-    fit = fc.fit_forecaster(task.family, data.y[:end], data.timestamps[:end], cfg, params, config.seed, observed[:end])
+    fit = fc.fit_forecaster(
+        task.family, data.y[:end], data.timestamps[:end], cfg, params, config.seed, observed[:end], task.spec.module
+    )
     if task.fold is None:
         seconds = time.perf_counter() - start
         assert task.artifact is not None
         fc.save_forecaster(fit, task.artifact)
         return TaskResult(
-            task.family,
+            task.name,
             None,
             seconds,
             artifact_sha256=sha256_file(task.artifact),
@@ -254,12 +271,16 @@ def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig)
     preds = fc.predict_forecaster(fit, data.y, data.timestamps, val_idx)
     seconds = time.perf_counter() - start
     metrics = mt.forecast_metrics(data.y[val_idx], preds, config.selection.composite_weights, data.scale)
-    return TaskResult(task.family, task.fold, seconds, metrics, preds, val_idx, history=fit.history)
+    return TaskResult(task.name, task.fold, seconds, metrics, preds, val_idx, history=fit.history)
 
 
 @dataclass
-class FamilyOutcome:
+class ModelOutcome:
+    """One spec's trained model: its file, cross-validation and fit cost."""
+
+    name: str
     family: str
+    spec: ModelSpec
     params: dict[str, Any]
     artifact: Path
     artifact_sha256: str
@@ -273,7 +294,7 @@ class FamilyOutcome:
 
 @dataclass
 class TrainingOutcome:
-    families: dict[str, FamilyOutcome]
+    models: dict[str, ModelOutcome]  # spec name → outcome, in config order
     oof: pd.DataFrame  # model, row, fold, y_true, y_pred (classification: y_score) (+ timestamp for forecasting)
     data: TrainingData
     n_jobs: int
@@ -282,14 +303,16 @@ class TrainingOutcome:
 
 
 def plan_tasks(config: ExperimentConfig, data: TrainingData, models_dir: Path) -> list[Task]:
-    min_train = max(fc.min_history(f, config.forecast) for f in config.families) if data.task == "forecasting" else 1
+    specs = config.model_specs
+    min_train = max(fc.min_history(s.family, config.forecast) for s in specs) if data.task == "forecasting" else 1
     splits = cv_splits(data.task, data.y, config.cv_folds, config.seed, min_train=min_train)
     everything = np.arange(len(data.y))
     tasks = []
-    for family in config.families:
-        params = family_params(config, family)
-        tasks.append(Task(family, None, everything, None, params, models_dir / artifact_name(data.task, family)))
-        tasks.extend(Task(family, k, tr, va, params, None) for k, (tr, va) in enumerate(splits))
+    for spec in specs:
+        params = spec_params(config, spec)
+        artifact = models_dir / artifact_name(data.task, spec.key, spec.family)
+        tasks.append(Task(spec, None, everything, None, params, artifact))
+        tasks.extend(Task(spec, k, tr, va, params, None) for k, (tr, va) in enumerate(splits))
     # Slowest first (stable otherwise), so no core idles behind a late random forest.
     return sorted(tasks, key=lambda t: -fam.FIT_COST.get(t.family, 1))
 
@@ -301,10 +324,15 @@ def train_candidates(
     n_jobs: int | None = None,
     where: str = "train.parquet",
 ) -> TrainingOutcome:
-    """Cross-validate and fit every configured family; save each final model under `models_dir`."""
+    """Cross-validate and fit every configured model spec; save each final model under `models_dir`.
+
+    Specs with the user's code are tried first (user_code.check_specs): a wrong spec stops the run
+    before any training.
+    """
     start = time.perf_counter()
     data = prepare_training_data(train, config, where)
     metric = selection_metric(config, data.n_classes)
+    check_specs(config, data)
     models_dir.mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(config, data, models_dir)
     n_jobs = max(1, min(n_jobs or available_cores(), len(tasks)))
@@ -320,20 +348,23 @@ def train_candidates(
 
         get_reusable_executor().shutdown(wait=True)
 
-    outcomes: dict[str, FamilyOutcome] = {}
+    outcomes: dict[str, ModelOutcome] = {}
     oof_parts = []
-    by_family: dict[str, list[TaskResult]] = {}
+    by_name: dict[str, list[TaskResult]] = {}
     for result in results:
-        by_family.setdefault(result.family, []).append(result)
-    for family in config.families:
-        parts = by_family[family]
+        by_name.setdefault(result.name, []).append(result)
+    for spec in config.model_specs:
+        name = spec.key
+        parts = by_name[name]
         final = next(r for r in parts if r.fold is None)
         folds = sorted((r for r in parts if r.fold is not None), key=lambda r: r.fold)
         fold_metrics = [r.metrics for r in folds]
-        outcomes[family] = FamilyOutcome(
-            family=family,
-            params=next(t.params for t in tasks if t.family == family),
-            artifact=models_dir / artifact_name(data.task, family),
+        outcomes[name] = ModelOutcome(
+            name=name,
+            family=spec.family,
+            spec=spec,
+            params=next(t.params for t in tasks if t.name == name),
+            artifact=models_dir / artifact_name(data.task, name, spec.family),
             artifact_sha256=final.artifact_sha256 or "",
             fit_seconds=final.seconds,
             cv_seconds=sum(r.seconds for r in folds),
@@ -342,15 +373,15 @@ def train_candidates(
             history=final.history,
             metadata=final.metadata,
         )
-        oof_parts.extend(_oof_part(family, r, data) for r in folds)
+        oof_parts.extend(_oof_part(name, r, data) for r in folds)
     oof = pd.concat(oof_parts, ignore_index=True)
     return TrainingOutcome(outcomes, oof, data, n_jobs, time.perf_counter() - start, metric)
 
 
-def _oof_part(family: str, r: TaskResult, data: TrainingData) -> pd.DataFrame:
+def _oof_part(name: str, r: TaskResult, data: TrainingData) -> pd.DataFrame:
     """One fold's out-of-fold rows: binary classifiers give scores (the threshold turns them into labels
     later), multiclass ones the argmax label and every class probability, the others values."""
-    part = pd.DataFrame({"model": family, "row": r.val_idx, "fold": r.fold, "y_true": data.y[r.val_idx]})
+    part = pd.DataFrame({"model": name, "row": r.val_idx, "fold": r.fold, "y_true": data.y[r.val_idx]})
     if data.task == "classification" and r.predictions.ndim == 2:
         part["y_pred"] = r.predictions.argmax(axis=1).astype(np.int64)
         part[probability_columns(data.classes)] = r.predictions

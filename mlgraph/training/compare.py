@@ -2,7 +2,7 @@
 
 One row per execution — the MLflow parent run of one Dagster run — with its metadata (run ids,
 start, duration, status, champion), its inputs (`params.*`) and its metrics (`metrics.*`; for a
-metric logged as a series, its last value, as MLflow reports it). `level="family"` gives one row
+metric logged as a series, its last value, as MLflow reports it). `level="model"` gives one row
 per candidate (child run) instead. Rows can be filtered (KEY=VALUE, KEY!=VALUE, KEY>=N, ...) and
 sorted by any column; the table, CSV and JSON renderings share the same rows.
 """
@@ -40,12 +40,18 @@ def _number(value: Any) -> float | None:
         return None
 
 
+# `--level family` predates spec names: one child run per model spec, which used to be one per family.
+LEVEL_ALIASES = {"family": "model"}
+
+
 def run_rows(
     client: Any, experiment_id: str, level: str = "execution", now_ms: int | None = None
 ) -> list[dict[str, Any]]:
-    """Rows for every parent run (level "execution") or child run (level "family") of an experiment."""
-    if level not in ("execution", "family"):
-        raise ValueError(f"level must be 'execution' or 'family', got {level!r}")
+    """Rows for every parent run (level "execution") or child run (level "model"; "family" is its old
+    spelling) of an experiment."""
+    level = LEVEL_ALIASES.get(level, level)
+    if level not in ("execution", "model"):
+        raise ValueError(f"level must be 'execution' or 'model', got {level!r}")
     role = ROLE_PARENT if level == "execution" else ROLE_CANDIDATE
     now_ms = now_ms if now_ms is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     runs, token = [], None
@@ -74,6 +80,8 @@ def run_rows(
             row["champion"] = tags.get("mlgraph.champion")
             row["promoted"] = tags.get("mlgraph.promoted")
         else:
+            # Child runs from before spec names carry only the family, which was their name.
+            row["model"] = tags.get("mlgraph.model") or tags.get("mlgraph.family")
             row["family"] = tags.get("mlgraph.family")
             row["parent_run_id"] = tags.get(PARENT_TAG)
         row.update({f"params.{k}": v for k, v in sorted(run.data.params.items())})

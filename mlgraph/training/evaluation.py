@@ -24,6 +24,7 @@ from mlgraph.core.atomic import atomic_path
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.markdown import md_table
+from mlgraph.core.plugins import ensure_on_path
 from mlgraph.training import families as fam
 from mlgraph.training import forecasting as fc
 from mlgraph.training import metrics as mt
@@ -49,11 +50,13 @@ class EvaluationOutcome:
     series: dict[str, Any] | None = None  # forecasting: how train + test were reindexed (forecast_data)
 
 
-def load_model(task: str, family: str, path: Path):
+def load_model(task: str, name: str, path: Path):
+    """Spec `name`'s saved model (a forecaster's family is recorded in its file)."""
     if task == "forecasting":
-        return fc.load_forecaster(family, path)
+        return fc.load_forecaster(None, path)
     import joblib
 
+    ensure_on_path()  # a user estimator's class is unpickled from the plugins folder
     return joblib.load(path)
 
 

@@ -14,8 +14,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.experiment import USER_FAMILIES, ExperimentConfig, ModelSpec
 
+# LightGBM and XGBoost: 200 trees of moderate size, one thread each (parallelism comes from training
+# specs and folds side by side), and the libraries' deterministic modes, so a rerun rewrites identical
+# model bytes: LightGBM `deterministic` + `force_row_wise`, XGBoost's `hist` method on one thread.
+BOOSTING_PARAMS: dict[str, dict[str, Any]] = {
+    "lightgbm": {
+        "n_estimators": 200,
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_child_samples": 20,
+        "n_jobs": 1,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbose": -1,
+    },
+    "xgboost": {"n_estimators": 200, "learning_rate": 0.1, "max_depth": 6, "tree_method": "hist", "n_jobs": 1},
+}
 # Defaults from the design documents (001 for the classifiers); experiment params override them.
 DEFAULT_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "classification": {
@@ -27,6 +43,8 @@ DEFAULT_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "svm": {"kernel": "rbf", "C": 1.0, "calibration_folds": 2},
         "decision_tree": {"max_depth": 8, "min_samples_leaf": 10},
         "random_forest": {"n_estimators": 400, "min_samples_leaf": 2},
+        "hist_gradient_boosting": {"max_iter": 200},
+        **BOOSTING_PARAMS,
     },
     "regression": {
         "ridge": {"alpha": 1.0},
@@ -34,6 +52,7 @@ DEFAULT_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "hist_gradient_boosting": {"max_iter": 200},
         "knn": {"n_neighbors": 7},
         "decision_tree": {"max_depth": 8, "min_samples_leaf": 10},
+        **BOOSTING_PARAMS,
     },
 }
 # Relative fit cost, used only to start the slow tasks first so the cores stay busy to the end.
@@ -49,6 +68,10 @@ FIT_COST = {
     "ridge": 1,
     "decision_tree": 1,
     "seasonal_naive": 0,
+    "lightgbm": 4,
+    "xgboost": 4,
+    "estimator": 5,  # unknown: between the cheap and the slow built-ins
+    "torch": 10,
 }
 
 
@@ -106,6 +129,8 @@ def prepare_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 
 
 def resolved_params(task: str, family: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    if family in USER_FAMILIES:
+        return dict(overrides)  # the user's code has its own defaults
     try:
         defaults = DEFAULT_PARAMS[task][family]
     except KeyError:
@@ -161,6 +186,18 @@ def _estimator(task: str, family: str, params: dict[str, Any], seed: int):
 
             # n_jobs=1: parallelism comes from training families and folds side by side.
             return RandomForestClassifier(random_state=seed, n_jobs=1, **params)
+        if family == "hist_gradient_boosting":
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            return HistGradientBoostingClassifier(random_state=seed, **params)
+        if family == "lightgbm":
+            from lightgbm import LGBMClassifier
+
+            return LGBMClassifier(random_state=seed, **params)
+        if family == "xgboost":
+            from xgboost import XGBClassifier
+
+            return XGBClassifier(random_state=seed, **params)
     if task == "regression":
         if family == "ridge":
             from sklearn.linear_model import Ridge
@@ -182,13 +219,36 @@ def _estimator(task: str, family: str, params: dict[str, Any], seed: int):
             from sklearn.tree import DecisionTreeRegressor
 
             return DecisionTreeRegressor(random_state=seed, **params)
+        if family == "lightgbm":
+            from lightgbm import LGBMRegressor
+
+            return LGBMRegressor(random_state=seed, **params)
+        if family == "xgboost":
+            from xgboost import XGBRegressor
+
+            return XGBRegressor(random_state=seed, **params)
     raise ValueError(f"no tabular family {family!r} for task {task!r}")
 
 
-def build_model(task: str, family: str, params: dict[str, Any], spec: FeatureSpec, seed: int):
-    """An unfitted Pipeline(preprocess → estimator); `params` are the resolved family params."""
+def build_model(
+    task: str, family: str, params: dict[str, Any], spec: FeatureSpec, seed: int, model: ModelSpec | None = None
+):
+    """An unfitted Pipeline(preprocess → estimator); `params` are the resolved params of the spec `model`.
+
+    The user's code (`family: estimator` / `torch`) needs `model` for its import path; an estimator spec
+    with `preprocessing: none` is returned as it is, the whole pipeline on the raw columns.
+    """
     from sklearn.pipeline import Pipeline
 
+    if family in USER_FAMILIES:
+        if model is None:
+            raise ValueError(f"family {family!r} needs its model spec (the import path of the user's code)")
+        from mlgraph.training import user_code
+
+        estimator = user_code.build_estimator(model, params, task, seed)
+        if model.preprocessing == "none":
+            return estimator
+        return Pipeline([("preprocess", _preprocessor(spec)), ("model", estimator)])
     try:
         estimator = _estimator(task, family, params, seed)
     except TypeError as exc:
@@ -196,6 +256,12 @@ def build_model(task: str, family: str, params: dict[str, Any], spec: FeatureSpe
             f"family {family!r}: invalid params {params}: {exc}. Fix: correct models[].params in the experiment YAML."
         ) from None
     return Pipeline([("preprocess", _preprocessor(spec)), ("model", estimator)])
+
+
+def final_estimator(model):
+    """The estimator at the end of a Pipeline (or the model itself: a user estimator with no preprocessing)."""
+    steps = getattr(model, "steps", None)
+    return steps[-1][1] if steps else model
 
 
 def positive_scores(model, X: pd.DataFrame) -> np.ndarray:

@@ -42,9 +42,11 @@ from mlgraph.core.experiment import ForecastConfig
 from mlgraph.training.forecast_data import window_inputs
 
 RECURRENT = ("gru", "lstm")
+# Trained by the torch loop below: the built-in recurrent nets and the user's own network (`family: torch`).
+TORCH_FORECASTERS = (*RECURRENT, "torch")
 CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
-ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
+ARTIFACT_SUFFIX = {"gru": ".pt", "lstm": ".pt", "torch": ".pt", "prophet": ".json", "seasonal_naive": ".json"}
 CHANGE, LEVEL = "change", "level"
 
 
@@ -61,7 +63,7 @@ class ForecastFit:
 
 def min_history(family: str, cfg: ForecastConfig) -> int:
     """Observed steps a forecaster needs before its first prediction."""
-    if family in RECURRENT:
+    if family in TORCH_FORECASTERS:
         return cfg.window + cfg.horizon
     if family == "seasonal_naive":
         return seasonal_lag(cfg) + 1
@@ -123,34 +125,25 @@ def torch_deterministic(seed: int, threads: int = 1, device_type: str = "cpu") -
 
 
 @functools.cache
-def _recurrent_class():
-    """The torch module class, built on first use so that importing this module never imports torch."""
+def _forecaster_classes():
+    """The torch module classes, built on first use so that importing this module never imports torch."""
     import torch
     from torch import nn
 
-    class RecurrentForecaster(nn.Module):
-        """GRU or LSTM with a linear head on the last state: raw window (N, steps, 1) in, raw forecast (N,) out.
+    class ScaledForecaster(nn.Module):
+        """Raw window (N, steps, 1) in, raw forecast (N,) out, around a net that works in scaled units.
 
-        The net works in scaled units (`scaled`); `forward` wraps it in the transform of the module
-        docstring, so training, evaluation, the native predictor and the ONNX export run one graph. The
-        constants are plain attributes, not buffers: the state_dict holds the weights only, as it always did.
+        `scaled` is the net alone; `forward` wraps it in the transform of the module docstring, so
+        training, evaluation, the native predictor and the ONNX export run one graph. The constants are
+        plain attributes, not buffers: the state_dict holds the weights only, as it always did.
         """
 
-        def __init__(self, cell: str, hidden_size: int, transform: dict[str, Any]):
+        def __init__(self, transform: dict[str, Any]):
             super().__init__()
-            rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
-            self.rnn = rnn(input_size=1, hidden_size=hidden_size, batch_first=True)
-            self.head = nn.Linear(hidden_size, 1)
             self.target_mode = transform.get("target_mode", LEVEL)  # files saved before "change" existed
             self.mean, self.std = float(transform["mean"]), float(transform["std"])
             if self.target_mode == CHANGE:
                 self.change_scale = float(transform["change_scale"])
-
-        def scaled(self, x: torch.Tensor) -> torch.Tensor:
-            """The net alone: scaled windows (N, steps, 1) → scaled targets (N,)."""
-            out, _ = self.rnn(x)
-            # The head on a 3-D slice exports as MatMul + Add (quantizable), on a 2-D one as Gemm (not).
-            return self.head(out[:, -1:, :])[:, 0, 0]
 
         def forward(self, window: torch.Tensor) -> torch.Tensor:
             if self.target_mode == CHANGE:
@@ -158,12 +151,44 @@ def _recurrent_class():
                 return self.scaled((window - last) / self.change_scale) * self.change_scale + last[:, 0, 0]
             return self.scaled((window - self.mean) / self.std) * self.std + self.mean
 
-    return RecurrentForecaster
+    class RecurrentForecaster(ScaledForecaster):
+        """GRU or LSTM with a linear head on the last state."""
+
+        def __init__(self, cell: str, hidden_size: int, transform: dict[str, Any]):
+            super().__init__(transform)
+            rnn = {"gru": nn.GRU, "lstm": nn.LSTM}[cell]
+            self.rnn = rnn(input_size=1, hidden_size=hidden_size, batch_first=True)
+            self.head = nn.Linear(hidden_size, 1)
+
+        def scaled(self, x: torch.Tensor) -> torch.Tensor:
+            """Scaled windows (N, steps, 1) → scaled targets (N,)."""
+            out, _ = self.rnn(x)
+            # The head on a 3-D slice exports as MatMul + Add (quantizable), on a 2-D one as Gemm (not).
+            return self.head(out[:, -1:, :])[:, 0, 0]
+
+    class UserForecaster(ScaledForecaster):
+        """The user's network (`family: torch`): scaled windows (N, steps) → one scaled forecast each."""
+
+        def __init__(self, net: nn.Module, transform: dict[str, Any]):
+            super().__init__(transform)
+            self.net = net
+
+        def scaled(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x[:, :, 0]).reshape(x.shape[0])
+
+    return RecurrentForecaster, UserForecaster
 
 
 def recurrent_model(family: str, metadata: dict[str, Any]):
-    """A GRU/LSTM forecaster (untrained) with the size and transform recorded in `metadata`."""
-    return _recurrent_class()(family, int(metadata["hidden_size"]), metadata)
+    """A torch forecaster (untrained) with the size, transform and user code recorded in `metadata`."""
+    recurrent, user = _forecaster_classes()
+    if family == "torch":
+        from mlgraph.core.experiment import ModelSpec
+        from mlgraph.training.user_code import build_torch_module
+
+        spec = ModelSpec(name=metadata.get("name"), family="torch", module=metadata["module"])
+        return user(build_torch_module(spec, int(metadata["window"]), metadata["build_params"]), metadata)
+    return recurrent(family, int(metadata["hidden_size"]), metadata)
 
 
 def fit_transform(y: np.ndarray, positions: np.ndarray, horizon: int, mode: str) -> dict[str, Any]:
@@ -191,13 +216,20 @@ def scaled_examples(
 
 
 def _fit_recurrent(
-    family: str, y: np.ndarray, observed: np.ndarray, cfg: ForecastConfig, params: dict[str, Any], seed: int
+    family: str,
+    y: np.ndarray,
+    observed: np.ndarray,
+    cfg: ForecastConfig,
+    params: dict[str, Any],
+    seed: int,
+    module: str | None = None,
 ) -> ForecastFit:
     import copy
 
     import torch
 
-    hidden = int(params.get("hidden_size", cfg.hidden_size))
+    from mlgraph.training.user_code import TORCH_LOOP_KEYS
+
     lr = float(params.get("learning_rate", cfg.learning_rate))
     epochs = int(params.get("epochs", cfg.epochs))
     patience = int(params.get("patience", cfg.patience))
@@ -213,13 +245,13 @@ def _fit_recurrent(
     x, target = scaled_examples(y, positions, cfg.window, cfg.horizon, transform)
     X, t = torch.from_numpy(x).to(device), torch.from_numpy(target).to(device)
     X_tr, t_tr, X_va, t_va = X[:-n_val], t[:-n_val], X[-n_val:], t[-n_val:]
-    metadata: dict[str, Any] = {
-        "family": family,
-        "window": cfg.window,
-        "horizon": cfg.horizon,
-        "hidden_size": hidden,
-        **transform,
-    }
+    metadata: dict[str, Any] = {"family": family, "window": cfg.window, "horizon": cfg.horizon}
+    if family == "torch":  # what rebuilds the user's network: its import path and build() params
+        skip = {*TORCH_LOOP_KEYS, "window", "horizon", "device"}
+        metadata.update(module=module, build_params={k: v for k, v in params.items() if k not in skip})
+    else:
+        metadata["hidden_size"] = int(params.get("hidden_size", cfg.hidden_size))
+    metadata.update(transform)
 
     start = time.perf_counter()
     with torch_deterministic(seed, device_type=device.type):
@@ -310,15 +342,17 @@ def fit_forecaster(
     params: dict[str, Any],
     seed: int,
     observed: np.ndarray | None = None,
+    module: str | None = None,
 ) -> ForecastFit:
     """Fit one forecaster on the regular series `y` (time order) with timestamps `ts`.
 
     `observed` (default: all) is False where forecast_data filled a gap: never a target, never fitted.
+    `module` is the user's "module:build" for family "torch".
     """
     y = np.asarray(y, dtype=np.float64)
     observed = np.ones(y.size, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
-    if family in RECURRENT:
-        return _fit_recurrent(family, y, observed, cfg, params, seed)
+    if family in TORCH_FORECASTERS:
+        return _fit_recurrent(family, y, observed, cfg, params, seed, module)
     if family == "prophet":
         return _fit_prophet(y, ts, observed, params, seed)
     if family == "seasonal_naive":
@@ -337,7 +371,7 @@ def predict_forecaster(fit: ForecastFit, series: np.ndarray, ts: np.ndarray, pos
     series = np.asarray(series, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.int64)
     family = fit.family
-    if family in RECURRENT:
+    if family in TORCH_FORECASTERS:
         import torch
 
         meta = fit.metadata
@@ -365,7 +399,7 @@ def predict_forecaster(fit: ForecastFit, series: np.ndarray, ts: np.ndarray, pos
 def save_forecaster(fit: ForecastFit, path: Path) -> Path:
     """Atomically write the artifact: torch state_dict + metadata (.pt), Prophet JSON, naive params."""
     path = Path(path)
-    if fit.family in RECURRENT:
+    if fit.family in TORCH_FORECASTERS:
         import torch
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -382,13 +416,17 @@ def save_forecaster(fit: ForecastFit, path: Path) -> Path:
     return atomic_write_json(path, {"metadata": fit.metadata})
 
 
-def load_forecaster(family: str, path: Path) -> ForecastFit:
+def load_forecaster(family: str | None, path: Path) -> ForecastFit:
+    """A saved forecaster; `family` None reads it from the file (every artifact records its family)."""
     path = Path(path)
-    if family in RECURRENT:
+    if family is None:
+        family = "gru" if path.suffix == ".pt" else json.loads(path.read_text())["metadata"]["family"]
+    if family in TORCH_FORECASTERS:
         import torch
 
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = payload["metadata"]
+        family = meta.get("family", family)
         model = recurrent_model(family, meta)
         model.load_state_dict(payload["state_dict"])
         model.eval()

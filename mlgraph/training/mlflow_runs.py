@@ -40,7 +40,7 @@ def execution_params(
         "experiment": config.name,
         "task": config.task,
         "config_hash": config.config_hash,
-        "families": ",".join(config.families),
+        "families": ",".join(config.model_names),
         "selection_metric": selection_metric or config.selection_metric,
         "cv_folds": config.cv_folds,
         "seed": config.seed,
@@ -131,18 +131,21 @@ class ExecutionRun:
 
 
 def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[str, str], config: Any) -> str:
-    """One child run for a trained family: params, fold metrics, CV summary, epoch losses, the model file.
+    """One child run for a trained model spec: params, fold metrics, CV summary, epoch losses, the model file.
 
-    `result` is a candidates.FamilyOutcome; fold metrics are series with step = fold index, per-epoch
-    losses series with step = epoch.
+    `result` is a candidates.ModelOutcome; the run is named after the spec. Fold metrics are series with
+    step = fold index, per-epoch losses series with step = epoch.
     """
-    # Families train in worker processes before anything is logged: date the child run back by its own
-    # compute time (fit + CV) so its MLflow duration (and `mlgraph compare`'s) is the family's cost.
+    # Specs train in worker processes before anything is logged: date the child run back by its own
+    # compute time (fit + CV) so its MLflow duration (and `mlgraph compare`'s) is the spec's cost.
     start_ms = int((time.time() - result.fit_seconds - result.cv_seconds) * 1000)
-    run_id = tracker.child_run(parent_id, result.family, {**tags, "mlgraph.family": result.family}, start_ms)
+    run_tags = {**tags, "mlgraph.family": result.family, "mlgraph.model": result.name}
+    run_id = tracker.child_run(parent_id, result.name, run_tags, start_ms)
     params = {
         **{f"model.{k}": v for k, v in result.params.items()},
         "family": result.family,
+        **({"model_name": result.name} if result.name != result.family else {}),
+        **({"import_path": result.spec.import_path} if result.spec.import_path else {}),
         "seed": config.seed,
         "cv_folds": config.cv_folds,
     }
@@ -155,7 +158,7 @@ def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[s
     if result.history:
         metrics.update({"epochs_run": len(result.history), "best_epoch": result.metadata.get("best_epoch", 0)})
     tracker.log(run_id, params=params, metrics=metrics, series=series)
-    tracker.log_artifact(run_id, str(result.artifact), artifact_path=result.family)
+    tracker.log_artifact(run_id, str(result.artifact), artifact_path=result.name)
     tracker.set_status(run_id, "FINISHED")
     return run_id
 
@@ -163,13 +166,11 @@ def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[s
 def log_candidates(
     tracker: Tracker, parent_id: str, outcome: Any, tags: Mapping[str, str], config: Any
 ) -> dict[str, str]:
-    """Child runs for every family of a candidates.TrainingOutcome, then the parent's totals; family → run id.
+    """Child runs for every spec of a candidates.TrainingOutcome, then the parent's totals; spec name → run id.
 
     Written one after another once the workers are done: the workers never touch MLflow.
     """
-    run_ids = {
-        family: log_candidate(tracker, parent_id, result, tags, config) for family, result in outcome.families.items()
-    }
+    run_ids = {name: log_candidate(tracker, parent_id, result, tags, config) for name, result in outcome.models.items()}
     tracker.log(parent_id, metrics={"training_seconds": outcome.wall_seconds, "workers": outcome.n_jobs})
     return run_ids
 
@@ -177,9 +178,9 @@ def log_candidates(
 def log_thresholds(
     tracker: Tracker, parent_id: str, manifest: Mapping[str, Any], results: Mapping[str, Any], chosen: str
 ) -> None:
-    """Each family's calibrated threshold on its child run; the chosen family's on the parent run."""
-    for family, entry in manifest["families"].items():
-        result = results[family]
+    """Each spec's calibrated threshold on its child run; the chosen spec's on the parent run."""
+    for name, entry in manifest["families"].items():
+        result = results[name]
         tracker.log(
             entry["run_id"],
             metrics={

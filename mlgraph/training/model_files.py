@@ -1,7 +1,8 @@
 """The model-file contract: what each training asset reads and writes on the drive, and its data version.
 
     datasets/{experiment}/meta.json       read: the split's digests name the data a model was trained on
-    models/{experiment}/candidates.json   candidate_models: per family artifact, hash, MLflow run, CV
+    models/{experiment}/candidates.json   candidate_models: per model spec (by name; "families" for history)
+                                          family, artifact, hash, MLflow run, CV
     models/{experiment}/oof_predictions.parquet   candidate_models: out-of-fold predictions
     models/{experiment}/thresholds.json, threshold.txt   decision_threshold (binary classification;
                                           a multiclass target gets thresholds.json saying "argmax, no threshold")
@@ -81,13 +82,18 @@ def selection_metric(manifest: Mapping[str, Any], config: ExperimentConfig) -> s
 
 
 def cv_scores(manifest: Mapping[str, Any], metric: str) -> dict[str, float]:
-    """family → mean cross-validated `metric`."""
-    return {family: entry["cv"][metric]["mean"] for family, entry in manifest["families"].items()}
+    """model name → mean cross-validated `metric`."""
+    return {name: entry["cv"][metric]["mean"] for name, entry in manifest["families"].items()}
 
 
 def artifacts(drive: DrivePaths, experiment: str, manifest: Mapping[str, Any]) -> dict[str, Path]:
-    """family → its saved model file."""
-    return {family: drive.models_dir(experiment) / entry["artifact"] for family, entry in manifest["families"].items()}
+    """model name → its saved model file."""
+    return {name: drive.models_dir(experiment) / entry["artifact"] for name, entry in manifest["families"].items()}
+
+
+def model_family(manifest: Mapping[str, Any], name: str) -> str:
+    """The family of model `name` (manifests written before spec names: the name is the family)."""
+    return manifest["families"][name].get("family", name)
 
 
 def write_oof(drive: DrivePaths, config: ExperimentConfig, outcome: Any) -> Path:
@@ -128,12 +134,15 @@ def write_candidates(
             "features": outcome.data.features.to_dict() if outcome.data.features else None,
             "workers": outcome.n_jobs,
             "wall_seconds": round(outcome.wall_seconds, 3),
+            # Keyed by spec name (the family unless the spec names itself); the key predates names.
             "families": {
-                family: {
+                name: {
+                    "family": r.family,
+                    **({"import_path": r.spec.import_path} if r.spec.import_path else {}),
                     "artifact": r.artifact.name,
                     "artifact_sha256": r.artifact_sha256,
-                    "run_id": run_ids[family],
-                    "model_uri": f"runs:/{run_ids[family]}/{family}",
+                    "run_id": run_ids[name],
+                    "model_uri": f"runs:/{run_ids[name]}/{name}",
                     "params": r.params,
                     "fit_seconds": round(r.fit_seconds, 3),
                     "cv_seconds": round(r.cv_seconds, 3),
@@ -142,7 +151,7 @@ def write_candidates(
                     "epochs_run": len(r.history) or None,
                     "best_epoch": r.metadata.get("best_epoch"),
                 }
-                for family, r in outcome.families.items()
+                for name, r in outcome.models.items()
             },
         },
     )
@@ -154,7 +163,7 @@ def candidates_version(outcome: Any) -> str:
     Pickle bytes can differ between identical fits (memo sharing across worker processes), so this
     hashes the fold metrics and the out-of-fold predictions: deterministic training, same version.
     """
-    semantic = json.dumps({f: r.fold_metrics for f, r in outcome.families.items()}, sort_keys=True)
+    semantic = json.dumps({name: r.fold_metrics for name, r in outcome.models.items()}, sort_keys=True)
     semantic += str(pd.util.hash_pandas_object(outcome.oof, index=False).sum())
     return sha256_text(semantic)
 
@@ -167,7 +176,7 @@ def read_oof(drive: DrivePaths, experiment: str) -> pd.DataFrame:
 
 
 def write_thresholds(drive: DrivePaths, config: ExperimentConfig, results: Mapping[str, Any], chosen: str) -> Path:
-    """thresholds.json (every family's ThresholdResult) and threshold.txt (the chosen family's cut-off)."""
+    """thresholds.json (every spec's ThresholdResult) and threshold.txt (the chosen spec's cut-off)."""
     atomic_write_json(
         drive.thresholds_json(config.name),
         {
@@ -205,9 +214,9 @@ def write_argmax_decision(
 
 
 def read_thresholds(drive: DrivePaths, experiment: str) -> dict[str, float]:
-    """family → calibrated threshold, from thresholds.json."""
+    """model name → calibrated threshold, from thresholds.json."""
     recorded = read_json(drive.thresholds_json(experiment), "decision_threshold")
-    return {family: r["threshold"] for family, r in recorded["families"].items()}
+    return {name: r["threshold"] for name, r in recorded["families"].items()}
 
 
 def thresholds_version(results: Mapping[str, Any]) -> str:

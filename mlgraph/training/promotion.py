@@ -29,7 +29,7 @@ from mlgraph.core.metrics import better, lower_is_better, mlflow_metric_key
 from mlgraph.core.tracking import is_already_exists, with_retry
 from mlgraph.training.evaluation import BASELINE
 from mlgraph.training.lineage import write_lineage
-from mlgraph.training.model_files import ARGMAX_DECISION, classes, copy_file, is_multiclass
+from mlgraph.training.model_files import ARGMAX_DECISION, classes, copy_file, is_multiclass, model_family
 
 CHAMPION_ALIAS = "champion"
 
@@ -102,12 +102,12 @@ def baseline_gate(
     """
     metric = metric or config.selection_metric
     baseline = BASELINE[config.task]
-    missing = [m for m in [*config.families, baseline] if metric not in test.get(m, {})]
+    missing = [m for m in [*config.model_names, baseline] if metric not in test.get(m, {})]
     if missing:
         raise ValueError(
             f"{where}: no test {metric!r} for {missing}. Fix: materialize evaluation_metrics for this experiment first."
         )
-    champion = select_champion(cv_scores, metric, config.families)
+    champion = select_champion(cv_scores, metric, config.model_names)
     return BaselineGate(
         metric=metric,
         champion=champion,
@@ -117,6 +117,11 @@ def baseline_gate(
         baseline_test=test[baseline][metric],
         champion_metrics=dict(test[champion]),
     )
+
+
+def pointer_model_name(pointer: Mapping[str, Any]) -> str:
+    """The promoted spec's name (pointers written before spec names carry only the family, which was the name)."""
+    return str(pointer.get("model_name") or pointer.get("model_type"))
 
 
 @dataclass(frozen=True)
@@ -172,19 +177,19 @@ def challenge_champion(
     """Score the current champion (its promoted file and threshold) on the current test split, beside the candidate."""
     from mlgraph.training.evaluation import evaluate
 
-    family = str(current.get("model_type"))
-    label = f"{family} v{current.get('model_version')}"
+    name = pointer_model_name(current)
+    label = f"{name} v{current.get('model_version')}"
     threshold = current.get("threshold")
     try:
         outcome = evaluate(
             config,
             train,
             test,
-            {family: Path(current["model_path"])},
-            {family: float(threshold)} if threshold is not None else None,
+            {name: Path(current["model_path"])},
+            {name: float(threshold)} if threshold is not None else None,
             scale,
         )
-        score = float(outcome.metrics[family][gate.metric])
+        score = float(outcome.metrics[name][gate.metric])
     except (
         OSError,
         KeyError,
@@ -375,12 +380,18 @@ def promote_champion(
     """Register a model version, keep its bundle and lineage, move the alias, then the pointer; returns the pointer."""
     exp = loaded.config
     entry = manifest["families"][gate.champion]
+    family = model_family(manifest, gate.champion)
     version = register_version(
         client,
         registered,
         entry["model_uri"],
         entry["run_id"],
-        {"config_hash": exp.config_hash, "model_type": gate.champion, "dataset_sha256": meta["dataset_sha256"]},
+        {
+            "config_hash": exp.config_hash,
+            "model_type": family,
+            "model_name": gate.champion,
+            "dataset_sha256": meta["dataset_sha256"],
+        },
     )
     # One bundle per registered version: retraining rewrites models/{exp}/<family>.*, but a promoted
     # model, its threshold and its lineage stay as promoted (and a rollback finds them).
@@ -394,7 +405,8 @@ def promote_champion(
     lineage = bundle / LINEAGE_JSON
     pointer = {
         "run_id": entry["run_id"],
-        "model_type": gate.champion,
+        "model_type": family,
+        "model_name": gate.champion,
         "config_hash": exp.config_hash,
         "model_uri": entry["model_uri"],
         "score": gate.cv_score,
@@ -428,6 +440,7 @@ def promote_champion(
                 "parent_run_id",
                 "dagster_run_id",
                 "model_type",
+                "model_name",
                 "model_uri",
                 "registered_model",
                 "model_version",

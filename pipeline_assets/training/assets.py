@@ -21,6 +21,7 @@ from mlgraph.core.markdown import md_table
 from mlgraph.core.metrics import mlflow_metric_key
 from mlgraph.training import model_files
 from mlgraph.training.mlflow_runs import ExecutionRun, later_steps
+from mlgraph.training.user_code import ModelSpecError
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
@@ -88,7 +89,7 @@ def _mlflow_execution(context: dg.AssetExecutionContext, tracking: MlflowTrackin
 def candidate_models(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:
-    """Every configured model family, cross-validated and fitted in parallel, one MLflow child run each."""
+    """Every configured model spec, cross-validated and fitted in parallel, one MLflow child run each."""
     from mlgraph.training.candidates import train_candidates
     from mlgraph.training.labels import class_count
     from mlgraph.training.mlflow_runs import log_candidates
@@ -100,9 +101,13 @@ def candidate_models(
         train = model_files.read_split(storage, config.name, "train")
         parent_id = execution.open(loaded, meta, config.selection_metric_for(class_count(train, config)))
         where = str(storage.dataset_path(config.name, "train"))
-        outcome = train_candidates(config, train, storage.models_dir(config.name), where=where)
+        try:
+            outcome = train_candidates(config, train, storage.models_dir(config.name), where=where)
+        except ModelSpecError as exc:
+            # The user's code is wrong before any training: one message, no traceback of ours.
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
         context.log.info(
-            f"{len(outcome.families)} families × {config.cv_folds} folds on {len(train)} rows "
+            f"{len(outcome.models)} model(s) × {config.cv_folds} folds on {len(train)} rows "
             f"in {outcome.wall_seconds:.1f}s with {outcome.n_jobs} worker(s)"
         )
         model_files.write_oof(storage, config, outcome)
@@ -111,16 +116,17 @@ def candidate_models(
 
     selection = outcome.selection_metric
     table = md_table(
-        ["family", f"cv {selection}", "fit s", "cv s", "MLflow run"],
+        ["model", "family", f"cv {selection}", "fit s", "cv s", "MLflow run"],
         [
             [
-                family,
+                name,
+                r.family,
                 f"{r.cv[selection]['mean']:.4f} ± {r.cv[selection]['std']:.4f}",
                 f"{r.fit_seconds:.2f}",
                 f"{r.cv_seconds:.2f}",
-                f"`{run_ids[family]}`",
+                f"`{run_ids[name]}`",
             ]
-            for family, r in outcome.families.items()
+            for name, r in outcome.models.items()
         ],
     )
     return dg.MaterializeResult(
@@ -165,7 +171,7 @@ def decision_threshold(
         metric = model_files.selection_metric(manifest, config)
         execution.open(loaded, meta, metric)
         # Ties go to the family listed first in the config (the manifest's JSON keys are sorted).
-        chosen = select_champion(model_files.cv_scores(manifest, metric), metric, config.families)
+        chosen = select_champion(model_files.cv_scores(manifest, metric), metric, config.model_names)
         if model_files.is_multiclass(manifest):
             path = model_files.write_argmax_decision(storage, config, manifest, chosen)
             return _argmax_decision(model_files.classes(manifest), chosen, path)
@@ -259,7 +265,7 @@ def evaluation_metrics(
             )
 
     cv = {f: v["cv"] for f, v in manifest["families"].items()}
-    leader = select_champion(model_files.cv_scores(manifest, selection), selection, config.families)
+    leader = select_champion(model_files.cv_scores(manifest, selection), selection, config.model_names)
     classes = model_files.classes(manifest)
     scoreboard = evaluation.scoreboard_markdown(
         config.task, selection, cv, outcome.metrics, leader, len(classes) if classes else None

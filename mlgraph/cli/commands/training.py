@@ -120,9 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument(
         "--level",
-        choices=("execution", "family"),
+        choices=("execution", "model", "family"),
         default="execution",
-        help="one row per execution (parent run, default) or per trained family (child run)",
+        help="one row per execution (parent run, default) or per trained model spec (child run); "
+        "'family' is the old spelling of 'model'",
     )
     p.add_argument("--columns", help="comma-separated columns to show (default: all; constant params folded in tables)")
     p.add_argument("--limit", type=int, default=None, help="show at most this many rows")
