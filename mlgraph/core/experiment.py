@@ -353,7 +353,8 @@ class ExperimentConfig(Strict):
         raise KeyError(f"experiment {self.name!r} has no model named {name!r}; it has {self.model_names}")
 
     def model_params(self, name: str) -> dict[str, Any]:
-        return dict(self.model_spec(name).params)
+        """The params spec `name` sets ({} when the experiment has no such spec)."""
+        return next((dict(s.params) for s in self.model_specs if s.key == name), {})
 
     @property
     def selection_metric(self) -> str:

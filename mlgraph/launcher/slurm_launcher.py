@@ -49,7 +49,16 @@ from mlgraph.slurm.jobs import ACTIVE_STATES, PENDING_STATES, SlurmJob
 
 ROUTES = ("auto", "tagged", "all", "none")
 # Environment a run worker needs; values are paths, written into the script so it can be rerun by hand.
-BASE_ENV = ("SHARED_DRIVE", "DAGSTER_HOME", "MLGRAPH_CONFIG_DIR", "MLFLOW_TRACKING_URI", "PYTHONPATH", "SLURM_CONF")
+# MLGRAPH_PLUGINS_DIR: where the user's model code lives, when not plugins/ beside the config directory.
+BASE_ENV = (
+    "SHARED_DRIVE",
+    "DAGSTER_HOME",
+    "MLGRAPH_CONFIG_DIR",
+    "MLGRAPH_PLUGINS_DIR",
+    "MLFLOW_TRACKING_URI",
+    "PYTHONPATH",
+    "SLURM_CONF",
+)
 # Passed by name with `sbatch --export` (values never written to disk). MLflow's client reads its server
 # credentials from the environment, so a job on the cluster needs them exactly as the daemon has them.
 SESSION_ENV = (

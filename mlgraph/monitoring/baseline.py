@@ -114,6 +114,7 @@ def compute_baseline(train: pd.DataFrame, config: ExperimentConfig, champion: Ma
         "champion_version": str(champion.get("model_version", "")),
         "champion_run_id": str(champion.get("run_id", "")),
         "model_type": str(champion.get("model_type", "")),
+        "model_name": str(champion.get("model_name") or champion.get("model_type", "")),
         "dataset_sha256": str(champion.get("dataset_sha256", "")),
         "computed_at": dt.datetime.now(dt.UTC).isoformat(),
         "rows": len(train),

@@ -169,7 +169,15 @@ def _baseline_summary(drive: DrivePaths, config: ExperimentConfig, baseline: Map
     current = PromotionStore(drive.promotion_dir(config.config_hash)).current() or {}
     summary = {
         key: baseline.get(key)
-        for key in ("champion_version", "champion_run_id", "model_type", "config_hash", "computed_at", "rows")
+        for key in (
+            "champion_version",
+            "champion_run_id",
+            "model_type",
+            "model_name",
+            "config_hash",
+            "computed_at",
+            "rows",
+        )
     }
     summary["current_champion_version"] = str(current.get("model_version", "")) or None
     # Stale: computed for another config, or a champion other than the one promoted now.

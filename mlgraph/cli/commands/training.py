@@ -30,8 +30,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
         if args.rollback:
             rolled_back, restored = rollback(store, MlflowTracking().client(), storage.models_dir(config.name))
             print(
-                f"{config.name}: rolled back {rolled_back.get('model_type')} (run {rolled_back.get('run_id')}, "
-                f"v{rolled_back.get('model_version')}) → {restored.get('model_type')} (run {restored.get('run_id')}, "
+                f"{config.name}: rolled back {rolled_back.get('model_name') or rolled_back.get('model_type')} (run {rolled_back.get('run_id')}, "
+                f"v{rolled_back.get('model_version')}) → {restored.get('model_name') or restored.get('model_type')} (run {restored.get('run_id')}, "
                 f"v{restored.get('model_version')}); alias 'champion' moved"
             )
             return 0
@@ -47,7 +47,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     print(
         f"{len(stack)} promotion(s) in force; `--rollback` restores "
         + (
-            f"{stack[-2].get('model_type')} (run {stack[-2].get('run_id')})"
+            f"{stack[-2].get('model_name') or stack[-2].get('model_type')} (run {stack[-2].get('run_id')})"
             if len(stack) > 1
             else "nothing (no previous champion)"
         )
