@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,56 +12,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from mlgraph.core.drive import PROJECT_ROOT
 from mlgraph.core.hashing import sha256_text
 from mlgraph.core.metrics import DEFAULT_SELECTION_METRIC, default_selection_metric
+from mlgraph.core.model_spec import (
+    DEFAULT_FAMILIES,
+    FAMILIES,
+    USER_FAMILIES,
+    ModelSpec,
+    Strict,
+    spec_hash_payload,
+)
+from mlgraph.core.names import EXPERIMENT_NAME_RE, EXPERIMENT_NAME_RULE, is_experiment_name
+
+# Re-exported: the experiment schema's public names, one import away for its readers.
+__all__ = [
+    "DEFAULT_FAMILIES",
+    "EXPERIMENT_NAME_RE",
+    "EXPERIMENT_NAME_RULE",
+    "FAMILIES",
+    "USER_FAMILIES",
+    "ModelSpec",
+    "is_experiment_name",
+]
 
 # libyaml's loader when present: sensors re-read every experiment file each tick.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-# The experiment-name rule, the one home: partition keys, YAML stems, directories and signal fields.
-# It also rules out '..', '/' and absolute paths.
-EXPERIMENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-EXPERIMENT_NAME_RULE = "1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
-
-
-def is_experiment_name(value: str) -> bool:
-    # fullmatch: a '$' anchor would also accept a trailing newline.
-    return EXPERIMENT_NAME_RE.fullmatch(value) is not None
-
-
 DEFAULT_CONFIG_DIR = PROJECT_ROOT / "config"
 
 Task = Literal["classification", "regression", "forecasting"]
 ColumnType = Literal["numeric", "integer", "categorical", "boolean", "datetime"]
 
-# The families an experiment trains when its `models:` list is empty (as they always were).
-DEFAULT_FAMILIES: dict[str, tuple[str, ...]] = {
-    "regression": ("ridge", "random_forest", "hist_gradient_boosting", "knn", "decision_tree"),
-    "classification": ("logistic_regression", "knn", "svm", "decision_tree", "random_forest"),
-    "forecasting": ("gru", "lstm", "prophet", "seasonal_naive"),
-}
-# The user's own code: `estimator` (a scikit-learn-compatible class or factory), `torch` (a build function).
-USER_FAMILIES = ("estimator", "torch")
-# Every family a spec may name, per task.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "regression": (*DEFAULT_FAMILIES["regression"], "lightgbm", "xgboost", *USER_FAMILIES),
-    "classification": (
-        *DEFAULT_FAMILIES["classification"],
-        "hist_gradient_boosting",
-        "lightgbm",
-        "xgboost",
-        *USER_FAMILIES,
-    ),
-    "forecasting": (*DEFAULT_FAMILIES["forecasting"], "torch"),
-}
-# "module:Name": a dotted module path and an attribute of it (plugins/my_models.py → my_models:NearestMean).
-IMPORT_PATH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
-
 
 class ConfigError(ValueError):
     """A config file is invalid; the message names the file, the field and the fix."""
-
-
-class Strict(BaseModel):
-    # Unknown keys are typos more often than not: reject them instead of ignoring them.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class DatasetConfig(Strict):
@@ -105,60 +85,6 @@ class SamplingConfig(Strict):
 class SplitConfig(Strict):
     test_size: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = 42
-
-
-class ModelSpec(Strict):
-    """One model to train: a built-in family, the user's estimator, or the user's torch module."""
-
-    name: str | None = Field(
-        default=None, description="Unique within the experiment (files, MLflow runs, reports); default: the family"
-    )
-    family: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    estimator: str | None = Field(
-        default=None, description="family 'estimator': 'module:Name', a class or factory in plugins/ or a package"
-    )
-    module: str | None = Field(
-        default=None, description="family 'torch': 'module:build', a function build(n_inputs, params) -> nn.Module"
-    )
-    preprocessing: Literal["standard", "none"] = Field(
-        default="standard",
-        description="family 'estimator': 'none' makes the estimator the whole pipeline (it gets the raw columns)",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        if value is not None and not is_experiment_name(value):
-            raise ValueError(f"{value!r} is not a valid model name: use {EXPERIMENT_NAME_RULE}")
-        return value
-
-    @model_validator(mode="after")
-    def _user_code(self) -> ModelSpec:
-        needs = {"estimator": "estimator", "torch": "module"}.get(self.family)
-        for key in ("estimator", "module"):
-            value = getattr(self, key)
-            if key == needs and value is None:
-                raise ValueError(f"family {self.family!r} needs '{key}: \"module:Name\"' (the import path of the code)")
-            if key != needs and value is not None:
-                raise ValueError(f"'{key}' applies to family {'estimator' if key == 'estimator' else 'torch'} only")
-            if value is not None and IMPORT_PATH_RE.fullmatch(value) is None:
-                raise ValueError(
-                    f"{key} {value!r} is not an import path; write it as 'module:Name' (e.g. my_models:NearestMean)"
-                )
-        if self.preprocessing == "none" and self.family != "estimator":
-            raise ValueError("'preprocessing: none' applies to family 'estimator' only")
-        return self
-
-    @property
-    def key(self) -> str:
-        """The spec's name: how files, MLflow runs, the evaluation parquet and promotion call this model."""
-        return self.name or self.family
-
-    @property
-    def import_path(self) -> str | None:
-        """The user code the spec runs (estimator or torch module), if any."""
-        return self.estimator or self.module
 
 
 class SelectionConfig(Strict):
@@ -374,7 +300,7 @@ class ExperimentConfig(Strict):
         payload = self.model_dump(mode="json", exclude={"description", "drift"})
         payload["drift"] = LEGACY_DRIFT_HASH_PAYLOAD  # monitoring never changes the model; old hashes stay put
         payload["models"] = [
-            _spec_hash_payload(spec, dumped) for spec, dumped in zip(self.models, payload["models"], strict=True)
+            spec_hash_payload(spec, dumped) for spec, dumped in zip(self.models, payload["models"], strict=True)
         ]
         for (*parents, field), default in HASH_OMITTED_AT_DEFAULT.items():
             node = payload
@@ -384,28 +310,6 @@ class ExperimentConfig(Strict):
                 del node[field]
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return sha256_text(canonical)
-
-
-# ModelSpec fields added after hashes were first recorded, with their defaults (left out of the hash).
-SPEC_HASH_OMITTED_AT_DEFAULT: dict[str, Any] = {"estimator": None, "module": None, "preprocessing": "standard"}
-
-
-def _spec_hash_payload(spec: ModelSpec, dumped: dict[str, Any]) -> dict[str, Any]:
-    """A spec as the config hash sees it: new fields at their defaults left out, the user's code by content.
-
-    A name equal to the family is the default too, so an existing experiment keeps its hash. User code
-    enters as its import path plus the SHA-256 of its source files: editing it makes the models stale.
-    """
-    out = {
-        k: v for k, v in dumped.items() if k not in SPEC_HASH_OMITTED_AT_DEFAULT or v != SPEC_HASH_OMITTED_AT_DEFAULT[k]
-    }
-    if out.get("name") in (None, spec.family):
-        out.pop("name", None)
-    if spec.import_path is not None:
-        from mlgraph.core.plugins import source_digest
-
-        out["code_sha256"] = source_digest(spec.import_path)
-    return out
 
 
 class LoadedExperiment(BaseModel):

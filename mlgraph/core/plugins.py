@@ -66,7 +66,7 @@ def source_digest(import_path: str) -> str:
     """SHA-256 over the module's source files (relative name + content); 'missing:<module>' if not found.
 
     A missing module is not an error here: the config still loads, and training stops before any fit with
-    the message that names the spec (mlgraph.training.user_code).
+    the message that names the spec (mlgraph.training.spec_check).
     """
     module, _ = split_import_path(import_path)
     files = module_files(module)

@@ -30,7 +30,7 @@ from mlgraph.training import metrics as mt
 from mlgraph.training.cv import cv_splits
 from mlgraph.training.forecast_data import training_series
 from mlgraph.training.labels import class_labels, probability_columns, selection_metric
-from mlgraph.training.user_code import check_specs
+from mlgraph.training.spec_check import check_specs
 
 SKLEARN_SUFFIX = ".joblib"
 
@@ -326,7 +326,7 @@ def train_candidates(
 ) -> TrainingOutcome:
     """Cross-validate and fit every configured model spec; save each final model under `models_dir`.
 
-    Specs with the user's code are tried first (user_code.check_specs): a wrong spec stops the run
+    Specs with the user's code are tried first (spec_check.check_specs): a wrong spec stops the run
     before any training.
     """
     start = time.perf_counter()

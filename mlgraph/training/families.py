@@ -243,9 +243,14 @@ def build_model(
     if family in USER_FAMILIES:
         if model is None:
             raise ValueError(f"family {family!r} needs its model spec (the import path of the user's code)")
-        from mlgraph.training import user_code
+        if family == "torch":
+            from mlgraph.training.torch_tabular import torch_estimator
 
-        estimator = user_code.build_estimator(model, params, task, seed)
+            estimator = torch_estimator(model, params, task, seed)
+        else:
+            from mlgraph.training.user_code import build_estimator
+
+            estimator = build_estimator(model, params, task, seed)
         if model.preprocessing == "none":
             return estimator
         return Pipeline([("preprocess", _preprocessor(spec)), ("model", estimator)])

@@ -31,6 +31,7 @@ class TorchTabularModel(BaseEstimator):
         batch_size: int = 64,
         patience: int = 5,
         weight_decay: float = 0.0,
+        name: str | None = None,
     ):
         self.module = module
         self.params = params
@@ -41,12 +42,13 @@ class TorchTabularModel(BaseEstimator):
         self.batch_size = batch_size
         self.patience = patience
         self.weight_decay = weight_decay
+        self.name = name  # the spec's name: errors from build() name the spec the user wrote
 
     def _build(self, n_inputs: int, n_outputs: int):
         from mlgraph.core.experiment import ModelSpec
         from mlgraph.training.user_code import build_torch_module
 
-        spec = ModelSpec(family="torch", module=self.module)
+        spec = ModelSpec(name=self.name, family="torch", module=self.module)
         return build_torch_module(spec, n_inputs, {**(self.params or {}), "n_outputs": n_outputs})
 
     def fit(self, X: Any, y: Any) -> TorchTabularModel:
@@ -143,6 +145,7 @@ class TorchTabularModel(BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         weights = state.pop("net_state_", None)
+        state.setdefault("name", None)  # pickled before the spec's name was kept
         self.__dict__.update(state)
         if weights is not None:
             import torch
@@ -151,6 +154,15 @@ class TorchTabularModel(BaseEstimator):
             net = self._build(self.n_features_in_, n_out)
             net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
             self.net_ = net.eval()
+
+
+def torch_estimator(spec: Any, params: dict[str, Any], task: str, seed: int) -> TorchTabularModel:
+    """The platform's estimator around a tabular `family: torch` spec (a core ModelSpec)."""
+    from mlgraph.training.user_code import load_callable, split_torch_params
+
+    load_callable(spec)  # fail here, with the spec's name, rather than inside a worker's fit
+    loop, build_params = split_torch_params(params)
+    return TorchTabularModel(module=spec.import_path, params=build_params, task=task, seed=seed, name=spec.key, **loop)
 
 
 def _float32(X: Any) -> np.ndarray:

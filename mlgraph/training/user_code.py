@@ -13,14 +13,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import numpy as np
-
-from mlgraph.core.experiment import ExperimentConfig, ModelSpec
+from mlgraph.core.experiment import ModelSpec
 from mlgraph.core.plugins import ensure_on_path, split_import_path
 
 # The platform's training loop reads these from a torch spec's params; every other key goes to build().
 TORCH_LOOP_KEYS = frozenset({"learning_rate", "epochs", "batch_size", "patience", "weight_decay"})
-TRIAL_ROWS = 200
 
 
 class ModelSpecError(ValueError):
@@ -77,13 +74,7 @@ def split_torch_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 
 def build_estimator(spec: ModelSpec, params: dict[str, Any], task: str, seed: int) -> Any:
-    """The spec's unfitted estimator: the user's (built with `params`), or the platform's torch wrapper."""
-    if spec.family == "torch":
-        from mlgraph.training.torch_tabular import TorchTabularModel
-
-        load_callable(spec)  # fail here, with the spec's name, rather than inside a worker's fit
-        loop, build_params = split_torch_params(params)
-        return TorchTabularModel(module=spec.import_path, params=build_params, task=task, seed=seed, **loop)
+    """A `family: estimator` spec's unfitted estimator, built with `params` and checked for its methods."""
     factory = load_callable(spec)
     try:
         estimator = factory(**params)
@@ -100,10 +91,33 @@ def build_estimator(spec: ModelSpec, params: dict[str, Any], task: str, seed: in
             f"a {task} model needs fit, predict{', predict_proba' if task == 'classification' else ''}. "
             "Fix: implement them (scikit-learn's estimator interface), or wrap the model in a class that does."
         )
+    if spec.preprocessing == "standard":
+        _check_pipeline_step(spec, estimator, task)
     # The experiment's seed, unless the spec sets one: reruns of the same config give the same model.
     if "random_state" not in params and "random_state" in _get_params(estimator):
         estimator.set_params(random_state=seed)
     return estimator
+
+
+def _check_pipeline_step(spec: ModelSpec, estimator: Any, task: str) -> None:
+    """The standard preprocessing puts the estimator last in a scikit-learn Pipeline, and from scikit-learn 1.6
+    on the Pipeline reads its tags (check_is_fitted, at every predict): a duck-typed class fits, then fails
+    to predict with an AttributeError about `__sklearn_tags__`. Say what to do instead."""
+    try:
+        from sklearn.utils import get_tags
+    except ImportError:  # scikit-learn < 1.6: a Pipeline reads no tags
+        return
+    try:
+        get_tags(estimator)
+    except Exception as exc:
+        name = type(estimator).__name__
+        mixin = "ClassifierMixin" if task == "classification" else "RegressorMixin"
+        raise ModelSpecError(
+            f"{describe(spec)}: the {name} it builds is not a scikit-learn estimator class (no estimator tags: "
+            f"{type(exc).__name__}), and the standard preprocessing puts it in a scikit-learn Pipeline, which "
+            f"needs one. Fix: derive it from sklearn.base.BaseEstimator (class {name}({mixin}, BaseEstimator)), "
+            "or set 'preprocessing: none' to give it the raw columns without a Pipeline."
+        ) from None
 
 
 def _get_params(estimator: Any) -> dict[str, Any]:
@@ -131,90 +145,3 @@ def build_torch_module(spec: ModelSpec, n_inputs: int, build_params: dict[str, A
             "Fix: return the network."
         )
     return net
-
-
-def check_specs(config: ExperimentConfig, data: Any) -> None:
-    """Try every spec with user code before any training (`data`: candidates.TrainingData).
-
-    Tabular specs are built and fitted on a small sample and their outputs' shapes checked; a forecasting
-    torch spec is built and run on a dummy batch. All problems are reported at once.
-    """
-    problems = []
-    for spec in config.model_specs:
-        if spec.import_path is None:
-            continue
-        try:
-            if data.task == "forecasting":
-                _trial_forecaster(spec, config)
-            else:
-                _trial_tabular(spec, config, data)
-        except ModelSpecError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise ModelSpecError(
-            f"experiment {config.name!r}: {len(problems)} model spec(s) cannot be trained:\n" + "\n".join(problems)
-        )
-
-
-def _trial_rows(data: Any) -> np.ndarray:
-    """Up to TRIAL_ROWS rows; for classification some of every class, so fit sees the whole label set."""
-    if data.task != "classification":
-        return np.arange(min(TRIAL_ROWS, len(data.y)))
-    k = int(data.n_classes or 2)
-    return np.sort(np.concatenate([np.flatnonzero(data.y == c)[: max(2, TRIAL_ROWS // k)] for c in range(k)]))
-
-
-def _trial_tabular(spec: ModelSpec, config: ExperimentConfig, data: Any) -> None:
-    from mlgraph.training import families as fam
-
-    params = fam.resolved_params(config.task, spec.family, spec.params)
-    model = fam.build_model(config.task, spec.family, params, data.features, config.seed, spec)
-    rows = _trial_rows(data)
-    X, y = data.X.iloc[rows], data.y[rows]
-    what = f"a {len(rows)}-row trial"
-    try:
-        model.fit(X, y)
-        predicted = np.asarray(model.predict(X))
-        proba = np.asarray(model.predict_proba(X)) if config.task == "classification" else None
-    except ModelSpecError:
-        raise
-    except Exception as exc:
-        raise ModelSpecError(
-            f"{describe(spec)}: failed on {what} fit/predict: {type(exc).__name__}: {exc}. "
-            f"Fix: correct models[].params for {spec.key!r} or the code."
-        ) from None
-    if predicted.shape != (len(rows),):
-        raise ModelSpecError(
-            f"{describe(spec)}: predict returned shape {predicted.shape} for {len(rows)} rows; expected "
-            f"({len(rows)},). Fix: return one value per row."
-        )
-    k = int(data.n_classes or 0)
-    if proba is not None and proba.shape != (len(rows), k):
-        raise ModelSpecError(
-            f"{describe(spec)}: predict_proba returned shape {proba.shape} for {len(rows)} rows and {k} classes; "
-            f"expected ({len(rows)}, {k}), one column per class in label order. Fix: return class probabilities."
-        )
-
-
-def _trial_forecaster(spec: ModelSpec, config: ExperimentConfig) -> None:
-    if spec.family != "torch":
-        raise ModelSpecError(f"{describe(spec)}: forecasting takes user code as family 'torch' only")
-    import torch
-
-    loop, build_params = split_torch_params(spec.params)
-    window = int(build_params.pop("window", config.forecast.window))
-    build_params.pop("horizon", None)
-    net = build_torch_module(spec, window, build_params)
-    try:
-        with torch.no_grad():
-            out = net(torch.zeros(3, window))
-    except Exception as exc:
-        raise ModelSpecError(
-            f"{describe(spec)}: the network failed on a (3, {window}) batch of windows: {type(exc).__name__}: "
-            f"{exc}. Fix: its forward must take (batch, window) float32 inputs."
-        ) from None
-    if tuple(out.shape) not in ((3,), (3, 1)):
-        raise ModelSpecError(
-            f"{describe(spec)}: the network returned shape {tuple(out.shape)} for a (3, {window}) batch; expected "
-            "(3,) or (3, 1): one forecast per window. Fix: end with a single output."
-        )
