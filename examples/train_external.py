@@ -7,6 +7,9 @@ by the data assets), saves `models/{experiment}/checkpoints/<id>/final/` (model.
 architecture, feature columns, preprocessing statistics) and writes
 `models/{experiment}/.training_complete` through `mlgraph.trainer.signal_training_complete`. The
 training_complete_sensor then evaluates the checkpoint, and the eval_complete_sensor analyzes it.
+A regression target gets one output (the standardized value); a binary one one output (the logit of the
+larger class, BCE loss); a target with k > 2 classes k outputs (one logit per class in sorted-class
+order, cross-entropy loss).
 Prints a JSON summary; exits 0 when the signal was written, 2 when training succeeded but the signal
 was not, 1 when training failed.
 """
@@ -25,7 +28,9 @@ from mlgraph.trainer.hook import shared_drive_root, signal_training_complete
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--experiment", required=True, help="a regression or binary classification experiment")
+    p.add_argument(
+        "--experiment", required=True, help="a regression or classification (binary or multiclass) experiment"
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--hidden", default="64,32", help="hidden layer widths, comma-separated")
     p.add_argument("--lr", type=float, default=1e-2)
@@ -49,7 +54,7 @@ def train(args: argparse.Namespace) -> dict:
     import pandas as pd
     import torch
 
-    from mlgraph.trainer.checkpoint import FeatureSpec, build_model, feature_columns, save_checkpoint
+    from mlgraph.trainer.checkpoint import FeatureSpec, build_model, feature_columns, plain, save_checkpoint
 
     drive = shared_drive_root(args.shared_drive)
     loaded = ConfigCatalog().load(args.experiment)
@@ -68,17 +73,31 @@ def train(args: argparse.Namespace) -> dict:
     numeric, categorical = feature_columns(config.columns, frame, config.target, exclude=[config.time_column or ""])
     features = FeatureSpec.fit(frame, numeric, categorical)
     x = torch.from_numpy(features.transform(frame, str(train_path)))
-    y_raw = pd.to_numeric(frame[config.target]).to_numpy("float64")
     meta: dict = {}
-    if config.task == "regression":
+    outputs = 1
+    # A target of three or more classes may hold any labels (strings too); the others must be numeric.
+    labels = frame[config.target].dropna().unique() if config.task == "classification" else []
+    if len(labels) > 2:
+        if frame[config.target].isna().any():
+            raise SystemExit(f"{train_path}: target {config.target!r} has missing values; drop those rows first")
+        # Sorted, like the built-in candidates' class indices; plain values, so metadata.json keeps 2 as 2.
+        classes = sorted(plain(c) for c in labels)
+        codes = pd.Categorical(frame[config.target], categories=classes).codes.astype("int64")
+        y = torch.from_numpy(codes)
+        meta["classes"] = classes
+        outputs = len(classes)
+        loss_fn = torch.nn.CrossEntropyLoss()
+    elif config.task == "regression":
+        y_raw = pd.to_numeric(frame[config.target]).to_numpy("float64")
         mean, std = float(y_raw.mean()), float(y_raw.std()) or 1.0
         y = torch.from_numpy(((y_raw - mean) / std).astype("float32"))[:, None]
         meta["target_scaling"] = {"mean": mean, "std": std}
         loss_fn = torch.nn.MSELoss()
     else:
+        y_raw = pd.to_numeric(frame[config.target]).to_numpy("float64")
         classes = sorted(np.unique(y_raw).tolist())
         if len(classes) != 2:
-            raise SystemExit(f"{train_path}: target {config.target!r} has {len(classes)} classes; binary only")
+            raise SystemExit(f"{train_path}: target {config.target!r} has {len(classes)} classes; need two or more")
         y = torch.from_numpy((y_raw == classes[1]).astype("float32"))[:, None]
         meta.update(classes=classes, threshold=0.5)
         loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -88,7 +107,7 @@ def train(args: argparse.Namespace) -> dict:
         "type": "mlp",
         "input_dim": int(x.shape[1]),
         "hidden": hidden,
-        "output_dim": 1,
+        "output_dim": outputs,
         "activation": "relu",
     }
     torch.manual_seed(args.seed)

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from mlgraph.analysis.checkpoint_stats import ModelPredictions
+from mlgraph.core.metrics import PER_CLASS_METRICS, per_class_metric, split_per_class
 
 
 def latex_table(frame: pd.DataFrame, caption: str, label: str) -> str:
@@ -55,6 +56,28 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{backgr
 img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"""
 
 
+def split_metrics_table(metrics_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(summary metrics, one row per model and class) of a wide metrics table; None when no per-class columns.
+
+    A k-class target adds 3k per-class columns (`recall[<class>]`, ...): read side by side with the
+    summary metrics they make the table unreadably wide, so they get a long table of their own.
+    """
+    per_class = {c: split_per_class(str(c)) for c in metrics_table.columns}
+    per_class = {c: parts for c, parts in per_class.items() if parts is not None}
+    if not per_class:
+        return metrics_table, None
+    summary = metrics_table.drop(columns=list(per_class))
+    labels = list(dict.fromkeys(label for _, label in per_class.values()))
+    rows = []
+    for record in metrics_table.to_dict("records"):
+        for label in labels:
+            values = {m: record.get(per_class_metric(m, label), float("nan")) for m in PER_CLASS_METRICS}
+            if all(pd.isna(v) for v in values.values()):
+                continue  # a model without per-class metrics (none for this class)
+            rows.append({"model": record.get("model", ""), "class": label, **values})
+    return summary, pd.DataFrame(rows, columns=["model", "class", *PER_CLASS_METRICS])
+
+
 def _summary(experiment: str, task: str, checkpoint: ModelPredictions, candidates: int, paired: pd.DataFrame) -> str:
     summary = (
         f"<p>Checkpoint <code>{html.escape(checkpoint.model)}</code> on the <b>{html.escape(experiment)}</b> test "
@@ -91,6 +114,9 @@ def render_html(
     provenance: Mapping[str, Any],
 ) -> str:
     """report.html: summary, notes, tables, the figures as data URIs, and where every input came from."""
+    summary_table, per_class = split_metrics_table(metrics_table)
+    if per_class is not None:
+        task = f"{task}, {per_class['class'].nunique()} classes"
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(experiment)}: checkpoint analysis</title><style>{_CSS}</style></head><body>",
@@ -98,7 +124,11 @@ def render_html(
         _summary(experiment, task, checkpoint, candidates, paired),
         *(f"<p class='note'>{html.escape(n)}</p>" for n in notes),
         "<h2>Test metrics</h2>",
-        _html_table(metrics_table),
+        _html_table(summary_table),
+    ]
+    if per_class is not None:
+        parts += ["<h2>Per-class test metrics</h2>", _html_table(per_class)]
+    parts += [
         f"<h2>Bootstrap confidence intervals ({n_boot} resamples, seed {seed})</h2>",
         _html_table(intervals),
     ]

@@ -1,5 +1,11 @@
 """Evaluate an external checkpoint on an experiment's test split, in the candidates' evaluation schema.
 
+Each task is scored like the trained candidates (mlgraph/training/evaluation.py), so their rows and
+predictions line up: regression by REGRESSION_METRICS on the values; binary classification by
+CLASSIFICATION_METRICS on the positive class's probability (y_true and y_pred keep the target's own
+values); a target with k > 2 classes by MULTICLASS_METRICS plus per-class precision, recall and F1,
+with y_true and y_pred as class indices in sorted-class order and one `proba[<class>]` column per class.
+
 Plain Python: no Dagster. The asset in assets.py wires it to the drive, the run and the signals.
 """
 
@@ -22,7 +28,8 @@ from mlgraph.core.drive import checkpoint_source
 from mlgraph.core.signals import EvalComplete, EvalFailed, utc_now
 from mlgraph.core.tracking import PARENT_TAG, Tracker
 from mlgraph.core.untrusted import printable
-from mlgraph.trainer.checkpoint import CheckpointError, load_checkpoint, predict
+from mlgraph.trainer.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, plain, predict
+from mlgraph.training.labels import probability_columns
 
 PREDICTION_SCHEMA = pa.schema(
     [
@@ -45,14 +52,30 @@ def source_name(checkpoint_id: str) -> str:
 
 
 def compute_metrics(
-    task: str, y_true: np.ndarray, y_pred: np.ndarray, y_score: np.ndarray | None, threshold: float = 0.5
+    task: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    y_score: np.ndarray | None,
+    threshold: float = 0.5,
+    classes: list[Any] | None = None,
 ) -> dict[str, float]:
-    """The trained candidates' metrics (mlgraph.core.metrics), so the rows compare like for like."""
+    """The trained candidates' metrics (mlgraph.core.metrics), so the rows compare like for like.
+
+    Binary: `y_true` holds 0/1 (1 = the positive class) and `y_score` its probability. Multiclass: `y_true`
+    holds class indices and `y_score` the (n, k) probabilities, columns in the order of `classes`.
+    """
     if task == "regression":
         return metrics.regression_metrics(y_true, y_pred)
+    if task == "classification" and y_score is not None and np.ndim(y_score) == 2:
+        return metrics.multiclass_metrics(y_true, y_score, classes)
     if task == "classification":
         return metrics.classification_metrics(y_true, y_pred if y_score is None else y_score, threshold)
     raise CheckpointError(f"task {task!r} has no checkpoint metrics; use a regression or classification experiment")
+
+
+def summary_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """`values` without the per-class metrics: what a signal, run metadata and a glance need."""
+    return {k: v for k, v in values.items() if metrics.split_per_class(k) is None}
 
 
 @dataclass
@@ -65,6 +88,79 @@ class CheckpointEvaluation:
     rows: int
     seconds: float
     metadata: dict[str, Any]
+    # Classification: the classes, in the order of the class indices and proba columns (binary:
+    # [negative, positive]); regression: None.
+    classes: list[Any] | None = None
+
+    @property
+    def multiclass(self) -> bool:
+        return self.classes is not None and len(self.classes) > 2
+
+
+def _class_key(value: Any) -> Any:
+    # 1, 1.0 and numpy's 1 name one class: a JSON round trip or a float target column may change the type.
+    value = plain(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return str(value)
+
+
+def sorted_class_order(classes: list[Any]) -> list[int]:
+    """Output indices in sorted-class order, the built-in candidates' class-index order (training/labels.py)."""
+    try:
+        return sorted(range(len(classes)), key=lambda i: classes[i])
+    except TypeError:  # labels of mixed types: keep the checkpoint's own order
+        return list(range(len(classes)))
+
+
+def encode_classes(values: pd.Series, classes: list[Any], where: str, fix_source: str) -> np.ndarray:
+    """Class indices of `values` in `classes`; a CheckpointError for missing values or unknown classes."""
+    if values.isna().any():
+        raise CheckpointError(
+            f"{where}: column {values.name!r} has {int(values.isna().sum())} missing value(s). Fix: clean the target."
+        )
+    index = {_class_key(c): i for i, c in enumerate(classes)}
+    codes_of = {v: index.get(_class_key(v), -1) for v in pd.unique(values)}
+    unknown = sorted(str(plain(v)) for v, code in codes_of.items() if code < 0)
+    if unknown:
+        raise CheckpointError(
+            f"{where}: column {values.name!r} has value(s) {unknown[:10]} that are not among field 'classes' "
+            f"{list(classes)[:20]} of {fix_source}. Fix: evaluate the checkpoint on the experiment it was "
+            "trained for, or retrain it on a target with every class listed."
+        )
+    return values.map(codes_of).to_numpy(dtype=np.int64)
+
+
+def _prediction_table(name: str, y_true: np.ndarray, y_pred: np.ndarray, y_score, extra: Mapping[str, np.ndarray]):
+    n = len(y_true)
+    columns = {
+        "row": np.arange(n, dtype="int64"),
+        "model": [name] * n,
+        "y_true": y_true,
+        "y_pred": y_pred,
+        "y_score": y_score if y_score is not None else pa.nulls(n, pa.float64()),
+        **extra,
+    }
+    schema = PREDICTION_SCHEMA
+    for column in extra:
+        schema = schema.append(pa.field(column, pa.float64()))
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _multiclass(
+    checkpoint: LoadedCheckpoint, test: pd.DataFrame, target: str, test_path: Path, name: str
+) -> tuple[pa.Table, dict[str, float], list[Any]]:
+    """(predictions, metrics, classes) of a k-class checkpoint, in sorted-class order like the candidates'."""
+    _, proba = predict(checkpoint, test, where=str(test_path))
+    order = sorted_class_order(checkpoint.classes)
+    classes = [checkpoint.classes[i] for i in order]
+    proba = proba[:, order]
+    y_true = encode_classes(test[target], classes, str(test_path), str(checkpoint.directory / "metadata.json"))
+    # The label is the most probable class of these columns: the file and multiclass_metrics agree on ties.
+    y_pred = proba.argmax(axis=1)
+    extra = dict(zip(probability_columns(tuple(classes)), proba.T, strict=True))
+    table = _prediction_table(name, y_true.astype("float64"), y_pred.astype("float64"), None, extra)
+    return table, metrics.multiclass_metrics(y_true, proba, classes), classes
 
 
 def evaluate_checkpoint(checkpoint_dir: Path, checkpoint_id: str, test_path: Path, target: str) -> CheckpointEvaluation:
@@ -83,34 +179,36 @@ def evaluate_checkpoint(checkpoint_dir: Path, checkpoint_id: str, test_path: Pat
     test = pq.read_table(test_path).to_pandas()
     if target not in test.columns:
         raise CheckpointError(f"{test_path}: target column {target!r} missing. Fix: re-run train_test_split.")
-    y_true = pd.to_numeric(test[target], errors="coerce").astype("float64").to_numpy()
-    if np.isnan(y_true).any():
-        raise CheckpointError(
-            f"{test_path}: column {target!r} has missing or non-numeric values. Fix: clean the target."
-        )
-    y_pred, y_score = predict(checkpoint, test, where=str(test_path))
     name = model_name(checkpoint_id)
-    predictions = pa.Table.from_pydict(
-        {
-            "row": np.arange(len(test), dtype="int64"),
-            "model": [name] * len(test),
-            "y_true": y_true,
-            "y_pred": y_pred,
-            "y_score": y_score if y_score is not None else pa.nulls(len(test), pa.float64()),
-        },
-        schema=PREDICTION_SCHEMA,
-    )
+    classes = checkpoint.classes
+    if checkpoint.multiclass:
+        predictions, values, classes = _multiclass(checkpoint, test, target, test_path, name)
+    else:
+        y_true = pd.to_numeric(test[target], errors="coerce").astype("float64").to_numpy()
+        if np.isnan(y_true).any():
+            raise CheckpointError(
+                f"{test_path}: column {target!r} has missing or non-numeric values. Fix: clean the target."
+            )
+        y_pred, y_score = predict(checkpoint, test, where=str(test_path))
+        predictions = _prediction_table(name, y_true, y_pred, y_score, {})
+        scored = y_true
+        if classes is not None:
+            # classification_metrics counts 1 as the positive class: mark rows of classes[1] (the class
+            # the checkpoint scores), whatever its value; a value of neither class would count as negative.
+            encode_classes(test[target], classes, str(test_path), str(checkpoint.directory / "metadata.json"))
+            scored = (y_true == float(classes[1])).astype("float64")
+        threshold = float(checkpoint.metadata.get("threshold", 0.5))
+        values = compute_metrics(checkpoint.task, scored, y_pred, y_score, threshold)
     return CheckpointEvaluation(
         checkpoint_id=checkpoint_id,
         model=name,
         task=checkpoint.task,
-        metrics=compute_metrics(
-            checkpoint.task, y_true, y_pred, y_score, float(checkpoint.metadata.get("threshold", 0.5))
-        ),
+        metrics=values,
         predictions=predictions,
         rows=len(test),
         seconds=time.perf_counter() - start,
         metadata=checkpoint.metadata,
+        classes=classes,
     )
 
 
@@ -137,9 +235,24 @@ def write_predictions(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def metric_gaps(task: str, values: Mapping[str, float | None]) -> tuple[list[str], list[str]]:
-    """(metrics of `task` that are missing, metrics whose value is not finite) among `values`."""
-    missing = sorted(set(metrics.task_metrics(task)) - set(values))
+def metric_gaps(
+    task: str, values: Mapping[str, float | None], n_classes: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(metrics of `task` that are missing, metrics whose value is not finite) among `values`.
+
+    A target with `n_classes` > 2 needs MULTICLASS_METRICS and each per-class metric for every class;
+    a per-class metric short of classes is reported as e.g. `f1[*] (2 of 3 classes)`.
+    """
+    missing = sorted(set(metrics.target_metrics(task, n_classes)) - set(values))
+    if metrics.is_multiclass(task, n_classes):
+        per_class: dict[str, int] = {}
+        for name in values:
+            parts = metrics.split_per_class(name)
+            if parts is not None:
+                per_class[parts[0]] = per_class.get(parts[0], 0) + 1
+        for name in metrics.PER_CLASS_METRICS:
+            if per_class.get(name, 0) < n_classes:
+                missing.append(f"{name}[*] ({per_class.get(name, 0)} of {n_classes} classes)")
     non_finite = sorted(k for k, v in values.items() if v is None or not math.isfinite(v))
     return missing, non_finite
 
@@ -159,8 +272,9 @@ def log_to_mlflow(
     run_id = tracker.create_run(f"checkpoint-evaluation-{result.checkpoint_id}", tags)
     tracker.log(
         run_id,
-        params={"test_rows": result.rows},
-        metrics={f"test_{name}": value for name, value in sorted(result.metrics.items())},
+        params={"test_rows": result.rows, **({"classes": len(result.classes)} if result.multiclass else {})},
+        # Per-class names (`recall[a b]`) are not valid MLflow keys: `recall/a b`, as the candidates log them.
+        metrics={f"test_{metrics.mlflow_metric_key(name)}": value for name, value in sorted(result.metrics.items())},
     )
     tracker.set_status(run_id, "FINISHED")
     return run_id
@@ -182,7 +296,8 @@ def completion_signal(
         job_id=job_id,
         status="complete",
         datasets_evaluated=["test"],
-        metrics_summary=result.metrics,
+        # Summary metrics only: per-class names grow with the classes, and a signal stays small.
+        metrics_summary=summary_metrics(result.metrics),
         eval_duration_seconds=round((utc_now() - started).total_seconds(), 3),
         checkpoint_id=result.checkpoint_id,
         checkpoint_path=str(checkpoint_path),

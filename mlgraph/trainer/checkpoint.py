@@ -6,6 +6,10 @@
                         statistics and the weights' SHA-256; written last, so its presence
                         marks the checkpoint complete
 
+The head follows the task: regression has one output (a value, rescaled by `target_scaling`); binary
+classification one output too (the logit of `classes[1]`, cut at `threshold`); a target with k > 2
+classes has k outputs (one logit per class, in the order of `classes`; the label is the most probable).
+
 Plain Python (numpy, pandas; torch inside the functions that need it): a trainer on another
 machine uses it to save, the checkpoint_evaluation asset to load.
 """
@@ -31,6 +35,62 @@ NUMERIC_TYPES = {"numeric", "integer", "boolean"}
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be loaded or fed; the message names the file, the field and the fix."""
+
+
+BINARY_CLASSES = [0, 1]  # a single-output classifier that lists no classes scores class 1 against 0
+
+
+def plain(value: Any) -> Any:
+    """numpy scalars → plain Python: metadata.json is written with default=str, which would turn 2 into "2"."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def head_classes(metadata: Mapping[str, Any], where: str) -> list[Any] | None:
+    """The classes a checkpoint's output layer scores (None for regression), or a CheckpointError that
+    names `where`, the field and the fix: the class count must fit field 'architecture' output_dim."""
+    task = metadata.get("task")
+    architecture = metadata.get("architecture")
+    width = architecture.get("output_dim") if isinstance(architecture, Mapping) else None
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise CheckpointError(
+            f"{where}: field 'architecture' needs a positive integer 'output_dim' (found {width!r}). "
+            "Fix: record the width of the model's last layer."
+        )
+    if task == "regression":
+        if width != 1:
+            raise CheckpointError(
+                f"{where}: field 'architecture' output_dim is {width}, but a regression checkpoint has one "
+                "output. Fix: save a model whose last layer has one output."
+            )
+        return None
+    if task != "classification":
+        return None  # load_checkpoint names the unsupported task
+    if width == 2:
+        # Two logits could mean softmax or two independent sigmoids; one format, so no guessing.
+        raise CheckpointError(
+            f"{where}: field 'architecture' output_dim is 2. Fix: a binary classifier has one output (the "
+            "logit of classes[1], trained with BCEWithLogitsLoss); a target with k > 2 classes has k outputs."
+        )
+    classes = metadata.get("classes", BINARY_CLASSES if width == 1 else None)
+    if not isinstance(classes, list) or any(isinstance(c, (list, dict)) or c is None for c in classes):
+        raise CheckpointError(
+            f"{where}: field 'classes' is {classes!r}; a {width}-output classifier needs a list of its "
+            f"{max(width, 2)} class labels in output order. Fix: pass classes=[...] in the metadata to save_checkpoint()."
+        )
+    if len({str(c) for c in classes}) != len(classes):
+        raise CheckpointError(f"{where}: field 'classes' {classes!r} repeats a class. Fix: list each class once.")
+    expected = 2 if width == 1 else width
+    if len(classes) != expected:
+        fix = (
+            f"save a model with {len(classes)} outputs (one logit per class)"
+            if len(classes) > 2
+            else "a binary classifier has one output: set output_dim to 1"
+        )
+        raise CheckpointError(
+            f"{where}: field 'classes' lists {len(classes)} classes but field 'architecture' output_dim "
+            f"{width} scores {expected}. Fix: {fix}, or list the classes the model was trained on."
+        )
+    return classes
 
 
 @dataclass(frozen=True)
@@ -141,10 +201,26 @@ def build_model(architecture: Mapping[str, Any]):
 
 
 def save_checkpoint(directory: str | Path, model, metadata: Mapping[str, Any]) -> Path:
-    """Write weights, then metadata.json (with the weights' hash), both atomically; return the directory."""
+    """Write weights, then metadata.json (with the weights' hash), both atomically; return the directory.
+
+    Classification: `classes` lists the labels in output order (k > 2 classes: one output each).
+    """
     import torch
 
     directory = Path(directory)
+    metadata = dict(metadata)
+    if "classes" in metadata and isinstance(metadata["classes"], (list, tuple, np.ndarray)):
+        metadata["classes"] = [plain(c) for c in metadata["classes"]]
+    if metadata.get("task") in ("regression", "classification") and "architecture" in metadata:
+        # Refused before anything is written: load_checkpoint would refuse the same checkpoint later.
+        head_classes(metadata, str(directory / METADATA_FILE))
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if linear and linear[-1].out_features != metadata["architecture"]["output_dim"]:
+            raise CheckpointError(
+                f"{directory / METADATA_FILE}: field 'architecture' output_dim is "
+                f"{metadata['architecture']['output_dim']} but the model's last layer has "
+                f"{linear[-1].out_features} outputs. Fix: record the model's own output width."
+            )
     weights = directory / WEIGHTS_FILE
     with atomic_path(weights) as tmp, open(tmp, "wb") as fh:
         # A file object, not a path: torch would name the archive after the random temporary file.
@@ -170,6 +246,17 @@ class LoadedCheckpoint:
     @property
     def target(self) -> str:
         return self.metadata["target"]
+
+    @property
+    def classes(self) -> list[Any] | None:
+        """Classification: the labels in output order (binary: [negative, positive]); regression: None."""
+        if self.task != "classification":
+            return None
+        return list(self.metadata.get("classes", BINARY_CLASSES))
+
+    @property
+    def multiclass(self) -> bool:
+        return self.task == "classification" and len(self.classes) > 2
 
 
 _REQUIRED = ("task", "target", "architecture", "features", "weights_sha256")
@@ -201,8 +288,9 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
     if metadata["task"] not in ("regression", "classification"):
         raise CheckpointError(
             f"{meta_path}: field 'task' {metadata['task']!r} is not supported for MLP "
-            "checkpoints. Fix: use a regression or binary classification experiment."
+            "checkpoints. Fix: use a regression or classification experiment."
         )
+    head_classes(metadata, str(meta_path))
     weights = directory / metadata.get("weights", WEIGHTS_FILE)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing. Fix: copy the weights file next to metadata.json.")
@@ -230,17 +318,25 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
 def predict(
     checkpoint: LoadedCheckpoint, frame: pd.DataFrame, where: str = "input"
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(y_pred, y_score): regression values; or class labels and the positive class's probability."""
+    """(y_pred, y_score): regression values, None; binary: class labels and the positive class's
+    probability (n,); k > 2 classes: the most probable class's label and the probabilities (n, k), in
+    the order of the checkpoint's `classes`."""
     import torch
 
     x = torch.from_numpy(checkpoint.features.transform(frame, where))
     with torch.no_grad():
-        out = checkpoint.model(x).numpy().astype("float64")[:, 0]
+        logits = checkpoint.model(x).numpy().astype("float64")
     meta = checkpoint.metadata
     if checkpoint.task == "regression":
         scale = meta.get("target_scaling", {"mean": 0.0, "std": 1.0})
-        return out * float(scale["std"]) + float(scale["mean"]), None
-    classes = meta.get("classes", [0, 1])
+        return logits[:, 0] * float(scale["std"]) + float(scale["mean"]), None
+    classes = checkpoint.classes
+    if checkpoint.multiclass:
+        # Softmax, shifted by each row's largest logit so exp cannot overflow.
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        proba = z / z.sum(axis=1, keepdims=True)
+        return pd.Index(classes).to_numpy()[proba.argmax(axis=1)], proba
+    out = logits[:, 0]
     score = 1.0 / (1.0 + np.exp(-out))
     threshold = float(meta.get("threshold", 0.5))
     labels = np.where(score >= threshold, classes[1], classes[0])

@@ -128,16 +128,19 @@ def checkpoint_evaluation(
     except Exception as exc:
         _write_failure(context, storage, experiment, job_id, checkpoint_path, exc)
         raise
-    context.log.info(f"{result.model}: {result.metrics} on {result.rows} test rows; wrote {signal_out}")
+    summary = evaluation.summary_metrics(result.metrics)
+    context.log.info(f"{result.model}: {summary} on {result.rows} test rows; wrote {signal_out}")
     metrics = sorted(result.metrics.items())
     return dg.MaterializeResult(
         metadata={
             "checkpoint_id": ckpt_id,
             "checkpoint_path": dg.MetadataValue.path(str(checkpoint_path)),
             "model": result.model,
+            "task": f"{result.task} ({len(result.classes)} classes)" if result.multiclass else result.task,
             "architecture": dg.MetadataValue.json(result.metadata.get("architecture", {})),
             "test_rows": result.rows,
-            **{f"test_{k}": float(v) for k, v in metrics},
+            # Summary metrics as plottable values; per-class ones (k of each) only in the table below.
+            **{f"test_{k}": float(v) for k, v in sorted(summary.items())},
             "metrics": dg.MetadataValue.md(md_table(["metric", "value"], [(k, f"{v:.6g}") for k, v in metrics])),
             "metric_files": len(metric_files),
             "predictions": dg.MetadataValue.path(str(predictions)),
