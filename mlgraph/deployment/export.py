@@ -1,12 +1,17 @@
 """Export the promoted champion to ONNX: `models/{exp}/onnx/model.onnx` and `export_report.json`.
 
-- tabular Pipelines: sklearn_graph.py (one typed input per raw column, preprocessing inside the graph);
+- tabular Pipelines: sklearn_graph.py (one typed input per raw column, preprocessing inside the graph; the
+  estimator through skl2onnx, onnxmltools' LightGBM / XGBoost converters or the user's registered one —
+  converters.py — or torch.onnx.export for the platform's tabular torch estimator, torch_graph.py), and the
+  user's whole pipeline (`preprocessing: none`) with the same inputs;
 - GRU / LSTM: `torch.onnx.export(dynamo=False)` — torch 2.13's dynamo exporter needs onnxscript, which
   is not installed — with dynamic batch and sequence axes; the graph takes raw values and returns raw
   forecasts (the transform the model was trained with is part of the torch module, see
   training/forecasting.py);
-- Prophet and seasonal naive have no faithful export: the report says why, no ONNX file exists (a stale
-  one from an earlier champion is removed) and serving keeps the native model.
+- Prophet and seasonal naive have no faithful export, and neither has a tabular estimator skl2onnx has no
+  converter for (the user's class with none registered; decided on the fitted object, not the family
+  name: converters.py): the report says why (status `not_exportable`, `reason`), no ONNX file exists (a
+  stale one from an earlier champion is removed) and serving keeps the native model.
 
 A graph is written only after onnxruntime has loaded it, so an unsupported operator or a
 converter/runtime mismatch fails here, with the family and the converter's own message, and leaves
@@ -29,6 +34,8 @@ from mlgraph.core.hashing import sha256_file
 from mlgraph.deployment import runtime
 from mlgraph.deployment.champion import Champion
 from mlgraph.training import forecasting as fc
+from mlgraph.training.families import FeatureSpec
+from mlgraph.training.model_files import read_split
 
 EXPORTED, NOT_EXPORTABLE = "exported", "not_exportable"
 TORCH_OPSET = 17
@@ -98,26 +105,71 @@ def _reset_skl2onnx_names() -> None:
     _topology.Variable._UNIQUE_NUMBER_ = 0
 
 
-def build_onnx(champion: Champion, native: Any) -> tuple[Any, dict[str, Any]]:
-    """(ModelProto, converter description) for an exportable champion."""
+def whole_model_spec(drive: DrivePaths, champion: Champion, native: Any) -> FeatureSpec:
+    """The raw columns the user's whole pipeline reads: the names it was fitted with (`feature_names_in_`),
+    numeric or categorical by their dtype in the training split (declared column types are not on the drive;
+    a caller holding the experiment config may pass export_champion its spec instead)."""
+    import pandas as pd
+
+    from mlgraph.deployment import sklearn_graph
+
+    names = getattr(native, "feature_names_in_", None)
+    if names is None:
+        raise sklearn_graph.UnsupportedModel(
+            f"{champion.family}: {type(native).__qualname__} does not record the columns it was fitted on "
+            "(feature_names_in_), so the graph's inputs are unknown. Fix: fit it on the feature frame (sklearn "
+            "estimators record the names), or pass the feature spec to export_champion"
+        )
+    train = read_split(drive, champion.experiment, "train")
+    numeric = [
+        str(c)
+        for c in names
+        if pd.api.types.is_bool_dtype(train[c].dtype) or pd.api.types.is_numeric_dtype(train[c].dtype)
+    ]
+    return FeatureSpec(tuple(numeric), tuple(str(c) for c in names if str(c) not in numeric))
+
+
+def build_onnx(champion: Champion, native: Any, spec: FeatureSpec | None = None) -> tuple[Any, dict[str, Any]]:
+    """(ModelProto, converter description) for an exportable champion; `spec`: the user's whole pipeline's
+    raw columns (required for one, unused otherwise)."""
     if champion.task == "forecasting":
         return recurrent_to_onnx(native), {
             "name": "torch.onnx.export (TorchScript, dynamo=False)",
             "opset_requested": TORCH_OPSET,
         }
-    from mlgraph.deployment import sklearn_graph
+    from mlgraph.deployment import converters, sklearn_graph
 
-    converter = (
-        "mlgraph preprocessing + MatMul linear estimator"
-        if champion.family in sklearn_graph.LINEAR_FAMILIES
-        else "mlgraph preprocessing + skl2onnx estimator"
-    )
+    classifier = champion.task == "classification"
     _reset_skl2onnx_names()
-    model = sklearn_graph.pipeline_to_onnx(native, champion.family, champion.task == "classification")
-    # Merging the preprocessing and estimator graphs names them with random UUIDs in the doc string;
-    # the same champion must export to the same bytes (lineage and data versions hash them).
-    model.graph.doc_string = f"{champion.family} pipeline: preprocessing + estimator"
+    if sklearn_graph.is_tabular_pipeline(native):
+        converter = (
+            "mlgraph preprocessing + MatMul linear estimator"
+            if champion.family in sklearn_graph.LINEAR_FAMILIES
+            else f"mlgraph preprocessing + {converters.converter_name(native.named_steps['model'])} estimator"
+        )
+        model = sklearn_graph.pipeline_to_onnx(native, champion.family, classifier)
+        # Merging the preprocessing and estimator graphs names them with random UUIDs in the doc string;
+        # the same champion must export to the same bytes (lineage and data versions hash them).
+        model.graph.doc_string = f"{champion.family} pipeline: preprocessing + estimator"
+    else:
+        if spec is None:
+            raise ValueError(f"{champion.family}: the user's whole pipeline needs its feature spec to be exported")
+        converter = f"{converters.converter_name(native)} whole pipeline (preprocessing: none)"
+        model = sklearn_graph.whole_model_to_onnx(native, champion.family, classifier, spec)
+        model.graph.doc_string = f"{champion.family} whole pipeline (preprocessing: none)"
     return model, {"name": converter, "opset_requested": sklearn_graph.OPSET, "missing_values": MISSING_VALUES}
+
+
+def not_exportable_reason(champion: Champion, native: Any) -> str | None:
+    """Why the champion has no faithful ONNX form (a family that has none, or an estimator skl2onnx cannot
+    convert), or None when it is exported."""
+    if champion.family in NO_FAITHFUL_EXPORT:
+        return NO_FAITHFUL_EXPORT[champion.family]
+    if champion.task == "forecasting":
+        return None
+    from mlgraph.deployment import converters, sklearn_graph
+
+    return converters.missing_reason(sklearn_graph.estimator_of(native), champion.family)
 
 
 def _remove(*paths: Path) -> None:
@@ -133,13 +185,19 @@ def _fix(champion: Champion) -> str:
             "traces (TorchScript) with raw windows in and forecasts out"
         )
     return (
-        "if skl2onnx has no converter for this estimator, choose another family in the experiment YAML; if it is "
-        "a version mismatch, install skl2onnx, onnx and onnxruntime within pyproject.toml's ranges (`make venv`)"
+        "if the estimator's converter failed (a user's converter registered in the plugin module, or skl2onnx's / "
+        "onnxmltools' own), fix it or choose another family in the experiment YAML; if it is a version mismatch, "
+        "install skl2onnx, onnxmltools, onnx and onnxruntime within pyproject.toml's ranges (`make venv`)"
     )
 
 
-def export_champion(drive: DrivePaths, champion: Champion, native: Any) -> ExportOutcome:
-    """Write model.onnx (after onnxruntime loaded it) and export_report.json; see the module docstring."""
+def export_champion(
+    drive: DrivePaths, champion: Champion, native: Any, spec: FeatureSpec | None = None
+) -> ExportOutcome:
+    """Write model.onnx (after onnxruntime loaded it) and export_report.json; see the module docstring.
+
+    `spec`: the raw columns of the user's whole pipeline (`preprocessing: none`), when the caller knows them
+    (from the experiment config); without it they are read from the model and the training split."""
     onnx_path = drive.onnx_model_path(champion.experiment)
     report_path = drive.export_report_json(champion.experiment)
     base = {
@@ -150,15 +208,22 @@ def export_champion(drive: DrivePaths, champion: Champion, native: Any) -> Expor
         "config_hash": champion.config_hash,
         "source_model": {"path": str(champion.model_path), "sha256": sha256_file(champion.model_path)},
     }
-    if champion.family in NO_FAITHFUL_EXPORT:
+    reason = not_exportable_reason(champion, native)
+    if reason is not None:
         _remove(onnx_path, drive.onnx_int8_model_path(champion.experiment))
-        report = {**base, "status": NOT_EXPORTABLE, "reason": NO_FAITHFUL_EXPORT[champion.family], "served": "native"}
+        report = {**base, "status": NOT_EXPORTABLE, "reason": reason, "served": "native"}
         atomic_write_json(report_path, report)
         return ExportOutcome(NOT_EXPORTABLE, report, None)
 
     start = time.perf_counter()
     try:
-        model, converter = build_onnx(champion, native)
+        from mlgraph.deployment.sklearn_graph import is_tabular_pipeline
+
+        whole = champion.task != "forecasting" and not is_tabular_pipeline(native)
+        if whole and spec is None:
+            spec = whole_model_spec(drive, champion, native)
+        # build_onnx(champion, native) as before for everything but the user's whole pipeline.
+        model, converter = build_onnx(champion, native, **({"spec": spec} if whole else {}))
         removed = runtime.dedupe_opsets(model)
         payload = model.SerializeToString()
         runtime.session(payload)  # an unsupported operator or an opset the runtime lacks fails here
@@ -171,7 +236,10 @@ def export_champion(drive: DrivePaths, champion: Champion, native: Any) -> Expor
         ) from exc
     seconds = time.perf_counter() - start
     runtime.write_model(model, onnx_path)
-    versions = {p: _version(p) for p in ("onnx", "onnxruntime", "skl2onnx", "scikit-learn", "torch")}
+    versions = {
+        p: _version(p)
+        for p in ("onnx", "onnxruntime", "skl2onnx", "onnxmltools", "scikit-learn", "lightgbm", "xgboost", "torch")
+    }
     report = {
         **base,
         "status": EXPORTED,
