@@ -12,6 +12,7 @@ without the check before training its model file would be on disk by the time th
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import pickle
 import re
@@ -531,6 +532,28 @@ def test_editing_the_plugin_source_changes_the_config_hash(plugins) -> None:
     assert ExperimentConfig.model_validate(other).config_hash != original
 
 
+def test_editing_a_plugin_helper_the_module_imports_changes_the_hash(plugins) -> None:
+    helper = plugins("helper", "SCALE = 1.0\n")
+    unrelated = plugins("unrelated", "VALUE = 1\n")
+    module = plugins("uses_helper", f"from {helper} import SCALE\n" + textwrap.dedent(LEAST_SQUARES))
+    data = {
+        "name": "helped",
+        "task": "regression",
+        "dataset": {"generator": "salary"},
+        "target": "y",
+        "models": [{"family": "estimator", "estimator": f"{module}:LeastSquares"}],
+    }
+
+    def config_hash() -> str:
+        return ExperimentConfig.model_validate(data).config_hash
+
+    original = config_hash()
+    (plugins.folder / f"{unrelated}.py").write_text("VALUE = 2\n")  # not imported by the spec's module
+    assert config_hash() == original
+    (plugins.folder / f"{helper}.py").write_text("SCALE = 2.0\n")  # imported: the spec's code changed
+    assert config_hash() != original
+
+
 def test_a_missing_module_still_gives_a_hash_at_config_load(plugins, tmp_path) -> None:
     missing = f"later_{plugins.token}"
     directory = tmp_path / "experiments"
@@ -760,6 +783,7 @@ def test_a_torch_forecaster_trains_saves_and_reloads_identically(plugins, tmp_pa
 
     loaded = fc.load_forecaster(None, artifact)
     assert loaded.family == "torch" and loaded.metadata["module"] == f"{module}:build"
+    assert loaded.metadata["name"] == "user_net"  # errors rebuilding the network name the spec
     y, ts = frame["y"].to_numpy(), frame["ts"].to_numpy()
     positions = np.arange(300, 360)
     from_file = fc.predict_forecaster(loaded, y, ts, positions)
@@ -767,7 +791,9 @@ def test_a_torch_forecaster_trains_saves_and_reloads_identically(plugins, tmp_pa
 
     # The same fit in memory (the final task's settings) predicts exactly what the file does.
     params = {k: v for k, v in outcome.models["user_net"].params.items() if k not in ("window", "horizon")}
-    fit = fc.fit_forecaster("torch", y[:300], ts[:300], config.forecast, params, config.seed, module=f"{module}:build")
+    fit = fc.fit_forecaster(
+        "torch", y[:300], ts[:300], config.forecast, params, config.seed, module=f"{module}:build", name="user_net"
+    )
     in_memory = fc.predict_forecaster(fit, y, ts, positions)
     np.testing.assert_array_equal(from_file, in_memory)
     resaved = fc.load_forecaster(None, fc.save_forecaster(fit, tmp_path / "again.pt"))
@@ -803,3 +829,60 @@ def test_boosting_reruns_write_identical_model_files(tmp_path, task: str) -> Non
     metric, baseline = ("roc_auc", "baseline_majority_class") if task == "classification" else ("r2", "baseline_mean")
     for name in config.model_names:
         assert evaluated.metrics[name][metric] > evaluated.metrics[baseline][metric] + 0.3, (name, evaluated.metrics)
+
+
+UNTRACEABLE_NET = """
+import torch
+from torch import nn
+
+
+class SvdNet(nn.Module):
+    # torch.linalg.svdvals has no ONNX operator: the exporter refuses the whole network.
+    def __init__(self, n_inputs):
+        super().__init__()
+        self.lin = nn.Linear(n_inputs, 1)
+
+    def forward(self, x):
+        return self.lin(x)[:, 0] + 0.0 * torch.linalg.svdvals(x.unsqueeze(1))[:, 0]
+
+
+def build(n_inputs, params):
+    return SvdNet(n_inputs)
+"""
+
+
+@pytest.mark.parametrize(("source", "status"), [(TORCH_NET, "exported"), (UNTRACEABLE_NET, "not_exportable")])
+def test_a_torch_forecaster_exports_when_it_traces_and_says_why_when_not(plugins, tmp_path, source, status) -> None:
+    from mlgraph.core.drive import DriveLayout
+    from mlgraph.deployment.champion import Champion
+    from mlgraph.deployment.export import export_champion
+
+    module = plugins("exported_net", source)
+    frame = _series_frame()
+    config = _config("forecasting", [], forecast=TINY_FORECAST)
+    y, ts = frame["y"].to_numpy()[:300], frame["ts"].to_numpy()[:300]
+    fit = fc.fit_forecaster("torch", y, ts, config.forecast, {"epochs": 2}, 0, module=f"{module}:build", name="net")
+    path = fc.save_forecaster(fit, tmp_path / "net.pt")
+    champion = Champion(
+        "forecast_test",
+        "forecasting",
+        "torch",
+        path,
+        "1",
+        "run",
+        "hash",
+        None,
+        name="net",
+        import_path=f"{module}:build",
+    )
+    drive = DriveLayout.at(tmp_path / "drive")
+    outcome = export_champion(drive, champion, fc.load_forecaster(None, path))
+    assert outcome.status == status, outcome.report
+    report = json.loads(drive.export_report_json("forecast_test").read_text())
+    assert report["model"] == "net" and report["family"] == "torch"
+    if status == "exported":
+        assert drive.onnx_model_path("forecast_test").is_file()
+    else:
+        # The exporter's own words, and the user's import path, say why the native model is served.
+        assert report["served"] == "native" and f"{module}:build" in report["reason"]
+        assert "svdvals" in report["reason"] and not drive.onnx_model_path("forecast_test").exists()

@@ -13,6 +13,7 @@ module (a dotted path does import its parent packages, as Python's own lookup do
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 import os
@@ -46,8 +47,24 @@ def split_import_path(import_path: str) -> tuple[str, str]:
 
 
 def module_files(module: str) -> list[Path] | None:
-    """The source files of `module` (every .py of a package), sorted; None when Python cannot find it."""
-    ensure_on_path()
+    """The source files of `module` (every .py of a package), plus the plugins-folder modules they import,
+    sorted; None when Python cannot find it."""
+    folder = ensure_on_path()
+    own = _own_files(module)
+    if own is None:
+        return None
+    # A plugin's helpers in the same folder are its code too: editing one must make its models stale.
+    found, queue = set(own), list(own)
+    while queue:
+        for name in _imported_top_level(queue.pop()):
+            for path in _local_module(folder, name):
+                if path not in found:
+                    found.add(path)
+                    queue.append(path)
+    return sorted(found)
+
+
+def _own_files(module: str) -> list[Path] | None:
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):  # a parent package is missing or broken
@@ -55,11 +72,37 @@ def module_files(module: str) -> list[Path] | None:
     if spec is None:
         return None
     if spec.submodule_search_locations:
-        roots = [Path(p) for p in spec.submodule_search_locations]
-        return sorted({f for root in roots for f in root.rglob("*.py") if "__pycache__" not in f.parts})
+        return _package_files([Path(p) for p in spec.submodule_search_locations])
     if spec.origin and Path(spec.origin).is_file():
         return [Path(spec.origin)]
     return []  # built-in or frozen: no source to hash
+
+
+def _package_files(roots: list[Path]) -> list[Path]:
+    return sorted({f for root in roots for f in root.rglob("*.py") if "__pycache__" not in f.parts})
+
+
+def _imported_top_level(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in a source file (read, never run)."""
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (OSError, SyntaxError, ValueError):  # importing it will fail with the spec's clear message
+        return set()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _local_module(folder: Path, name: str) -> list[Path]:
+    """The files of top-level module `name` if it lives in the plugins folder (not an installed package)."""
+    if (folder / name / "__init__.py").is_file() or (folder / name).is_dir():
+        return _package_files([folder / name])
+    single = folder / f"{name}.py"
+    return [single] if single.is_file() else []
 
 
 def source_digest(import_path: str) -> str:
@@ -72,7 +115,7 @@ def source_digest(import_path: str) -> str:
     files = module_files(module)
     if files is None:
         return f"missing:{module}"
-    base = files[0].parent if files else Path()
+    base = plugins_dir()
     parts = [f"{_relative(f, base)}:{_file_digest(str(f), *_stamp(f))}" for f in files]
     return sha256_text("\n".join(parts))
 

@@ -144,10 +144,23 @@ class Evaluation:
     error_unit: float  # 1 for probabilities; the training target's standard deviation for values
     train: pd.DataFrame
     target: str
+    features: fam.FeatureSpec | None = None  # tabular: the raw columns the champion reads
 
 
-def model_features(model: Any) -> fam.FeatureSpec:
-    """The raw columns a fitted tabular Pipeline reads, from its ColumnTransformer."""
+def model_features(model: Any, whole: fam.FeatureSpec | None = None) -> fam.FeatureSpec:
+    """The raw columns a fitted tabular Pipeline reads, from its ColumnTransformer.
+
+    The user's whole pipeline (`preprocessing: none`) has no ColumnTransformer: it reads the experiment's
+    feature columns, `whole` (families.feature_spec of the training split).
+    """
+    steps = getattr(model, "named_steps", None)
+    if steps is None or "preprocess" not in steps:
+        if whole is None:
+            raise ValueError(
+                f"{type(model).__name__} is the user's whole pipeline (preprocessing: none): its columns are the "
+                "experiment's features; pass them (families.feature_spec of the training split)"
+            )
+        return whole
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     for name, _, columns in model.named_steps["preprocess"].transformers_:
@@ -167,17 +180,19 @@ def evaluation_split(config: ExperimentConfig, train: pd.DataFrame, test: pd.Dat
         windows = window_inputs(series, positions, meta["window"], meta["horizon"])
         unit = float(np.std(train[config.target].to_numpy(dtype=np.float64))) or 1.0
         return Evaluation(Rows(windows=windows), series[positions], unit, train, config.target)
-    X = fam.prepare_frame(test, model_features(native))
+    features = model_features(native, fam.feature_spec(train, config))
+    X = fam.prepare_frame(test, features)
     if config.task == "classification" and len(classes := target_classes(train[config.target], "train.parquet")) > 2:
         # Multiclass: class indices, as the champion predicts them (probabilities are (n, k)).
         y_true = encode_labels(test[config.target], classes, "test.parquet")
-        return Evaluation(Rows(frame=X), y_true, 1.0, train, config.target)
+        return Evaluation(Rows(frame=X), y_true, 1.0, train, config.target, features)
     if config.task == "classification":
         _, positive = binary_labels(train[config.target], "train.parquet")
         y_true = (test[config.target].to_numpy() == positive).astype(np.int64)
-        return Evaluation(Rows(frame=X), y_true, 1.0, train, config.target)
+        return Evaluation(Rows(frame=X), y_true, 1.0, train, config.target, features)
     unit = float(np.std(train[config.target].to_numpy(dtype=np.float64))) or 1.0
-    return Evaluation(Rows(frame=X), test[config.target].to_numpy(dtype=np.float64), unit, train, config.target)
+    y_true = test[config.target].to_numpy(dtype=np.float64)
+    return Evaluation(Rows(frame=X), y_true, unit, train, config.target, features)
 
 
 def edge_rows(evaluation: Evaluation, native: Any) -> tuple[Rows, list[str]]:
@@ -199,7 +214,7 @@ def edge_rows(evaluation: Evaluation, native: Any) -> tuple[Rows, list[str]]:
             ),
         }
         return Rows(windows=np.stack(list(edges.values()))), list(edges)
-    spec = model_features(native)
+    spec = evaluation.features or model_features(native)
     base = rows.frame.iloc[[0]].reset_index(drop=True)
     frames, names = [], []
     gap = base.copy()

@@ -63,11 +63,17 @@ class ExportOutcome:
         return self.status == EXPORTED
 
 
+# Distributions that install a package under another name (xgboost's CPU wheel is `xgboost-cpu`).
+_DISTRIBUTIONS = {"xgboost": ("xgboost", "xgboost-cpu")}
+
+
 def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    for distribution in _DISTRIBUTIONS.get(package, (package,)):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def recurrent_to_onnx(fit: fc.ForecastFit):
@@ -202,6 +208,7 @@ def export_champion(
     report_path = drive.export_report_json(champion.experiment)
     base = {
         "experiment": champion.experiment,
+        "model": champion.model_name,
         "family": champion.family,
         "model_version": champion.model_version,
         "run_id": champion.run_id,
@@ -230,6 +237,16 @@ def export_champion(
     except Exception as exc:
         # What is on the drive must be the current champion's or nothing: never an older champion's graph.
         _remove(onnx_path, drive.onnx_int8_model_path(champion.experiment), report_path)
+        if champion.family == "torch" and champion.task == "forecasting":
+            # The user's network need not trace (data-dependent control flow, unsupported ops): it is
+            # served natively, with the exporter's own words as the reason.
+            reason = (
+                f"torch.onnx.export could not export the user's network {champion.import_path or ''} "
+                f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no message'})"
+            )
+            report = {**base, "status": NOT_EXPORTABLE, "reason": reason, "served": "native"}
+            atomic_write_json(report_path, report)
+            return ExportOutcome(NOT_EXPORTABLE, report, None)
         raise ExportError(
             f"{champion.experiment}: ONNX export of {champion.label()} failed: {type(exc).__name__}: {exc}. "
             f"Fix: {_fix(champion)}. Nothing was written; the native model stays served."

@@ -173,7 +173,11 @@ def _check_inputs(champion: Champion, native: Any, spec: InputSpec) -> fam.Featu
                 f"schema has {spec.window}. Fix: restart the service for the new config."
             )
         return None
-    used = model_features(native)
+    # The user's whole pipeline reads the experiment's features: the service's schema, by construction.
+    whole = fam.FeatureSpec(
+        tuple(f.name for f in spec.features if not f.categorical), tuple(f.name for f in spec.features if f.categorical)
+    )
+    used = model_features(native, whole)
     if set(used.columns) != set(spec.names):
         raise ModelRefused(
             f"champion {champion.label()} reads features {used.columns}, the service's schema has "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -252,7 +253,15 @@ def _run_forecast_task(task: Task, data: TrainingData, config: ExperimentConfig)
     start = time.perf_counter()
     observed = data.observed if data.observed is not None else np.ones(len(data.y), dtype=bool)
     fit = fc.fit_forecaster(
-        task.family, data.y[:end], data.timestamps[:end], cfg, params, config.seed, observed[:end], task.spec.module
+        task.family,
+        data.y[:end],
+        data.timestamps[:end],
+        cfg,
+        params,
+        config.seed,
+        observed[:end],
+        task.spec.module,
+        task.name,
     )
     if task.fold is None:
         seconds = time.perf_counter() - start
@@ -337,7 +346,9 @@ def train_candidates(
     tasks = plan_tasks(config, data, models_dir)
     n_jobs = max(1, min(n_jobs or available_cores(), len(tasks)))
     if n_jobs == 1:
-        results = [run_task(t, data, config) for t in tasks]
+        # Each task gets its own unpickled copy, as a loky worker does: pickle's output follows object
+        # identity (memo), so only then are the model files byte-identical whatever the worker count.
+        results = [run_task(*pickle.loads(pickle.dumps((t, data, config)))) for t in tasks]
     else:
         from joblib import Parallel, delayed
 

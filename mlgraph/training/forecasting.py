@@ -223,6 +223,7 @@ def _fit_recurrent(
     params: dict[str, Any],
     seed: int,
     module: str | None = None,
+    name: str | None = None,
 ) -> ForecastFit:
     import copy
 
@@ -248,7 +249,8 @@ def _fit_recurrent(
     metadata: dict[str, Any] = {"family": family, "window": cfg.window, "horizon": cfg.horizon}
     if family == "torch":  # what rebuilds the user's network: its import path and build() params
         skip = {*TORCH_LOOP_KEYS, "window", "horizon", "device"}
-        metadata.update(module=module, build_params={k: v for k, v in params.items() if k not in skip})
+        # The spec's name too: an error rebuilding the network names the spec the user wrote.
+        metadata.update(name=name, module=module, build_params={k: v for k, v in params.items() if k not in skip})
     else:
         metadata["hidden_size"] = int(params.get("hidden_size", cfg.hidden_size))
     metadata.update(transform)
@@ -343,16 +345,17 @@ def fit_forecaster(
     seed: int,
     observed: np.ndarray | None = None,
     module: str | None = None,
+    name: str | None = None,
 ) -> ForecastFit:
     """Fit one forecaster on the regular series `y` (time order) with timestamps `ts`.
 
     `observed` (default: all) is False where forecast_data filled a gap: never a target, never fitted.
-    `module` is the user's "module:build" for family "torch".
+    `module` is the user's "module:build" for family "torch", `name` its spec's name.
     """
     y = np.asarray(y, dtype=np.float64)
     observed = np.ones(y.size, dtype=bool) if observed is None else np.asarray(observed, dtype=bool)
     if family in TORCH_FORECASTERS:
-        return _fit_recurrent(family, y, observed, cfg, params, seed, module)
+        return _fit_recurrent(family, y, observed, cfg, params, seed, module, name)
     if family == "prophet":
         return _fit_prophet(y, ts, observed, params, seed)
     if family == "seasonal_naive":

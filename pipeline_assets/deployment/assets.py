@@ -31,10 +31,18 @@ def onnx_model(
     """The promoted champion exported to ONNX with its export report, or why it has no faithful export."""
     from mlgraph.deployment import export
     from mlgraph.deployment.champion import read_champion
+    from mlgraph.deployment.sklearn_graph import is_tabular_pipeline
+    from mlgraph.training import model_files
+    from mlgraph.training.families import feature_spec
 
     config = catalog.load(context.partition_key).config
     champion = read_champion(storage, config)
-    outcome = export.export_champion(storage, champion, champion.load())
+    native = champion.load()
+    whole = None
+    if config.task != "forecasting" and not is_tabular_pipeline(native):
+        # The user's whole pipeline (preprocessing: none) reads the experiment's columns, declared types included.
+        whole = feature_spec(model_files.read_split(storage, config.name, "train"), config)
+    outcome = export.export_champion(storage, champion, native, whole)
     report = outcome.report
     # The ONNX hashes join the champion's lineage.json, so `mlgraph verify` checks them too.
     extend_lineage(
