@@ -8,6 +8,7 @@ would: one run per sensor and partition. The daemon test runs the real graph on 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -409,14 +410,59 @@ def last_tick_after(instance: dg.DagsterInstance, sensor: str, since: float) -> 
     return max(started, default=None)
 
 
+# The user's estimator in the daemon test's plugins folder: its source is part of the config hash.
+PLUGIN_SOURCE = """
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+class Centroid(ClassifierMixin, BaseEstimator):
+    def fit(self, X, y):
+        X, y = np.asarray(X, dtype=float), np.asarray(y)
+        self.classes_ = np.unique(y)
+        self.means_ = np.stack([X[y == c].mean(axis=0) for c in self.classes_])
+        return self
+
+    def predict_proba(self, X):
+        distance = ((np.asarray(X, dtype=float)[:, None, :] - self.means_[None]) ** 2).sum(axis=2)
+        weights = np.exp(-(distance - distance.min(axis=1, keepdims=True)))
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+"""
+
+
+def with_plugin_spec(config_dir: Path, plugins: Path) -> Path:
+    """`tiny` also trains the user's estimator `centroid` (plugins/tiny_models.py); returns the plugin file."""
+    plugins.mkdir(parents=True, exist_ok=True)
+    plugin = plugins / "tiny_models.py"
+    plugin.write_text(PLUGIN_SOURCE)
+    yaml_file = config_dir / "experiments" / "tiny.yaml"
+    config = yaml.safe_load(yaml_file.read_text())
+    config["models"].append({"name": "centroid", "family": "estimator", "estimator": "tiny_models:Centroid"})
+    yaml_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return plugin
+
+
+def candidates_manifest(drive: Path) -> dict:
+    return json.loads((drive / "models" / "tiny" / "candidates.json").read_text())
+
+
 @pytest.mark.daemon
 @pytest.mark.timeout(900)
 def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path, shared_drive: Path):
     config_dir = tmp_path / "config"
     csv = tiny_experiment(config_dir, constraints=ONE_CONSTRAINT)
+    plugin = with_plugin_spec(config_dir, tmp_path / "plugins")
     home = tmp_path / "dagster_home"
     write_instance_config(home, DEFAULT_RUN_LAUNCHER, automation=True)
-    env = {"SHARED_DRIVE": str(shared_drive), "MLGRAPH_CONFIG_DIR": str(config_dir), "PYTHONWARNINGS": "ignore"}
+    env = {
+        "SHARED_DRIVE": str(shared_drive),
+        "MLGRAPH_CONFIG_DIR": str(config_dir),
+        "MLGRAPH_PLUGINS_DIR": str(tmp_path / "plugins"),
+        "PYTHONWARNINGS": "ignore",
+    }
     daemon = DagsterDaemon(home, env, tmp_path)
     automated, on_slurm = automated_assets()
     assert {"champion_model", "constraint_probe_result", "run_summary"} <= set(automated)
@@ -471,8 +517,11 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
             ).records
             assert len({r.asset_materialization.tags["dagster/data_version"] for r in fingerprints}) == 2
 
-            # (c) Unchanged (the file touched, the YAML's description edited): more ticks start nothing.
+            assert candidates_manifest(shared_drive)["families"]["centroid"]["family"] == "estimator"
+
+            # (c) Unchanged (the files touched, the YAML's description edited): more ticks start nothing.
             os.utime(csv)
+            os.utime(plugin)
             yaml_file = config_dir / "experiments" / "tiny.yaml"
             yaml_file.write_text(yaml_file.read_text() + "description: prose is not part of the config hash\n")
             edited, before = time.time(), len(runs())
@@ -492,6 +541,13 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
                 )
             assert len(runs()) == before, diagnostics()
             assert set(materializations(instance, automated).values()) == {2}, diagnostics()
+
+            # (d) A comment in the user's plugin: its digest, hence the config hash, changes; the graph
+            # (training included) is materialized once more.
+            trained_for = candidates_manifest(shared_drive)["config_hash"]
+            plugin.write_text(plugin.read_text() + "\n# a comment changes the code digest\n")
+            wait_for(lambda: settled(3), STAGE_TIMEOUT * 3, "the graph after the plugin edit", on_timeout=diagnostics)
+            assert candidates_manifest(shared_drive)["config_hash"] != trained_for
         finally:
             daemon.stop_all()
         assert daemon.descendants() == []

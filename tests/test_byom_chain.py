@@ -3,9 +3,8 @@ through the real `dagster asset materialize` CLI, promotion, ONNX export and a r
 
 One temporary project per module: config/experiments/*.yaml with small CSVs written here, a plugins/ folder
 holding the user's code (MLGRAPH_PLUGINS_DIR), a shared drive and a DAGSTER_HOME. Every subprocess (the CLI,
-the service, the daemon and its runs) gets those four variables. The daemon test drives the same user
-estimator through declarative automation and edits the plugin's source: a new code digest, a new config
-hash, one retraining.
+the service) gets those four variables. Retraining through the daemon's automation when a plugin's source
+changes is checked in tests/test_automation.py (the daemon stage (d)).
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +29,8 @@ from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
 from mlgraph.core.experiment import load_experiment_file
 from mlgraph.deployment.champion import read_champion
 from mlgraph.deployment.parity import MAX_ABS_ERR_LIMIT
-from mlgraph.training.promotion import PromotionStore
-from tests.support import dagster_instance, wait_for
-from tests.support.daemon import DagsterDaemon
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support import dagster_instance
 from tests.support.serving import Server, json_rows
-from tests.test_automation import ONE_CONSTRAINT, last_tick_after
 
 BIN = Path(sys.executable).parent
 CHAIN = (
@@ -568,94 +561,3 @@ def test_missing_plugin_module_fails_candidate_models_with_one_clear_message(pro
 
 
 # --- declarative automation on the real daemon ---------------------------------------------------------
-
-
-def materialization_counts(instance: dg.DagsterInstance, experiment: str, assets: tuple[str, ...]) -> Counter:
-    counts = Counter()
-    for name in assets:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[experiment]), limit=10
-        ).records
-        counts[name] = len(records)
-    return counts
-
-
-@pytest.mark.daemon
-@pytest.mark.timeout(600)
-def test_automation_retrains_when_the_plugin_source_changes(tmp_path: Path) -> None:
-    project = new_project(tmp_path, constraints=ONE_CONSTRAINT)
-    byo_est(project.config_dir)
-    write_instance_config(project.home, DEFAULT_RUN_LAUNCHER, automation=True)
-    env = {k: v for k, v in project.env.items() if k != "DAGSTER_HOME"}  # DagsterDaemon sets its own
-    daemon = DagsterDaemon(project.home, env, tmp_path)
-    watched = ("candidate_models", "champion_model")
-    plugin = project.plugins / f"{PLUGIN}.py"
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        with dagster_instance(project.home) as instance:
-
-            def counts() -> Counter:
-                return materialization_counts(instance, "byo_est", watched)
-
-            def training_runs() -> int:
-                """Runs that select candidate_models, whatever their state (a queued retraining counts)."""
-                selects = dg.AssetKey("candidate_models")
-                return sum(selects in (r.asset_selection or ()) for r in instance.get_runs())
-
-            def diagnostics() -> str:
-                runs = instance.get_runs(limit=30)
-                listed = "\n".join(
-                    f"  {r.status.value} {sorted(k.to_user_string() for k in r.asset_selection or [])}" for r in runs
-                )
-                return f"materialized: {dict(counts())}\nruns:\n{listed}\n{daemon.logs()}"
-
-            def settled(expected: int) -> bool:
-                runs = list(instance.get_runs())
-                failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
-                assert not failed, diagnostics()
-                return set(counts().values()) == {expected} and all(r.is_finished for r in runs)
-
-            def quiet_round(expected: int) -> None:
-                """A source-sensor tick after now and a tick of both automation sensors after that start no training."""
-                since = time.time()
-                wait_for(
-                    lambda: last_tick_after(instance, "experiment_source_sensor", since),
-                    60,
-                    "an experiment_source_sensor tick",
-                    on_timeout=diagnostics,
-                )
-                looked = time.time()
-                for sensor in ("automation_sensor", "slurm_automation_sensor"):
-                    wait_for(
-                        lambda s=sensor: last_tick_after(instance, s, looked),
-                        60,
-                        f"a {sensor} tick after the source was looked at",
-                        on_timeout=diagnostics,
-                    )
-                assert training_runs() == expected, diagnostics()
-                assert counts() == Counter(dict.fromkeys(watched, expected)), diagnostics()
-
-            try:
-                daemon.start()
-                # The YAML is new: the config sensor registers it, automation trains and promotes the user model.
-                wait_for(lambda: settled(1), 300, "byo_est through champion_model once", 1.0, diagnostics)
-                first = candidates(project, "byo_est")
-                assert first["families"]["nearest_mean"]["family"] == "estimator"
-                # The plugin touched but unchanged (same bytes, new mtime): the same digest, nothing retrains.
-                os.utime(plugin)
-                quiet_round(1)
-
-                # A comment in the plugin: the code digest, hence the config hash, changes; automation retrains once.
-                plugin.write_text(plugin.read_text() + "\n# tuned nothing: a comment changes the code digest\n")
-                wait_for(lambda: settled(2), 240, "byo_est retrained after the plugin edit", 1.0, diagnostics)
-                second = candidates(project, "byo_est")
-                assert second["config_hash"] != first["config_hash"]
-                assert second["families"]["nearest_mean"]["import_path"] == f"{PLUGIN}:NearestMean"
-                # Promoted under the new hash (read by the hash the run recorded: this process never imports the plugin).
-                pointer = PromotionStore(DriveLayout.at(project.drive).promotion_dir(second["config_hash"])).current()
-                assert pointer is not None and pointer["model_name"] == "nearest_mean", diagnostics()
-                quiet_round(2)  # once per change
-            finally:
-                daemon.stop_all()
-    assert daemon.descendants() == []

@@ -622,6 +622,17 @@ def test_a_duck_typed_classifier_with_no_preprocessing_gets_the_raw_columns(plug
     evaluated = evaluate(config, train, test, {"raw_mean": outcome.models["raw_mean"].artifact})
     assert evaluated.metrics["raw_mean"]["roc_auc"] > 0.9 > evaluated.metrics["baseline_majority_class"]["roc_auc"]
 
+    # The release gates' inputs: the whole pipeline reads the experiment's features (it has no ColumnTransformer).
+    from mlgraph.deployment.champion import edge_rows, evaluation_split, model_features
+
+    with pytest.raises(ValueError, match="whole pipeline"):
+        model_features(model)
+    split = evaluation_split(config, train, test, model)
+    assert list(split.rows.frame.columns) == ["x1", "x2", "colour"] and split.features.categorical == ("colour",)
+    edges, names = edge_rows(split, model)
+    assert "unseen category in colour" in names and len(edges) == len(names)
+    assert model.predict_proba(edges.frame).shape == (len(names), 2)
+
 
 @pytest.mark.parametrize("preprocessing", ["standard", "none"])
 def test_a_user_regressor_and_a_factory_train_and_beat_the_mean(plugins, tmp_path, preprocessing: str) -> None:
