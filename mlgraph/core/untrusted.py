@@ -12,6 +12,7 @@ Three guards, each a class of hostile input rather than a list of cases:
 Every refusal is an `Unusable` with a reason and a fix; callers add the file name.
 """
 
+import errno
 import json
 import os
 import re
@@ -255,3 +256,52 @@ def read_regular_file(
         # A NUL in a path handed in by a caller.
         raise Unusable(f"cannot read it ({exc})", "give the file's path") from None
     return b"".join(chunks)
+
+
+_APPEND_FLAGS = (
+    os.O_WRONLY
+    | os.O_APPEND
+    | os.O_CREAT
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+
+
+def open_append(path: str | Path, within: str | Path | None = None, mode: int = 0o644) -> int:
+    """A descriptor appending to the regular file at `path` (created when missing), or Unusable.
+
+    The write-side twin of `read_regular_file`, for files on the drive that anyone may have replaced:
+    a symlink at `path` is refused, never followed (O_NOFOLLOW), so client-chosen bytes cannot land in
+    the link's target; a FIFO, device or socket is refused from the open descriptor's stat, and the
+    open itself cannot block on a FIFO with no reader (O_NONBLOCK, cleared once the file is known to be
+    regular). With `within`, the directory's real path must lie inside it: a parent directory swapped
+    for a link out of the drive is refused too. The caller closes the descriptor.
+    """
+    path = Path(path)
+    try:
+        if within is not None and not Path(os.path.realpath(path.parent)).is_relative_to(os.path.realpath(within)):
+            raise Unusable(
+                f"its directory leads outside the shared drive (to {os.path.realpath(path.parent)})",
+                "make the directory a real directory on the drive, not a link to elsewhere",
+            )
+        fd = os.open(path, _APPEND_FLAGS, mode)
+    except Unusable:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise Unusable("is a symlink; it was not followed", _REGULAR_FIX) from None
+        if exc.errno == errno.ENXIO:
+            raise Unusable("is a named pipe (FIFO); it was not opened", _REGULAR_FIX) from None
+        raise Unusable(f"cannot open it for writing ({exc.strerror or exc})", "check the drive's permissions and free space") from None
+    except (ValueError, TypeError) as exc:
+        raise Unusable(f"cannot open it for writing ({exc})", "give the file's path") from None
+    try:
+        if kind := _not_regular(os.fstat(fd).st_mode):
+            raise Unusable(f"is {kind}, not a regular file; nothing was written", _REGULAR_FIX)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
