@@ -1,8 +1,9 @@
 """Alert sensors run by the daemon: failed runs (any job, any code location) and free disk space.
 
-Thin wrappers over mlgraph.ops.alerts, which decides what is news and writes it. The daemon cannot
-report its own death, so the stale-heartbeat check runs outside it (`mlgraph alerts check`, every
-minute from cron or a systemd timer on the monitoring server).
+Thin wrappers over mlgraph.ops.alerts, which decides what is news and writes it: one batch per
+evaluation (one lock, one read, one fsync), webhooks sent by a background thread, never in the tick.
+The daemon cannot report its own death, so the stale-heartbeat check runs outside it (`mlgraph alerts
+check`, every minute from cron or a systemd timer on the monitoring server).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import dagster as dg
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.hashing import sha256_text
 from mlgraph.core.tags import SLURM_STATE_TAG, experiment_tag
-from mlgraph.ops import alerts
+from mlgraph.ops import alerts, webhook
 from mlgraph.slurm.jobs import FAILED_STATES
 from resources.storage import SharedDrive
 
@@ -62,10 +63,10 @@ def build_alert_sensors(
         message = context.failure_event.message or "no failure message"
         state = slurm_state(run, message)
         named = experiment_tag(run.tags)
-        drive = storage.layout
-        alerts.run_failed(drive, run.run_id, run.job_name, message, named[1] if named else None, state)
+        changes = [alerts.run_failed_change(run.run_id, run.job_name, message, named[1] if named else None, state)]
         if named:
-            alerts.consecutive_failures(drive, named[1], latest_statuses(context.instance, *named))
+            changes.append(alerts.consecutive_failures_change(named[1], latest_statuses(context.instance, *named)))
+        alerts.record(storage.layout, changes)
 
     @dg.run_status_sensor(
         name="alert_run_success_sensor",
@@ -86,19 +87,28 @@ def build_alert_sensors(
     def alert_disk_space_sensor(context: dg.SensorEvaluationContext, storage: SharedDrive):
         """Alerts when the drive's free space falls under $MLGRAPH_DISK_MIN_FREE_PERCENT (10 %)."""
         condition = alerts.check_disk(storage.layout)
-        return dg.SkipReason(f"disk {condition.status}: {condition.message}")
+        sent = webhook.stats()
+        delivery = (
+            f"; webhook since start: {sent['sent']} sent, {sent['failed']} failed, {sent['dropped']} dropped, "
+            f"{sent['queued']} queued"
+            if webhook.webhook_url()
+            else ""
+        )
+        return dg.SkipReason(f"disk {condition.status}: {condition.message}{delivery}")
 
     return [alert_run_failure_sensor, alert_run_success_sensor, alert_disk_space_sensor]
 
 
 def alert_rejected_signals(drive_root, reasons: list[str], log) -> None:
-    """One alert per rejected signal (the reason names the file and why); never breaks the caller's tick."""
+    """One alert per rejected signal (the reason names the file and why), all in one batch (one lock,
+    one read, one fsync; webhooks in the background); never breaks the caller's tick."""
+    if not reasons:
+        return
     try:
-        layout = DriveLayout(drive_root)
-        for reason in reasons:
-            alerts.signal_rejected(layout, sha256_text(reason)[:16], reason)
+        changes = [alerts.signal_rejected_change(sha256_text(reason)[:16], reason) for reason in reasons]
+        alerts.record(DriveLayout(drive_root), changes)
     except Exception:
-        log.error(f"could not record signal-rejection alerts:\n{traceback.format_exc()}")
+        log.error(f"could not record {len(reasons)} signal-rejection alert(s):\n{traceback.format_exc()}")
 
 
 ALERT_SENSORS = build_alert_sensors()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ from dagster._daemon.types import DaemonHeartbeat
 from mlgraph.cli.main import main
 from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
 from mlgraph.core.tags import COMPUTE_TAG, TAG_EXPERIMENT
-from mlgraph.ops import alerts
+from mlgraph.ops import alerts, webhook
 from mlgraph.ops.webhook import WEBHOOK_URL_ENV
 from tests.support import dagster_instance, wait_for
 from tests.support.slurm import harness
@@ -133,6 +134,7 @@ def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(
     alerts.consecutive_failures(drive, "salary", ["FAILURE"] * 3)
     alerts.consecutive_failures(drive, "salary", ["FAILURE"] * 3)  # deduped: not posted again
     alerts.consecutive_failures(drive, "salary", ["SUCCESS", "FAILURE", "FAILURE"])
+    assert webhook.flush(30)  # sent by the background sender, in order
     assert receiver.paths == ["/hooks/SECRET-TOKEN"] * 2
     assert [(b["kind"], b["resolved"], b["severity"]) for b in receiver.bodies] == [
         ("consecutive_failures", False, "critical"),
@@ -143,6 +145,7 @@ def test_webhook_receives_each_alert_and_a_dead_one_is_logged_without_its_token(
     monkeypatch.setenv(WEBHOOK_URL_ENV, "http://127.0.0.1:9/hooks/SECRET-TOKEN")  # discard port: refused
     with caplog.at_level(logging.WARNING, logger="mlgraph.ops.webhook"):
         assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk_space_low", "low", "critical")
+        assert webhook.flush(30)
     assert "unreachable" in caplog.text and "SECRET-TOKEN" not in caplog.text
     assert "SECRET-TOKEN" not in DriveLayout.at(shared_drive).alerts_jsonl().read_text()
 
@@ -304,3 +307,159 @@ def test_a_long_alert_log_is_read_from_its_tail(tmp_path: Path) -> None:
     assert records[-1]["key"] == "new" and 0 < len(records) <= 1000 // len(old) + 1
     assert all(r["message"] in ("x" * 200, "latest") for r in records)
     assert len(alerts.read_records(path)) == 101
+
+
+class GatedReceiver(Receiver):
+    """A Receiver whose answers wait for `gate`: a receiver as slow as you like, released by the test."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        super().__init__()
+        handle = self.server.RequestHandlerClass.do_POST
+        received = self
+
+        def do_post(handler):
+            received.entered.set()
+            received.gate.wait(60)
+            handle(handler)
+
+        self.server.RequestHandlerClass.do_POST = do_post
+
+    def close(self):
+        self.gate.set()
+        super().close()
+
+
+@pytest.fixture
+def gated():
+    r = GatedReceiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_tick_of_300_rejections_is_one_batch_and_a_stuck_webhook_never_delays_it(
+    shared_drive: Path, gated: GatedReceiver, monkeypatch
+):
+    from sensors.alerts import alert_rejected_signals
+
+    monkeypatch.setenv(WEBHOOK_URL_ENV, f"{gated.url}/hooks/T")
+    counts = {"fsync": 0, "read": 0}
+    real_fsync, real_read = os.fsync, alerts.read_regular_tail
+
+    def fsync(fd):  # counted, then the real call
+        counts["fsync"] += 1
+        real_fsync(fd)
+
+    def read(*args, **kwargs):
+        counts["read"] += 1
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(alerts.os, "fsync", fsync)
+    monkeypatch.setattr(alerts, "read_regular_tail", read)
+    reasons = [f"models/e{i}/.training_complete: not valid JSON" for i in range(300)]
+    errors = []
+    log = logging.getLogger("test-tick")
+    log.error = errors.append
+    started = time.monotonic()
+    alert_rejected_signals(shared_drive, reasons, log)
+    elapsed = time.monotonic() - started
+    # The receiver has not answered a single POST yet: the tick did not wait for it.
+    assert not errors and elapsed < 10, (errors, elapsed)
+    assert counts == {"fsync": 1, "read": 1}
+    records = lines(DriveLayout.at(shared_drive))
+    assert len(records) == 300 and {r["kind"] for r in records} == {"signal_rejected"}
+    # The same tick again (the files are still there): deduped by the cooldown, nothing written or sent.
+    alert_rejected_signals(shared_drive, reasons, log)
+    assert len(lines(DriveLayout.at(shared_drive))) == 300
+
+    gated.gate.set()
+    assert webhook.flush(60)
+    assert len(gated.bodies) == 300 and {b["key"] for b in gated.bodies} == {r["key"] for r in records}
+
+
+def test_the_webhook_queue_is_bounded_and_every_drop_is_counted_and_logged(gated: GatedReceiver, caplog):
+    sender = webhook.Sender(limit=2)
+    url = f"{gated.url}/hooks/SECRET-TOKEN"
+    assert sender.submit({"key": "a"}, url)
+    assert gated.entered.wait(30)  # the sender thread holds "a" in a POST the receiver does not answer
+    with caplog.at_level(logging.WARNING, logger="mlgraph.ops.webhook"):
+        assert [sender.submit({"key": k}, url) for k in "bcd"] == [True, True, False]
+    assert sender.stats()["dropped"] == 1 and "alert d not sent (1 dropped so far)" in caplog.text
+    assert "SECRET-TOKEN" not in caplog.text
+    assert not sender.flush(0.05)  # still stuck: flush gives up at its bound instead of hanging
+    gated.gate.set()
+    assert sender.flush(30)
+    assert [b["key"] for b in gated.bodies] == ["a", "b", "c"]
+    assert sender.stats() == {"queued": 0, "sent": 3, "failed": 0, "dropped": 1, "abandoned": 0}
+
+
+def test_a_cli_process_sends_its_alert_before_it_exits(shared_drive: Path, receiver: Receiver):
+    # A cron-run `mlgraph alerts check` exits right after raising: the sender's queue is flushed at exit.
+    code = (
+        "from mlgraph.core.drive import DriveLayout\n"
+        "from mlgraph.ops import alerts\n"
+        f"alerts.raise_alert(DriveLayout.at({str(shared_drive)!r}), alerts.HEARTBEAT_STALE, 'hb', 'down', 'critical')\n"
+    )
+    env = {**os.environ, WEBHOOK_URL_ENV: f"{receiver.url}/hooks/T"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=PROJECT_ROOT)
+    assert [b["key"] for b in receiver.bodies] == ["hb"]
+
+
+def test_open_alerts_list_critical_first(shared_drive: Path):
+    drive = DriveLayout.at(shared_drive)
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, alerts.HEARTBEAT_STALE, "daemon down", "critical", now=T0)
+    alerts.record(
+        drive,
+        [alerts.signal_rejected_change(f"k{i}", f"file {i}") for i in range(5)],
+        now=T0 + timedelta(minutes=1),
+    )
+    alerts.run_failed(drive, "r" * 32, "training_job", "boom", now=T0 + timedelta(minutes=2))
+    found = alerts.read_open_alerts(drive, now=T0 + timedelta(minutes=3))
+    assert found[0]["kind"] == alerts.HEARTBEAT_STALE and found[1]["kind"] == alerts.RUN_FAILED
+    assert [a["severity"] for a in found] == ["critical"] + ["warning"] * 6
+
+
+def test_scrub_hides_passwords_with_any_character_and_as_a_parameter(shared_drive: Path):
+    drive = DriveLayout.at(shared_drive)
+    message = (
+        "connect failed: postgresql+psycopg2://mlgraph:pa/ss:w@rd1@db:5432/x and "
+        "postgresql://mlgraph@db/x?sslmode=require&password=hunter2 and http://u:sec/ret2@h/p"
+    )
+    alerts.run_failed(drive, "r" * 32, "training_job", message, now=T0)
+    text = drive.alerts_jsonl().read_text()
+    for secret in ("pa/ss", "w@rd1", "rd1", "hunter2", "sec/ret2", "ret2"):
+        assert secret not in text, secret
+    assert "db:5432/x" in text and "sslmode=require" in text
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", ["fifo", "symlink out of the drive", "fifo lock"])
+def test_a_fifo_or_link_at_the_alert_log_is_refused_never_opened(shared_drive: Path, tmp_path: Path, what: str):
+    from mlgraph.core.untrusted import Unusable
+    from mlgraph.dashboard.alerts import open_alerts
+
+    drive = DriveLayout.at(shared_drive)
+    path = drive.alerts_jsonl()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text('{"key": "planted", "kind": "run_failed", "severity": "critical", "resolved": false}\n')
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "fifo lock":
+        os.mkfifo(path.with_name(path.name + ".lock"))
+    else:
+        path.symlink_to(outside)
+    # Before: open() blocked for ever on the FIFO (no writer/reader), or followed the link out of the drive.
+    with pytest.raises(Unusable) as raised:
+        alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk", "low", "critical")
+    assert str(path.name) in str(raised.value) and "Fix:" in str(raised.value)
+    assert outside.read_text().count("\n") == 1  # nothing appended through the link
+    if what != "fifo lock":
+        with pytest.raises(Unusable, match="alert log"):
+            alerts.read_open_alerts(drive)
+        (shown,) = open_alerts(drive)
+        assert shown["key"] == "alerts-unreadable" and str(path) in shown["message"]

@@ -244,3 +244,51 @@ def test_postgres_is_dumped_and_restored_without_its_password_in_files(
     sql("DELETE FROM runs WHERE id > 5")
     assert main(["restore", "--latest"]) == 0
     assert sql("SELECT count(*), max(name) FROM runs") == (25, "run-9")
+
+
+def test_backups_are_private_and_restore_keeps_each_stores_mode(
+    shared_drive: Path, config_dir: Path, tmp_path: Path, monkeypatch, capsys
+):
+    site = DriveLayout.at(shared_drive)
+    state = site.state_dir()
+    state.mkdir(parents=True)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no_instance_yet"))
+    monkeypatch.setenv("MLGRAPH_BACKUP_DIR", str(tmp_path / "backups"))
+    auth, tracking = state / "basic_auth.db", site.mlflow_db()
+    for path, mode in ((auth, 0o600), (tracking, 0o640)):
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE users (username TEXT, password_hash TEXT)")
+        con.execute("INSERT INTO users VALUES ('admin', 'pbkdf2:sha256:600000$salt$hash')")
+        con.commit()
+        con.close()
+        os.chmod(path, mode)
+    duckdb.connect(str(site.warehouse_db())).close()
+    os.chmod(site.warehouse_db(), 0o660)
+    old_umask = os.umask(0o022)  # the usual umask: anything created without an explicit mode is 0644/0755
+    try:
+        assert main(["backup"]) == 0
+        (backup,) = complete_backups(tmp_path / "backups")
+        modes = {
+            path.relative_to(backup).as_posix(): oct(path.stat().st_mode & 0o777)
+            for path in [backup, *backup.rglob("*")]
+        }
+        assert {"state/basic_auth.db", "config/experiments/salary.yaml", MANIFEST} <= set(modes)
+        wrong = {
+            name: mode
+            for name, mode in modes.items()
+            if mode != (oct(0o700) if (backup / name).is_dir() else oct(0o600))
+        }
+        assert not wrong, wrong  # the auth database's password hashes included
+        assert oct((tmp_path / "backups").stat().st_mode & 0o777) == oct(0o700)
+
+        auth.unlink()  # gone: restored with the mode it had when backed up
+        assert main(["restore", "--latest"]) == 0, capsys.readouterr().err
+    finally:
+        os.umask(old_umask)
+    assert oct(auth.stat().st_mode & 0o777) == oct(0o600)
+    assert oct(tracking.stat().st_mode & 0o777) == oct(0o640)  # replaced: keeps the live file's mode
+    assert oct(site.warehouse_db().stat().st_mode & 0o777) == oct(0o660)
+    con = sqlite3.connect(auth)
+    assert con.execute("SELECT username FROM users").fetchall() == [("admin",)]
+    con.close()
+    assert not [p.name for p in state.iterdir() if ".restore-" in p.name]  # no staging left behind

@@ -233,3 +233,32 @@ def test_error_answers_come_from_the_shared_error_kinds_as_plain_text(tmp_path):
     assert answers["outside"].status_code == FORBIDDEN.status and "outside the drive's logs" in answers["outside"].text
     assert answers["gone"].status_code == NOT_FOUND.status and "No such file" in answers["gone"].text
     assert answers["malformed"].status_code == NOT_FOUND.status and answers["malformed"].text == "no such run\n"
+
+
+def test_a_flood_of_warnings_never_pushes_an_open_critical_alert_off_the_page(tmp_path):
+    from mlgraph.dashboard.slurm_poller import SlurmSnapshot
+    from mlgraph.dashboard.state import SignalCache, collect
+    from mlgraph.ops import alerts
+
+    drive = DriveLayout(tmp_path)
+    start = datetime.now(UTC) - timedelta(hours=1)
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, alerts.HEARTBEAT_STALE, "daemon down", "critical", now=start)
+    # 250 rejected signals after it, each newer than the daemon-down alert.
+    alerts.record(
+        drive,
+        [alerts.signal_rejected_change(f"k{i}", f"models/e{i}/.training_complete: bad") for i in range(250)],
+        now=start + timedelta(minutes=5),
+    )
+    shown = open_alerts(drive)
+    assert shown[0]["kind"] == alerts.HEARTBEAT_STALE and shown[0]["severity"] == "critical"
+    assert len(shown) == 201 and shown[-1]["hidden"] == 51 and "mlgraph alerts list" in shown[-1]["message"]
+    html = render._alerts(collect([], SlurmSnapshot(), drive, SignalCache(), shown))
+    assert "Open alerts (251)" in html and "daemon down" in html and "51 more open warning(s)" in html
+    # Every open critical alert is listed, however many there are.
+    alerts.record(
+        drive,
+        [alerts.Raise(alerts.CONSECUTIVE_FAILURES, f"cf:{i}", f"e{i} failed 3 times", "critical") for i in range(210)],
+    )
+    shown = open_alerts(drive)
+    assert sum(a["severity"] == "critical" for a in shown if a["kind"] != "dashboard") == 211
+    assert shown[-1]["hidden"] == 250

@@ -130,3 +130,15 @@ def test_run_event_logs_are_summarized_and_a_broken_one_named(drive: DriveLayout
     assert found["sqlite dagster/history/runs/run-9.db"].startswith("sqlite dagster/history/runs/run-9.db: FAIL: ")
     assert not any(name.startswith("sqlite dagster/history/runs/run-0") for name in found)
     assert found["sqlite dagster/history/runs/index.db"].startswith("sqlite dagster/history/runs/index.db: ok (")
+
+
+def test_an_mlflow_uri_with_credentials_fails_cleanly_without_them():
+    from mlgraph.ops.doctor import check_mlflow
+
+    # No port after the password: urllib read 'S3cret@127.0.0.1' as a port and raised InvalidURL quoting it.
+    outcome = check_mlflow("http://admin:S3cret@127.0.0.1:1")
+    assert outcome.failed and "S3cret" not in outcome.message and outcome.message.startswith("127.0.0.1")
+    outcome = check_mlflow("http://admin:S3cret@127.0.0.1")  # port 80: whatever answers there, no exception
+    assert "S3cret" not in outcome.message
+    outcome = check_mlflow("http://admin:S3cr/et@127.0.0.1:notaport")
+    assert outcome.failed and "S3cr" not in outcome.message and "Fix:" in outcome.message

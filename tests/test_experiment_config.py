@@ -189,3 +189,20 @@ def test_constraint_grid_errors(tmp_path):
     path.write_text("chunk_sizes: []\nmemory_limits_mb: [1]\ncompute_limits: [0.5]\n")
     with pytest.raises(ConfigError, match=r"(?s)constraints.yaml.*field 'chunk_sizes'"):
         load_constraint_grid(path)
+
+
+@pytest.mark.parametrize("hours", [0, 0.1])
+def test_a_retraining_cooldown_under_a_quarter_hour_needs_an_explicit_opt_in(tmp_path, hours):
+    path = write(tmp_path, "salary", variant(drift={"retrain_cooldown_hours": hours}))
+    with pytest.raises(ConfigError) as err:
+        load_experiment_file(path)
+    message = str(err.value)
+    assert str(path) in message and "field 'drift.retrain_cooldown_hours'" in message
+    assert "0.25 h minimum" in message and "drift.allow_fast_retraining: true" in message
+    opted_in = variant(drift={"retrain_cooldown_hours": hours, "allow_fast_retraining": True})
+    loaded = load_experiment_file(write(tmp_path, "salary", opted_in)).config
+    assert loaded.drift.retrain_cooldown_hours == hours
+    # drift is monitoring, outside the config hash: neither field makes the models stale.
+    assert loaded.config_hash == load_experiment_file(write(tmp_path, "salary", BASE)).config.config_hash
+    quarter = variant(drift={"retrain_cooldown_hours": 0.25})
+    assert load_experiment_file(write(tmp_path, "salary", quarter)).config.drift.retrain_cooldown_hours == 0.25

@@ -154,3 +154,86 @@ def test_planted_secrets_appear_nowhere_after_a_chain_on_slurm(tmp_path: Path, s
     assert not {str(p): found for p in written if (found := leaks(p.read_bytes(), secrets))}
     # The batch script names the credentials it passes; their values are not in it.
     assert "MLFLOW_TRACKING_PASSWORD" in scripts[0].read_text()
+
+
+# ---- URLs printed or handed to tools: no password, whatever its characters, and no traceback ----------
+
+PW = "S3cr/et:p@ss#w0rd"  # '/', ':', '@' and '#': each broke a hand-written parser
+PW_QUOTED = "S3cr%2Fet%3Ap%40ss%23w0rd"
+
+
+def secret_parts(text: str) -> list[str]:
+    return [part for part in ("S3cr", "et:p", "ss#w0rd", "w0rd", PW_QUOTED) if part in text]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql+psycopg2://mlgraph:{PW_QUOTED}@db:5432/mlgraph",
+            "postgresql+psycopg2://mlgraph:***@db:5432/mlgraph",
+        ),
+        ("postgresql://mlgraph:S3cr/etw0rd@db:5432/mlgraph", "postgresql://mlgraph:***@db:5432/mlgraph"),
+        ("postgresql://mlgraph@db/mlgraph?sslmode=require&password=S3cr/et", "password=***"),
+        ("postgresql://mlgraph@db/mlgraph?PASSWORD=S3cr", "PASSWORD=***"),
+        ("http://admin:S3cr/etw0rd@mlflow:5000", "http://admin:***@mlflow:5000"),
+        ("postgresql://mlgraph:S3cr@etw0rd@db/mlgraph", "postgresql://<a URL that cannot be parsed"),
+        ("postgresql://mlgraph:S3cr@db:w0rd/mlgraph", "postgresql://<a URL that cannot be parsed"),
+        ("sqlite:////drive/state/mlflow.db", "sqlite:////drive/state/mlflow.db"),
+    ],
+)
+def test_redact_url_hides_the_password_in_every_form(url: str, shown: str):
+    redacted = tracking.redact_url(url)
+    assert shown in redacted and not secret_parts(redacted), redacted
+
+
+def test_libpq_target_moves_every_password_out_of_the_url_and_never_quotes_it():
+    from mlgraph.ops.stores import StoreConfigError, libpq_target
+
+    assert libpq_target(f"postgresql+psycopg2://mlgraph:{PW_QUOTED}@db:5433/mlgraph") == (
+        "postgresql://mlgraph@db:5433/mlgraph",
+        {"PGPASSWORD": PW},
+    )
+    assert libpq_target("postgresql://mlgraph:S3cr/etw0rd@[::1]:5433/mlgraph") == (
+        "postgresql://mlgraph@[::1]:5433/mlgraph",
+        {"PGPASSWORD": "S3cr/etw0rd"},
+    )
+    # On pg_dump's command line (`ps` shows it to every user) a ?password= would be public.
+    assert libpq_target("postgresql://mlgraph@db/mlgraph?password=S3cr/et&sslmode=require") == (
+        "postgresql://mlgraph@db/mlgraph?sslmode=require",
+        {"PGPASSWORD": "S3cr/et"},
+    )
+    for bad in ("postgresql://mlgraph:S3cr@db:w0rd/mlgraph", "postgresql://mlgraph:S3cr@et@db/x", "S3cr et w0rd"):
+        with pytest.raises(StoreConfigError) as raised:
+            libpq_target(bad)
+        message = str(raised.value)
+        assert "MLGRAPH_POSTGRES_URL" in message and "Fix:" in message and "\n" not in message
+        assert not secret_parts(message), message
+
+
+@pytest.mark.parametrize("command", [["backup"], ["doctor"]])
+def test_backup_and_doctor_report_a_malformed_postgres_url_in_one_line_without_it(
+    command: list[str], shared_drive: Path, config_dir: Path, tmp_path: Path
+):
+    env = {
+        **os.environ,
+        "SHARED_DRIVE": str(shared_drive),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "MLGRAPH_BACKUP_DIR": str(tmp_path / "backups"),
+        "MLGRAPH_CONFIG_DIR": str(config_dir),
+        # A password with '/' and a bad port: urlsplit read 'S3cr' as the port and quoted it in a traceback.
+        "MLGRAPH_POSTGRES_URL": "postgresql+psycopg2://mlgraph:S3cr/etw0rd@db:notaport/mlgraph",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "mlgraph.cli.main", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=PROJECT_ROOT,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and not secret_parts(output), output
+    (line,) = [line for line in output.splitlines() if "MLGRAPH_POSTGRES_URL" in line]
+    assert "cannot be parsed" in line and "Fix:" in line

@@ -32,6 +32,7 @@ from mlgraph.core.http_errors import (
 )
 from mlgraph.serving.core import ROUTES, Answer, ServiceCore
 from mlgraph.serving.guard import refusal_response
+from mlgraph.serving.log_writer import WriterStatus
 from mlgraph.serving.metrics import ServiceMetrics
 from mlgraph.serving.model import FLOAT, INT, STR, Feature, InputSpec
 
@@ -71,6 +72,30 @@ class FakeWriter:
 
     def pending(self) -> int:
         return 0
+
+    def status(self) -> WriterStatus:
+        return WriterStatus(
+            path=str(self.path),
+            healthy=True,
+            records=self.records,
+            pending=0,
+            pending_bytes=0,
+            max_pending_rows=100,
+            max_pending_bytes=1 << 20,
+            write_errors=self.failures,
+            rejected=0,
+            dropped=0,
+            rotations=0,
+            reopens=0,
+            removed_files=0,
+            last_error=None,
+            last_error_at=None,
+            consecutive_errors=0,
+            running=True,
+        )
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
 
 
 def _core(max_rows: int = 100, max_body_bytes: int = 100_000, model: Any = None) -> ServiceCore:
@@ -131,6 +156,44 @@ def test_non_finite_numbers_are_refused(literal) -> None:
     assert _fields(_call(_core(), "/predict", raw)) == ["minutes"]
     batch = json.dumps({"rows": [ROW, {**ROW, "minutes": 0.5}]}).replace("0.5", literal).encode()
     assert _fields(_call(_core(), "/batch_predict", batch)) == ["rows.1.minutes"]
+
+
+@pytest.mark.parametrize(
+    ("field", "literal", "message"),
+    [
+        ("days", "9" * 310, "less than or equal to 9223372036854775807"),  # json parses it; int64 cannot hold it
+        ("days", "-" + "9" * 19, "greater than or equal to -9223372036854775808"),
+        ("minutes", "1e39", "less than or equal to 3402823466"),  # finite in float64, infinite in float32
+        ("minutes", "9" * 310, "finite number"),
+    ],
+)
+def test_values_json_parses_but_the_model_cannot_hold_are_refused(field, literal, message) -> None:
+    raw = json.dumps({**ROW, field: 12345}).replace("12345", literal).encode()
+    refused = _call(_core(), "/predict", raw)
+    assert _fields(refused) == [field] and message in refused.detail[0]["message"]
+    batch = json.dumps({"rows": [ROW, {**ROW, field: 12345}]}).replace("12345", literal).encode()
+    assert _fields(_call(_core(), "/batch_predict", batch)) == [f"rows.1.{field}"]
+    edge = {**ROW, "days": 2**63 - 1, "minutes": -3.4e38}  # the largest values the dtypes hold are served
+    assert isinstance(_call(_core(), "/predict", edge), Answer)
+
+
+def test_strings_are_bounded_by_default_and_as_configured() -> None:
+    assert isinstance(_call(_core(), "/predict", {**ROW, "country": "x" * 256}), Answer)
+    refused = _call(_core(), "/batch_predict", {"rows": [ROW, {**ROW, "country": "x" * 257}]})
+    assert _fields(refused) == ["rows.1.country"] and "at most 256 characters" in refused.detail[0]["message"]
+    core = ServiceCore(
+        _core().holder,
+        ServiceMetrics("exp", []),
+        FakeWriter(),
+        None,
+        None,
+        max_body_bytes=10_000,
+        max_rows=5,
+        max_string_length=8,
+    )
+    assert _fields(_call(core, "/predict", {**ROW, "country": "Nederland"})) == ["country"]
+    assert core.models["row"].model_json_schema(by_alias=True)["properties"]["country"]["anyOf"][0]["maxLength"] == 8
+    assert core.writer.entries == []
 
 
 def test_a_batch_of_bad_rows_is_refused_with_a_bounded_error_list() -> None:

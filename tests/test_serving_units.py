@@ -52,7 +52,7 @@ def test_rotation_by_size_keeps_every_line(tmp_path: Path) -> None:
         thread.join()
     writer.close()
     files = log_files(path)
-    assert len(files) > 10 and writer.rotations == len(files) - 1 and writer.failures == 0
+    assert len(files) > 10 and writer.rotations == len(files) - 1 and writer.write_errors == 0
     assert all(f.stat().st_size <= 4000 for f in files)
     assert all(re.fullmatch(r"prediction_log\.\d{8}T\d{12}\.jsonl", f.name) for f in files[:-1])
     records = [json.loads(line) for f in files for line in f.read_text().splitlines()]

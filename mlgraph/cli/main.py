@@ -30,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from mlgraph.core.tracking import TrackingServerError
+    from mlgraph.core.untrusted import Unusable
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except TrackingServerError as exc:  # a dead or refusing MLflow server: its message names the URI and the fix
+        print(f"mlgraph {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Unusable as exc:  # a file on the drive that is not what it should be (a FIFO, a link out): named
         print(f"mlgraph {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -105,6 +105,10 @@ class SelectionConfig(Strict):
         return value
 
 
+# Drift is checked every few minutes; a shorter cooldown would retrain on nearly every check.
+MIN_RETRAIN_COOLDOWN_HOURS = 0.25
+
+
 class DriftConfig(Strict):
     """Drift monitoring and the retraining it triggers (design document 001, stage 5); not in the config hash."""
 
@@ -115,7 +119,30 @@ class DriftConfig(Strict):
     class_rate_shift_threshold: float = Field(default=0.1, gt=0, le=1, description="Predicted class-share shift limit")
     unseen_share_threshold: float = Field(default=0.05, ge=0, le=1, description="Unseen-category share limit")
     chi2_pvalue: float = Field(default=0.001, gt=0, lt=1, description="Categorical chi-square p-value limit")
-    retrain_cooldown_hours: float = Field(default=6.0, ge=0, description="Hours between drift-triggered retrainings")
+    allow_fast_retraining: bool = Field(
+        default=False,
+        description=f"Allow retrain_cooldown_hours under {MIN_RETRAIN_COOLDOWN_HOURS:g} h (down to 0: a retraining "
+        "run on every drift tick); for tests and demos, never for a served model",
+    )
+    retrain_cooldown_hours: float = Field(
+        default=6.0,
+        ge=0,
+        description=f"Hours between drift-triggered retrainings; at least {MIN_RETRAIN_COOLDOWN_HOURS:g} "
+        "unless allow_fast_retraining is true",
+    )
+
+    @field_validator("retrain_cooldown_hours")
+    @classmethod
+    def _cooldown_floor(cls, value: float, info: ValidationInfo) -> float:
+        # allow_fast_retraining is declared first, so it is validated (and in info.data) by now.
+        if value < MIN_RETRAIN_COOLDOWN_HOURS and not info.data.get("allow_fast_retraining", False):
+            raise ValueError(
+                f"{value:g} h is under the {MIN_RETRAIN_COOLDOWN_HOURS:g} h minimum: drift would start a "
+                f"retraining run on every sensor tick. Fix: set drift.retrain_cooldown_hours to "
+                f"{MIN_RETRAIN_COOLDOWN_HOURS:g} or more, or add drift.allow_fast_retraining: true if you "
+                "mean it (tests and demos)"
+            )
+        return value
 
 
 class DeploymentConfig(Strict):

@@ -12,13 +12,21 @@ binary classifier (the positive class), `probabilities` (class → share) for mu
 The current file is `serving/{experiment}/prediction_log.jsonl`; when it passes its size limit it is
 renamed to `prediction_log.<UTC yyyymmddTHHMMSSffffff>.jsonl` beside it, so sorting the rotated names
 sorts them by age and the current file is always the newest.
+
+Only regular files are log files: a symlink, FIFO or directory named like one is neither listed nor
+opened (`open_for_reading` refuses it from the open descriptor, without following a link or blocking).
+Rotated files are kept by size and age (`prune_rotated`): by default at most `DEFAULT_RETENTION_BYTES`
+(1 GiB) of them, none older than `DEFAULT_RETENTION_DAYS` (30 days) by its rotation stamp, per experiment.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import UTC, datetime
+import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 # Record fields, spelled once.
 TIME = "time"
@@ -33,23 +41,104 @@ PROBABILITIES = "probabilities"
 RECORD_FIELDS = (TIME, REQUEST_ID, ROW, MODEL_VERSION, INPUTS, OUTPUT)
 
 _ROTATED = re.compile(r"^(?P<stem>.+)\.(?P<stamp>\d{8}T\d{12})\.jsonl$")
+_STAMP = "%Y%m%dT%H%M%S%f"
+
+# Rotated files kept per experiment: the newest up to this many bytes in all, none rotated longer ago.
+DEFAULT_RETENTION_BYTES = 1 << 30
+DEFAULT_RETENTION_DAYS = 30.0
+# No symlink is followed (O_NOFOLLOW) and a FIFO cannot block the open (O_NONBLOCK, cleared once regular).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def rotated_name(current: Path, when: datetime | None = None) -> Path:
     """The name `current` takes when it is rotated at `when` (UTC now by default)."""
-    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
+    stamp = (when or datetime.now(UTC)).astimezone(UTC).strftime(_STAMP)
     return current.with_name(f"{current.stem}.{stamp}.jsonl")
 
 
-def log_files(current: Path) -> list[Path]:
-    """Every file of the log, oldest first: the rotated files by their stamp, then the current one."""
+def rotated_at(path: Path) -> datetime | None:
+    """When the rotated file `path` was rotated (its name's stamp), or None for any other name."""
+    match = _ROTATED.match(path.name)
+    try:
+        return datetime.strptime(match["stamp"], _STAMP).replace(tzinfo=UTC) if match else None
+    except ValueError:  # digits that are no date (month 13): not a name the writer gives
+        return None
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)  # lstat: a symlink is not a log file, whatever it points at
+    except OSError:
+        return False
+
+
+def rotated_files(current: Path) -> list[Path]:
+    """The rotated files of the log whose current file is `current`, oldest first (regular files only)."""
     rotated = []
     if current.parent.is_dir():
         for path in current.parent.iterdir():
             match = _ROTATED.match(path.name)
-            if match and match["stem"] == current.stem and path.is_file():
+            if match and match["stem"] == current.stem and _is_regular(path):
                 rotated.append(path)
-    files = sorted(rotated, key=lambda p: p.name)
-    if current.is_file():
+    return sorted(rotated, key=lambda p: p.name)
+
+
+def log_files(current: Path) -> list[Path]:
+    """Every file of the log, oldest first: the rotated files by their stamp, then the current one."""
+    files = rotated_files(current)
+    if _is_regular(current):
         files.append(current)
     return files
+
+
+def open_for_reading(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file; a symlink, FIFO, device or directory raises OSError."""
+    fd = os.open(path, _READ_FLAGS)  # ELOOP on a symlink
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file; it was not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def prune_rotated(
+    current: Path,
+    keep_bytes: int | None = DEFAULT_RETENTION_BYTES,
+    keep_days: float | None = DEFAULT_RETENTION_DAYS,
+    now: datetime | None = None,
+) -> list[Path]:
+    """Delete the rotated files of `current`'s log past retention; returns those deleted, oldest first.
+
+    A file goes when it was rotated more than `keep_days` ago, or when it and the newer rotated files
+    together pass `keep_bytes` (the current file is never deleted). None keeps without that limit. A file
+    that cannot be deleted raises OSError after the others were tried.
+    """
+    now = now or datetime.now(UTC)
+    oldest = now - timedelta(days=keep_days) if keep_days is not None else None
+    doomed, kept_bytes, failure = [], 0, None
+    for path in reversed(rotated_files(current)):  # newest first: the newest are kept
+        try:
+            size = os.lstat(path).st_size
+        except FileNotFoundError:
+            continue
+        when = rotated_at(path)
+        too_old = oldest is not None and when is not None and when < oldest
+        if too_old or (keep_bytes is not None and kept_bytes + size > keep_bytes):
+            doomed.append(path)
+        else:
+            kept_bytes += size
+    deleted = []
+    for path in reversed(doomed):
+        try:
+            path.unlink()
+            deleted.append(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return deleted

@@ -24,6 +24,7 @@ Experiments are named `<prefix>/<experiment>` and store their artifacts under
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -110,13 +111,33 @@ class TrackingServerError(RuntimeError):
     """The tracking server cannot be reached or refuses the credentials; the message names the URI and fix."""
 
 
+_PASSWORD_PARAMETERS = ("password",)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
 def redact_url(url: str) -> str:
-    """`url` with the password of its user part masked (http and SQLAlchemy URLs alike)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.partition("@")
-    if not sep or not at or "/" in userinfo or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+    """`url` safe to print: the password of its user part and a `password` query parameter shown as ***
+    (SQLAlchemy, libpq and http URLs alike, whatever characters the password holds).
+
+    A URL that cannot be parsed is never quoted: only its scheme is shown."""
+    if "@" not in url and "password" not in url.lower():
+        return url  # no user part and no password parameter: nothing to hide (paths, file:, sqlite:)
+    scheme = url.partition("://")[0] if "://" in url else ""
+    scheme = scheme if _SCHEME.fullmatch(scheme) else "?"
+    unparseable = f"{scheme}://<a URL that cannot be parsed; not shown, it may hold a password>"
+    # Lazy: sqlalchemy costs ~0.3 s to import, and only printing a URL needs it.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return unparseable
+    if "@" in (parsed.host or "") or "@" in (parsed.username or ""):
+        return unparseable  # an unescaped '@' in the password: part of it would show as the host
+    query = {key: ("***" if key.lower() in _PASSWORD_PARAMETERS else value) for key, value in parsed.query.items()}
+    rendered = parsed.set(query=query).render_as_string(hide_password=True)
+    return rendered.replace("=%2A%2A%2A", "=***")
 
 
 def describe_server_error(exc: BaseException, tracking_uri: str | None) -> str | None:

@@ -195,13 +195,53 @@ _OPEN_FLAGS = (
     | getattr(os, "O_CLOEXEC", 0)
     | getattr(os, "O_NOCTTY", 0)
 )
-_REGULAR_FIX = "replace it with a regular file written by an atomic rename"
+REGULAR_FIX = "replace it with a regular file written by an atomic rename"
 
 
 def _not_regular(mode: int) -> str | None:
     if stat.S_ISREG(mode):
         return None
     return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _open_regular(path: str | Path, within: str | Path | None) -> tuple[int, os.stat_result]:
+    """An O_NOFOLLOW, non-blocking read descriptor on the regular file `path` resolves to, and its stat."""
+    real = Path(os.path.realpath(path))
+    if within is not None and not real.is_relative_to(os.path.realpath(within)):
+        raise Unusable(
+            f"symlink leads outside the shared drive (to {real})",
+            "write the file itself on the drive, not a link to elsewhere",
+        )
+    before = os.stat(real, follow_symlinks=False)
+    if kind := _not_regular(before.st_mode):
+        raise Unusable(f"is {kind}, not a regular file; it was not opened", REGULAR_FIX)
+    fd = os.open(real, _OPEN_FLAGS)
+    opened = os.fstat(fd)
+    if _not_regular(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+        os.close(fd)
+        raise Unusable("was replaced while being opened", "write it by one atomic rename")
+    return fd, opened
+
+
+def _read_bounded(fd: int, max_bytes: int, timeout: float) -> bytes:
+    # Bounded by bytes (the file may have grown since the stat) and by time.
+    deadline = time.monotonic() + timeout
+    chunks, size = [], 0
+    while size < max_bytes and (chunk := os.read(fd, min(_READ_CHUNK, max_bytes - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+        if time.monotonic() > deadline:
+            raise Unusable(
+                f"reading it took over {timeout:g} s (a slow or failing network mount?)", "check the drive's mount"
+            )
+    return b"".join(chunks)
+
+
+def _os_error(exc: Exception) -> Unusable:
+    if isinstance(exc, OSError):
+        return Unusable(f"cannot read it ({exc.strerror or exc})", "check that it exists and is readable")
+    # A NUL in a path handed in by a caller.
+    return Unusable(f"cannot read it ({exc})", "give the file's path")
 
 
 def read_regular_file(
@@ -216,46 +256,43 @@ def read_regular_file(
     read. The read stops after `max_bytes` + 1 bytes or `timeout` seconds.
     """
     try:
-        real = Path(os.path.realpath(path))
-        if within is not None and not real.is_relative_to(os.path.realpath(within)):
-            raise Unusable(
-                f"symlink leads outside the shared drive (to {real})",
-                "write the file itself on the drive, not a link to elsewhere",
-            )
-        before = os.stat(real, follow_symlinks=False)
-        if kind := _not_regular(before.st_mode):
-            raise Unusable(f"is {kind}, not a regular file; it was not opened", _REGULAR_FIX)
-        if before.st_size > max_bytes:
-            raise Unusable(
-                f"{before.st_size} bytes, over the {max_bytes}-byte limit",
-                "write metadata only; keep large payloads beside it and give their path",
-            )
-        fd = os.open(real, _OPEN_FLAGS)
+        fd, opened = _open_regular(path, within)
         try:
-            opened = os.fstat(fd)
-            if _not_regular(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
-                raise Unusable("was replaced while being opened", "write it by one atomic rename")
-            deadline = time.monotonic() + timeout
-            chunks, size = [], 0
-            # Bounded by bytes (it may have grown since the stat) and by time.
-            while size <= max_bytes and (chunk := os.read(fd, min(_READ_CHUNK, max_bytes + 1 - size))):
-                chunks.append(chunk)
-                size += len(chunk)
-                if time.monotonic() > deadline:
-                    raise Unusable(
-                        f"reading it took over {timeout:g} s (a slow or failing network mount?)",
-                        "check the drive's mount",
-                    )
+            if opened.st_size > max_bytes:
+                raise Unusable(
+                    f"{opened.st_size} bytes, over the {max_bytes}-byte limit",
+                    "write metadata only; keep large payloads beside it and give their path",
+                )
+            return _read_bounded(fd, max_bytes + 1, timeout)
         finally:
             os.close(fd)
     except Unusable:
         raise
-    except OSError as exc:
-        raise Unusable(f"cannot read it ({exc.strerror or exc})", "check that it exists and is readable") from None
-    except (ValueError, TypeError) as exc:
-        # A NUL in a path handed in by a caller.
-        raise Unusable(f"cannot read it ({exc})", "give the file's path") from None
-    return b"".join(chunks)
+    except (OSError, ValueError, TypeError) as exc:
+        raise _os_error(exc) from None
+
+
+def read_regular_tail(
+    path: str | Path, max_bytes: int, within: str | Path | None = None, timeout: float = READ_SECONDS
+) -> tuple[bytes, bool]:
+    """(the last `max_bytes` of the regular file at `path`, whether the file holds more before them).
+
+    `read_regular_file`'s guards, for logs that grow without bound: a file over `max_bytes` is read from
+    its end instead of refused. A missing file raises FileNotFoundError; anything else unusable raises
+    `Unusable` (callers add the file name).
+    """
+    try:
+        fd, opened = _open_regular(path, within)
+        try:
+            start = max(0, opened.st_size - max_bytes)
+            os.lseek(fd, start, os.SEEK_SET)
+            return _read_bounded(fd, max_bytes, timeout), start > 0
+        finally:
+            os.close(fd)
+    except (Unusable, FileNotFoundError):
+        raise
+    except (OSError, ValueError, TypeError) as exc:
+        raise _os_error(exc) from None
 
 
 _APPEND_FLAGS = (
@@ -291,15 +328,17 @@ def open_append(path: str | Path, within: str | Path | None = None, mode: int = 
         raise
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise Unusable("is a symlink; it was not followed", _REGULAR_FIX) from None
+            raise Unusable("is a symlink; it was not followed", REGULAR_FIX) from None
         if exc.errno == errno.ENXIO:
-            raise Unusable("is a named pipe (FIFO); it was not opened", _REGULAR_FIX) from None
-        raise Unusable(f"cannot open it for writing ({exc.strerror or exc})", "check the drive's permissions and free space") from None
+            raise Unusable("is a named pipe (FIFO); it was not opened", REGULAR_FIX) from None
+        raise Unusable(
+            f"cannot open it for writing ({exc.strerror or exc})", "check the drive's permissions and free space"
+        ) from None
     except (ValueError, TypeError) as exc:
         raise Unusable(f"cannot open it for writing ({exc})", "give the file's path") from None
     try:
         if kind := _not_regular(os.fstat(fd).st_mode):
-            raise Unusable(f"is {kind}, not a regular file; nothing was written", _REGULAR_FIX)
+            raise Unusable(f"is {kind}, not a regular file; nothing was written", REGULAR_FIX)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

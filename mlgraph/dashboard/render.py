@@ -122,6 +122,11 @@ def _slurm_line(state: DashboardState) -> str:
     )
 
 
+def _stands_for(alert: dict) -> int:
+    hidden = alert.get("hidden")  # set by dashboard.alerts on its "N more not shown" line
+    return hidden if type(hidden) is int and hidden > 0 else 1
+
+
 def _alerts(state: DashboardState) -> str:
     items = "".join(
         f'<li class="alert severity-{_e(a.get("severity", "warning"))}"><b>{_e(a.get("severity", ""))}</b> '
@@ -131,7 +136,9 @@ def _alerts(state: DashboardState) -> str:
         for a in state.alerts
     )
     body = f"<ul>{items}</ul>" if items else '<p class="muted">none</p>'
-    count = f" ({len(state.alerts)})" if state.alerts else ""
+    # The line saying how many did not fit is not an alert itself; the count includes the ones it stands for.
+    total = sum(_stands_for(a) for a in state.alerts)
+    count = f" ({total})" if state.alerts else ""
     return f'<section id="alerts"><h2>Open alerts{count}</h2>{body}</section>'
 
 

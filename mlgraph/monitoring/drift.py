@@ -18,12 +18,17 @@ The rule (design document 001, stage 5; thresholds in the experiment's `drift:` 
 
 `build_report(drive, config)` reads the newest `window` records (mlgraph/monitoring/window.py)
 and returns a JSON-serializable dict; `retraining_trigger(report)` says whether to retrain, and why.
+
+The window reads at most `window_byte_cap(window)` bytes: `WINDOW_BYTES_PER_RECORD` (16 KiB) per
+record of the window by default (80 MiB for the default 5,000), or `$MLGRAPH_DRIFT_WINDOW_MAX_BYTES`
+when set (read on each report). A window stopped by the cap says so (`window.capped`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +42,28 @@ from mlgraph.monitoring.window import Window, read_window
 DRIFT, NO_DRIFT, INSUFFICIENT_DATA, NO_BASELINE = "drift", "no_drift", "insufficient_data", "no_baseline"
 STATUSES = (DRIFT, NO_DRIFT, INSUFFICIENT_DATA, NO_BASELINE)
 RULE = "z = (window mean - training mean) / training std"
+# Ordinary records are 0.3-2 KiB (a few hundred features fit 16 KiB); a hostile 1 MiB string per line
+# would otherwise make the default 5,000-line window 5 GB of reading.
+WINDOW_BYTES_PER_RECORD = 16 << 10
+WINDOW_MAX_BYTES_ENV = "MLGRAPH_DRIFT_WINDOW_MAX_BYTES"
+
+
+def window_byte_cap(window: int, environ: Mapping[str, str] | None = None) -> int:
+    """The most bytes a drift window of `window` records reads: $MLGRAPH_DRIFT_WINDOW_MAX_BYTES, else 16 KiB a record."""
+    raw = (os.environ if environ is None else environ).get(WINDOW_MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return window * WINDOW_BYTES_PER_RECORD
+    try:
+        cap = int(raw)
+    except ValueError:
+        cap = 0
+    if cap <= 0:
+        raise ValueError(
+            f"${WINDOW_MAX_BYTES_ENV}={raw[:40]!r} is not a positive number of bytes. "
+            f"Fix: set it to an integer such as {window * WINDOW_BYTES_PER_RECORD}, or unset it "
+            f"for {WINDOW_BYTES_PER_RECORD} bytes per record of the window"
+        )
+    return cap
 
 
 def _finite(value: float) -> float | None:
@@ -197,12 +224,17 @@ def _window_summary(window: Window, drift: DriftConfig) -> dict[str, Any]:
         "first_time": window.first_time,
         "last_time": window.last_time,
         "files": window.files,
+        "bytes_read": window.bytes_read,
+        "max_bytes": window.max_bytes,
+        "capped": window.capped,
     }
 
 
-def build_report(drive: DrivePaths, config: ExperimentConfig) -> dict[str, Any]:
-    """The drift report of `config`'s experiment over the newest `drift.window` logged predictions."""
+def build_report(drive: DrivePaths, config: ExperimentConfig, max_window_bytes: int | None = None) -> dict[str, Any]:
+    """The drift report of `config`'s experiment over the newest `drift.window` logged predictions (read within
+    `max_window_bytes`, by default `window_byte_cap(drift.window)`)."""
     drift = config.drift
+    max_bytes = max_window_bytes or window_byte_cap(drift.window)
     report: dict[str, Any] = {
         "experiment": config.name,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -225,11 +257,16 @@ def build_report(drive: DrivePaths, config: ExperimentConfig) -> dict[str, Any]:
         }
     report["baseline"] = _baseline_summary(drive, config, baseline)
     numeric, categorical = list(baseline["numeric"]), list(baseline["categorical"])
-    window = read_window(drive.prediction_log_path(config.name), drift.window, numeric, categorical)
+    window = read_window(drive.prediction_log_path(config.name), drift.window, numeric, categorical, max_bytes)
     report["window"] = _window_summary(window, drift)
     minimum = min(drift.min_window, drift.window)
     if window.rows < minimum:
         reasons = [f"insufficient data: {window.rows} logged prediction(s), fewer than min_window={minimum}"]
+        if window.capped:
+            reasons.append(
+                f"the newest lines of the log hold more than {max_bytes} bytes (the window's byte cap): "
+                f"records of unusual size; raise ${WINDOW_MAX_BYTES_ENV} if they are legitimate"
+            )
         return {
             **report,
             "status": INSUFFICIENT_DATA,

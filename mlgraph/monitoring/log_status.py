@@ -1,20 +1,40 @@
 """What the prediction log holds right now: its files, rows, size and last write (the observed `prediction_log`).
 
-Rotated files never change again, so their line counts are remembered by (path, size, mtime) for the
-life of the process (the code server answers every sensor tick): a tick counts the current file only.
+Line counts are remembered per log (one experiment's current path) and per file identity (device,
+inode), so a sensor tick reads only what was appended since the last one: a rotated file keeps its inode
+when it is renamed and is never read again; the current file is read from where the last count stopped.
+A file whose size shrank or whose first bytes changed (truncated and rewritten in place, as logrotate's
+`copytruncate` does) is counted again from its start. A log's memory holds exactly the files it has now,
+so it cannot thrash however many files the log keeps (retention bounds that: mlgraph.core.prediction_log),
+and at most `MAX_LOGS` logs are remembered, least recently used dropped first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlgraph.core.prediction_log import log_files
+from mlgraph.core.prediction_log import log_files, open_for_reading
 
-MAX_REMEMBERED = 4096
-_ROTATED_LINES: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+MAX_LOGS = 1024
+HEAD_BYTES = 256  # a file's first bytes: the same file, not one truncated and rewritten in place
+_BLOCK = 8 << 20
+
+
+@dataclass(frozen=True)
+class _Counted:
+    size: int  # bytes counted
+    mtime_ns: int
+    head: bytes
+    lines: int
+
+
+_LOGS: OrderedDict[str, dict[tuple[int, int], _Counted]] = OrderedDict()
+_LOCK = threading.Lock()  # sensor ticks may run on several threads of one code server
 
 
 @dataclass(frozen=True)
@@ -40,35 +60,50 @@ class LogStatus:
         }
 
 
-def _count_lines(path: Path) -> int:
-    lines = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(8 << 20):
+def _count(path: Path, known: _Counted | None) -> tuple[tuple[int, int], _Counted]:
+    """`path`'s identity and line count, reading only the bytes after `known` when it is still the same file."""
+    with open_for_reading(path) as handle:
+        opened = os.fstat(handle.fileno())
+        head = handle.read(HEAD_BYTES)
+        resume = (
+            known is not None
+            and opened.st_size >= known.size
+            and head.startswith(known.head)
+            and len(known.head) == min(HEAD_BYTES, known.size)
+        )
+        position, lines = (known.size, known.lines) if resume else (0, 0)
+        handle.seek(position)
+        while block := handle.read(_BLOCK):
             lines += block.count(b"\n")
-    return lines
+            position += len(block)
+    return (opened.st_dev, opened.st_ino), _Counted(position, opened.st_mtime_ns, head, lines)
 
 
 def log_status(current: Path) -> LogStatus:
-    """The log whose current file is `current` (every rotated file counted, the current one read each time)."""
-    rows = size = 0
+    """The log whose current file is `current` (every file counted; only new bytes are read)."""
+    key = str(current)
+    with _LOCK:
+        known = dict(_LOGS.get(key, {}))
+    seen: dict[tuple[int, int], _Counted] = {}
+    rows = size = count = 0
     newest = None
-    files = log_files(current)
-    for path in files:
+    for path in log_files(current):
         try:
-            stat = path.stat()
-            key = (str(path), stat.st_size, stat.st_mtime_ns)
-            if path == current:
-                count = _count_lines(path)
-            elif key in _ROTATED_LINES:
-                count = _ROTATED_LINES[key]
-                _ROTATED_LINES.move_to_end(key)
-            else:
-                count = _ROTATED_LINES[key] = _count_lines(path)
-                if len(_ROTATED_LINES) > MAX_REMEMBERED:
-                    _ROTATED_LINES.popitem(last=False)
+            stat = os.lstat(path)
+            identity = (stat.st_dev, stat.st_ino)
+            counted = known.get(identity)
+            if counted is None or (counted.size, counted.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+                identity, counted = _count(path, counted)
         except FileNotFoundError:  # rotated or removed while we looked
             continue
-        rows, size = rows + count, size + stat.st_size
-        newest = max(newest or 0, stat.st_mtime)
-    last = dt.datetime.fromtimestamp(newest, dt.UTC).isoformat() if newest is not None else None
-    return LogStatus(current=str(current), files=len(files), rows=rows, bytes=size, last_write=last)
+        seen[identity] = counted
+        count += 1
+        rows, size = rows + counted.lines, size + counted.size
+        newest = max(newest or 0, counted.mtime_ns)
+    with _LOCK:
+        _LOGS[key] = seen  # only the files the log has now: deleted files are forgotten
+        _LOGS.move_to_end(key)
+        while len(_LOGS) > MAX_LOGS:
+            _LOGS.popitem(last=False)
+    last = dt.datetime.fromtimestamp(newest / 1e9, dt.UTC).isoformat() if newest is not None else None
+    return LogStatus(current=str(current), files=count, rows=rows, bytes=size, last_write=last)

@@ -8,6 +8,12 @@ first record) about `PARSE_BYTES` at a time. A block it rejects (a torn or garba
 another type) is parsed again line by line with `json.loads`: a bad line costs its block's speed and
 is counted, never fatal. A last line without its newline is still being written: it is left out.
 Blank lines count toward the window but are not records.
+
+The window is bounded in bytes as well as lines (`max_bytes`; the drift report passes
+mlgraph.monitoring.drift.window_byte_cap): lines of hostile size cannot make a 5,000-line window
+gigabytes. Reading stops once that many bytes were read; the window is then the newest whole lines
+within them, and says so (`capped`). Only regular files are read: a symlink or FIFO at a log file's
+name is neither followed nor opened (mlgraph.core.prediction_log.open_for_reading).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from mlgraph.core.prediction_log import INPUTS, OUTPUT, PREDICTION, TIME, log_files
+from mlgraph.core.prediction_log import INPUTS, OUTPUT, PREDICTION, TIME, log_files, open_for_reading
 from mlgraph.monitoring.baseline import label_key
 
 READ_BLOCK = 8 << 20  # bytes read from a file's end per step
@@ -42,19 +48,34 @@ class Window:
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
     categorical: dict[str, Counter] = field(default_factory=dict)  # category → count (None: missing)
     predictions: Counter = field(default_factory=Counter)  # label_key(prediction) → count (None: missing)
+    bytes_read: int = 0
+    max_bytes: int | None = None
+    capped: bool = False  # the byte cap stopped the read before the window had its lines
 
 
-def tail(path: Path, wanted: int) -> tuple[bytes, int]:
-    """The last `wanted` complete lines of `path` as bytes (each ending in a newline), and how many lines that is."""
-    with open(path, "rb") as handle:
+@dataclass
+class Newest:
+    """The newest lines of a log: byte blocks (oldest first), the files they came from, and what reading cost."""
+
+    blocks: list[bytes]
+    files: list[Path]
+    lines: int
+    bytes_read: int
+    capped: bool  # stopped by the byte budget, with lines still wanted and more bytes before
+
+
+def _tail(path: Path, wanted: int, budget: int | None) -> tuple[bytes, int, int, bool]:
+    """(the last `wanted` complete lines of `path` within `budget` bytes read, their count, bytes read, capped)."""
+    with open_for_reading(path) as handle:
         position = handle.seek(0, os.SEEK_END)
         chunks: list[bytes] = []
-        newlines = 0
-        while position > 0 and newlines <= wanted:
-            step = min(READ_BLOCK, position)
+        newlines = read = 0
+        while position > 0 and newlines <= wanted and (budget is None or read < budget):
+            step = min(READ_BLOCK, position, budget - read if budget is not None else READ_BLOCK)
             position -= step
             handle.seek(position)
             chunks.append(handle.read(step))
+            read += len(chunks[-1])
             newlines += chunks[-1].count(b"\n")
     data = b"".join(reversed(chunks))
     data = data[: data.rfind(b"\n") + 1]  # a last line without its newline is still being written
@@ -66,26 +87,44 @@ def tail(path: Path, wanted: int) -> tuple[bytes, int]:
         for _ in range(wanted):
             start = data.rfind(b"\n", 0, start)
         data, lines = data[start + 1 :], wanted
+    return data, lines, read, position > 0 and lines < wanted
+
+
+def tail(path: Path, wanted: int, max_bytes: int | None = None) -> tuple[bytes, int]:
+    """The last `wanted` complete lines of `path` as bytes (each ending in a newline), and how many lines that is;
+    with `max_bytes`, only the whole lines within the last `max_bytes` bytes."""
+    data, lines, _, _ = _tail(path, wanted, max_bytes)
     return data, lines
 
 
-def newest(current: Path, wanted: int) -> tuple[list[bytes], list[Path]]:
-    """Byte blocks holding the newest `wanted` lines across the log's files (oldest first), and those files."""
+def read_newest(current: Path, wanted: int, max_bytes: int | None = None) -> Newest:
+    """The newest `wanted` lines across the log's files, reading at most `max_bytes` bytes in all."""
     picked: list[bytes] = []
     used: list[Path] = []
-    remaining = wanted
+    remaining, spent, capped = wanted, 0, False
     for path in reversed(log_files(current)):
-        if remaining <= 0:
+        if remaining <= 0 or capped:
+            break
+        budget = None if max_bytes is None else max_bytes - spent
+        if budget is not None and budget <= 0:
+            capped = True
             break
         try:
-            data, lines = tail(path, remaining)
-        except FileNotFoundError:  # rotated away between listing and reading
+            data, lines, read, capped = _tail(path, remaining, budget)
+        except FileNotFoundError:  # rotated away (or deleted by retention) between listing and reading
             continue
+        spent += read
         if lines:
             picked.append(data)
             used.append(path)
             remaining -= lines
-    return list(reversed(picked)), list(reversed(used))
+    return Newest(list(reversed(picked)), list(reversed(used)), wanted - remaining, spent, capped)
+
+
+def newest(current: Path, wanted: int, max_bytes: int | None = None) -> tuple[list[bytes], list[Path]]:
+    """Byte blocks holding the newest `wanted` lines across the log's files (oldest first), and those files."""
+    found = read_newest(current, wanted, max_bytes)
+    return found.blocks, found.files
 
 
 def _json_type(value: Any):
@@ -217,10 +256,16 @@ def _split(data: bytes, size: int) -> list[bytes]:
     return pieces
 
 
-def read_window(current: Path, size: int, numeric: list[str], categorical: list[str]) -> Window:
-    """The newest `size` lines of the log at `current`, parsed into a Window (the baseline names the features)."""
-    blocks, files = newest(current, size)
-    window = Window(files=[str(p) for p in files])
+def read_window(
+    current: Path, size: int, numeric: list[str], categorical: list[str], max_bytes: int | None = None
+) -> Window:
+    """The newest `size` lines of the log at `current` (within `max_bytes` bytes read), parsed into a Window
+    (the baseline names the features)."""
+    found = read_newest(current, size, max_bytes)
+    blocks = found.blocks
+    window = Window(
+        files=[str(p) for p in found.files], bytes_read=found.bytes_read, max_bytes=max_bytes, capped=found.capped
+    )
     if not blocks:
         return window
     schema = _schema(numeric, categorical, _first_prediction(blocks))

@@ -15,6 +15,15 @@ Dedupe: a key that is open fires again only after the cooldown (default 1 h), so
 every minute alerts once per hour, not sixty times. The state is the file itself, read and appended
 under an exclusive `flock` on a lock file beside it, so the daemon and cron-run CLI never interleave lines
 or both fire the same alert.
+
+Batches: `record` takes every change a sensor tick found (Raise / Resolve) and writes them under one
+lock, after one read of the log's tail, with one write and one fsync; the functions for one alert
+(`raise_alert`, `resolve_alert`, ...) are batches of one. Webhooks go out after the lock, through
+mlgraph.ops.webhook's background sender: a slow or dead receiver never delays the caller.
+
+The log is on the shared drive, where anyone may have put a FIFO or a symlink at its path: it is read
+only as a regular file inside the drive, tail-bounded (read_regular_tail), and appended through
+open_append (no symlink followed, no FIFO opened); either refusal is an `Unusable` naming the path.
 """
 
 from __future__ import annotations
@@ -31,8 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mlgraph.core.drive import DriveLayout
-from mlgraph.core.untrusted import printable
-from mlgraph.ops.webhook import post_alert
+from mlgraph.core.untrusted import Unusable, open_append, printable, read_regular_tail
+from mlgraph.ops import webhook
 
 RUN_FAILED = "run_failed"
 CONSECUTIVE_FAILURES = "consecutive_failures"
@@ -42,6 +51,8 @@ SIGNAL_REJECTED = "signal_rejected"
 KINDS = (RUN_FAILED, CONSECUTIVE_FAILURES, HEARTBEAT_STALE, DISK_SPACE_LOW, SIGNAL_REJECTED)
 EVENT_KINDS = (RUN_FAILED, SIGNAL_REJECTED)
 SEVERITIES = ("warning", "critical")
+# Display order: an open critical alert is never pushed off a page by a flood of warnings.
+SEVERITY_RANK = {"critical": 0, "warning": 1}
 
 COOLDOWN_ENV = "MLGRAPH_ALERT_COOLDOWN_SECONDS"
 HEARTBEAT_MAX_AGE_ENV = "MLGRAPH_HEARTBEAT_MAX_AGE_SECONDS"
@@ -52,8 +63,12 @@ DEFAULT_DISK_MIN_FREE_PERCENT = 10.0  # seed 004: "disk space <10% on shared dri
 CONSECUTIVE_FAILURE_LIMIT = 3
 EVENT_OPEN_HOURS = 24
 MESSAGE_LIMIT = 2000
-# user:password@ in a URL an error message happens to quote (a database URL, a webhook).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+:[^/@\s]*@")
+# user:password@ in a URL an error message happens to quote (a database URL, a webhook). The password
+# may hold '/', ':' or an unescaped '@' (SQLAlchemy reads up to the last '@'): everything up to the last
+# '@' of the word is masked; masking too much is harmless.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]*:\S*@")
+# ?password=... / &password=... (libpq and SQLAlchemy accept the password as a query parameter).
+_PASSWORD_PARAMETER = re.compile(r"(?P<name>[?&;]password=)[^&;\s]*", re.IGNORECASE)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -96,19 +111,31 @@ def _parse_time(value: object) -> datetime | None:
 def scrub(text: str) -> str:
     """Single-line-safe, bounded, and without credentials embedded in URLs."""
     text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    text = _PASSWORD_PARAMETER.sub(r"\g<name>***", text)
     text = printable(text, multiline=True)
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 
+def _unusable(path: Path, exc: Unusable) -> Unusable:
+    return Unusable(f"alert log {path}: {exc.reason}", exc.fix)
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, within: Path | None) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = open_append(lock_path, within=within)
+    except Unusable as exc:
+        raise Unusable(f"alert lock file {lock_path}: {exc.reason}", exc.fix) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 # Only the newest part of the log is read: open alerts and cooldowns live in its recent lines, and a log
@@ -116,16 +143,17 @@ def _locked(path: Path) -> Iterator[None]:
 TAIL_BYTES = 8 * 1024 * 1024
 
 
-def read_records(path: Path, tail_bytes: int = TAIL_BYTES) -> list[dict]:
-    """The well-formed records of the file's last `tail_bytes`, in order (a torn or foreign line is skipped)."""
+def read_records(path: Path, tail_bytes: int = TAIL_BYTES, within: str | os.PathLike[str] | None = None) -> list[dict]:
+    """The well-formed records of the file's last `tail_bytes`, in order (a torn or foreign line is skipped).
+
+    Only a regular file is read (inside `within` when given); anything else raises `Unusable` naming it."""
     try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - tail_bytes))
-            data = handle.read()
+        data, cut = read_regular_tail(path, tail_bytes, within=within)
     except FileNotFoundError:
         return []
-    if size > tail_bytes:
+    except Unusable as exc:
+        raise _unusable(Path(path), exc) from None
+    if cut:
         data = data.split(b"\n", 1)[-1]  # the first line is cut in the middle
     records = []
     for line in data.decode("utf-8", errors="replace").splitlines():
@@ -145,19 +173,105 @@ def _latest_by_key(records: Iterable[dict]) -> dict[str, dict]:
     return latest
 
 
-def _append(path: Path, record: dict) -> None:
-    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _append(path: Path, records: list[dict], within: Path | None) -> None:
+    """Every line in one write (the lock is held, so none interleaves) and one fsync."""
+    data = b"".join((json.dumps(record, sort_keys=True) + "\n").encode("utf-8") for record in records)
     try:
-        os.write(fd, line)
+        fd = open_append(path, within=within)
+    except Unusable as exc:
+        raise _unusable(path, exc) from None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _deliver(record: dict) -> dict:
-    post_alert(record)
-    return record
+@dataclass(frozen=True)
+class Raise:
+    """A condition observed: recorded unless its key is open and fired within the cooldown."""
+
+    kind: str
+    key: str
+    message: str
+    severity: str
+    experiment: str | None = None
+    run_id: str | None = None
+    job: str | None = None
+    slurm_state: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or self.severity not in SEVERITIES:
+            raise ValueError(
+                f"alert kind {self.kind!r} / severity {self.severity!r}: expected one of {KINDS} / {SEVERITIES}"
+            )
+
+    def record(self, now: datetime) -> dict:
+        record = {
+            "time": iso(now),
+            "kind": self.kind,
+            "key": self.key,
+            "message": scrub(self.message),
+            "severity": self.severity,
+            "resolved": False,
+        }
+        for name in ("experiment", "run_id", "job", "slurm_state"):
+            if value := getattr(self, name):
+                record[name] = scrub(str(value))
+        return record
+
+
+@dataclass(frozen=True)
+class Resolve:
+    """A condition cleared: a resolved line when its key is open, nothing otherwise."""
+
+    key: str
+    message: str
+
+
+Change = Raise | Resolve
+
+
+def record(
+    drive: DriveLayout,
+    changes: Iterable[Change | None],
+    *,
+    cooldown: float | None = None,
+    now: datetime | None = None,
+) -> list[dict]:
+    """Write every change that is news, in order, under one lock, one read, one write and one fsync;
+    queue each written record for the webhook (never waited for). The records written (None is skipped)."""
+    changes = [change for change in changes if change is not None]
+    if not changes:
+        return []
+    now = now or utc_now()
+    cooldown = cooldown_seconds() if cooldown is None else cooldown
+    path = drive.alerts_jsonl()
+    within = drive.root_path
+    written: list[dict] = []
+    with _locked(path, within):
+        latest = _latest_by_key(read_records(path, within=within))
+        for change in changes:
+            last = latest.get(change.key)
+            if isinstance(change, Raise):
+                if last is not None and not last.get("resolved"):
+                    fired = _parse_time(last.get("time"))
+                    if fired is not None and (now - fired).total_seconds() < cooldown:
+                        continue
+                line = change.record(now)
+            else:
+                if last is None or last.get("resolved"):
+                    continue
+                line = {**last, "time": iso(now), "message": scrub(change.message), "resolved": True}
+            latest[change.key] = line
+            written.append(line)
+        if written:
+            _append(path, written, within)
+    for line in written:
+        webhook.submit(line)
+    return written
 
 
 def raise_alert(
@@ -174,58 +288,39 @@ def raise_alert(
     cooldown: float | None = None,
     now: datetime | None = None,
 ) -> dict | None:
-    """Record (and POST) the alert unless its key is open and fired within the cooldown; the record or None."""
-    if kind not in KINDS or severity not in SEVERITIES:
-        raise ValueError(f"alert kind {kind!r} / severity {severity!r}: expected one of {KINDS} / {SEVERITIES}")
-    now = now or utc_now()
-    cooldown = cooldown_seconds() if cooldown is None else cooldown
-    path = drive.alerts_jsonl()
-    record = {
-        "time": iso(now),
-        "kind": kind,
-        "key": key,
-        "message": scrub(message),
-        "severity": severity,
-        "resolved": False,
-    }
-    for name, value in (("experiment", experiment), ("run_id", run_id), ("job", job), ("slurm_state", slurm_state)):
-        if value:
-            record[name] = scrub(str(value))
-    with _locked(path):
-        last = _latest_by_key(read_records(path)).get(key)
-        if last is not None and not last.get("resolved"):
-            fired = _parse_time(last.get("time"))
-            if fired is not None and (now - fired).total_seconds() < cooldown:
-                return None
-        _append(path, record)
-    return _deliver(record)
+    """Record (and queue for the webhook) the alert unless its key is open and fired within the cooldown;
+    the record or None. Several alerts at once: `record`."""
+    change = Raise(kind, key, message, severity, experiment, run_id, job, slurm_state)
+    written = record(drive, [change], cooldown=cooldown, now=now)
+    return written[0] if written else None
 
 
 def resolve_alert(drive: DriveLayout, key: str, message: str, now: datetime | None = None) -> dict | None:
     """Write a resolved line when the key is open (the condition cleared); the record or None."""
-    path = drive.alerts_jsonl()
-    with _locked(path):
-        last = _latest_by_key(read_records(path)).get(key)
-        if last is None or last.get("resolved"):
-            return None
-        record = {**last, "time": iso(now or utc_now()), "message": scrub(message), "resolved": True}
-        _append(path, record)
-    return _deliver(record)
+    written = record(drive, [Resolve(key, message)], now=now)
+    return written[0] if written else None
+
+
+def display_order(alerts: Iterable[dict]) -> list[dict]:
+    """Critical first, then warning (then anything else), newest first within each severity."""
+    newest_first = sorted(alerts, key=lambda r: str(r.get("time")), reverse=True)
+    return sorted(newest_first, key=lambda r: SEVERITY_RANK.get(str(r.get("severity")), len(SEVERITY_RANK)))
 
 
 def read_open_alerts(drive: DriveLayout | str | os.PathLike[str], now: datetime | None = None) -> list[dict]:
-    """Open alerts, newest first: the latest line of each key, unless resolved (or an event over a day old)."""
+    """Open alerts, critical first and newest first within a severity: the latest line of each key,
+    unless resolved (or an event over a day old)."""
     layout = drive if isinstance(drive, DriveLayout) else DriveLayout.at(drive)
     now = now or utc_now()
     open_alerts = []
-    for record in _latest_by_key(read_records(layout.alerts_jsonl())).values():
-        if record.get("resolved"):
+    for line in _latest_by_key(read_records(layout.alerts_jsonl(), within=layout.root_path)).values():
+        if line.get("resolved"):
             continue
-        fired = _parse_time(record.get("time"))
-        if record.get("kind") in EVENT_KINDS and fired and (now - fired).total_seconds() > EVENT_OPEN_HOURS * 3600:
+        fired = _parse_time(line.get("time"))
+        if line.get("kind") in EVENT_KINDS and fired and (now - fired).total_seconds() > EVENT_OPEN_HOURS * 3600:
             continue
-        open_alerts.append(record)
-    return sorted(open_alerts, key=lambda r: str(r.get("time")), reverse=True)
+        open_alerts.append(line)
+    return display_order(open_alerts)
 
 
 @dataclass(frozen=True)
@@ -272,11 +367,17 @@ def disk_condition(path: Path, min_free_percent: float | None = None) -> Conditi
     return Condition("ok", text)
 
 
-def _apply(drive: DriveLayout, condition: Condition, kind: str, key: str, now: datetime | None) -> Condition:
+def condition_change(condition: Condition, kind: str, key: str) -> Change | None:
+    """A failed check raises a critical alert, a passing one resolves it, a skipped one does neither."""
     if condition.failed:
-        raise_alert(drive, kind, key, condition.message, "critical", now=now)
-    elif condition.status == "ok":
-        resolve_alert(drive, key, f"resolved: {condition.message}", now=now)
+        return Raise(kind, key, condition.message, "critical")
+    if condition.status == "ok":
+        return Resolve(key, f"resolved: {condition.message}")
+    return None
+
+
+def _apply(drive: DriveLayout, condition: Condition, kind: str, key: str, now: datetime | None) -> Condition:
+    record(drive, [condition_change(condition, kind, key)], now=now)
     return condition
 
 
@@ -288,6 +389,28 @@ def check_disk(drive: DriveLayout, now: datetime | None = None) -> Condition:
     return _apply(drive, disk_condition(drive.root_path), DISK_SPACE_LOW, DISK_SPACE_LOW, now)
 
 
+def _one(drive: DriveLayout, change: Change | None, now: datetime | None) -> dict | None:
+    written = record(drive, [change], now=now)
+    return written[0] if written else None
+
+
+def run_failed_change(
+    run_id: str, job: str, message: str, experiment: str | None = None, slurm_state: str | None = None
+) -> Raise:
+    where = f" of {experiment}" if experiment else ""
+    state = f" (Slurm {slurm_state})" if slurm_state else ""
+    return Raise(
+        RUN_FAILED,
+        f"{RUN_FAILED}:{run_id}",
+        f"run {run_id[:8]} of job {job}{where} failed{state}: {message}",
+        "warning",
+        experiment=experiment,
+        run_id=run_id,
+        job=job,
+        slurm_state=slurm_state,
+    )
+
+
 def run_failed(
     drive: DriveLayout,
     run_id: str,
@@ -297,53 +420,40 @@ def run_failed(
     slurm_state: str | None = None,
     now: datetime | None = None,
 ) -> dict | None:
-    where = f" of {experiment}" if experiment else ""
-    state = f" (Slurm {slurm_state})" if slurm_state else ""
-    return raise_alert(
-        drive,
-        RUN_FAILED,
-        f"{RUN_FAILED}:{run_id}",
-        f"run {run_id[:8]} of job {job}{where} failed{state}: {message}",
-        "warning",
-        experiment=experiment,
-        run_id=run_id,
-        job=job,
-        slurm_state=slurm_state,
-        now=now,
-    )
+    return _one(drive, run_failed_change(run_id, job, message, experiment, slurm_state), now)
 
 
-def consecutive_failures(
-    drive: DriveLayout, experiment: str, latest_statuses: list[str], now: datetime | None = None
-) -> dict | None:
+def consecutive_failures_change(experiment: str, latest_statuses: list[str]) -> Change | None:
     """`latest_statuses`: the experiment's finished runs, newest first ("FAILURE", "SUCCESS", ...)."""
     key = f"{CONSECUTIVE_FAILURES}:{experiment}"
     recent = latest_statuses[:CONSECUTIVE_FAILURE_LIMIT]
     if len(recent) == CONSECUTIVE_FAILURE_LIMIT and all(s == "FAILURE" for s in recent):
-        return raise_alert(
-            drive,
+        return Raise(
             CONSECUTIVE_FAILURES,
             key,
             f"the last {CONSECUTIVE_FAILURE_LIMIT} runs of experiment {experiment} failed",
             "critical",
             experiment=experiment,
-            now=now,
         )
     if recent and recent[0] == "SUCCESS":
-        return resolve_alert(drive, key, f"resolved: a run of experiment {experiment} succeeded", now=now)
+        return Resolve(key, f"resolved: a run of experiment {experiment} succeeded")
     return None
+
+
+def consecutive_failures(
+    drive: DriveLayout, experiment: str, latest_statuses: list[str], now: datetime | None = None
+) -> dict | None:
+    return _one(drive, consecutive_failures_change(experiment, latest_statuses), now)
+
+
+def signal_rejected_change(key: str, reason: str, experiment: str | None = None) -> Raise:
+    """`key`: the rejection's run key (path + content hash), so one file's content alerts once."""
+    return Raise(
+        SIGNAL_REJECTED, f"{SIGNAL_REJECTED}:{key}", f"rejected signal {reason}", "warning", experiment=experiment
+    )
 
 
 def signal_rejected(
     drive: DriveLayout, key: str, reason: str, experiment: str | None = None, now: datetime | None = None
 ) -> dict | None:
-    """`key`: the rejection's run key (path + content hash), so one file's content alerts once."""
-    return raise_alert(
-        drive,
-        SIGNAL_REJECTED,
-        f"{SIGNAL_REJECTED}:{key}",
-        f"rejected signal {reason}",
-        "warning",
-        experiment=experiment,
-        now=now,
-    )
+    return _one(drive, signal_rejected_change(key, reason, experiment), now)

@@ -7,8 +7,12 @@
   waited for, a few times, then named in a clear error);
 - PostgreSQL through `pg_dump --format=custom` when `$MLGRAPH_POSTGRES_URL` is set (password in the
   child's PGPASSWORD only).
-The manifest (every file's sha256 and size, the stores and their sources, tool versions) is written
-last and atomically: a directory without one is an interrupted backup, never restored nor counted.
+The manifest (every file's sha256 and size, the stores and their sources and modes, tool versions) is
+written last and atomically: a directory without one is an interrupted backup, never restored nor counted.
+
+A backup holds every secret the stores hold (the MLflow auth database's password hashes, run tags,
+Postgres rows): each backup directory is created 0700 before anything is written into it, and every
+file and directory in it ends 0600/0700, whatever the umask.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import stat
 import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
@@ -25,7 +30,7 @@ from pathlib import Path
 from mlgraph.core.atomic import atomic_write_json
 from mlgraph.core.hashing import sha256_file
 from mlgraph.core.retry import Retry
-from mlgraph.ops.stores import Places, Store, discover, libpq_target, postgres_url
+from mlgraph.ops.stores import Places, Store, StoreConfigError, discover, libpq_target, postgres_url
 
 BACKUP_DIR_ENV = "MLGRAPH_BACKUP_DIR"
 MANIFEST = "manifest.json"
@@ -36,6 +41,8 @@ SQLITE_TIMEOUT_SECONDS = 30.0
 DUCKDB_LOCK_ATTEMPTS = 5
 DUCKDB_LOCK_WAIT_SECONDS = 1.0
 PG_TIMEOUT_SECONDS = 1800
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 class BackupError(RuntimeError):
@@ -46,10 +53,23 @@ def default_backup_root() -> Path:
     return Path(os.environ.get(BACKUP_DIR_ENV) or Path.home() / "mlgraph-backups").expanduser().resolve()
 
 
-def sqlite_copy(source: Path, target: Path) -> None:
-    """Copy a (possibly live) SQLite database with the backup API, in one step, and quick_check the copy."""
+def create_private(path: Path, mode: int = PRIVATE_FILE) -> None:
+    """Create `path` as an empty file with exactly `mode`, so its content is never readable by others,
+    not even for the moment before a chmod (SQLite gives its journal the database file's mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits away; it cannot add any
+    finally:
+        os.close(fd)
+
+
+def sqlite_copy(source: Path, target: Path, mode: int = PRIVATE_FILE) -> None:
+    """Copy a (possibly live) SQLite database with the backup API, in one step, and quick_check the copy.
+
+    `target` must not exist; it is created with `mode`."""
     src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_SECONDS)
     try:
+        create_private(target, mode)
         dst = sqlite3.connect(target)
         try:
             # pages=-1 (the default): everything under one read lock, so the copy is a single committed
@@ -108,8 +128,16 @@ def run_pg_tool(argv: list[str], env: dict[str, str]) -> subprocess.CompletedPro
     )
 
 
+def postgres_target() -> tuple[str, dict[str, str]]:
+    """libpq_target of $MLGRAPH_POSTGRES_URL, its refusal a BackupError (one line, no secret)."""
+    try:
+        return libpq_target(postgres_url() or "")
+    except StoreConfigError as exc:
+        raise BackupError(str(exc)) from None
+
+
 def pg_dump(target: Path) -> None:
-    url, env = libpq_target(postgres_url() or "")
+    url, env = postgres_target()
     if shutil.which("pg_dump") is None:
         raise BackupError(
             "MLGRAPH_POSTGRES_URL is set but pg_dump is not on PATH. Fix: install the "
@@ -141,8 +169,21 @@ def _inside(path: Path, root: Path) -> bool:
 def _new_backup_dir(root: Path, now: datetime) -> Path:
     stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     path = root / f"{PREFIX}{stamp}"
-    path.mkdir(parents=True, exist_ok=False)
+    # A root created here is private too; an existing one keeps the mode its owner gave it.
+    root.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    path.mkdir(mode=PRIVATE_DIR, exist_ok=False)
+    os.chmod(path, PRIVATE_DIR)
     return path
+
+
+def make_private(top: Path) -> None:
+    """Every directory under `top` (itself included) 0700, every file 0600; links are left alone."""
+    for directory, _dirs, files in os.walk(top):
+        os.chmod(directory, PRIVATE_DIR, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE_FILE)
 
 
 def _store_path(store: Store) -> str:
@@ -173,7 +214,7 @@ def create_backup(
         for store in stores:
             relative = _store_path(store)
             target = dest / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             if store.kind == "sqlite":
                 sqlite_copy(store.path, target)
             elif store.kind == "duckdb":
@@ -186,10 +227,13 @@ def create_backup(
                     "kind": store.kind,
                     "path": relative,
                     "source": str(store.path) if store.path else "$MLGRAPH_POSTGRES_URL",
+                    # Restore gives a store that is gone from the drive the mode it had.
+                    **({"mode": oct(stat.S_IMODE(store.path.stat().st_mode))} if store.path else {}),
                 }
             )
         if places.config_dir.is_dir():
             shutil.copytree(places.config_dir, dest / "config", symlinks=False)
+        make_private(dest)
         files = {
             p.relative_to(dest).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
             for p in sorted(dest.rglob("*"))
@@ -207,6 +251,7 @@ def create_backup(
                 "files": files,
                 "versions": _versions(stores),
             },
+            mode=PRIVATE_FILE,
         )
     except BaseException:
         # Nothing half-made is left to look like a backup (it would have no manifest anyway).

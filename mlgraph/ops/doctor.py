@@ -15,12 +15,12 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from mlgraph.core.tracking import TRACKING_URI_ENV
 from mlgraph.ops.alerts import Condition, disk_condition, heartbeat_condition
 from mlgraph.ops.backup import BackupError, duckdb_connect
-from mlgraph.ops.stores import Places, Store, discover, libpq_target, postgres_url
+from mlgraph.ops.stores import Places, Store, StoreConfigError, discover, libpq_target, postgres_url
 
 TOOL_TIMEOUT_SECONDS = 20
 HTTP_TIMEOUT_SECONDS = 5
@@ -75,7 +75,10 @@ def check_postgres() -> Condition:
         return Condition("skipped", "MLGRAPH_POSTGRES_URL not set; Dagster state is in SQLite here")
     import psycopg2
 
-    libpq_url, env = libpq_target(url)
+    try:
+        libpq_url, env = libpq_target(url)
+    except StoreConfigError as exc:
+        return Condition("fail", str(exc))
     try:
         con = psycopg2.connect(libpq_url, password=env.get("PGPASSWORD"), connect_timeout=HTTP_TIMEOUT_SECONDS)
         try:
@@ -106,14 +109,30 @@ def check_mlflow(tracking_uri: str | None = None) -> Condition:
     uri = tracking_uri or os.environ.get(TRACKING_URI_ENV, "")
     if urlsplit(uri).scheme not in ("http", "https"):
         return Condition("skipped", "MLflow tracks to a local store, not a server (its database is checked above)")
-    health = uri.rstrip("/") + "/health"
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    host = parts.hostname
+    if not host or port == -1:
+        return Condition(
+            "fail",
+            f"${TRACKING_URI_ENV} is not a valid http(s) URL (not shown: it may hold a password). Fix: set it "
+            "like http://HOST:5000 and pass credentials in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD",
+        )
+    # /health needs no credentials: any user:password@ or query in the URI stays out of the request.
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
     try:
         with urllib.request.urlopen(health, timeout=HTTP_TIMEOUT_SECONDS) as response:
-            return Condition("ok", f"{urlsplit(uri).hostname}: /health HTTP {response.status}")
+            return Condition("ok", f"{host}: /health HTTP {response.status}")
     except urllib.error.HTTPError as exc:
-        return Condition("fail", f"{urlsplit(uri).hostname}: /health HTTP {exc.code}")
+        return Condition("fail", f"{host}: /health HTTP {exc.code}")
     except (urllib.error.URLError, OSError) as exc:
-        return Condition("fail", f"{urlsplit(uri).hostname} unreachable: {getattr(exc, 'reason', exc)}")
+        return Condition("fail", f"{host} unreachable: {getattr(exc, 'reason', exc)}")
+    except ValueError as exc:  # http.client.InvalidURL and the like: the type only, its text may quote the URL
+        return Condition("fail", f"{host}: the request could not be made ({type(exc).__name__})")
 
 
 # The per-run event-log databases of a SQLite instance (history/runs/index.db is the index, not a run).

@@ -87,7 +87,7 @@ def postgres_mlflow_uri(postgres_url: str, database: str = MLFLOW_DATABASE) -> s
 
     try:
         url = make_url(postgres_url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number (never quoted: it may be a secret)
         raise MlflowServerError(
             f"{POSTGRES_URL_ENV} is not a database URL. Fix: set it like "
             "postgresql+psycopg2://mlgraph:<password>@127.0.0.1:5433/mlgraph, or set "

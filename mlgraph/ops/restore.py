@@ -5,26 +5,36 @@ rebuilt beside its live file (a temporary name in the same directory), then rena
 replaced file (and its -wal/-shm/-journal) is kept as `*.pre-restore`. PostgreSQL is restored by
 `pg_restore --clean --single-transaction`: all or nothing. config/ is not overwritten (it is under
 version control); the backup's copy is there to compare with.
+
+A restored store keeps the mode of the file it replaces (the MLflow auth database's password hashes
+stay as private as they were); a store that is gone gets the mode the backup's manifest recorded, else
+0600. It is rebuilt inside a private (0700) directory, so no other user can read it before then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from mlgraph.core.hashing import sha256_file
 from mlgraph.ops.backup import (
     MANIFEST,
+    PRIVATE_FILE,
     BackupError,
     complete_backups,
     duckdb_connect,
+    postgres_target,
     run_pg_tool,
     sql_literal,
     sqlite_copy,
 )
-from mlgraph.ops.stores import PRE_RESTORE, Places, libpq_target, postgres_url
+from mlgraph.ops.stores import PRE_RESTORE, Places, postgres_url
 
 SIDE_FILES = ("-wal", "-shm", "-journal", ".wal")
 
@@ -83,32 +93,47 @@ def _swap(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _restore_sqlite(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.restore-tmp")
-    tmp.unlink(missing_ok=True)
+def store_mode(target: Path, recorded: object) -> int:
+    """The live file's mode, else the one the manifest recorded ("0o640"), else 0600."""
     try:
-        sqlite_copy(source, tmp)
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        pass
+    try:
+        mode = int(str(recorded), 8) if recorded is not None else PRIVATE_FILE
+    except ValueError:
+        return PRIVATE_FILE
+    return mode if 0 <= mode <= 0o777 else PRIVATE_FILE
+
+
+@contextlib.contextmanager
+def _staged(target: Path, mode: int) -> Iterator[Path]:
+    """A path in a private (0700) directory beside `target` to build the store at; once built, it is
+    given `mode` and renamed over `target`. The directory goes in any case."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.restore-", dir=target.parent))
+    try:
+        tmp = staging / target.name
+        yield tmp
+        os.chmod(tmp, mode)
         _swap(tmp, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _restore_duckdb(export_dir: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.restore-tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+def _restore_sqlite(source: Path, target: Path, mode: int) -> None:
+    with _staged(target, mode) as tmp:
+        sqlite_copy(source, tmp, mode=mode)
+
+
+def _restore_duckdb(export_dir: Path, target: Path, mode: int) -> None:
+    with _staged(target, mode) as tmp:
         con = duckdb_connect(tmp, read_only=False)
         try:
             con.execute(f"IMPORT DATABASE {sql_literal(str(export_dir))}")
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        _swap(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
 
 
 def _restore_postgres(dump: Path) -> None:
@@ -118,7 +143,7 @@ def _restore_postgres(dump: Path) -> None:
             "the backup holds a PostgreSQL dump but MLGRAPH_POSTGRES_URL is not set. Fix: set it "
             "to the database to restore into"
         )
-    libpq_url, env = libpq_target(url)
+    libpq_url, env = postgres_target()
     done = run_pg_tool(
         [
             "pg_restore",
@@ -149,10 +174,10 @@ def restore_backup(places: Places, backup: Path) -> list[str]:
         source = backup / store["path"]
         if store["kind"] == "sqlite":
             target = places.target(store["name"])
-            _restore_sqlite(source, target)
+            _restore_sqlite(source, target, store_mode(target, store.get("mode")))
         elif store["kind"] == "duckdb":
             target = places.target(store["name"])
-            _restore_duckdb(source, target)
+            _restore_duckdb(source, target, store_mode(target, store.get("mode")))
         elif store["kind"] == "postgres":
             _restore_postgres(source)
             target = "$MLGRAPH_POSTGRES_URL"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode
 
 from mlgraph.core.drive import POSTGRES_URL_ENV, DriveLayout, resolve_dagster_home
 
@@ -90,19 +90,55 @@ def postgres_url() -> str | None:
     return os.environ.get(POSTGRES_URL_ENV, "").strip() or None
 
 
+class StoreConfigError(ValueError):
+    """A store's configuration is unusable; the message names the variable and the fix, never a secret."""
+
+
+_URL_SHAPE = "postgresql://USER@HOST:PORT/DATABASE (the password percent-encoded, or in $" + POSTGRES_PASSWORD_ENV + ")"
+
+
 def libpq_target(url: str) -> tuple[str, dict[str, str]]:
     """The URL for pg_dump/psql without its password, and the environment that carries the password.
 
-    SQLAlchemy's `postgresql+psycopg2://` becomes `postgresql://`; the password goes to PGPASSWORD (from
-    the URL, else $MLGRAPH_POSTGRES_PASSWORD), never onto a command line or into a file."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]
+    SQLAlchemy's `postgresql+psycopg2://` becomes `postgresql://`; the password (in the user part or a
+    `password` query parameter, else $MLGRAPH_POSTGRES_PASSWORD) goes to PGPASSWORD, never onto a command
+    line, into a file or into an error message: a URL that cannot be parsed raises StoreConfigError
+    without quoting it."""
+    # Lazy: sqlalchemy costs ~0.3 s to import; the same parser Dagster's and MLflow's storage use.
+    from sqlalchemy.engine import URL, make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        raise StoreConfigError(
+            f"${POSTGRES_URL_ENV} cannot be parsed as a URL (not shown: it may hold a password). Fix: write it "
+            f"as {_URL_SHAPE}"
+        ) from None
+    if "@" in (parsed.host or ""):
+        raise StoreConfigError(
+            f"${POSTGRES_URL_ENV}: its user part holds an unescaped '@' (not shown: it may be in the password). "
+            f"Fix: percent-encode '@' as %40, or write it as {_URL_SHAPE}"
+        )
+    scheme = parsed.drivername.split("+", 1)[0]
     if scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"${POSTGRES_URL_ENV} is not a postgresql:// URL (scheme {parts.scheme!r})")
-    password = unquote(parts.password) if parts.password else os.environ.get(POSTGRES_PASSWORD_ENV)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+        raise StoreConfigError(
+            f"${POSTGRES_URL_ENV} is not a postgresql:// URL (scheme {parsed.drivername!r}). Fix: write it as "
+            f"{_URL_SHAPE}"
+        )
+    query = {key: value for key, value in parsed.query.items() if key.lower() != "password"}
+    from_query = [value for key, value in parsed.query.items() if key.lower() == "password"]
+    from_query = [item for value in from_query for item in ([value] if isinstance(value, str) else value)]
+    password = parsed.password or (from_query[0] if from_query else None) or os.environ.get(POSTGRES_PASSWORD_ENV)
+    bare = URL.create(
+        "postgresql", username=parsed.username, host=parsed.host, port=parsed.port, database=parsed.database
+    )
+    target = bare.render_as_string(hide_password=False)
+    if query:
+        target += "?" + urlencode(
+            [(key, item) for key, value in query.items() for item in ([value] if isinstance(value, str) else value)],
+            safe="/",
+            quote_via=quote,
+        )
     env = {"PGPASSWORD": password} if password else {}
-    return urlunsplit((scheme, netloc, parts.path, parts.query, "")), env
+    return target, env

@@ -50,12 +50,31 @@ def create_app(settings: ServeSettings) -> Guard:
     holder = ModelHolder(drive, config, spec)
     metrics = ServiceMetrics(config.name, [r.path for r in ROUTES])
     writer = (
-        PredictionLogWriter(drive.prediction_log_path(config.name), settings.log_max_bytes, settings.log_sync_interval)
+        PredictionLogWriter(
+            drive.prediction_log_path(config.name),
+            settings.log_max_bytes,
+            settings.log_sync_interval,
+            within=drive.root,  # no symlink at the path is followed, and its directory must be on the drive
+            max_pending_rows=settings.log_max_pending_rows,
+            max_pending_bytes=settings.log_max_pending_bytes,
+            retention_bytes=settings.log_retention_bytes,
+            retention_days=settings.log_retention_days,
+            flush_timeout=settings.log_flush_timeout,
+        )
         if settings.log_predictions
         else None
     )
+    if writer is not None:
+        metrics.watch_log(writer.status)
     core = ServiceCore(
-        holder, metrics, writer, config, drive, max_body_bytes=settings.max_body_bytes, max_rows=settings.max_rows
+        holder,
+        metrics,
+        writer,
+        config,
+        drive,
+        max_body_bytes=settings.max_body_bytes,
+        max_rows=settings.max_rows,
+        max_string_length=settings.max_string_length,
     )
 
     async def poll_forever() -> None:

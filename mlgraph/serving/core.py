@@ -35,11 +35,12 @@ from mlgraph.core.http_errors import (
     ErrorKind,
     Refusal,
 )
-from mlgraph.serving.log_writer import Entry, PredictionLogWriter
+from mlgraph.serving.log_writer import Entry, LogFull, PredictionLogWriter
 from mlgraph.serving.metrics import ServiceMetrics
-from mlgraph.serving.model import LoadedModel
+from mlgraph.serving.model import LoadedModel, NonFiniteOutput
 from mlgraph.serving.reload import ModelHolder
 from mlgraph.serving.schema import batch_model, response_models, row_model
+from mlgraph.serving.settings import DEFAULT_MAX_STRING_LENGTH
 
 LOG = logging.getLogger("mlgraph.serving")
 JSON = "application/json"
@@ -96,12 +97,13 @@ class ServiceCore:
         *,
         max_body_bytes: int,
         max_rows: int,
+        max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
     ) -> None:
         self.holder, self.metrics, self.writer = holder, metrics, writer
         self.config, self.drive, self.spec = config, drive, holder.spec
         self.max_body_bytes, self.max_rows = max_body_bytes, max_rows
         self.classifier = self.spec.task == "classification"
-        row = row_model(self.spec)
+        row = row_model(self.spec, max_string_length)
         one, many = response_models(self.spec)
         # Route.request / Route.response name these (the request and response schemas /docs shows).
         self.models: dict[str, type[BaseModel]] = {
@@ -129,6 +131,9 @@ class ServiceCore:
             return await route.handler(self, body, request_id)
         except Refusal as refusal:
             return refusal
+        except NonFiniteOutput as exc:  # the model's fault, not the request's: a 500 that says so
+            LOG.error("request %s: %s", request_id, exc)
+            return Refusal(INTERNAL, str(exc))
         except Exception:  # never a traceback to the client; the log names the request
             LOG.exception("request %s failed", request_id)
             return Refusal(INTERNAL)
@@ -160,11 +165,14 @@ class ServiceCore:
             outputs = model.predict(rows)
         else:
             outputs = await run_sync(model.predict, rows)
+        if self.writer is not None:
+            try:  # a bounded queue: a prediction that cannot be logged is refused, never answered unlogged
+                self.writer.submit(Entry(time.time(), request_id, model.version, rows, outputs, len(body)))
+            except LogFull as full:
+                raise Refusal(NOT_READY, f"prediction not logged, so not answered: {full}") from None
         self.metrics.predicted(
             [o["prediction"] for o in outputs] if self.classifier else ["value"] * len(outputs), model.version
         )
-        if self.writer is not None:
-            self.writer.submit(Entry(time.time(), request_id, model.version, rows, outputs))
         answer = {"request_id": request_id, "model_version": model.version}
         answer.update(outputs[0] if not batch else {"predictions": outputs})
         return Answer(answer, model.version)
@@ -177,19 +185,10 @@ class ServiceCore:
 
     async def health(self, body: bytes, request_id: str) -> Answer:
         model, holder, writer = self.holder.current, self.holder, self.writer
-        log = (
-            None
-            if writer is None
-            else {
-                "path": str(writer.path),
-                "records": writer.records,
-                "pending": writer.pending(),
-                "failures": writer.failures,
-            }
-        )
+        log = None if writer is None else writer.status().as_dict()
         return Answer(
             {
-                "status": "ok",
+                "status": "ok" if log is None or log["healthy"] else "degraded",  # degraded: the log is failing
                 "ready": model is not None,
                 "experiment": self.config.name,
                 "task": self.spec.task,
@@ -203,6 +202,8 @@ class ServiceCore:
 
     async def ready(self, body: bytes, request_id: str) -> Answer:
         model = self.current()
+        if self.writer is not None and not (log := self.writer.status()).healthy:
+            raise Refusal(NOT_READY, f"the prediction log {log.path} cannot be written: {log.last_error}")
         return Answer(
             {"ready": True, "model_version": model.version, "runtime": model.runtime, "request_id": request_id}
         )
@@ -211,6 +212,14 @@ class ServiceCore:
         # The one drift implementation the drift_report asset and drift_sensor use (pandas/pyarrow: imported on use).
         from mlgraph.monitoring.drift import build_report
 
+        # Every prediction answered before this call must be in the file the report reads (bounded wait).
+        if self.writer is not None and not await run_sync(self.writer.flush):
+            status = self.writer.status()
+            raise Refusal(
+                NOT_READY,
+                f"drift report unavailable: {status.pending} logged predictions are not yet written to "
+                f"{status.path} ({status.last_error or 'the writer is behind'})",
+            )
         try:
             return await run_sync(build_report, self.drive, self.config)
         except (OSError, ValueError) as exc:  # a damaged baseline or log: the message names the file and the fix
@@ -225,8 +234,6 @@ class ServiceCore:
         return Answer(trigger(await self._drift_report()))
 
     async def prometheus(self, body: bytes, request_id: str) -> Answer:
-        if self.writer is not None:
-            self.metrics.log_pending.set(self.writer.pending())
         text, content_type = self.metrics.render()
         return Answer(text, content_type=content_type)
 

@@ -5,12 +5,19 @@ and the dispatch of the routes in mlgraph.serving.core.ROUTES straight to the co
 a 404 or 405) goes to the FastAPI app.
 
 `refusal_response` is the one place a refusal becomes an HTTP status and body, and is counted: the core's
-refusals here, and FastAPI's errors through the app's exception handlers.
+refusals here, and FastAPI's errors through the app's exception handlers. Every body is strict JSON: an answer
+holding NaN or Infinity is refused (500), never written.
+
+A body over the limit is answered 413 and the connection closed, after reading and discarding the rest of
+the body (a lingering close, bounded by DRAIN_FACTOR times the limit and DRAIN_SECONDS): closing a socket with
+unread bytes in it makes the kernel send a reset, and a client still writing its body would then lose the 413.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +25,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from mlgraph.core.http_errors import MALFORMED_JSON, TOO_LARGE, Refusal
+from mlgraph.core.http_errors import INTERNAL, MALFORMED_JSON, TOO_LARGE, Refusal
 from mlgraph.serving.core import Answer, Route, ServiceCore, body_too_large
 from mlgraph.serving.metrics import ServiceMetrics
 
@@ -27,7 +34,11 @@ MODEL_VERSION_HEADER = "x-model-version"
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
 _MODEL_VERSION = MODEL_VERSION_HEADER.encode()
 _JSON = b"application/json"
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode  # built once, not per call
+# Built once, not per call; allow_nan=False: `NaN` and `Infinity` are not JSON, and a client's parser may reject them.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
+DRAIN_FACTOR = 8  # the rest of an oversize body is read and discarded up to this many times the limit ...
+DRAIN_SECONDS = 5.0  # ... and for at most this long, before the 413 and the close
+LOG = logging.getLogger("mlgraph.serving")
 
 
 def dumps(body: Any) -> bytes:
@@ -66,9 +77,11 @@ class Guard:
         max_body_bytes: int,
         observe: Callable[[str, float], None],
         version: Callable[[], str | None],
+        drain_seconds: float = DRAIN_SECONDS,
     ) -> None:
         self.app, self.core, self.max_body_bytes = app, core, max_body_bytes
         self.observe, self.version = observe, version
+        self.drain_bytes, self.drain_seconds = DRAIN_FACTOR * max_body_bytes, drain_seconds
         self.routes = core.routes_by_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -84,6 +97,10 @@ class Guard:
             except ValueError:
                 declared = None  # not a number: the streamed count still applies
             if declared is not None and declared > self.max_body_bytes:
+                # A client waiting for "100 Continue" has sent no body; past the bound draining is pointless.
+                waiting = any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope["headers"])
+                if declared <= self.drain_bytes and not waiting:
+                    await self._drain(receive, 0)
                 await self._send(send, body_too_large(self.max_body_bytes), rid, close=True)
                 return
             route = self.routes.get((scope["method"], scope["path"]))
@@ -107,7 +124,7 @@ class Guard:
         try:
             body = await self._read(receive)
         except Refusal as refusal:
-            await self._send(send, refusal, rid)
+            await self._send(send, refusal, rid, close=refusal.kind is TOO_LARGE)
             return
         await self._send(send, await self.core.respond(route, body, rid), rid)
 
@@ -120,6 +137,8 @@ class Guard:
             chunk = message.get("body", b"")
             received += len(chunk)
             if received > limit:
+                if message.get("more_body", False):
+                    await self._drain(receive, received)
                 raise body_too_large(limit)
             if not message.get("more_body", False):
                 if not chunks:
@@ -128,10 +147,32 @@ class Guard:
                 return b"".join(chunks)
             chunks.append(chunk)
 
+    async def _drain(self, receive: Callable, received: int) -> None:
+        """Read and discard the rest of a refused body: until it ends, the client leaves, `drain_bytes` have
+        arrived in all, or `drain_seconds` have passed (then the close may reset the connection)."""
+        try:
+            async with asyncio.timeout(self.drain_seconds):
+                while received <= self.drain_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    received += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            LOG.info("an oversize body was still arriving after %.1f s; closing the connection", self.drain_seconds)
+
     async def _send(self, send: Callable, outcome: Answer | Refusal, rid: str, close: bool = False) -> None:
         if isinstance(outcome, Answer):
+            try:
+                body = outcome.body if isinstance(outcome.body, bytes) else dumps(outcome.body)
+            except ValueError as exc:  # NaN or Infinity somewhere in the answer
+                LOG.error("request %s: the answer is not JSON (%s); refused", rid, exc)
+                outcome = Refusal(
+                    INTERNAL, "the answer held a non-finite number (NaN or Infinity), which JSON cannot carry"
+                )
+        if isinstance(outcome, Answer):
             status, version = outcome.status, outcome.model_version
-            body = outcome.body if isinstance(outcome.body, bytes) else dumps(outcome.body)
             content_type = _JSON if outcome.content_type == "application/json" else outcome.content_type.encode()
         else:
             status, body = refusal_response(outcome, rid, self.core.metrics)

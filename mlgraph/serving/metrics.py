@@ -1,13 +1,15 @@
 """The service's Prometheus metrics, in a registry of its own (one per app, so tests can run several).
 
 Error counts are labelled by the error-kind table (mlgraph.core.http_errors); latencies by the paths of
-the service's routes (mlgraph.serving.core.ROUTES), every other path as "other".
+the service's routes (mlgraph.serving.core.ROUTES), every other path as "other". The prediction log's
+writer is read at each scrape (`watch_log`): whether it is healthy, its queue, and its error, rejection,
+drop, rotation and reopen counts, as the writer itself counts them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mlgraph.core.http_errors import METRIC_LABELS, ErrorKind
@@ -46,15 +48,16 @@ class ServiceMetrics:
         self.reload_failures = Counter(
             "mlgraph_model_reload_failures_total", "Champions that could not be served", registry=self.registry
         )
-        self.log_pending = Gauge(
-            "mlgraph_prediction_log_pending", "Predictions queued for the log writer", registry=self.registry
-        )
         self.experiment = experiment
         self._latency = {e: self.latency.labels(e) for e in (*endpoints, "other")}
         self._errors = {label: self.errors.labels(label) for label in METRIC_LABELS}
         self._counts: dict[tuple[str, str], Any] = {}
         for child in self._errors.values():
             child.inc(0)
+
+    def watch_log(self, status: Callable[[], Any]) -> None:
+        """Report the prediction-log writer whose `status()` (a log_writer.WriterStatus) this is, at every scrape."""
+        self.registry.register(_LogCollector(status))
 
     def observe(self, endpoint: str, seconds: float) -> None:
         (self._latency.get(endpoint) or self._latency["other"]).observe(seconds)
@@ -81,3 +84,52 @@ class ServiceMetrics:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# (name, help, WriterStatus field): gauges, then counters (exposed with the _total suffix).
+_LOG_GAUGES = (
+    (
+        "mlgraph_prediction_log_writer_healthy",
+        "1 while the prediction log is being written, 0 while it fails",
+        "healthy",
+    ),
+    ("mlgraph_prediction_log_pending", "Predicted rows queued for the log writer", "pending"),
+    ("mlgraph_prediction_log_pending_bytes", "Estimated bytes queued for the log writer", "pending_bytes"),
+    ("mlgraph_prediction_log_max_pending", "Rows the log queue holds before requests are refused", "max_pending_rows"),
+)
+_LOG_COUNTERS = (
+    ("mlgraph_prediction_log_records", "Rows written to the prediction log", "records"),
+    (
+        "mlgraph_prediction_log_write_errors",
+        "Failed opens, writes, fsyncs and rotations (each retried)",
+        "write_errors",
+    ),
+    ("mlgraph_prediction_log_rejected", "Requests answered 503 because the log queue was full", "rejected"),
+    ("mlgraph_prediction_log_dropped", "Rows never written (unencodable, or pending when closing gave up)", "dropped"),
+    ("mlgraph_prediction_log_rotations", "Prediction log rotations", "rotations"),
+    ("mlgraph_prediction_log_reopens", "Times the log path changed under the open file and was reopened", "reopens"),
+    ("mlgraph_prediction_log_removed_files", "Rotated log files deleted by retention", "removed_files"),
+)
+
+
+class _LogCollector:
+    def __init__(self, status: Callable[[], Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self.status()
+        for name, doc, attr in _LOG_GAUGES:
+            yield GaugeMetricFamily(name, doc, value=float(getattr(status, attr)))
+        for name, doc, attr in _LOG_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=float(getattr(status, attr)))
+
+    def describe(self) -> Iterator[Any]:
+        # Names only, so registering it never calls status() (the registry describes collectors on register).
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        for name, doc, _ in _LOG_GAUGES:
+            yield GaugeMetricFamily(name, doc)
+        for name, doc, _ in _LOG_COUNTERS:
+            yield CounterMetricFamily(name, doc)

@@ -29,12 +29,29 @@ from mlgraph.training.forecasting import TORCH_FORECASTERS
 from mlgraph.training.labels import target_classes
 
 FLOAT, INT, BOOL, STR = "float", "int", "bool", "str"
+# The narrowest dtypes a served runtime reads a request's numbers as; the request schema bounds values to
+# them. ONNX graphs cast numeric features to float32 (after standardising, or at once for a user's whole
+# pipeline) and forecasters read float32 windows; integer features are int64 in the training frame and in
+# what reads the prediction log.
+FEATURE_FLOAT, FEATURE_INT = np.float32, np.int64
 INLINE_BUDGET_S = 0.0005  # the longest one prediction may hold the event loop
 _DECLARED = {"numeric": FLOAT, "integer": INT, "boolean": BOOL, "categorical": STR}
 
 
 class ModelRefused(RuntimeError):
     """The champion cannot be served (gates failed, not yet gated, inputs differ, unloadable)."""
+
+
+class NonFiniteOutput(ValueError):
+    """The model answered NaN or ±Infinity for some rows: no JSON answer can carry it."""
+
+    def __init__(self, version: str, rows: Sequence[int]) -> None:
+        shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+        super().__init__(
+            f"model v{version} gave a non-finite output (NaN or Infinity) for row(s) {shown}; JSON cannot carry "
+            "it, so nothing was answered or logged"
+        )
+        self.rows = list(rows)
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,7 @@ class LoadedModel:
 
     def prepare(self, rows: Sequence[dict[str, Any]]) -> Any:
         if self.spec.window is not None:
-            windows = np.asarray([r["window"] for r in rows], dtype=np.float32)
+            windows = np.asarray([r["window"] for r in rows], dtype=FEATURE_FLOAT)
             return self.predictor.prepare(Rows(windows=windows))
         if self.onnx_inputs:  # built directly: a DataFrame per request costs more than the model
             return {
@@ -142,8 +159,15 @@ class LoadedModel:
         return fam.prepare_frame(frame, self.model_spec)
 
     def predict(self, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One output per row: `prediction`, plus `probability` (binary) or `probabilities` (multiclass)."""
+        """One output per row: `prediction`, plus `probability` (binary) or `probabilities` (multiclass).
+
+        NonFiniteOutput when a row's output is NaN or infinite (a request's values are bounded by the schema;
+        the model's arithmetic, e.g. a float32 graph, may still overflow)."""
         values = self.predictor.predict(self.prepare(rows))
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = ~finite if finite.ndim == 1 else ~finite.all(axis=1)
+            raise NonFiniteOutput(self.version, np.flatnonzero(bad).tolist())
         if self.spec.task != "classification":
             return [{"prediction": float(v)} for v in values]
         classes = self.classes

@@ -12,7 +12,11 @@ from mlgraph.core.tags import (
     SLURM_MEM_REQ_TAG,
     SLURM_STATE_TAG,
 )
+from mlgraph.core.untrusted import Unusable, read_regular_tail
 from mlgraph.slurm.jobs import SlurmJob
+
+# slurmstepd's kill lines are the last lines of the file.
+STDERR_TAIL_BYTES = 65536
 
 # What slurmstepd writes to a job's stderr when it kills it; shown in the failure message.
 _STEPD_LINE = re.compile(r"slurmstepd.*(error|CANCELLED|exceeded|oom)", re.IGNORECASE)
@@ -41,12 +45,11 @@ def stderr_hints(path: str | os.PathLike[str] | None, limit: int = 3) -> list[st
     if not path:
         return []
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(fh.tell() - 65536, 0))
-            tail = fh.read().decode("utf-8", "replace")
-    except OSError:
+        # The path comes from a job's tags or Slurm: a link to /dev/zero or a FIFO is refused, never read.
+        data, _ = read_regular_tail(path, STDERR_TAIL_BYTES)
+    except (Unusable, OSError):
         return []
+    tail = data.decode("utf-8", "replace")
     hits = [line.strip() for line in tail.splitlines() if _STEPD_LINE.search(line)]
     unique = list(dict.fromkeys(hits))
     return unique[-limit:]

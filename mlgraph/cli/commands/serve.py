@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlgraph.serving.log_writer import DEFAULT_MAX_BYTES
-from mlgraph.serving.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ServeSettings
+from mlgraph.core.prediction_log import DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_DAYS
+from mlgraph.serving.log_writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_PENDING_ROWS
+from mlgraph.serving.settings import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_MAX_STRING_LENGTH,
+    ServeSettings,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -20,8 +26,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_dir=args.config_dir,
         max_body_bytes=args.max_body_bytes,
         max_rows=args.max_rows,
+        max_string_length=args.max_string_length,
         log_predictions=not args.no_prediction_log,
         log_max_bytes=args.log_max_bytes,
+        log_max_pending_rows=args.log_max_pending_rows,
+        log_retention_bytes=args.log_retention_bytes or None,
+        log_retention_days=args.log_retention_days or None,
         poll_interval=args.poll_interval,
     )
     try:
@@ -29,6 +39,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # a missing split or bad config: say which and how to fix
         print(f"mlgraph serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,10 +71,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="larger batches get 413")
     p.add_argument(
+        "--max-string-length",
+        type=_positive,
+        default=DEFAULT_MAX_STRING_LENGTH,
+        help=f"longer string (categorical) features get 422 (default {DEFAULT_MAX_STRING_LENGTH} characters)",
+    )
+    p.add_argument(
         "--log-max-bytes",
         type=int,
         default=DEFAULT_MAX_BYTES,
         help="rotate the prediction log past this size (default 64 MiB)",
+    )
+    p.add_argument(
+        "--log-max-pending-rows",
+        type=_positive,
+        default=DEFAULT_MAX_PENDING_ROWS,
+        help=f"rows waiting for the log writer; past it predictions get 503 (default {DEFAULT_MAX_PENDING_ROWS:,})",
+    )
+    p.add_argument(
+        "--log-retention-bytes",
+        type=_non_negative,
+        default=DEFAULT_RETENTION_BYTES,
+        help=f"keep at most this many bytes of rotated logs, newest first; 0: no limit (default {DEFAULT_RETENTION_BYTES})",
+    )
+    p.add_argument(
+        "--log-retention-days",
+        type=float,
+        default=DEFAULT_RETENTION_DAYS,
+        help=f"delete rotated logs older than this; 0: keep them (default {DEFAULT_RETENTION_DAYS:g})",
     )
     p.add_argument("--no-prediction-log", action="store_true", help="do not log predictions")
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between promotion-pointer checks")

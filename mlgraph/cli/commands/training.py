@@ -56,7 +56,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mlgraph.core.tracking import with_retry
+    from mlgraph.core.tracking import redact_url, with_retry
     from mlgraph.training.compare import filter_rows, render, resolve_column, run_rows, sort_rows
     from resources.tracking import MlflowTracking
 
@@ -65,7 +65,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     experiment = with_retry(client.get_experiment_by_name, tracking.experiment_name(args.experiment))
     if experiment is None:
         print(
-            f"no MLflow experiment {tracking.experiment_name(args.experiment)!r} at {tracking.resolved_tracking_uri}. "
+            f"no MLflow experiment {tracking.experiment_name(args.experiment)!r} at {redact_url(tracking.resolved_tracking_uri)}. "
             "Fix: materialize candidate_models for it first, or check MLFLOW_TRACKING_URI / SHARED_DRIVE.",
             file=sys.stderr,
         )
