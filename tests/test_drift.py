@@ -148,6 +148,17 @@ def test_no_baseline(tmp_path: Path) -> None:
     assert report["status"] == "no_baseline" and "drift_baseline" in report["reasons"][0]
 
 
+@pytest.mark.timeout(30)
+def test_a_fifo_at_the_baseline_is_an_error_naming_it_never_a_hang(drive: DriveLayout) -> None:
+    import os
+
+    path = drive.drift_baseline_json("shop")
+    path.unlink()
+    os.mkfifo(path)  # reading it would block the drift sensor's tick and the service forever
+    with pytest.raises(ValueError, match=r"drift_baseline.*named pipe.*Fix: materialize drift_baseline"):
+        read_baseline(drive, "shop")
+
+
 def test_predicted_positive_rate_shift(drive: DriveLayout) -> None:
     report = report_for(drive, 2000, positive_rate=0.5)
     assert report["status"] == "drift" and report["drifted_features"] == []

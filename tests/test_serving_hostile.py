@@ -260,3 +260,33 @@ def test_the_string_bound_is_a_serve_option() -> None:
     assert parse(["serve", "--experiment", "x", "--max-string-length", "64"]).max_string_length == 64
     with pytest.raises(SystemExit):
         parse(["serve", "--experiment", "x", "--max-string-length", "0"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("planted", ["fifo", "link to /dev/zero"])
+def test_a_fifo_or_device_link_at_the_promotion_pointer_never_hangs_the_reloader(
+    serving_drive,  # noqa: F811
+    tmp_path,
+    planted: str,
+) -> None:
+    import os
+
+    root = drive_copy(serving_drive, tmp_path / "shared")
+    drive, config = DriveLayout.at(root), config_of(serving_drive[1], BINARY)
+    holder = ModelHolder(drive, config, input_spec(drive, config))
+    assert holder.poll() is True
+    pointer = holder.pointer.read_bytes()
+    holder.pointer.unlink()
+    if planted == "fifo":
+        os.mkfifo(holder.pointer)  # reading it would block forever: no writer ever comes
+    else:
+        holder.pointer.symlink_to("/dev/zero")  # reading it would never end
+    # The poll returns (the timeout above fails the test if it blocks) and says what is wrong.
+    assert holder.poll() is False
+    assert "not a regular file" in holder.failure.error or "outside" in holder.failure.error, holder.failure
+    assert holder.current.version == "1"  # the old model keeps answering
+    store = PromotionStore(drive.promotion_dir(config.config_hash))
+    with pytest.raises(ValueError, match="current.json"):
+        store.current()
+    holder.pointer.unlink()
+    holder.pointer.write_bytes(pointer)

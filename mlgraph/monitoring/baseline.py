@@ -21,8 +21,10 @@ import pandas as pd
 from mlgraph.core.atomic import atomic_write_json
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.untrusted import read_regular_file
 
 BASELINE_VERSION = 1
+BASELINE_MAX_BYTES = 64 << 20  # a baseline holds per-feature histograms: kilobytes, far below this
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_CATEGORIES = 200
 NUMERIC_TYPES = {"numeric", "integer", "boolean"}
@@ -131,11 +133,12 @@ def write_baseline(drive: DrivePaths, experiment: str, baseline: Mapping[str, An
 def read_baseline(drive: DrivePaths, experiment: str) -> dict[str, Any] | None:
     """The saved baseline, None when there is none yet; a corrupt file is an error naming it and the fix."""
     path = drive.drift_baseline_json(experiment)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return None
-    except (ValueError, UnicodeDecodeError) as exc:
+    try:
+        # Read as untrusted: the drift sensor's tick and the service read it, and a FIFO must not hang them.
+        data = json.loads(read_regular_file(path, BASELINE_MAX_BYTES))
+    except (ValueError, UnicodeDecodeError) as exc:  # Unusable is a ValueError
         raise ValueError(
             f"{path}: not a drift baseline ({exc}). Fix: materialize drift_baseline for {experiment}."
         ) from None

@@ -21,8 +21,9 @@ from typing import Any
 
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import ExperimentConfig
+from mlgraph.core.untrusted import Unusable, read_regular_file
 from mlgraph.serving.model import InputSpec, LoadedModel, load_model
-from mlgraph.training.promotion import PromotionStore
+from mlgraph.training.promotion import POINTER_MAX_BYTES, PromotionStore
 
 LOG = logging.getLogger("mlgraph.serving.reload")
 RETRY_FIRST_S = 1.0  # a failed load is tried again after this long, then twice as long each time ...
@@ -81,9 +82,12 @@ class ModelHolder:
 
     def _fingerprint(self) -> Any:
         try:
-            pointer = self.pointer.read_bytes()
-        except FileNotFoundError:
-            pointer = None
+            pointer = read_regular_file(self.pointer, POINTER_MAX_BYTES)
+        except Unusable:
+            if not self.pointer.exists() and not self.pointer.is_symlink():
+                pointer = None
+            else:
+                raise
         return pointer, _stat(self.pointer), _stat(self.drive.export_report_json(self.config.name))
 
     def _fail(self, seen: Any, error: str) -> None:
@@ -103,7 +107,7 @@ class ModelHolder:
             return False
         try:
             seen = self._fingerprint()
-        except OSError as exc:  # a drive that cannot be read now may be readable at the next try
+        except (OSError, Unusable) as exc:  # a drive that cannot be read now may be readable at the next try
             self._fail(_UNREADABLE, f"cannot read {self.pointer} or its export report: {exc}")
             return False
         if seen == self._seen or (seen == self._failing and self._clock() < self._retry_at):

@@ -27,10 +27,15 @@ from mlgraph.core.drive import LINEAGE_JSON, DrivePaths
 from mlgraph.core.experiment import ExperimentConfig, LoadedExperiment
 from mlgraph.core.metrics import better, lower_is_better, mlflow_metric_key
 from mlgraph.core.tracking import is_already_exists, with_retry
+from mlgraph.core.untrusted import Unusable, read_regular_file
 from mlgraph.training.evaluation import BASELINE
 from mlgraph.training.lineage import write_lineage
 from mlgraph.training.model_files import ARGMAX_DECISION, classes, copy_file, is_multiclass, model_family
 
+# The drive is writable by anyone: the pointer and its history are read as untrusted (regular files only,
+# bounded), so a FIFO or a link to /dev/zero planted there cannot hang the service's reload or the daemon.
+POINTER_MAX_BYTES = 1 << 20
+HISTORY_MAX_BYTES = 64 << 20
 CHAMPION_ALIAS = "champion"
 
 
@@ -243,11 +248,19 @@ class PromotionStore:
     def history_path(self) -> Path:
         return self.directory / "history.jsonl"
 
-    def current(self) -> dict[str, Any] | None:
-        if not self.current_path.exists():
+    def _read(self, path: Path, max_bytes: int) -> str | None:
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            return json.loads(self.current_path.read_text(encoding="utf-8"))
+            return read_regular_file(path, max_bytes).decode("utf-8", errors="replace")
+        except Unusable as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def current(self) -> dict[str, Any] | None:
+        if (text := self._read(self.current_path, POINTER_MAX_BYTES)) is None:
+            return None
+        try:
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(
                 f"{self.current_path}: not valid JSON ({exc}). Fix: restore it with `mlgraph promote --rollback` "
@@ -255,10 +268,10 @@ class PromotionStore:
             ) from None
 
     def history(self) -> list[dict[str, Any]]:
-        if not self.history_path.exists():
+        if (text := self._read(self.history_path, HISTORY_MAX_BYTES)) is None:
             return []
         events = []
-        for number, line in enumerate(self.history_path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
