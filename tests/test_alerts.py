@@ -463,3 +463,139 @@ def test_a_fifo_or_link_at_the_alert_log_is_refused_never_opened(shared_drive: P
             alerts.read_open_alerts(drive)
         (shown,) = open_alerts(drive)
         assert shown["key"] == "alerts-unreadable" and str(path) in shown["message"]
+
+
+def _file_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_log_rotates_by_size_keeping_open_alerts_and_cooldowns(shared_drive: Path):
+    drive = DriveLayout.at(shared_drive)
+    path, previous = drive.alerts_jsonl(), alerts.previous_log(drive.alerts_jsonl())
+    limit = 30_000
+    heartbeat = alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "hb", "daemon down", "critical", now=T0)
+    alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk", "5% free", "critical", now=T0)
+    alerts.resolve_alert(drive, "disk", "resolved: 50% free", now=T0)
+    old_event = alerts.run_failed(drive, "o" * 32, "training_job", "boom", now=T0 - timedelta(hours=30))
+    written = []
+    for i in range(60):  # one failed run an hour, about 60 kB in all: several rotations at 30 kB
+        now = T0 + timedelta(hours=i)
+        change = alerts.run_failed_change(f"{i:032d}", "training_job", "x" * 600)
+        written += alerts.record(drive, [change], now=now, max_bytes=limit)
+
+    assert len(written) == 60 and previous.exists()
+    # Before: one file that only grew (60 kB here, for years on a real drive).
+    assert path.stat().st_size <= limit and previous.stat().st_size <= limit
+    current = _file_lines(path)
+    # The open condition is carried verbatim (its first time: the cooldown still counts from it), once.
+    assert [line for line in current if line["key"] == "hb"] == [heartbeat]
+    # Resolved keys and events past their day (and cooldown) are not carried; recent events are.
+    assert not any(line["key"] in ("disk", old_event["key"]) for line in current)
+    # Events stay open for a day: the last day's are all carried (and shown), older ones are not.
+    open_keys = {a["key"] for a in alerts.read_open_alerts(drive, now=T0 + timedelta(hours=59))}
+    assert "hb" in open_keys and {w["key"] for w in written[36:]} <= open_keys
+    assert not any(line["key"] == written[0]["key"] for line in current)
+    # Every event written is in exactly one place in the new log; none is lost or doubled.
+    keys = [line["key"] for line in current]
+    assert len(keys) == len(set(keys)) and written[-1] in current
+
+    # Cooldown survives rotation: "hb" is open and fired at T0, so within the hour it stays quiet...
+    quiet = alerts.raise_alert(
+        drive, alerts.HEARTBEAT_STALE, "hb", "still down", "critical", now=T0 + timedelta(minutes=59)
+    )
+    assert quiet is None
+    # ...and after it, fires again; the disk alert, resolved before rotation, fires at once.
+    assert alerts.raise_alert(
+        drive, alerts.HEARTBEAT_STALE, "hb", "still down", "critical", now=T0 + timedelta(hours=2)
+    )
+    assert alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk", "4% free", "critical", now=T0 + timedelta(hours=2))
+
+
+def test_a_rotation_cut_between_its_renames_loses_no_open_alert(shared_drive: Path):
+    drive = DriveLayout.at(shared_drive)
+    path, previous = drive.alerts_jsonl(), alerts.previous_log(drive.alerts_jsonl())
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "hb", "daemon down", "critical", now=T0)
+    # A writer died after renaming the log to .1 and before renaming its new log into place.
+    path.rename(previous)
+    staged = path.with_name(path.name + ".rotating")
+    staged.write_text('{"key": "half", "partial": true')
+    assert [a["key"] for a in alerts.read_open_alerts(drive, now=T0)] == ["hb"]
+    assert (
+        alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "hb", "down", "critical", now=T0 + timedelta(minutes=5))
+        is None
+    )
+
+    alerts.raise_alert(drive, alerts.DISK_SPACE_LOW, "disk", "5% free", "critical", now=T0 + timedelta(minutes=5))
+    # The next writer finished the rotation: the open alert carried, then its own line; .1 untouched.
+    assert [line["key"] for line in _file_lines(path)] == ["hb", "disk"]
+    assert [line["key"] for line in _file_lines(previous)] == ["hb"] and not staged.exists()
+
+
+def test_a_link_at_the_staging_or_previous_path_is_never_followed(shared_drive: Path, tmp_path: Path):
+    drive = DriveLayout.at(shared_drive)
+    path = drive.alerts_jsonl()
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "hb", "daemon down " + "x" * 500, "critical", now=T0)
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text("planted\n")
+    path.with_name(path.name + ".rotating").symlink_to(outside)
+    alerts.previous_log(path).symlink_to(outside)
+    alerts.record(drive, [alerts.Raise(alerts.DISK_SPACE_LOW, "disk", "5% free", "critical")], now=T0, max_bytes=600)
+    assert outside.read_text() == "planted\n"
+    assert not alerts.previous_log(path).is_symlink() and not path.is_symlink()
+    assert [line["key"] for line in _file_lines(path)] == ["hb", "disk"]
+
+
+def _raise_and_resolve(root: str, worker: int) -> list[dict]:
+    drive = DriveLayout.at(root)
+    written = []
+    for i in range(20):
+        key = f"own:{worker}:{i}"
+        written += alerts.record(drive, [alerts.Raise(alerts.DISK_SPACE_LOW, key, "x" * 1000, "warning")])
+        written += alerts.record(drive, [alerts.Resolve(key, "resolved")])
+        written += alerts.record(drive, [alerts.Raise(alerts.HEARTBEAT_STALE, "shared", "daemon down", "critical")])
+    return written
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_writers_rotate_once_without_losing_doubling_or_hiding_an_alert(shared_drive: Path, monkeypatch):
+    # 4 workers x 20 raised (1.1 kB) and resolved (0.2 kB) lines: about 100 kB, so one rotation at 60 kB
+    # (only "shared" is open, so carried).
+    monkeypatch.setenv(alerts.LOG_MAX_BYTES_ENV, "60000")
+    drive = DriveLayout.at(shared_drive)
+    path, previous = drive.alerts_jsonl(), alerts.previous_log(drive.alerts_jsonl())
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, "shared", "daemon down", "critical")
+    done = threading.Event()
+    reads = []
+
+    def reader():  # no lock, as the dashboard reads: "shared" must be open in every read
+        while not done.is_set():
+            reads.append("shared" in {a["key"] for a in alerts.read_open_alerts(drive)})
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with ProcessPoolExecutor(4) as pool:
+            written = [
+                line for lines_ in pool.map(_raise_and_resolve, [str(shared_drive)] * 4, range(4)) for line in lines_
+            ]
+    finally:
+        done.set()
+        thread.join()
+
+    assert reads and all(reads)
+    assert len(written) == 4 * 20 * 2 and previous.exists()  # "shared" never fired again
+    old, new = _file_lines(previous), _file_lines(path)
+    assert old[0]["key"] == "shared" and [line for line in new if line["key"] == "shared"] == [old[0]]
+    # The new log starts with the carried lines: the latest line of each key open when it rotated ("shared",
+    # and at most one raised-not-yet-resolved key per worker), verbatim.
+    latest_old = {line["key"]: line for line in old}
+    carried = [line for line in new if line in old]
+    assert new[: len(carried)] == carried and 1 <= len(carried) <= 5
+    assert all(latest_old[line["key"]] == line and not line["resolved"] for line in carried)
+    assert {line["key"] for line in carried} == {k for k, line in latest_old.items() if not line["resolved"]}
+
+    def as_sorted(records):
+        return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+    # Every line written is in exactly one of the two files, the carried copies aside.
+    assert as_sorted(old[1:] + new[len(carried) :]) == as_sorted(written)

@@ -24,6 +24,15 @@ mlgraph.ops.webhook's background sender: a slow or dead receiver never delays th
 The log is on the shared drive, where anyone may have put a FIFO or a symlink at its path: it is read
 only as a regular file inside the drive, tail-bounded (read_regular_tail), and appended through
 open_append (no symlink followed, no FIFO opened); either refusal is an `Unusable` naming the path.
+
+Rotation (docs/operations.md): a batch that would take the log past `$MLGRAPH_ALERT_LOG_MAX_BYTES`
+(default 8 MiB, the size every reader reads whole) starts a new log instead, under the same lock: the
+latest line of every key still open (unresolved; an event only while it is open or in its cooldown) is
+carried, verbatim with its original time, into `alerts.jsonl.rotating` followed by the batch, fsynced;
+then the log becomes `alerts.jsonl.1` (replacing the one before) and the new file becomes the log, two
+renames. The open alerts and their cooldowns are in whichever file a reader opens: a reader that finds no
+`alerts.jsonl` (between the renames, or after a crash there) reads `alerts.jsonl.1`, and the next writer
+finishes the rotation from it.
 """
 
 from __future__ import annotations
@@ -57,9 +66,11 @@ SEVERITY_RANK = {"critical": 0, "warning": 1}
 COOLDOWN_ENV = "MLGRAPH_ALERT_COOLDOWN_SECONDS"
 HEARTBEAT_MAX_AGE_ENV = "MLGRAPH_HEARTBEAT_MAX_AGE_SECONDS"
 DISK_MIN_FREE_ENV = "MLGRAPH_DISK_MIN_FREE_PERCENT"
+LOG_MAX_BYTES_ENV = "MLGRAPH_ALERT_LOG_MAX_BYTES"
 DEFAULT_COOLDOWN_SECONDS = 3600.0
 DEFAULT_HEARTBEAT_MAX_AGE_SECONDS = 300.0  # seed 004: "watcher daemon down for >5 minutes"
 DEFAULT_DISK_MIN_FREE_PERCENT = 10.0  # seed 004: "disk space <10% on shared drive"
+DEFAULT_LOG_MAX_BYTES = 8 * 1024 * 1024  # = TAIL_BYTES: every reader reads the whole log
 CONSECUTIVE_FAILURE_LIMIT = 3
 EVENT_OPEN_HOURS = 24
 MESSAGE_LIMIT = 2000
@@ -91,6 +102,16 @@ def heartbeat_max_age_seconds() -> float:
 
 def disk_min_free_percent() -> float:
     return _env_float(DISK_MIN_FREE_ENV, DEFAULT_DISK_MIN_FREE_PERCENT)
+
+
+def log_max_bytes() -> int:
+    """The size past which the alert log rotates (`$MLGRAPH_ALERT_LOG_MAX_BYTES`, default 8 MiB)."""
+    value = _env_float(LOG_MAX_BYTES_ENV, DEFAULT_LOG_MAX_BYTES)
+    if value < 1 or value != int(value):
+        raise ValueError(
+            f"${LOG_MAX_BYTES_ENV}={value!r} is not a positive whole number of bytes. Fix: set it or unset it"
+        )
+    return int(value)
 
 
 def utc_now() -> datetime:
@@ -138,21 +159,49 @@ def _locked(path: Path, within: Path | None) -> Iterator[None]:
         os.close(fd)
 
 
-# Only the newest part of the log is read: open alerts and cooldowns live in its recent lines, and a log
-# that grew for years (it is never truncated) must not slow every sensor tick and page view.
+# Only the newest part of a log is read: a log that grew before rotation existed (or one rotated at a size
+# set above this) must not slow every sensor tick and page view. Rotation keeps the log within
+# max(TAIL_BYTES, log_max_bytes()), and readers read that much, so they read the whole log.
 TAIL_BYTES = 8 * 1024 * 1024
+
+
+def previous_log(path: Path) -> Path:
+    """Where the log goes when it rotates (one generation is kept)."""
+    return path.with_name(path.name + ".1")
 
 
 def read_records(path: Path, tail_bytes: int = TAIL_BYTES, within: str | os.PathLike[str] | None = None) -> list[dict]:
     """The well-formed records of the file's last `tail_bytes`, in order (a torn or foreign line is skipped).
 
     Only a regular file is read (inside `within` when given); anything else raises `Unusable` naming it."""
+    records = _read_file(Path(path), tail_bytes, within)
+    return [] if records is None else records
+
+
+def read_log(
+    path: Path, tail_bytes: int | None = None, within: str | os.PathLike[str] | None = None
+) -> tuple[list[dict], bool]:
+    """(the alert log's records, whether they came from the previous log `alerts.jsonl.1`).
+
+    The previous log is read only when there is no log: between rotation's two renames, or after a crash
+    between them, it holds every open alert."""
+    tail_bytes = max(TAIL_BYTES, log_max_bytes()) if tail_bytes is None else tail_bytes
+    records = _read_file(Path(path), tail_bytes, within)
+    if records is not None:
+        return records, False
+    if not os.path.lexists(previous_log(Path(path))):  # no log yet: nothing more to read
+        return [], False
+    previous = _read_file(previous_log(Path(path)), tail_bytes, within)
+    return ([], False) if previous is None else (previous, True)
+
+
+def _read_file(path: Path, tail_bytes: int, within: str | os.PathLike[str] | None) -> list[dict] | None:
     try:
         data, cut = read_regular_tail(path, tail_bytes, within=within)
     except FileNotFoundError:
-        return []
+        return None
     except Unusable as exc:
-        raise _unusable(Path(path), exc) from None
+        raise _unusable(path, exc) from None
     if cut:
         data = data.split(b"\n", 1)[-1]  # the first line is cut in the middle
     records = []
@@ -173,20 +222,102 @@ def _latest_by_key(records: Iterable[dict]) -> dict[str, dict]:
     return latest
 
 
-def _append(path: Path, records: list[dict], within: Path | None) -> None:
-    """Every line in one write (the lock is held, so none interleaves) and one fsync."""
-    data = b"".join((json.dumps(record, sort_keys=True) + "\n").encode("utf-8") for record in records)
+def _encode(records: Iterable[dict]) -> bytes:
+    return b"".join((json.dumps(record, sort_keys=True) + "\n").encode("utf-8") for record in records)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _open_append(path: Path, within: Path | None) -> int:
     try:
-        fd = open_append(path, within=within)
+        return open_append(path, within=within)
     except Unusable as exc:
         raise _unusable(path, exc) from None
+
+
+def _carried(records: Iterable[dict], now: datetime, cooldown: float) -> list[dict]:
+    """The latest line of every key a new log must keep, in the order they were written: every unresolved
+    condition, and an event while it is open (EVENT_OPEN_HOURS) or in its cooldown. A key left out
+    behaves as a resolved one does: a Raise fires, a Resolve writes nothing."""
+    latest: dict[str, dict] = {}
+    for line in records:
+        latest.pop(line["key"], None)
+        latest[line["key"]] = line
+    keep_events = max(EVENT_OPEN_HOURS * 3600.0, cooldown)
+    carried = []
+    for line in latest.values():
+        if line.get("resolved"):
+            continue
+        fired = _parse_time(line.get("time"))
+        if line.get("kind") in EVENT_KINDS and fired is not None and (now - fired).total_seconds() > keep_events:
+            continue
+        carried.append(line)
+    return carried
+
+
+def _rotate(path: Path, data: bytes, within: Path | None, *, keep_current: bool) -> None:
+    """Make `data` the new log, the log (when `keep_current`) the previous one; the lock is held. The
+    new log is complete and fsynced before it is renamed into place, so a reader opens either the old
+    log, or (between the renames) none and then reads the previous one, or the new log."""
+    staged = path.with_name(path.name + ".rotating")
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)  # left by a writer that died mid-rotation: its content is in the logs
+    except OSError as exc:
+        raise Unusable(
+            f"alert log {staged}: cannot remove it ({exc.strerror or exc})", "remove it by hand (it holds nothing)"
+        ) from None
+    fd = _open_append(staged, within)
+    try:
+        _write_all(fd, data)
     finally:
         os.close(fd)
+    try:
+        if keep_current:
+            os.replace(path, previous_log(path))
+        os.replace(staged, path)
+    except OSError as exc:
+        raise Unusable(
+            f"alert log {path}: cannot rotate it ({exc.strerror or exc})",
+            f"make {previous_log(path).name} a regular file (or remove it) and check the drive's permissions",
+        ) from None
+    directory = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _append(
+    path: Path,
+    before: list[dict],
+    written: list[dict],
+    within: Path | None,
+    *,
+    from_previous: bool,
+    max_bytes: int,
+    now: datetime,
+    cooldown: float,
+) -> None:
+    """Every line in one write (the lock is held, so none interleaves) and one fsync; into a new log,
+    after the lines carried from `before` (the records read before this batch), when the log would grow
+    past `max_bytes` or when a rotation was left half done (`from_previous`: there is no log)."""
+    data = _encode(written)
+    if not from_previous:
+        fd = _open_append(path, within)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0 or size + len(data) <= max_bytes:
+                _write_all(fd, data)
+                return
+        finally:
+            os.close(fd)
+    _rotate(path, _encode(_carried(before, now, cooldown)) + data, within, keep_current=not from_previous)
 
 
 @dataclass(frozen=True)
@@ -240,19 +371,23 @@ def record(
     *,
     cooldown: float | None = None,
     now: datetime | None = None,
+    max_bytes: int | None = None,
 ) -> list[dict]:
-    """Write every change that is news, in order, under one lock, one read, one write and one fsync;
-    queue each written record for the webhook (never waited for). The records written (None is skipped)."""
+    """Write every change that is news, in order, under one lock, one read, one write and one fsync
+    (rotating the log first when it would grow past `max_bytes`, default `log_max_bytes()`); queue each
+    written record for the webhook (never waited for). The records written (None is skipped)."""
     changes = [change for change in changes if change is not None]
     if not changes:
         return []
     now = now or utc_now()
     cooldown = cooldown_seconds() if cooldown is None else cooldown
+    max_bytes = log_max_bytes() if max_bytes is None else max_bytes
     path = drive.alerts_jsonl()
     within = drive.root_path
     written: list[dict] = []
     with _locked(path, within):
-        latest = _latest_by_key(read_records(path, within=within))
+        before, from_previous = read_log(path, max(TAIL_BYTES, max_bytes), within)
+        latest = _latest_by_key(before)
         for change in changes:
             last = latest.get(change.key)
             if isinstance(change, Raise):
@@ -268,7 +403,16 @@ def record(
             latest[change.key] = line
             written.append(line)
         if written:
-            _append(path, written, within)
+            _append(
+                path,
+                before,
+                written,
+                within,
+                from_previous=from_previous,
+                max_bytes=max_bytes,
+                now=now,
+                cooldown=cooldown,
+            )
     for line in written:
         webhook.submit(line)
     return written
@@ -313,7 +457,7 @@ def read_open_alerts(drive: DriveLayout | str | os.PathLike[str], now: datetime 
     layout = drive if isinstance(drive, DriveLayout) else DriveLayout.at(drive)
     now = now or utc_now()
     open_alerts = []
-    for line in _latest_by_key(read_records(layout.alerts_jsonl(), within=layout.root_path)).values():
+    for line in _latest_by_key(read_log(layout.alerts_jsonl(), within=layout.root_path)[0]).values():
         if line.get("resolved"):
             continue
         fired = _parse_time(line.get("time"))
