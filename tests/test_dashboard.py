@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mlgraph.core.drive import DriveLayout
@@ -18,7 +22,7 @@ from mlgraph.dashboard.alerts import open_alerts
 from mlgraph.dashboard.settings import PASSWORD_ENV, USERNAME_ENV, DashboardSettings
 from mlgraph.dashboard.slurm_poller import MIN_POLL_SECONDS, SlurmPoller
 from mlgraph.dashboard.state import RunRow, classify
-from tests.support import dagster_instance
+from tests.support import dagster_instance, wait_for
 from tests.support.slurm.harness import require_slurm
 
 
@@ -262,3 +266,212 @@ def test_a_flood_of_warnings_never_pushes_an_open_critical_alert_off_the_page(tm
     shown = open_alerts(drive)
     assert sum(a["severity"] == "critical" for a in shown if a["kind"] != "dashboard") == 211
     assert shown[-1]["hidden"] == 250
+
+
+# --- Paging and gzip over real HTTP, 5,000 runs ------------------------------------------------------------------
+
+_MANY = 5000
+_RUNS_TABLE = re.compile(r'<table id="runs">(.*?)</table>', re.S)
+_FAILED_TABLE = re.compile(r'<table id="failed-runs">(.*?)</table>', re.S)
+_RUN_IDS = re.compile(r'data-run-id="([0-9a-f-]{36})"')
+_OLDER = re.compile(r'<a class="page-older" href="([^"]*)"')
+
+
+def _ids(pattern: re.Pattern, html: str) -> list[str]:
+    table = pattern.search(html)
+    return _RUN_IDS.findall(table.group(1)) if table else []
+
+
+def _older_href(html: str) -> str | None:
+    found = _OLDER.search(html)
+    return unescape(found.group(1)) if found else None
+
+
+@pytest.fixture(scope="module")
+def many_runs(tmp_path_factory):
+    """A real uvicorn serving the dashboard over an instance of 5,000 runs (added directly, as the benchmark does):
+    a fixed share failed, one asset materialization and one data_job run; one critical alert under 250 warnings.
+    Slurm is a real poller pointed at a directory without squeue."""
+    import dagster as dg
+    import uvicorn
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+    from dagster._core.utils import make_new_run_id
+
+    from mlgraph.core.tags import DAGSTER_PARTITION_TAG, SLURM_JOB_ID_TAG, TAG_EXPERIMENT
+    from mlgraph.dashboard.app import create_app
+    from mlgraph.ops import alerts
+
+    tmp = tmp_path_factory.mktemp("many")
+    drive = DriveLayout(tmp / "drive")
+    alerts.raise_alert(drive, alerts.HEARTBEAT_STALE, alerts.HEARTBEAT_STALE, "daemon down", "critical")
+    alerts.record(
+        drive, [alerts.signal_rejected_change(f"k{i}", f"models/e{i}/.training_complete: bad") for i in range(250)]
+    )
+    created: list[dict] = []  # oldest first
+    with dagster_instance() as instance:
+        for i in range(_MANY):
+            experiment = f"exp{i % 40:02d}"
+            failed = i % 33 == 5
+            job_name, selection, tags = ("checkpoint_evaluation_job", None, {TAG_EXPERIMENT: experiment})
+            if i == _MANY - 7:  # a plain "materialize these assets" run
+                job_name = "__ASSET_JOB"
+                selection = frozenset({dg.AssetKey("trained_models"), dg.AssetKey(["features", "batch"])})
+                tags = {DAGSTER_PARTITION_TAG: experiment}
+            elif i == _MANY - 8:
+                job_name, tags = "data_job", {DAGSTER_PARTITION_TAG: experiment}
+            run = DagsterRun(
+                job_name=job_name,
+                run_id=make_new_run_id(),
+                status=DagsterRunStatus.FAILURE if failed else DagsterRunStatus.SUCCESS,
+                asset_selection=selection,
+                tags={**tags, SLURM_JOB_ID_TAG: str(700000 + i)},
+            )
+            instance.add_run(run)
+            created.append({"id": run.run_id, "experiment": experiment, "failed": failed, "job": job_name})
+        settings = DashboardSettings(drive_root=drive.root_path, slurm_bin_dir=str(tmp / "no-slurm"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings, instance), host="127.0.0.1", port=0, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
+            assert server.started, "uvicorn did not start"
+            port = server.servers[0].sockets[0].getsockname()[1]
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+                yield {"client": client, "newest_first": created[::-1]}
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def test_the_page_holds_one_page_of_runs_newest_first_and_links_walk_every_run(many_runs):
+    client, newest_first = many_runs["client"], many_runs["newest_first"]
+    first = client.get("/", headers={"Accept-Encoding": "identity"})
+    assert first.status_code == 200 and "content-encoding" not in first.headers
+    assert _ids(_RUNS_TABLE, first.text) == [r["id"] for r in newest_first[:100]]
+    assert "runs 1–100 of 5,000 matching" in first.text and "page 1 of 50" in first.text
+    assert 'class="page-newer"' not in first.text and _older_href(first.text) == "?page=2"
+    assert len(first.content) < 300_000, len(first.content)  # was 4.2 MB with every run on the page
+
+    # Follow "older" links, 500 a page: every run exactly once, newest first; "newer" leads back.
+    seen, href = [], "?per_page=500"
+    while href:
+        html = client.get("/" + href).text
+        seen += _ids(_RUNS_TABLE, html)
+        href = _older_href(html)
+    assert seen == [r["id"] for r in newest_first]
+    assert 'class="page-newer" href="?page=9&amp;per_page=500"' in html and "page 10 of 10" in html
+    # The live fragment pages the same way.
+    fragment = client.get("/fragment", params={"page": "2"}).text
+    assert _ids(_RUNS_TABLE, fragment) == [r["id"] for r in newest_first[100:200]]
+    past = client.get("/", params={"page": "51"})
+    assert past.status_code == 200 and "page 51 is past the last page" in past.text and "?page=50" in past.text
+
+
+def test_the_page_is_gzip_compressed_when_the_client_accepts_it(many_runs):
+    import gzip
+
+    client = many_runs["client"]
+    plain = client.get("/", headers={"Accept-Encoding": "identity"}).content
+    with client.stream("GET", "/", headers={"Accept-Encoding": "gzip"}) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip" and "Accept-Encoding" in response.headers["vary"]
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    page = gzip.decompress(raw)
+    assert page.startswith(b"<!doctype html>") and abs(len(page) - len(plain)) < 200  # only the clock differs
+    assert len(raw) * 5 < len(plain), (len(raw), len(plain))
+
+
+def test_filters_are_kept_in_the_paging_links(many_runs):
+    client, newest_first = many_runs["client"], many_runs["newest_first"]
+    wanted = [r["id"] for r in newest_first if r["experiment"] == "exp05" and r["failed"]]
+    assert len(wanted) > 3
+    seen, href, hrefs = [], "?experiment=exp05&status=failed&per_page=3", []
+    while href:
+        html = client.get("/" + href).text
+        seen += _ids(_RUNS_TABLE, html)
+        href = _older_href(html)
+        hrefs.append(href)
+    assert seen == wanted
+    assert hrefs[0] == "?experiment=exp05&status=failed&page=2&per_page=3"
+    # The form keeps the page size: a new filter starts again at page 1 with it.
+    assert '<input type="hidden" name="per_page" value="3">' in html
+
+
+def test_the_first_page_still_holds_failed_runs_and_open_alerts(many_runs):
+    client, newest_first = many_runs["client"], many_runs["newest_first"]
+    failed = [r["id"] for r in newest_first if r["failed"]]
+    html = client.get("/").text
+    on_page, older = _ids(_RUNS_TABLE, html), _ids(_FAILED_TABLE, html)
+    k = len(set(on_page) & set(failed))
+    # The newest failed runs are in the page's table, the next 100 under it, and a link leads to the rest.
+    assert k >= 1 and [i for i in on_page if i in set(failed)] == failed[:k] and older == failed[k : k + 100]
+    rest = len(failed) - k - 100
+    assert rest > 0 and f"Older failed runs ({len(failed) - k})" in html
+    assert f"{rest} older failed run(s) not listed here" in html and 'href="?status=failed"' in html
+    assert "Open alerts (251)" in html and "daemon down" in html and "51 more open warning(s)" in html
+    # Later pages do not repeat the older failed runs; a status filter shows exactly what it asks for.
+    assert _FAILED_TABLE.search(client.get("/", params={"page": "2"}).text) is None
+    assert _FAILED_TABLE.search(client.get("/", params={"status": "complete"}).text) is None
+
+
+def test_every_run_says_what_it_ran(many_runs):
+    client, newest_first = many_runs["client"], many_runs["newest_first"]
+    html = client.get("/", params={"per_page": "10"}).text
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'data-run-id="([^"]+)">(.*?)</tr>', html, re.S)}
+    materialize = next(r["id"] for r in newest_first if r["job"] == "__ASSET_JOB")
+    data = next(r["id"] for r in newest_first if r["job"] == "data_job")
+    assert "assets: features/batch, trained_models" in rows[materialize] and "partition exp33" in rows[materialize]
+    assert "__ASSET_JOB" not in rows[materialize]
+    assert '<code class="job-name">data_job</code>' in rows[data] and "partition exp32" in rows[data]
+    assert '<span class="kind">evaluation</span> <code class="job-name">checkpoint_evaluation_job</code>' in html
+    assert ">other<" not in html and html.count("assets:") == 1  # a whole job's run lists no assets
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"page": "0"}, "page must be a whole number from 1 to 1,000,000"),
+        ({"page": "-2"}, "page must be a whole number"),
+        ({"page": "two"}, "page must be a whole number"),
+        ({"page": "1.5"}, "page must be a whole number"),
+        ({"page": "99999999999999999999"}, "page must be a whole number"),
+        ({"page": "\u0663"}, "page must be a whole number"),  # an Arabic-Indic 3: int() takes it, the page does not
+        ({"per_page": "0"}, "per_page must be a whole number from 1 to 500"),
+        ({"per_page": "501"}, "per_page must be a whole number from 1 to 500"),
+        ({"per_page": "<b>"}, "per_page must be a whole number"),
+    ],
+)
+def test_bad_page_parameters_are_answered_400_saying_what_is_wrong(many_runs, params, says):
+    for path in ("/", "/fragment"):
+        answer = many_runs["client"].get(path, params=params)
+        assert answer.status_code == 400 and answer.text.startswith(says), (path, answer.text)
+        assert answer.headers["content-type"].startswith("text/plain") and "<b>" not in answer.text
+
+
+def test_what_ran_names_the_job_the_first_assets_and_the_partition_range():
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._core.utils import make_new_run_id
+
+    from mlgraph.dashboard.slurm_poller import SlurmSnapshot
+    from mlgraph.dashboard.state import MAX_ASSETS, build_row
+
+    keys = frozenset(dg.AssetKey(f"a{i:02d}") for i in range(60))
+    range_tags = {
+        "dagster/asset_partition_range_start": "2026-01-01",
+        "dagster/asset_partition_range_end": "2026-01-31",
+    }
+    with dagster_instance() as instance:
+        for name, selection, tags in (
+            ("__anonymous_asset_job_1", keys, range_tags),
+            ("some_op_job", frozenset(), {}),  # an op job: an empty selection, not "assets: "
+        ):
+            instance.add_run(DagsterRun(job_name=name, run_id=make_new_run_id(), asset_selection=selection, tags=tags))
+        ops, wide = (build_row(r, SlurmSnapshot(), 0.0) for r in instance.get_run_records())  # newest first
+    html = render.what_ran(wide)
+    assert wide.kind == "" and wide.assets_total == 60 and len(wide.assets) == MAX_ASSETS
+    assert "assets: a00, a01, a02 +57 more" in html and "partition 2026-01-01…2026-01-31" in html
+    assert "a49 …" in html and "anonymous" not in html
+    assert ops.assets is None and render.what_ran(ops) == '<code class="job-name">some_op_job</code>'

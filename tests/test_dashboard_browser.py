@@ -124,6 +124,8 @@ def _serve(port: int, home: Path, drive: Path, *extra: str, env: dict | None = N
         *extra,
     ]
     environment = {**os.environ, "DAGSTER_HOME": str(home), **(env or {})}
+    # The checkout under test, whatever directory the venv's editable install of mlgraph points at.
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     for name in ("MLGRAPH_DASHBOARD_USERNAME", "MLGRAPH_DASHBOARD_PASSWORD"):
         if not env or name not in env:
             environment.pop(name, None)
@@ -386,6 +388,27 @@ def test_a_person_sees_the_chain_colours_states_links_and_filters(world, browser
     _wait(browser, lambda d: _visible_run_ids(d) == [runs["failed"]], "the demand_forecast run after searching")
     search.clear()
     _wait(browser, lambda d: len(_visible_run_ids(d)) == 5, "all runs after clearing the search")
+
+
+def test_pages_keep_their_place_on_refresh_and_filters_start_again_at_page_one(world, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    runs = world["runs"]
+    newest_first = [runs[k] for k in ("queued", "failed", "running", "analysis", "eval")]
+    browser.get(world["url"] + "/?per_page=2&page=2")
+    assert _visible_run_ids(browser) == newest_first[2:4]
+    refreshed = _refreshes(browser)
+    _wait(browser, lambda d: _refreshes(d) >= refreshed + 2, "two in-place refreshes")
+    assert _visible_run_ids(browser) == newest_first[2:4]  # the refresh kept page 2
+    # The failed run is on page 1, so page 2 lists no older failed runs; page 1 would have it in its table.
+    assert not browser.find_elements(By.ID, "failed-runs")
+    browser.find_element(By.CSS_SELECTOR, "a.page-older").click()
+    _wait(browser, lambda d: _visible_run_ids(d) == newest_first[4:], "page 3 after following 'older'")
+    assert "page=3" in browser.current_url and "per_page=2" in browser.current_url
+    Select(browser.find_element(By.ID, "status-filter")).select_by_value("running")
+    _wait(browser, lambda d: _visible_run_ids(d) == [runs["queued"], runs["running"]], "page 1 of the running runs")
+    assert "page=" not in browser.current_url.replace("per_page=", "") and "per_page=2" in browser.current_url
 
 
 def test_rows_refresh_in_place_and_pause_while_hidden(world, browser):

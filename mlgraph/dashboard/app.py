@@ -28,11 +28,20 @@ from mlgraph.dashboard import render
 from mlgraph.dashboard.alerts import open_alerts
 from mlgraph.dashboard.settings import DashboardSettings
 from mlgraph.dashboard.slurm_poller import SlurmPoller
-from mlgraph.dashboard.state import STATUSES, DashboardState, SignalCache, collect
+from mlgraph.dashboard.state import (
+    DEFAULT_PER_PAGE,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    STATUSES,
+    DashboardState,
+    SignalCache,
+    collect,
+)
 
 logger = logging.getLogger("mlgraph.dashboard")
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LOG_TAIL_BYTES = 256 << 10
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
     "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; "
@@ -111,7 +120,9 @@ class Dashboard:
         self.signals = SignalCache()
         self._signals_lock = threading.Lock()
 
-    def state(self, experiment: str = "", status: str = "") -> DashboardState:
+    def state(
+        self, experiment: str = "", status: str = "", page: int = 1, per_page: int = DEFAULT_PER_PAGE
+    ) -> DashboardState:
         records = self.records.get()
         # Tell the poller which finished jobs to look up (it runs on its own clock, never per request).
         self.poller.want(job_id for r in records if (job_id := r.dagster_run.tags.get(SLURM_JOB_ID_TAG)))
@@ -124,6 +135,8 @@ class Dashboard:
                 self.alerts.get(),
                 experiment=experiment,
                 status=status,
+                page=page,
+                per_page=per_page,
             )
 
     def log_tail(self, run_id: str, stream: str) -> str:
@@ -153,6 +166,18 @@ class Dashboard:
             data = fh.read(_LOG_TAIL_BYTES)
         head = f"# {path}: last {len(data)} of {st.st_size} bytes\n" if st.st_size > len(data) else ""
         return head + data.decode("utf-8", "replace")
+
+
+def whole_number(name: str, raw: str, default: int, most: int) -> int:
+    """A query parameter that must be a whole number from 1 to `most` ("" for the default); else a 400 saying so."""
+    if raw == "":
+        return default
+    # ASCII digits only (int() also takes ' 3', '3_0' and other scripts' digits); like the status answer, the value
+    # itself is not repeated back.
+    value = int(raw) if _WHOLE_NUMBER.fullmatch(raw) else 0
+    if not 1 <= value <= most:
+        raise Refusal(BAD_REQUEST, f"{name} must be a whole number from 1 to {most:,}")
+    return value
 
 
 def _authorized(header: str | None, credentials: tuple[str, str]) -> bool:
@@ -214,19 +239,26 @@ def create_app(settings: DashboardSettings, instance=None, poller: SlurmPoller |
         response.headers.update(_SECURITY_HEADERS)
         return response
 
-    def filters(experiment: str, status: str) -> tuple[str, str]:
+    def filters(experiment: str, status: str, page: str, per_page: str) -> tuple[str, str, int, int]:
         if status not in ("", *STATUSES):
             raise Refusal(BAD_REQUEST, f"status must be one of {', '.join(STATUSES)}, or empty for all")
-        return experiment.strip()[:128], status
+        return (
+            experiment.strip()[:128],
+            status,
+            whole_number("page", page, 1, MAX_PAGE),
+            whole_number("per_page", per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE),
+        )
 
     @app.get("/", response_class=HTMLResponse)
-    def index(experiment: str = Query(""), status: str = Query("")):
-        chosen = filters(experiment, status)
-        return HTMLResponse(render.page(dashboard.state(*chosen), settings, *chosen))
+    def index(experiment: str = Query(""), status: str = Query(""), page: str = Query(""), per_page: str = Query("")):
+        chosen = filters(experiment, status, page, per_page)
+        return HTMLResponse(render.page(dashboard.state(*chosen), settings, *chosen[:2]))
 
     @app.get("/fragment", response_class=HTMLResponse)
-    def live_fragment(experiment: str = Query(""), status: str = Query("")):
-        chosen = filters(experiment, status)
+    def live_fragment(
+        experiment: str = Query(""), status: str = Query(""), page: str = Query(""), per_page: str = Query("")
+    ):
+        chosen = filters(experiment, status, page, per_page)
         return HTMLResponse(render.fragment(dashboard.state(*chosen), settings))
 
     @app.get("/static/dashboard.js")

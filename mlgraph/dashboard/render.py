@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from html import escape
 from importlib import resources
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from mlgraph.dashboard.settings import DashboardSettings
-from mlgraph.dashboard.state import STATUSES, DashboardState, RunRow, TrainingSignal
+from mlgraph.dashboard.state import DEFAULT_PER_PAGE, STATUSES, DashboardState, RunRow, TrainingSignal
 
 RUN_COLUMNS = (
     "Experiment",
-    "Kind",
+    "What ran",
     "Status",
     "Slurm job",
     "Slurm state",
@@ -49,10 +49,34 @@ def run_links(row: RunRow, settings: DashboardSettings) -> str:
     return " ".join(links)
 
 
+# Asset names a cell spells out; the rest are counted (all of them, up to state.MAX_ASSETS, on hover).
+_ASSETS_SHOWN = 3
+
+
+def what_ran(row: RunRow) -> str:
+    """The kind (when the pipeline names one), the job, and the run's asset selection and partition."""
+    parts = [f'<span class="kind">{_e(row.kind)}</span> ' if row.kind else ""]
+    if not row.implicit_job:  # Dagster's "materialize these assets" job: its name says nothing
+        parts.append(f'<code class="job-name">{_e(row.job_name)}</code>')
+    details = []
+    if row.assets is not None:
+        names = ", ".join(row.assets[:_ASSETS_SHOWN])
+        more = row.assets_total - min(len(row.assets), _ASSETS_SHOWN)
+        title = ", ".join(row.assets) + (" …" if row.assets_total > len(row.assets) else "")
+        details.append(
+            f'<span class="assets" title="{_e(title)}">assets: {_e(names)}{f" +{more} more" if more else ""}</span>'
+        )
+    if row.partition:
+        details.append(f'<span class="partition">partition {_e(row.partition)}</span>')
+    if details:
+        parts.append(f'<br><span class="what muted">{" · ".join(details)}</span>')
+    return "".join(parts)
+
+
 def run_row(row: RunRow, settings: DashboardSettings) -> str:
     cells = (
         _e(row.experiment),
-        f'<span title="{_e(row.job_name)}">{_e(row.kind)}</span>',
+        what_ran(row),
         f'<span class="badge status-{row.status}">{_e(row.label)}</span>',
         _e(row.slurm_job_id or ""),
         f'<span class="slurm-state">{_e(row.slurm_state or "")}</span>',
@@ -85,10 +109,26 @@ def _signal_cell(signal: TrainingSignal | None, settings: DashboardSettings) -> 
     return text
 
 
-def _latest_cell(row: RunRow | None) -> str:
+def query(state: DashboardState, page: int, keep_status: bool = True, **override: str) -> str:
+    """The link to `page` with the page's filters and page size kept ("?..."; empty values left out)."""
+    params = {
+        "experiment": state.experiment_filter,
+        "status": state.status_filter if keep_status else "",
+        "page": str(page) if page != 1 else "",
+        "per_page": str(state.per_page) if state.per_page != DEFAULT_PER_PAGE else "",
+        **override,
+    }
+    return "?" + urlencode({k: v for k, v in params.items() if v})
+
+
+def _latest_cell(row: RunRow | None, state: DashboardState) -> str:
     if row is None:
         return '<span class="muted">none</span>'
-    return f'<a href="#run-{_e(row.run_id)}" class="badge status-{row.status}">{_e(row.label)}</a>' + (
+    href = f"#run-{row.run_id}"
+    page, keep_status = state.run_pages.get(row.run_id, (state.page, True))
+    if page != state.page or not keep_status:
+        href = query(state, page, keep_status) + href
+    return f'<a href="{_e(href)}" class="badge status-{row.status}">{_e(row.label)}</a>' + (
         f" job {_e(row.slurm_job_id)}" if row.slurm_job_id else ""
     )
 
@@ -100,7 +140,8 @@ def experiment_rows(state: DashboardState, settings: DashboardSettings) -> str:
         out.append(
             f'<tr class="experiment" data-experiment="{_e(name)}"><td>{_e(name)}</td>'
             f"<td>{_signal_cell(state.signals.get(name), settings)}</td>"
-            f"<td>{_latest_cell(latest.get('evaluation'))}</td><td>{_latest_cell(latest.get('analysis'))}</td>"
+            f"<td>{_latest_cell(latest.get('evaluation'), state)}</td>"
+            f"<td>{_latest_cell(latest.get('analysis'), state)}</td>"
             "</tr>"
         )
     return "".join(out) or '<tr><td colspan="4" class="muted">no experiments yet</td></tr>'
@@ -171,17 +212,68 @@ def _queue(state: DashboardState) -> str:
     return _table("queue", "Other Slurm jobs", headers, "".join(rows)) if rows else ""
 
 
+def _pager(state: DashboardState) -> str:
+    """Links to newer and older pages (the filters kept), and where this page lies; nothing when one page holds all."""
+    if state.page == state.pages == 1:
+        return ""
+    links = []
+    if state.page > 1:
+        links.append(f'<a class="page-first" href="{_e(query(state, 1))}">newest</a>')
+        newer = min(state.page - 1, state.pages)
+        links.append(f'<a class="page-newer" href="{_e(query(state, newer))}" rel="prev">← newer</a>')
+    links.append(f'<span class="page-number">page {state.page} of {state.pages}</span>')
+    if state.page < state.pages:
+        links.append(f'<a class="page-older" href="{_e(query(state, state.page + 1))}" rel="next">older →</a>')
+        links.append(f'<a class="page-last" href="{_e(query(state, state.pages))}">oldest</a>')
+    return f'<nav class="pager">{" ".join(links)}</nav>'
+
+
+def _summary(state: DashboardState) -> str:
+    first = (state.page - 1) * state.per_page
+    shown = f"runs {first + 1:,}–{first + len(state.runs):,} of {state.matched:,}" if state.runs else "no runs"
+    return (
+        f'<p id="summary" data-page="{state.page}" data-pages="{state.pages}" data-matched="{state.matched}">'
+        f"Updated {_clock(state.generated_at)}; {shown} matching, newest first ({state.total_runs:,} recent runs "
+        "read).</p>"
+    )
+
+
+def _older_failed(state: DashboardState, settings: DashboardSettings) -> str:
+    if not state.older_failed_total:
+        return ""
+    body = "".join(run_row(row, settings) for row in state.older_failed)
+    rest = state.older_failed_total - len(state.older_failed)
+    every = query(state, 1, status="failed")
+    note = (
+        f'<tr><td colspan="{len(RUN_COLUMNS)}" class="muted">{rest:,} older failed run(s) not listed here: '
+        f'<a href="{_e(every)}">every failed run</a></td></tr>'
+        if rest
+        else ""
+    )
+    return _table("failed-runs", f"Older failed runs ({state.older_failed_total:,})", RUN_COLUMNS, body + note).replace(
+        "<section>", '<section id="older-failed">', 1
+    )
+
+
 def fragment(state: DashboardState, settings: DashboardSettings) -> str:
     """The part of the page the browser refetches and swaps in place (no full reload)."""
     body = "".join(run_row(row, settings) for row in state.runs)
-    if not body:
+    if not body and state.page > state.pages:
+        last = query(state, state.pages)
+        body = (
+            f'<tr><td colspan="{len(RUN_COLUMNS)}" class="muted">page {state.page} is past the last page; '
+            f'<a href="{_e(last)}">go to page {state.pages}</a></td></tr>'
+        )
+    elif not body:
         body = f'<tr><td colspan="{len(RUN_COLUMNS)}" class="muted">no runs match</td></tr>'
+    pager = _pager(state)
     return (
         f'<div id="live-content" data-generated="{state.generated_at:.3f}">{_slurm_line(state)}'
-        f'<p id="summary">Updated {_clock(state.generated_at)}; showing {len(state.runs)} of {state.total_runs} '
-        f"recent runs.</p>{_alerts(state)}"
+        f"{_summary(state)}{_alerts(state)}"
         + _table("experiments", "Experiments", EXPERIMENT_COLUMNS, experiment_rows(state, settings))
-        + _table("runs", "Runs", RUN_COLUMNS, body)
+        + _table("runs", "Runs", RUN_COLUMNS, body).replace("</h2>", f"</h2>{pager}", 1)
+        + pager
+        + _older_failed(state, settings)
         + f"{_queue(state)}</div>"
     )
 
@@ -194,6 +286,10 @@ def page(state: DashboardState, settings: DashboardSettings, experiment: str = "
     options = "".join(
         f'<option value="{s}"{" selected" if s == status else ""}>{s or "all"}</option>' for s in ("", *STATUSES)
     )
+    # A changed filter starts again at page 1; the page size stays.
+    per_page = (
+        f'<input type="hidden" name="per_page" value="{state.per_page}">' if state.per_page != DEFAULT_PER_PAGE else ""
+    )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mlgraph jobs</title>'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -204,7 +300,7 @@ def page(state: DashboardState, settings: DashboardSettings, experiment: str = "
         f'<label>Experiment <input type="search" id="experiment-filter" name="experiment" value="{_e(experiment)}" '
         'placeholder="search"></label> '
         f'<label>Status <select id="status-filter" name="status">{options}</select></label> '
-        '<button type="submit">Filter</button></form>'
+        f'{per_page}<button type="submit">Filter</button></form>'
         f'<div id="live">{fragment(state, settings)}</div>'
         '<script src="static/dashboard.js"></script></body></html>'
     )

@@ -15,6 +15,7 @@ from mlgraph.core.drive import DriveLayout
 from mlgraph.core.experiment import is_experiment_name
 from mlgraph.core.signals import SignalError, TrainingComplete, read_signal
 from mlgraph.core.tags import (
+    DAGSTER_PARTITION_TAG,
     SLURM_ELAPSED_TAG,
     SLURM_JOB_ID_TAG,
     SLURM_KIND_TAG,
@@ -47,6 +48,17 @@ _KIND_BY_JOB = {
     "training_job": "training",
 }
 _MAX_EXPERIMENT_DIRS = 2000
+# Dagster's implicit job for "materialize these assets" (`__ASSET_JOB`, `__anonymous_asset_job_...`): the run is
+# described by its asset selection, not by that name.
+_IMPLICIT_ASSET_JOBS = ("__ASSET_JOB", "__anonymous_asset_job")
+_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+# The asset keys a row keeps (its hover text lists them; the cell names the first few).
+MAX_ASSETS = 50
+# Paging: newest first, `per_page` runs a page; page 1 also lists older failed runs, up to FAILED_ON_FIRST_PAGE.
+DEFAULT_PER_PAGE = 100
+MAX_PER_PAGE = 500
+MAX_PAGE = 1_000_000
+FAILED_ON_FIRST_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,14 @@ class RunRow:
     mlflow_run_id: str | None
     log_path: str | None
     created: float
+    # What ran besides the job: the run's asset selection (None: the whole job) and its partition (or range).
+    assets: tuple[str, ...] | None = None
+    assets_total: int = 0
+    partition: str | None = None
+
+    @property
+    def implicit_job(self) -> bool:
+        return self.job_name.startswith(_IMPLICIT_ASSET_JOBS)
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,22 @@ class DashboardState:
     # experiment -> kind -> its most recent run (unfiltered by status: a failure stays visible)
     latest: dict[str, dict[str, RunRow]] = field(default_factory=dict)
     generated_at: float = field(default_factory=time.time)
+    # Paging: `runs` is page `page` of the `matched` runs the filters select, `per_page` a page.
+    experiment_filter: str = ""
+    status_filter: str = ""
+    matched: int = 0
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+    # Page 1 only (no status filter): failed runs older than the page, newest first, at most FAILED_ON_FIRST_PAGE,
+    # and how many there are in all (the rest are a link away: ?status=failed).
+    older_failed: list[RunRow] = field(default_factory=list)
+    older_failed_total: int = 0
+    # run id -> (page, whether the status filter is kept) for the experiments table's links to a run's row.
+    run_pages: dict[str, tuple[int, bool]] = field(default_factory=dict)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.matched // self.per_page))
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -124,6 +160,21 @@ def classify(dagster_status: str, slurm_state: str | None) -> tuple[str, str]:
     return "running", words
 
 
+def _partition(tags: Mapping[str, str]) -> str | None:
+    if partition := tags.get(DAGSTER_PARTITION_TAG):
+        return partition
+    start, end = (tags.get(name) for name in _RANGE_TAGS)
+    return f"{start}…{end}" if start and end else None
+
+
+def _assets(run) -> tuple[tuple[str, ...] | None, int]:
+    selection = run.asset_selection
+    if not selection:  # None: the whole job; empty: an op job (no assets)
+        return None, 0
+    names = sorted(key.to_user_string() for key in selection)
+    return tuple(names[:MAX_ASSETS]), len(names)
+
+
 def build_row(record, slurm: SlurmSnapshot, now: float) -> RunRow:
     run = record.dagster_run
     tags = run.tags
@@ -132,6 +183,7 @@ def build_row(record, slurm: SlurmSnapshot, now: float) -> RunRow:
     state = job.state if job else tags.get(SLURM_STATE_TAG)
     status, label = classify(run.status.value, state)
     raw = job.raw if job else {}
+    assets, assets_total = _assets(run)
     start_ts, end_ts = record.start_time, record.end_time
     # Slurm's own figure first (the live queue, the completion record, or what job_end tagged at the end).
     elapsed = (job.elapsed if job else None) or tags.get(SLURM_ELAPSED_TAG)
@@ -140,7 +192,8 @@ def build_row(record, slurm: SlurmSnapshot, now: float) -> RunRow:
     return RunRow(
         run_id=run.run_id,
         job_name=run.job_name,
-        kind=tags.get(SLURM_KIND_TAG) or _KIND_BY_JOB.get(run.job_name, "other"),
+        # A run of any other job has no kind: the page names its job, assets and partition instead.
+        kind=tags.get(SLURM_KIND_TAG) or _KIND_BY_JOB.get(run.job_name, ""),
         experiment=run_experiment(tags),
         status=status,
         label=label,
@@ -155,6 +208,9 @@ def build_row(record, slurm: SlurmSnapshot, now: float) -> RunRow:
         mlflow_run_id=tags.get(TAG_MLFLOW_RUN_ID) or tags.get(TAG_TRAINING_MLFLOW_RUN_ID),
         log_path=tags.get(SLURM_LOG_TAG),
         created=record.create_timestamp.timestamp(),
+        assets=assets,
+        assets_total=assets_total,
+        partition=_partition(tags),
     )
 
 
@@ -199,6 +255,14 @@ def matches(row: RunRow, experiment: str, status: str) -> bool:
     return (not experiment or experiment.lower() in row.experiment.lower()) and (not status or row.status == status)
 
 
+def _page_of(rows: list[RunRow], wanted: set[str], per_page: int) -> dict[str, int]:
+    found = {}
+    for index, row in enumerate(rows):
+        if row.run_id in wanted:
+            found[row.run_id] = index // per_page + 1
+    return found
+
+
 def collect(
     records: Iterable,
     slurm: SlurmSnapshot,
@@ -207,7 +271,10 @@ def collect(
     alerts: list[dict],
     experiment: str = "",
     status: str = "",
+    page: int = 1,
+    per_page: int = DEFAULT_PER_PAGE,
 ) -> DashboardState:
+    """Every run is classified (filters and the experiments table need them all); only page `page` is kept."""
     now = time.time()
     rows = [build_row(record, slurm, now) for record in records]
     names = {row.experiment for row in rows if row.experiment} | set(signal_experiments(drive))
@@ -216,6 +283,22 @@ def collect(
     for row in rows:  # records come newest first
         latest.setdefault(row.experiment, {}).setdefault(row.kind, row)
     shown = [row for row in rows if matches(row, experiment, status)]
+    start = (page - 1) * per_page
+    runs = shown[start : start + per_page]
+    older_failed: list[RunRow] = []
+    older_failed_total = 0
+    if page == 1 and not status:
+        # Failed runs are never hidden: those older than the first page are listed under it.
+        failed = [row for row in shown[per_page:] if row.status == "failed"]
+        older_failed, older_failed_total = failed[:FAILED_ON_FIRST_PAGE], len(failed)
+    # Where the experiments table's links land: the row's page with these filters, else without the status one.
+    wanted = {row.run_id for kinds in latest.values() for row in kinds.values()}
+    kept = _page_of(shown, wanted, per_page)
+    run_pages = {run_id: (number, True) for run_id, number in kept.items()}
+    if status and len(kept) < len(wanted):
+        unfiltered = [row for row in rows if matches(row, experiment, "")]
+        for run_id, number in _page_of(unfiltered, wanted - kept.keys(), per_page).items():
+            run_pages[run_id] = (number, False)
     experiments = sorted(name for name in names if not experiment or experiment.lower() in name.lower())
     linked = {row.slurm_job_id for row in rows if row.slurm_job_id}
     queue = sorted(
@@ -223,7 +306,7 @@ def collect(
         key=lambda job: job.job_id,
     )
     return DashboardState(
-        runs=shown,
+        runs=runs,
         total_runs=len(rows),
         experiments=experiments,
         signals={k: v for k, v in found.items() if v is not None},
@@ -235,4 +318,12 @@ def collect(
             for a in alerts
             if not experiment or experiment.lower() in str(a.get("experiment") or "").lower() or not a.get("experiment")
         ],
+        experiment_filter=experiment,
+        status_filter=status,
+        matched=len(shown),
+        page=page,
+        per_page=per_page,
+        older_failed=older_failed,
+        older_failed_total=older_failed_total,
+        run_pages=run_pages,
     )

@@ -33,6 +33,10 @@ then the log becomes `alerts.jsonl.1` (replacing the one before) and the new fil
 renames. The open alerts and their cooldowns are in whichever file a reader opens: a reader that finds no
 `alerts.jsonl` (between the renames, or after a crash there) reads `alerts.jsonl.1`, and the next writer
 finishes the rotation from it.
+
+Why this module is long: dedupe, batching and rotation are one protocol over one file under one lock (what
+is open decides what a rotation carries and whether a raise is news), and the alert kinds' change builders
+are a few lines each; split apart, each half would need the other's private state.
 """
 
 from __future__ import annotations

@@ -92,9 +92,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_log_path() -> Path:
+    """Where one `mlgraph demo` writes Dagster's event log: `$SHARED_DRIVE/logs/demo/<UTC timestamp>.log`."""
+    from datetime import UTC, datetime
+
+    from mlgraph.core.drive import DriveLayout
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return DriveLayout(default_shared_drive()).logs_root() / "demo" / f"{stamp}.log"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from mlgraph.cli.progress import Progress
     from mlgraph.cli.staging import materialize_experiments
     from mlgraph.core.experiment import ConfigError
     from pipeline_assets.definitions import defs
@@ -105,10 +116,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    selection = None
+    if args.select:
+        selection = [dg.AssetKey.from_user_string(k.strip()) for k in args.select.split(",") if k.strip()]
+        unknown = [k.to_user_string() for k in selection if not defs.resolve_asset_graph().has(k)]
+        if unknown:
+            print(f"--select: no asset named {', '.join(unknown)}", file=sys.stderr)
+            return 2
     print(f"mlgraph demo: experiments {', '.join(experiments)}; DAGSTER_HOME={home}")
+    quiet = {}
+    log_path = None
+    if not args.verbose:
+        log_path = demo_log_path()
+        # MLflow's INFO lines (creating its tables) would interleave with the progress too.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        quiet = {"event_log": log_path, "progress": Progress()}
+        print(f"Dagster event log: {log_path} (`mlgraph demo --verbose` prints it here)", flush=True)
     with dg.DagsterInstance.get() as instance:
         try:
-            summary = materialize_experiments(defs, instance, experiments)
+            summary = materialize_experiments(defs, instance, experiments, selection=selection, **quiet)
         except ConfigError as exc:  # e.g. a dataset file named by a YAML is missing
             print(exc, file=sys.stderr)
             return 2
@@ -121,6 +147,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for sub in ("datasets", "artifacts", "models", "evaluation", "analysis", "model-promotion", "state"):
         if (drive / sub).exists():
             print(f"  {drive / sub}")
+    if log_path is not None:
+        print(f"Dagster event log: {log_path}")
     print("next: `make ui` (Dagster UI on http://127.0.0.1:3000) and `make mlflow-ui`")
     if summary.failed:
         print(f"FAILED: {', '.join(summary.failed)}", file=sys.stderr)
@@ -145,4 +173,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("demo", help="materialize every asset for the demo experiments and summarize")
     p.add_argument("experiments", nargs="*", help=f"experiments (default: {', '.join(DEMO_EXPERIMENTS)})")
+    p.add_argument(
+        "--select",
+        default=None,
+        help="comma-separated assets to materialize (default: every automated asset); their parents must exist",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print Dagster's event log here (every step event) instead of progress bars and a log file",
+    )
     p.set_defaults(func=cmd_demo)

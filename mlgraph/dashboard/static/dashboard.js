@@ -1,5 +1,6 @@
 // mlgraph dashboard: refetch the live fragment every data-refresh-seconds and swap it in place
-// (no full reload); pause while the tab is hidden; filters refetch at once and stay in the URL.
+// (no full reload); pause while the tab is hidden; filters refetch at once and stay in the URL. A refresh keeps
+// the page number from the URL; a changed filter starts again at page 1 (the page size stays).
 (function () {
   "use strict";
   var refreshMs = Math.max(Number(document.body.dataset.refreshSeconds) || 30, 0.2) * 1000;
@@ -9,9 +10,11 @@
   var timer = null;
   var inFlight = null;
 
-  function query() {
+  function query(keepPage) {
     var params = new URLSearchParams(new FormData(form));
-    ["experiment", "status"].forEach(function (k) { if (!params.get(k)) params.delete(k); });
+    ["experiment", "status", "per_page"].forEach(function (k) { if (!params.get(k)) params.delete(k); });
+    var page = new URLSearchParams(location.search).get("page");
+    if (keepPage && page && page !== "1") params.set("page", page);
     return params.toString();
   }
 
@@ -19,7 +22,7 @@
     if (inFlight) inFlight.abort();
     var controller = new AbortController();
     inFlight = controller;
-    var q = query();
+    var q = query(true);
     return fetch("fragment" + (q ? "?" + q : ""), { credentials: "same-origin", signal: controller.signal })
       .then(function (response) {
         if (!response.ok) throw new Error("HTTP " + response.status);
@@ -51,7 +54,7 @@
 
   function applyFilters(event) {
     if (event) event.preventDefault();
-    var q = query();
+    var q = query(false);
     history.replaceState(null, "", q ? "?" + q : location.pathname);
     refresh().then(schedule);
   }
