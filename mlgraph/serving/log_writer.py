@@ -408,6 +408,9 @@ class PredictionLogWriter:
 
     def _advance(self, written: int) -> None:
         """`written` more bytes of the backlog are in the file: retire the entries they complete."""
+        if written > 0:
+            # Healthy again before flush() waiters wake: one who then reads status() sees the recovery.
+            self._recovered()
         self._size += written
         entries = rows = lines = cost = 0
         while self._backlog:
