@@ -2,9 +2,11 @@
 
 What a tick finds, and how its cursor moves, is `mlgraph.external.signal_scan`. Here each accepted signal of a
 known experiment becomes a run request tagged with the signal that caused it (or, for a failed
-evaluation, an observation saying so), and a tick that requests nothing says why. An unexpected
-error while turning one accepted signal into a run rejects that signal (its traceback logged); the
-other signals of the tick still run.
+evaluation, an observation saying so), and a tick that requests nothing says why. A signal in a
+directory that names no experiment config is rejected before it is read, and a tick lists at most
+MAX_LISTED_REJECTIONS rejections one by one (logs, alerts, skip reason) and counts the rest, so a flood
+of junk files costs a stat each and one line. An unexpected error while turning one accepted signal into
+a run rejects that signal (its traceback logged); the other signals of the tick still run.
 """
 
 import os
@@ -53,7 +55,6 @@ from mlgraph.external.signal_scan import (
     TickPlan,
     plan_tick,
     rejection_reason,
-    relative_name,
     skip_message,
 )
 from pipeline_assets.analysis.report_assets import AnalysisReportConfig
@@ -71,6 +72,9 @@ SETTLE_ENV = "MLGRAPH_SIGNAL_SETTLE_SECONDS"
 COMPUTE_ENV = "MLGRAPH_SIGNAL_COMPUTE"
 # Config files whose hash a code server remembers between ticks; experiments come and go over months.
 MAX_CACHED_CONFIGS = 4096
+# Rejections a tick logs, alerts and shows one by one; the rest are counted in one line. A hundred thousand
+# junk files alerted one by one would flood the alert log, the webhook and the tick's log.
+MAX_LISTED_REJECTIONS = 20
 
 
 class ConfigHashCache:
@@ -146,23 +150,49 @@ class _Experiments:
         self.catalog = catalog
         self.cache = cache
         self._registered: set[str] | None = None
+        self._listed = False
+        # None after a listing that failed: then every signal is read, and `check` names the problem per file.
+        self._configured: set[str] | None = None
+        self._config_home: Path | None = None
         self.to_add: list[str] = []
         self.config_hashes: dict[str, str] = {}
+
+    def registered(self, name: str) -> bool:
+        if self._registered is None:
+            self._registered = set(self.instance.get_dynamic_partitions(experiment_partitions_def.name))
+        return name in self._registered
+
+    def problem(self, name: str) -> str | None:
+        """Why a signal in directory `name` is unusable, when its name alone tells: no config file. One listing
+        of the config directory per tick, so junk directories by the thousand cost a set lookup each."""
+        if not self._listed:
+            self._listed = True
+            # Resolved once: catalog.path resolves the config directory on every call.
+            self._config_home = self.catalog.experiments_dir
+            try:
+                self._configured = set(self.catalog.names())
+            except OSError:
+                self._configured = None
+        if self._configured is None or name in self._configured:
+            return None
+        state = "registered, but its config does not load" if self.registered(name) else "unknown"
+        return (
+            f"experiment {name!r} is {state}: {self._config_home}/{name}.yaml: no such experiment config. Fix: "
+            "add that config, then rewrite the signal (it is re-checked when it changes), or remove the directory"
+        )
 
     def check(self, name: str) -> str:
         """The config hash of a usable experiment; a ValueError says why it is not usable."""
         if name in self.config_hashes:
             return self.config_hashes[name]
-        if self._registered is None:
-            self._registered = set(self.instance.get_dynamic_partitions(experiment_partitions_def.name))
         path = self.catalog.path(name)
         try:
             config_hash = self.cache.config_hash(path, lambda: self.catalog.load(name).config.config_hash)
         except (OSError, ConfigError) as exc:
-            state = "registered, but its config does not load" if name in self._registered else "unknown"
+            state = "registered, but its config does not load" if self.registered(name) else "unknown"
             detail = exc if isinstance(exc, ConfigError) else f"{path}: no such experiment config"
             raise ValueError(f"experiment {name!r} is {state}: {detail}") from None
-        if name not in self._registered and name not in self.to_add:
+        if not self.registered(name) and name not in self.to_add:
             self.to_add.append(name)
         self.config_hashes[name] = config_hash
         return config_hash
@@ -275,15 +305,24 @@ class _Tick:
     ):
         self.context = context
         self.drive = storage.root_path
-        self.plan: TickPlan = plan_tick(
-            self.drive, base, names, SignalCursor.load(context.cursor), settle_seconds, max_per_tick, now_ns
-        )
         self.experiments = _Experiments(context.instance, catalog, _CONFIG_HASHES)
-        self.reasons = [rejection_reason(self.drive, r) for r in self.plan.rejected]
+        self.plan: TickPlan = plan_tick(
+            self.drive,
+            base,
+            names,
+            SignalCursor.load(context.cursor),
+            settle_seconds,
+            max_per_tick,
+            now_ns,
+            experiment_problem=self.experiments.problem,
+        )
+        listed = self.plan.rejected[:MAX_LISTED_REJECTIONS]
+        self.reasons = [rejection_reason(r) for r in listed]
+        self.unlisted = len(self.plan.rejected) - len(listed)
         for rejected in self.plan.rejected:
             if rejected.traceback:
                 context.log.error(
-                    f"signal check failed unexpectedly: {rejection_reason(self.drive, rejected)}\n{rejected.traceback}"
+                    f"signal check failed unexpectedly: {rejection_reason(rejected)}\n{rejected.traceback}"
                 )
         self.notes: list[str] = []
         self.runs: list[dg.RunRequest] = []
@@ -291,7 +330,7 @@ class _Tick:
         self._ran = _existing_runs(context.instance, [a.run_key for a in self.plan.accepted])
 
     def rel(self, item: Accepted) -> str:
-        return relative_name(self.drive, item.file.path)
+        return item.file.rel
 
     def config_hash(self, item: Accepted) -> str | None:
         """The experiment's config hash, or None (and the reason recorded) when it is not usable."""
@@ -322,9 +361,16 @@ class _Tick:
         return bool(existing)
 
     def result(self) -> dg.SensorResult:
-        for reason in self.reasons:
+        reasons = list(self.reasons)
+        if self.unlisted:
+            reasons.append(
+                f"{self.plan.base}: {self.unlisted} more signal files rejected in this tick, not listed one by one "
+                f"(the first {MAX_LISTED_REJECTIONS} are). Fix: correct or remove them; a file in a directory "
+                "that names no experiment config is rejected unread"
+            )
+        for reason in reasons:
             self.context.log.warning(f"rejected signal {printable(reason)}")
-        alert_rejected_signals(self.drive, self.reasons, self.context.log)
+        alert_rejected_signals(self.drive, reasons, self.context.log)
         for note in self.notes:
             self.context.log.info(printable(note))
         return dg.SensorResult(
@@ -332,7 +378,7 @@ class _Tick:
             asset_events=self.events,
             dynamic_partitions_requests=self.experiments.requests(),
             cursor=self.plan.cursor.dump(),
-            skip_reason=None if self.runs else skip_message(self.plan, self.drive, self.reasons, self.notes),
+            skip_reason=None if self.runs else skip_message(self.plan, self.reasons, self.notes, self.unlisted),
         )
 
 

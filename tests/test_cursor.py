@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from mlgraph.core.cursor import CursorError, JsonCursor
-from mlgraph.external.signal_scan import SignalCursor
+from mlgraph.external.signal_scan import MAX_CURSOR_KEYS, SignalCursor, remembered
 from sensors.drift import DriftCursor
 from sensors.sources import SourceCursor
 
@@ -75,7 +75,10 @@ def test_load_or_reset_warns_and_starts_empty():
 @pytest.mark.parametrize(
     ("cursor", "text"),
     [
-        (SignalCursor(12, ["b", "a", "b"]), '{"high_water_ns":12,"keys":["a","b"]}'),
+        (
+            SignalCursor(12, "models/x/.training_complete", {"b", "a"}),
+            '{"ctime_ns":12,"keys":["a","b"],"path":"models/x/.training_complete"}',
+        ),
         (
             DriftCursor(triggers={"x": {"at": 1.0, "run_key": "k"}}),
             '{"logs":{},"triggers":{"x":{"at":1.0,"run_key":"k"}}}',
@@ -95,3 +98,48 @@ def test_the_sensors_name_where_their_cursor_is_cleared():
         DriftCursor.load("{}")
     with pytest.raises(CursorError, match=r"\(Sensors → experiment_source_sensor → cursor\); every experiment"):
         SourceCursor.load("[]")
+
+
+def test_a_signal_cursor_of_the_old_format_loads_as_a_position():
+    """{"high_water_ns", "keys"} (before the (ctime, path) order): resumes after that time, keys kept."""
+    old = SignalCursor.load('{"high_water_ns":12,"keys":["b","a","b"]}')
+    assert old == SignalCursor(12, "", {"a", "b"})
+    assert old.dump() == '{"ctime_ns":12,"keys":["a","b"],"path":""}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"ctime_ns":1,"path":"p"}',
+        '{"ctime_ns":1,"path":"p","keys":"abc"}',
+        '{"keys":[]}',
+        '{"high_water_ns":"x","keys":[]}',
+    ],
+)
+def test_a_damaged_signal_cursor_is_refused(raw):
+    with pytest.raises(CursorError, match="is not a signal cursor"):
+        SignalCursor.load(raw)
+
+
+def test_a_signal_cursor_orders_files_by_ctime_then_path():
+    cursor = SignalCursor(10, "models/b/.training_complete")
+    assert cursor.passed(9, "models/z/.training_complete")
+    assert cursor.passed(10, "models/a/.training_complete") and cursor.passed(10, "models/b/.training_complete")
+    assert not cursor.passed(10, "models/c/.training_complete") and not cursor.passed(11, "models/a/.training_complete")
+    assert not SignalCursor().passed(0, "models/a/.training_complete")
+
+
+def test_remembered_keys_are_one_per_path_and_bounded():
+    earlier = {"models/a/.t:old", "models/b/.t:1", "models/c/.t:1"}
+    # a's new content replaces its old key; the others stay.
+    assert remembered(["models/a/.t:new"], earlier) == {"models/a/.t:new", "models/b/.t:1", "models/c/.t:1"}
+    # Over the limit: every key read now, then as many earlier ones as fit.
+    assert remembered(["models/a/.t:new", "models/d/.t:1"], earlier, limit=3) == {
+        "models/a/.t:new",
+        "models/d/.t:1",
+        "models/b/.t:1",
+    }
+    many = {f"models/x{i}/.t:1" for i in range(5000)}
+    assert len(remembered([], many)) == MAX_CURSOR_KEYS
+    # A path may hold ':' itself; the key's last part is the content's.
+    assert remembered(["models/a:b/.t:2"], {"models/a:b/.t:1"}) == {"models/a:b/.t:2"}

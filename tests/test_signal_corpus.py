@@ -327,10 +327,8 @@ def test_an_unexpected_error_on_one_file_rejects_it_with_a_traceback(instance, c
 
 def test_a_tick_stops_taking_files_when_its_time_is_spent(tmp_path):
     drive = tmp_path / "shared"
-    # Distinct change times an hour ahead, so each mtime (not the coarse ctime the write set) counts.
-    base = time.time_ns() + 3600 * 10**9
-    for i in range(4):
-        os.utime(write_training(drive, f"exp{i}"), ns=(base + i * 10**9,) * 2)
+    # Written in order: their (ctime, path) order is exp0 .. exp3 whether or not the coarse ctimes differ.
+    files = [write_training(drive, f"exp{i}") for i in range(4)]
     clock = iter(range(100))  # each reading one "second" after the last
     plan = signal_scan.plan_tick(
         drive,
@@ -338,13 +336,17 @@ def test_a_tick_stops_taking_files_when_its_time_is_spent(tmp_path):
         (".training_complete",),
         SignalCursor(),
         0,
-        now_ns=base + 60 * 10**9,
+        now_ns=time.time_ns() + 60 * 10**9,
         max_seconds=2.5,
         monotonic=lambda: float(next(clock)),
     )
     # Deadline 2.5 (read at 0): the readings 1 and 2 take a file each, the reading 3 stops the tick.
     assert len(plan.accepted) == 2 and plan.rejected == [] and plan.backlog == 2
-    assert plan.cursor.high_water_ns == base + 10**9
+    # The cursor stands right after the second file: the next tick resumes at the third.
+    assert (plan.cursor.ctime_ns, plan.cursor.path) == (
+        os.stat(files[1]).st_ctime_ns,
+        "models/exp1/.training_complete",
+    )
 
 
 def test_the_fifo_case_is_a_real_fifo(tmp_path):

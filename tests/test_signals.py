@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mlgraph.core import untrusted
+from mlgraph.core.drive import DriveLayout
 from mlgraph.core.signals import (
     MAX_SIGNAL_BYTES,
     EvalComplete,
@@ -16,9 +17,11 @@ from mlgraph.core.signals import (
     SignalError,
     TrainingComplete,
     checkpoint_id,
+    is_checkpoint_id,
     parse_signal,
     read_signal,
     resolve_checkpoint,
+    utc_now,
 )
 from mlgraph.core.untrusted import control_character, printable
 from mlgraph.trainer import signal_training_complete
@@ -165,6 +168,79 @@ def test_checkpoint_ids_and_resolution(tmp_path: Path):
         resolve_checkpoint(drive, "models/salary/checkpoints/missing")
 
 
+# ---- ids that become paths follow the checkpoint-id rule ----
+
+TRAVERSALS = ["x/../../..", "..", ".", ".hidden", "-rf", "a/b", "a\\b", "/etc/passwd", "ck 1", "é", "a" * 97, ""]
+
+
+@pytest.mark.parametrize(
+    ("model", "base", "field"),
+    [
+        (EvalComplete, EVAL, "checkpoint_id"),
+        (EvalComplete, EVAL, "dagster_run_id"),
+        (EvalComplete, EVAL, "mlflow_run_id"),
+        (EvalComplete, EVAL, "config_hash"),
+        (EvalComplete, EVAL, "job_id"),
+        (EvalFailed, FAILED, "checkpoint_id"),
+        (EvalFailed, FAILED, "dagster_run_id"),
+        (EvalFailed, FAILED, "job_id"),
+        (TrainingComplete, TRAINING, "mlflow_run_id"),
+    ],
+)
+@pytest.mark.parametrize("value", TRAVERSALS)
+def test_ids_that_become_paths_follow_the_checkpoint_id_rule(model, base, field, value):
+    message = reason(encode({**base, field: value}), model)
+    assert f"field '{field}': " in message and "is not a valid id (1-96 characters of A-Z" in message
+    assert "Fix: write an id that follows that rule" in message
+
+
+def test_dataset_names_follow_the_checkpoint_id_rule():
+    message = reason(encode({**EVAL, "datasets_evaluated": ["test", "../../train"]}), EvalComplete)
+    assert "field 'datasets_evaluated.1': '../../train' is not a valid id" in message
+
+
+def test_a_traversal_in_checkpoint_id_never_leaves_the_evaluation_directory(tmp_path: Path):
+    """Why the rule: the report opens checkpoint_predictions(experiment, <id from the signal>)."""
+    layout = DriveLayout(tmp_path)
+    with pytest.raises(ValueError, match="is not valid"):
+        layout.checkpoint_predictions("salary", "x/../../../../../secret")
+    for value in ("ck1", "checkpoint-1000", "run_7.best", "0123abcd" * 12):
+        assert parse_signal(encode({**EVAL, "checkpoint_id": value}), EvalComplete).checkpoint_id == value
+        assert layout.checkpoint_predictions("salary", value).parent == layout.evaluation_dir("salary") / "predictions"
+
+
+def test_every_checkpoint_id_follows_its_own_rule():
+    rng = random.Random(4)
+    alphabet = "aZ09_.-/ \\é✓:~\x00"
+    names = ["", ".", "..", "...", "-", "--a--", ".a.", "a" * 300, "final", "x/final", "x/../final", "/"]
+    names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 120))) for _ in range(2000)]
+    for name in names:
+        for path in (name, f"/d/models/x/checkpoints/{name}/final", f"/d/{name}"):
+            assert is_checkpoint_id(checkpoint_id(path)), (path, checkpoint_id(path))
+
+
+def test_the_writers_signals_pass_the_rule():
+    """What the evaluation asset writes (job, run and checkpoint ids, config hash, datasets) reads back."""
+    from mlgraph.external.evaluation import failure_signal
+
+    done = EvalComplete(
+        timestamp=utc_now(),
+        experiment="salary",
+        job_id="4242",
+        status="complete",
+        datasets_evaluated=["test"],
+        checkpoint_id=checkpoint_id("/d/models/salary/checkpoints/run 7/final"),
+        dagster_run_id="0b7e3f4c-5d1a-4c33-9c8e-3f0f6f7a8b9c",
+        mlflow_run_id="0123456789abcdef0123456789abcdef",
+        config_hash="ab" * 32,
+    )
+    assert parse_signal(done.to_json().encode(), EvalComplete) == done
+    failed = failure_signal(
+        "salary", "77", RuntimeError("x"), "tb", "ck1", None, "0b7e3f4c-5d1a-4c33-9c8e-3f0f6f7a8b9c"
+    )
+    assert parse_signal(failed.to_json().encode(), EvalFailed) == failed
+
+
 # ---- hostile input: bounded decoding, control characters, non-regular files (mlgraph.core.untrusted) ----
 
 
@@ -299,3 +375,15 @@ def test_hook_refuses_a_signal_with_control_characters(shared_drive: Path):
         result = signal_training_complete("salary", checkpoint, mlflow=False, detect_git=False, **kwargs)
         assert not result and expected in result.error and "Fix:" in result.error, result.error
         assert not (shared_drive / "models" / "salary" / ".training_complete").exists()
+
+
+@pytest.mark.parametrize("bad", ["x/../../..", "..", "-rf", "a\\b", "", "a" * 97])
+def test_no_path_is_built_from_an_id_that_breaks_the_rule_whoever_chose_it(tmp_path, bad: str) -> None:
+    # A run config typed in the UI or a hand-set run tag reaches the drive's paths without a signal's schema.
+    from mlgraph.core.drive import DriveLayout
+
+    with pytest.raises(ValueError, match="is not valid .*Fix: give the id"):
+        DriveLayout.at(tmp_path).checkpoint_predictions("exp", bad)
+    assert (
+        DriveLayout.at(tmp_path).checkpoint_predictions("exp", "ckpt-1.v2").name == "test-checkpoint-ckpt-1.v2.parquet"
+    )

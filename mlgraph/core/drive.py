@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlgraph.core.names import CHECKPOINT_ID_RULE, is_checkpoint_id
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DRIVE_ENV = "SHARED_DRIVE"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
@@ -46,7 +48,16 @@ def default_shared_drive() -> Path:
 
 
 def checkpoint_source(checkpoint_id: str) -> str:
-    """The evaluation-store source of an external checkpoint: names its metric and prediction files."""
+    """The evaluation-store source of an external checkpoint: names its metric and prediction files.
+
+    Every path built from a checkpoint id comes through here, whoever chose the id (a signal file, a run
+    config typed in the UI, a run tag), so the rule is checked here too: no id leads out of its directory."""
+    if not isinstance(checkpoint_id, str) or not is_checkpoint_id(checkpoint_id):
+        raise ValueError(
+            f"checkpoint id {str(checkpoint_id)[:80]!r} is not valid ({CHECKPOINT_ID_RULE}). Fix: give the id "
+            "the trainer's completion hook wrote (models/<experiment>/.training_complete, evaluation/<experiment>/"
+            ".eval_complete)"
+        )
     return f"checkpoint-{checkpoint_id}"
 
 

@@ -3,7 +3,9 @@
 Signal files are small JSON objects (UTF-8, ISO 8601 timestamps with an offset) that one machine
 drops on the shared drive for another. Anyone who can write the drive can write one, so reading goes
 through `mlgraph.core.untrusted`: only regular files are opened, reads are bounded in bytes and time, the
-JSON decoder in depth and number size; and every string field refuses control characters. Each
+JSON decoder in depth and number size; every string field refuses control characters, and every id
+that can become part of a path (checkpoint, run and job ids, dataset names, config hashes) follows the
+checkpoint-id rule, so no value in a signal can point a reader outside its directory. Each
 failure is a SignalError naming the file, the problem and the fix. This module imports neither
 dagster nor anything heavy: trainers load it through `mlgraph.trainer.hook`.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -34,6 +37,7 @@ from mlgraph.core.drive import (
 
 # The experiment-name rule; it also rules out '..', '/' and absolute paths.
 from mlgraph.core.experiment import EXPERIMENT_NAME_RULE, is_experiment_name
+from mlgraph.core.names import CHECKPOINT_ID_RE, CHECKPOINT_ID_RULE, is_checkpoint_id  # noqa: F401 - re-exported
 from mlgraph.core.untrusted import Unusable, control_character, decode_json, printable, read_regular_file
 
 # A signal carries metadata, never payload; anything larger is a mistake or an attack.
@@ -57,9 +61,26 @@ class SignalError(ValueError):
         super().__init__(f"{printable(self.path)}: {self.reason}. Fix: {fix}")
 
 
-# Identifiers (host, user, run and job ids, names) and paths: one line, bounded (they become run tags).
+def _safe_id(value: str) -> str:
+    # Control characters first, so a NUL is reported as one (the message every other field gives).
+    problem = control_character(value)
+    if problem:
+        raise PydanticCustomError("control_character", "{problem}", {"problem": problem})
+    if not is_checkpoint_id(value):
+        raise PydanticCustomError(
+            "unsafe_id",
+            "'{value}' is not a valid id ({rule}); ids become file names on the drive, so no '/' or '..'",
+            {"value": printable(value[:80]), "rule": CHECKPOINT_ID_RULE},
+        )
+    return value
+
+
+# Identifiers (host, user, names) and paths: one line, bounded (they become run tags).
 Identifier = Annotated[str, Field(max_length=_ID_LIMIT)]
 PathText = Annotated[str, Field(max_length=_PATH_LIMIT)]
+# Ids that may become part of a path (checkpoint, run and job ids, dataset names, config hashes): the
+# checkpoint-id rule, checked here, at the schema, so no reader has to remember to.
+SafeId = Annotated[str, AfterValidator(_safe_id)]
 
 
 class _Signal(BaseModel):
@@ -111,7 +132,7 @@ class TrainingComplete(_Signal):
     final_loss: float | None = Field(default=None, allow_inf_nan=False)
     total_steps: int | None = Field(default=None, ge=0)
     git_commit: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4,64}$")
-    mlflow_run_id: str | None = Field(default=None, min_length=1, max_length=64)
+    mlflow_run_id: SafeId | None = None
     # Finite: JSON has no NaN, so a NaN written here would come back as null and fail the reader.
     metrics: dict[Identifier, FiniteFloat] | None = Field(default=None, description="Other final training metrics")
 
@@ -119,18 +140,18 @@ class TrainingComplete(_Signal):
 class EvalComplete(_Signal):
     """evaluation/{experiment}/.eval_complete: an evaluation finished (status complete or failed)."""
 
-    job_id: str = Field(min_length=1, max_length=128, description="Slurm job id, else the Dagster run id")
+    job_id: SafeId = Field(description="Slurm job id, else the Dagster run id")
     status: Literal["complete", "failed"]
-    datasets_evaluated: list[Identifier] | None = None
+    datasets_evaluated: list[SafeId] | None = None
     metrics_summary: dict[Identifier, float] | None = None
     eval_duration_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     error_message: str | None = Field(default=None, max_length=_TEXT_LIMIT)
-    checkpoint_id: Identifier | None = None
+    checkpoint_id: SafeId | None = None
     checkpoint_path: PathText | None = None
     model: Identifier | None = None
-    dagster_run_id: Identifier | None = None
-    mlflow_run_id: Identifier | None = None
-    config_hash: Identifier | None = None
+    dagster_run_id: SafeId | None = None
+    mlflow_run_id: SafeId | None = None
+    config_hash: SafeId | None = None
 
     _coerce_job_id = field_validator("job_id", mode="before")(_job_id)
 
@@ -138,14 +159,14 @@ class EvalComplete(_Signal):
 class EvalFailed(_Signal):
     """evaluation/{experiment}/.eval_failed: the evaluation hit a critical failure and wrote nothing usable."""
 
-    job_id: str = Field(min_length=1, max_length=128)
+    job_id: SafeId
     status: Literal["failed"] = "failed"
     error_type: str | None = Field(default=None, max_length=256)
     error_message: str = Field(min_length=1, max_length=_TEXT_LIMIT)
     traceback: str | None = Field(default=None, max_length=_TEXT_LIMIT)
-    checkpoint_id: Identifier | None = None
+    checkpoint_id: SafeId | None = None
     checkpoint_path: PathText | None = None
-    dagster_run_id: Identifier | None = None
+    dagster_run_id: SafeId | None = None
 
     _coerce_job_id = field_validator("job_id", mode="before")(_job_id)
 
@@ -168,6 +189,8 @@ _FIXES = {
     "control_character": "write plain text: no NUL, escape sequences or other control characters "
     "(line breaks only in error_message and traceback)",
     "string_too_long": "shorten the value (identifiers and paths become run tags)",
+    "unsafe_id": "write an id that follows that rule (mlgraph.core.signals.checkpoint_id makes one from a "
+    "checkpoint's path)",
     "finite_number": "write a finite number (JSON has no NaN or Infinity)",
 }
 
@@ -176,7 +199,8 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def checkpoint_id(checkpoint_path: str | Path) -> str:
-    """A file-name-safe id: models/x/checkpoints/<id>/final → <id>; otherwise the directory's own name."""
+    """A file-name-safe id (CHECKPOINT_ID_RULE): models/x/checkpoints/<id>/final → <id>; otherwise the
+    directory's own name."""
     path = Path(checkpoint_path)
     name = path.parent.name if path.name == "final" and path.parent.name else path.name
     return _UNSAFE_ID_CHARS.sub("-", name).strip("-.")[:96] or "checkpoint"

@@ -5,19 +5,30 @@ drive with thousands of experiments costs milliseconds. A file is taken once it 
 (unchanged for `settle_seconds`) and passes its schema and, for training, names a checkpoint inside
 the drive.
 
-Cursor: the highest change time handled (`high_water_ns`) and the run keys handled at exactly that
-time. Change time is max(mtime, ctime): a signal moved into place keeps the mtime of its temporary
-file, which can be older than signals already handled, but its ctime is the moment it appeared, so
-it still runs. Only settled files raise the high-water mark, and a settled file's change time is
-before the tick started, so a file that appears during a scan is never skipped. Run keys are
-`<path relative to the drive>:<sha256 of the content>`: a rewrite with new content runs again, and
-the same content never runs twice (Dagster also refuses a run key twice per sensor, which covers a
-daemon killed between launching a run and saving the cursor).
+Order and cursor: files are handled in the total order (ctime in ns, path relative to the drive), and
+the cursor is the position of the last file handled, so a tick can stop after any file and the next
+one resumes right after it. Change time is the ctime alone: every write, rename or touch sets it to the
+file server's clock, so a signal moved into place (keeping its temporary file's older mtime) still
+comes after everything handled, and nobody who can write the drive can date a file into the future or
+the past. The mtime is not used: `os.utime` sets it to anything, and files given one future mtime used
+to share one change time, which a tick could not stop inside. Only settled files move the cursor, and a
+settled file's ctime is before the tick started, so a file that appears during a scan is never skipped.
+The cursor also keeps the run keys of the files read lately (one per path, at most MAX_CURSOR_KEYS), so
+a file touched or copied over itself with the same content is not handled twice. Run keys are
+`<path relative to the drive>:<sha256 of the content>`: a rewrite with new content runs again (Dagster
+also refuses a run key twice per sensor, which covers a daemon killed between launching a run and
+saving the cursor).
+
+Bounded work: a file whose directory is not an experiment name, or names no experiment the catalog
+knows (`experiment_problem`), is rejected from its name alone, without being read, so a hundred
+thousand junk files planted in junk directories cost one stat and one set lookup each, once: the
+cursor moves past them and they are not looked at again until they change. Only files that are read
+count against `max_files`; a tick also stops after `MAX_TICK_SECONDS`, and always handles at least one
+file, so a backlog drains and a real signal written after a flood of junk runs within a tick or two.
 
 One file never breaks a tick: reading goes through `mlgraph.core.signals.read_signal_bytes` (regular files
 only, bounded in bytes and time), every decode failure is a rejection with its reason, and
 `inspect_signal` turns any unexpected error into a rejection of that file carrying its traceback.
-A tick also stops taking new files after `MAX_TICK_SECONDS`, leaving the rest for the next one.
 """
 
 import os
@@ -43,41 +54,83 @@ from mlgraph.core.signals import (
 )
 from mlgraph.core.untrusted import printable
 
-# Bounds one tick's work (each new file is read, validated and turned into a run) well inside the
-# daemon's 60 s sensor timeout; a backlog, e.g. after the cursor was reset, drains over several ticks.
+# Bounds one tick's reads (each file read is validated and may become a run) well inside the daemon's
+# 60 s sensor timeout; a backlog, e.g. after the cursor was reset, drains over several ticks.
 MAX_SIGNALS_PER_TICK = 300
 # Wall time after which a tick takes no further files (slow reads, a flood of hostile files).
 MAX_TICK_SECONDS = 20.0
 SKIP_MESSAGE_LIMIT = 2000
+# Run keys a cursor remembers (about 100 bytes each): the cursor is stored on every tick (Postgres, the UI),
+# so it stays under about 30 kB whatever the drive holds. Older keys only spare a touched file a second look.
+MAX_CURSOR_KEYS = 256
+
+
+def key_path(run_key: str) -> str:
+    """The path part of a run key (`<path>:<sha256>`, `<path>:unread-...`); a path may hold ':' itself."""
+    return run_key.rsplit(":", 1)[0]
 
 
 @dataclass
 class SignalCursor(JsonCursor):
-    """The newest change time a signal sensor has acted on, and the run keys of the files changed at that time."""
+    """A signal sensor's position in the (ctime, path) order of signal files, and the run keys it read lately."""
 
     KIND = "a signal cursor"
     AFTER_RESET = "every signal is then re-checked and runs that exist are not repeated."
 
-    high_water_ns: int = 0
-    keys: list[str] = field(default_factory=list)
+    # The last file handled: its ctime and its path relative to the drive ("" is before every path).
+    ctime_ns: int = 0
+    path: str = ""
+    keys: set[str] = field(default_factory=set)
 
     @classmethod
     def from_json(cls, data: Any) -> "SignalCursor":
-        return cls(high_water_ns=int(data["high_water_ns"]), keys=sorted(str(k) for k in data["keys"]))
+        if not isinstance(data["keys"], list):
+            raise TypeError(f"'keys' is a {type(data['keys']).__name__}, not a list")
+        keys = {str(k) for k in data["keys"]}
+        if "high_water_ns" in data:
+            # The format before the (ctime, path) order: every file whose max(mtime, ctime) was below
+            # high_water_ns had been handled, and those at it are in keys. Resuming after that ctime skips
+            # only files whose mtime was set ahead of their ctime (forged or skewed), none of them a signal
+            # the hook or an atomic rename wrote; the keys keep the files at exactly that time from running
+            # twice, and the next tick trims them to MAX_CURSOR_KEYS.
+            return cls(ctime_ns=int(data["high_water_ns"]), keys=keys)
+        return cls(ctime_ns=int(data["ctime_ns"]), path=str(data["path"]), keys=keys)
 
     def to_json(self) -> dict:
-        return {"high_water_ns": self.high_water_ns, "keys": sorted(set(self.keys))}
+        return {"ctime_ns": self.ctime_ns, "keys": sorted(self.keys), "path": self.path}
+
+    def passed(self, ctime_ns: int, rel: str) -> bool:
+        """Whether the file at (ctime_ns, rel) is at or before this position, i.e. was handled already."""
+        return ctime_ns < self.ctime_ns or (ctime_ns == self.ctime_ns and rel <= self.path)
+
+
+def remembered(read_now: list[str], earlier: set[str], limit: int = MAX_CURSOR_KEYS) -> set[str]:
+    """The keys a cursor keeps: those read now, then earlier ones of other paths (a path's newer content
+    replaces its old key, so a file rewritten with old content is read again), at most `limit`."""
+    keys = set(read_now[-limit:])
+    paths = {key_path(k) for k in keys}
+    for key in sorted(earlier):
+        if len(keys) >= limit:
+            break
+        if key_path(key) not in paths:
+            keys.add(key)
+    return keys
 
 
 @dataclass(frozen=True)
 class SignalFile:
-    """A signal file found by the scan: where it is and when it last changed."""
+    """A signal file found by the scan: where it is and when it last changed (its ctime)."""
 
-    path: Path
+    location: str  # the path as the scan found it; a string, since most files found are never opened
+    rel: str  # relative to the drive, POSIX separators: the cursor's order and the run key's prefix
     experiment: str
     name: str
-    changed_ns: int
+    ctime_ns: int
     size: int
+
+    @property
+    def path(self) -> Path:
+        return Path(self.location)
 
 
 @dataclass
@@ -98,8 +151,9 @@ class Rejected:
     traceback: str | None = None
 
 
-def scan(base: Path, names: tuple[str, ...]) -> Iterator[SignalFile]:
-    """Every `base/*/name` that exists; one lstat per name and directory, nothing is read."""
+def scan(base: Path, names: tuple[str, ...]) -> Iterator[tuple[str, str, str, int, int]]:
+    """(directory name, signal name, path, ctime_ns, size) of every `base/*/name` that exists; one lstat
+    each, nothing read, and plain tuples: most of what a tick scans is behind its cursor."""
     try:
         entries = os.scandir(base)
     except FileNotFoundError:
@@ -112,19 +166,13 @@ def scan(base: Path, names: tuple[str, ...]) -> Iterator[SignalFile]:
             except OSError:
                 continue
             for name in names:
-                # Plain string joins: this loop runs once per experiment directory on every tick.
+                # Plain strings: this loop runs once per experiment directory on every tick.
                 path = os.path.join(entry.path, name)
                 try:
                     st = os.lstat(path)
                 except OSError:
                     continue
-                yield SignalFile(
-                    path=Path(path),
-                    experiment=entry.name,
-                    name=name,
-                    changed_ns=max(st.st_mtime_ns, st.st_ctime_ns),
-                    size=st.st_size,
-                )
+                yield entry.name, name, path, st.st_ctime_ns, st.st_size
 
 
 def relative_name(drive: Path, path: Path) -> str:
@@ -135,26 +183,10 @@ def run_key(drive: Path, path: Path, sha256: str) -> str:
     return f"{relative_name(drive, path)}:{sha256}"
 
 
-def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
-    """Read and validate one settled signal file; never raises (an unexpected error rejects the file)."""
-    try:
-        return _inspect(drive, file)
-    except Exception as exc:
-        try:
-            where = relative_name(drive, file.path)
-        except ValueError:
-            where = str(file.path)
-        return Rejected(
-            file,
-            f"unexpected error while checking it ({type(exc).__name__}: {str(exc)[:300]}). Fix: report this "
-            "mlgraph bug with the traceback from the sensor log; the file is re-checked when it changes",
-            f"{where}:error-{file.changed_ns}-{file.size}",
-            traceback=traceback.format_exc(),
-        )
-
-
-def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
-    unread_key = f"{relative_name(drive, file.path)}:unread-{file.changed_ns}-{file.size}"
+def precheck(file: SignalFile, experiment_problem: Callable[[str], str | None] | None = None) -> Rejected | None:
+    """The rejection a file earns from its directory's name alone, None if it must be read to tell.
+    `experiment_problem(name)` says why `name` is no usable experiment (e.g. it has no config), else None."""
+    unread_key = f"{file.rel}:unread-{file.ctime_ns}-{file.size}"
     if not is_experiment_name(file.experiment):
         return Rejected(
             file,
@@ -162,13 +194,36 @@ def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
             "name the directory after its experiment (the stem of config/experiments/*.yaml)",
             unread_key,
         )
+    problem = experiment_problem(file.experiment) if experiment_problem is not None else None
+    return Rejected(file, problem, unread_key) if problem else None
+
+
+def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
+    """Read and validate one settled signal file; never raises (an unexpected error rejects the file)."""
+    try:
+        return _inspect(drive, file)
+    except Exception as exc:
+        return Rejected(
+            file,
+            f"unexpected error while checking it ({type(exc).__name__}: {str(exc)[:300]}). Fix: report this "
+            "mlgraph bug with the traceback from the sensor log; the file is re-checked when it changes",
+            f"{file.rel}:error-{file.ctime_ns}-{file.size}",
+            traceback=traceback.format_exc(),
+        )
+
+
+def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
+    rejected = precheck(file)
+    if rejected is not None:
+        return rejected
+    unread_key = f"{file.rel}:unread-{file.ctime_ns}-{file.size}"
     try:
         # A regular file only, never opened if it is a FIFO or device; symlinks only to inside the drive.
         data = read_signal_bytes(file.path, within=drive)
     except SignalError as exc:
         return Rejected(file, f"{exc.reason}. Fix: {exc.fix}", unread_key)
     sha = sha256_bytes(data)
-    key = run_key(drive, file.path, sha)
+    key = f"{file.rel}:{sha}"
     try:
         signal = parse_signal(data, SIGNAL_MODELS[file.name], source=file.path)
     except SignalError as exc:
@@ -195,6 +250,8 @@ class TickPlan:
 
     base: Path
     accepted: list[Accepted] = field(default_factory=list)
+    # Files that were read come first (they are few, and name a known experiment); then those rejected
+    # from their directory's name alone, of which a flooded drive may hold any number.
     rejected: list[Rejected] = field(default_factory=list)
     settling: list[SignalFile] = field(default_factory=list)
     backlog: int = 0
@@ -212,59 +269,85 @@ def plan_tick(
     now_ns: int | None = None,
     max_seconds: float = MAX_TICK_SECONDS,
     monotonic: Callable[[], float] = time.monotonic,
+    experiment_problem: Callable[[str], str | None] | None = None,
 ) -> TickPlan:
-    """Scan `base` (a directory of experiment directories on `drive`), keep the settled files changed since
-    the cursor (oldest first, at most about `max_files`, taken within about `max_seconds`), inspect them,
-    and advance the cursor to the last one taken. Never raises for a file: each becomes accepted or rejected."""
+    """Scan `base` (a directory of experiment directories on `drive`), keep the settled files after the
+    cursor in (ctime, path) order, handle them until `max_files` have been read or about `max_seconds`
+    have passed (at least one), and move the cursor to the last one handled. Files `precheck` rejects
+    (with `experiment_problem`) are not read and do not count against `max_files`. Never raises for a
+    file: each becomes accepted or rejected."""
     deadline = monotonic() + max_seconds
     now_ns = time.time_ns() if now_ns is None else now_ns
     settle_ns = int(settle_seconds * 1e9)
-    plan = TickPlan(base=base, cursor=SignalCursor(cursor.high_water_ns, list(cursor.keys)))
-    fresh = []
-    for file in scan(base, names):
+    plan = TickPlan(base=base)
+    prefix = f"{relative_name(drive, base)}/"
+    fresh: list[SignalFile] = []
+    for directory, name, path, ctime_ns, size in scan(base, names):
         plan.scanned += 1
-        if file.changed_ns < cursor.high_water_ns:
+        if ctime_ns < cursor.ctime_ns:
+            continue  # the common case, decided before any string is built
+        rel = f"{prefix}{directory}/{name}"
+        if cursor.passed(ctime_ns, rel):
             continue
-        if now_ns - file.changed_ns < settle_ns:
-            # Possibly still being written; a later tick takes it once it stops changing.
+        file = SignalFile(path, rel, directory, name, ctime_ns, size)
+        if now_ns - ctime_ns < settle_ns:
+            # Possibly still being written; a later tick takes it once it stops changing. Its ctime is
+            # after every settled file's, so the cursor never passes it.
             plan.settling.append(file)
             continue
         fresh.append(file)
-    fresh.sort(key=lambda f: (f.changed_ns, str(f.path)))
-    taken = 0
+    fresh.sort(key=lambda f: (f.ctime_ns, f.rel))
+    read_now: list[str] = []
+    unread: list[Rejected] = []
+    last: SignalFile | None = None
+    reads = 0
     for position, file in enumerate(fresh):
-        # Stop only between distinct change times, so the files left all lie above the new cursor.
-        if (taken >= max_files or monotonic() > deadline) and file.changed_ns > plan.cursor.high_water_ns:
+        # Any file is a place to stop: the cursor is a position in a total order. The first is always
+        # handled, so even a tick whose scan used up its time makes progress.
+        if monotonic() > deadline and position:
             plan.backlog = len(fresh) - position
             break
-        outcome = inspect_signal(drive, file)
-        if file.changed_ns > plan.cursor.high_water_ns:
-            plan.cursor = SignalCursor(file.changed_ns, [])
-        plan.cursor.keys.append(outcome.run_key)
-        if outcome.run_key in cursor.keys:
-            # Handled last time (same content; at most touched or copied over itself).
+        rejected = precheck(file, experiment_problem)
+        if rejected is not None:
+            last = file
+            unread.append(rejected)
             continue
-        taken += 1
+        if reads >= max_files and position:
+            # Files rejected unread still go by until the next one that must be read.
+            plan.backlog = len(fresh) - position
+            break
+        last = file
+        reads += 1
+        outcome = inspect_signal(drive, file)
+        read_now.append(outcome.run_key)
+        if outcome.run_key in cursor.keys:
+            # Read lately with this content: touched or copied over itself since.
+            continue
         (plan.accepted if isinstance(outcome, Accepted) else plan.rejected).append(outcome)
+    plan.rejected.extend(unread)
+    keys = remembered(read_now, cursor.keys)
+    plan.cursor = (
+        SignalCursor(last.ctime_ns, last.rel, keys) if last else SignalCursor(cursor.ctime_ns, cursor.path, keys)
+    )
     return plan
 
 
-def rejection_reason(drive: Path, rejected: Rejected) -> str:
+def rejection_reason(rejected: Rejected) -> str:
     # Escaped: a directory name may hold control characters or undecodable bytes, and this text goes to
     # the tick record (Postgres refuses NUL) and the logs.
-    return printable(f"{relative_name(drive, rejected.file.path)}: {rejected.reason}")
+    return printable(f"{rejected.file.rel}: {rejected.reason}")
 
 
-def skip_message(plan: TickPlan, drive: Path, reasons: list[str], notes: list[str]) -> str:
-    """Why a tick requested no run: rejections, notes, files still settling, the backlog, or nothing new."""
+def skip_message(plan: TickPlan, reasons: list[str], notes: list[str], unlisted: int = 0) -> str:
+    """Why a tick requested no run: rejections (`unlisted` more than `reasons` shows), notes, files still
+    settling, the backlog, or nothing new."""
     parts = []
-    if reasons:
-        parts.append(f"rejected {len(reasons)}: " + " | ".join(reasons))
+    if reasons or unlisted:
+        listed = " | ".join(reasons) + (f" | and {unlisted} more" if unlisted else "")
+        parts.append(f"rejected {len(reasons) + unlisted}: {listed}")
     parts.extend(notes)
     if plan.settling:
-        parts.append(
-            f"{len(plan.settling)} settling: " + ", ".join(relative_name(drive, f.path) for f in plan.settling[:5])
-        )
+        parts.append(f"{len(plan.settling)} settling: " + ", ".join(f.rel for f in plan.settling[:5]))
     if plan.backlog:
         parts.append(f"{plan.backlog} more left for the next tick")
     if not parts:
