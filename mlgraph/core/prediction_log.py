@@ -14,7 +14,7 @@ renamed to `prediction_log.<UTC yyyymmddTHHMMSSffffff>.jsonl` beside it, so sort
 sorts them by age and the current file is always the newest.
 
 Only regular files are log files: a symlink, FIFO or directory named like one is neither listed nor
-opened (`open_for_reading` refuses it from the open descriptor, without following a link or blocking).
+opened (readers open them with mlgraph.core.untrusted.open_regular: no link followed, no FIFO blocked on).
 Rotated files are kept by size and age (`prune_rotated`): by default at most `DEFAULT_RETENTION_BYTES`
 (1 GiB) of them, none older than `DEFAULT_RETENTION_DAYS` (30 days) by its rotation stamp, per experiment.
 """
@@ -26,7 +26,6 @@ import re
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
 
 # Record fields, spelled once.
 TIME = "time"
@@ -46,8 +45,6 @@ _STAMP = "%Y%m%dT%H%M%S%f"
 # Rotated files kept per experiment: the newest up to this many bytes in all, none rotated longer ago.
 DEFAULT_RETENTION_BYTES = 1 << 30
 DEFAULT_RETENTION_DAYS = 30.0
-# No symlink is followed (O_NOFOLLOW) and a FIFO cannot block the open (O_NONBLOCK, cleared once regular).
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def rotated_name(current: Path, when: datetime | None = None) -> Path:
@@ -89,19 +86,6 @@ def log_files(current: Path) -> list[Path]:
     if _is_regular(current):
         files.append(current)
     return files
-
-
-def open_for_reading(path: Path) -> BinaryIO:
-    """`path` opened for reading if it is a regular file; a symlink, FIFO, device or directory raises OSError."""
-    fd = os.open(path, _READ_FLAGS)  # ELOOP on a symlink
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file; it was not read")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def prune_rotated(

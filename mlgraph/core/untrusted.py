@@ -20,6 +20,7 @@ import stat
 import time
 from itertools import accumulate
 from pathlib import Path
+from typing import BinaryIO
 
 # Deep enough for any schema here, far from the recursive decoder's limit (RecursionError near 1000).
 MAX_JSON_DEPTH = 16
@@ -221,6 +222,21 @@ def _open_regular(path: str | Path, within: str | Path | None) -> tuple[int, os.
         os.close(fd)
         raise Unusable("was replaced while being opened", "write it by one atomic rename")
     return fd, opened
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """`path` opened for reading when it is itself a regular file: a symlink there is not followed (ELOOP), a
+    FIFO, device or directory is refused from the open descriptor without blocking; both raise OSError. For
+    readers that stream a file they bound themselves (the prediction log's readers)."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        if kind := _not_regular(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is {kind}, not a regular file; it was not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read_bounded(fd: int, max_bytes: int, timeout: float) -> bytes:

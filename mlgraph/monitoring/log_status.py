@@ -18,7 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlgraph.core.prediction_log import log_files, open_for_reading
+from mlgraph.core.prediction_log import log_files
+from mlgraph.core.untrusted import open_regular
 
 MAX_LOGS = 1024
 HEAD_BYTES = 256  # a file's first bytes: the same file, not one truncated and rewritten in place
@@ -62,7 +63,7 @@ class LogStatus:
 
 def _count(path: Path, known: _Counted | None) -> tuple[tuple[int, int], _Counted]:
     """`path`'s identity and line count, reading only the bytes after `known` when it is still the same file."""
-    with open_for_reading(path) as handle:
+    with open_regular(path) as handle:
         opened = os.fstat(handle.fileno())
         head = handle.read(HEAD_BYTES)
         resume = (

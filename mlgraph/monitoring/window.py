@@ -13,7 +13,7 @@ The window is bounded in bytes as well as lines (`max_bytes`; the drift report p
 mlgraph.monitoring.drift.window_byte_cap): lines of hostile size cannot make a 5,000-line window
 gigabytes. Reading stops once that many bytes were read; the window is then the newest whole lines
 within them, and says so (`capped`). Only regular files are read: a symlink or FIFO at a log file's
-name is neither followed nor opened (mlgraph.core.prediction_log.open_for_reading).
+name is neither followed nor opened (mlgraph.core.untrusted.open_regular).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mlgraph.core.prediction_log import INPUTS, OUTPUT, PREDICTION, TIME, log_files, open_for_reading
+from mlgraph.core.prediction_log import INPUTS, OUTPUT, PREDICTION, TIME, log_files
+from mlgraph.core.untrusted import open_regular
 from mlgraph.monitoring.baseline import label_key
 
 READ_BLOCK = 8 << 20  # bytes read from a file's end per step
@@ -66,7 +67,7 @@ class Newest:
 
 def _tail(path: Path, wanted: int, budget: int | None) -> tuple[bytes, int, int, bool]:
     """(the last `wanted` complete lines of `path` within `budget` bytes read, their count, bytes read, capped)."""
-    with open_for_reading(path) as handle:
+    with open_regular(path) as handle:
         position = handle.seek(0, os.SEEK_END)
         chunks: list[bytes] = []
         newlines = read = 0
