@@ -10,11 +10,8 @@ Needs /usr/bin/chromium and /usr/bin/chromedriver (`scripts/browser-local` insta
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -37,9 +34,10 @@ from mlgraph.core.tags import (
 )
 from mlgraph.ops.alerts import CONSECUTIVE_FAILURES, raise_alert
 from tests.support import dagster_instance, wait_for
+from tests.support.browser import headless_chromium, require_chromium
+from tests.support.serving import free_port
 from tests.support.slurm.harness import require_slurm, squeue_state
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REFRESH_SECONDS = 1
 DAGSTER_URL, MLFLOW_URL = "http://dagster.test:3000", "http://mlflow.test:5000"
 AUTH = ("ops", "s3cret-for-this-test")
@@ -63,12 +61,6 @@ def evaluation_job():
 @dg.job(name="checkpoint_comparison_report_job")
 def analysis_job():
     _step()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sbatch(log: Path, command: str, name: str) -> str:
@@ -161,9 +153,7 @@ def _wait_polled(proc: subprocess.Popen, url: str, auth=None) -> dict:
 def world(tmp_path_factory):
     """Instance + drive + real Slurm jobs + two dashboard servers; everything stopped in finally."""
     require_slurm()
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(binary, os.X_OK):
-            pytest.fail(f"{binary} is missing: run `scripts/browser-local` (installs chromium chromium-driver)")
+    require_chromium()
     tmp = tmp_path_factory.mktemp("dashboard")
     drive, home = tmp / "drive", tmp / "dagster_home"
     layout = DriveLayout(drive)
@@ -233,7 +223,7 @@ def world(tmp_path_factory):
             queued = instance.create_run_for_job(analysis_job, tags={TAG_EXPERIMENT: "student_engagement"})
             runs["queued"] = queued.run_id
 
-            port, broken_port = _free_port(), _free_port()
+            port, broken_port = free_port(), free_port()
             servers.append(_serve(port, home, drive))
             servers.append(
                 _serve(
@@ -268,34 +258,8 @@ def world(tmp_path_factory):
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="mlgraph-chromium-")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1600,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    # An explicit driver path: selenium-manager never runs, so nothing is downloaded.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with headless_chromium("1600,1000", page_load_timeout=30) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _wait(driver, condition, what: str, timeout: float = 20):

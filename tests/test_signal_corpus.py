@@ -30,7 +30,7 @@ from sensors import signal_sensors
 from sensors.signal_sensors import build_signal_sensors
 from tests.support import dagster_instance
 from tests.support.instance import DEMO
-from tests.test_signal_sensors import write_eval, write_training
+from tests.test_signal_sensors import Records, write_eval, write_training
 
 TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
 TICK_LIMIT_SECONDS = 30.0
@@ -50,15 +50,6 @@ def instance():
 def config_dir() -> Path:
     # Read-only here: the demo configs, as they are.
     return PROJECT_ROOT / "config"
-
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append((record.levelno, record.getMessage()))
 
 
 def run_tick(sensor, instance, drive: Path, config_dir: Path, unblock: Path | None = None, cursor: str | None = None):
