@@ -19,7 +19,7 @@ APPEND_LINE_MAX_BYTES = 16 * 1024 * 1024
 SHARED_FILE_MODE = 0o644
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
     # The rename is only durable once the directory entry is on disk too.
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -48,7 +48,7 @@ def atomic_path(target: str | os.PathLike[str], mode: int = SHARED_FILE_MODE) ->
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mlgraph.core.atomic import fsync_dir
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.untrusted import Unusable, open_append, printable, read_regular_tail
 from mlgraph.ops import webhook
@@ -290,11 +291,7 @@ def _rotate(path: Path, data: bytes, within: Path | None, *, keep_current: bool)
             f"alert log {path}: cannot rotate it ({exc.strerror or exc})",
             f"make {previous_log(path).name} a regular file (or remove it) and check the drive's permissions",
         ) from None
-    directory = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_dir(path.parent)
 
 
 def _append(
