@@ -111,7 +111,8 @@ class TrackingServerError(RuntimeError):
     """The tracking server cannot be reached or refuses the credentials; the message names the URI and fix."""
 
 
-_PASSWORD_PARAMETERS = ("password",)
+# URL query parameters that carry a password (libpq and SQLAlchemy accept one as `?password=`).
+PASSWORD_PARAMETERS = ("password",)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
@@ -135,7 +136,7 @@ def redact_url(url: str) -> str:
         return unparseable
     if "@" in (parsed.host or "") or "@" in (parsed.username or ""):
         return unparseable  # an unescaped '@' in the password: part of it would show as the host
-    query = {key: ("***" if key.lower() in _PASSWORD_PARAMETERS else value) for key, value in parsed.query.items()}
+    query = {key: ("***" if key.lower() in PASSWORD_PARAMETERS else value) for key, value in parsed.query.items()}
     rendered = parsed.set(query=query).render_as_string(hide_password=True)
     return rendered.replace("=%2A%2A%2A", "=***")
 

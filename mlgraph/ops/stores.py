@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from mlgraph.core.drive import POSTGRES_URL_ENV, DriveLayout, resolve_dagster_home
+from mlgraph.core.tracking import PASSWORD_PARAMETERS
 
 POSTGRES_PASSWORD_ENV = "MLGRAPH_POSTGRES_PASSWORD"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -126,19 +127,16 @@ def libpq_target(url: str) -> tuple[str, dict[str, str]]:
             f"${POSTGRES_URL_ENV} is not a postgresql:// URL (scheme {parsed.drivername!r}). Fix: write it as "
             f"{_URL_SHAPE}"
         )
-    query = {key: value for key, value in parsed.query.items() if key.lower() != "password"}
-    from_query = [value for key, value in parsed.query.items() if key.lower() == "password"]
-    from_query = [item for value in from_query for item in ([value] if isinstance(value, str) else value)]
+    # (key, value) pairs: SQLAlchemy gives a repeated parameter as a tuple of its values.
+    pairs = [(k, v) for k, vs in parsed.query.items() for v in ([vs] if isinstance(vs, str) else vs)]
+    from_query = [v for k, v in pairs if k.lower() in PASSWORD_PARAMETERS]
+    query = [(k, v) for k, v in pairs if k.lower() not in PASSWORD_PARAMETERS]
     password = parsed.password or (from_query[0] if from_query else None) or os.environ.get(POSTGRES_PASSWORD_ENV)
     bare = URL.create(
         "postgresql", username=parsed.username, host=parsed.host, port=parsed.port, database=parsed.database
     )
     target = bare.render_as_string(hide_password=False)
     if query:
-        target += "?" + urlencode(
-            [(key, item) for key, value in query.items() for item in ([value] if isinstance(value, str) else value)],
-            safe="/",
-            quote_via=quote,
-        )
+        target += "?" + urlencode(query, safe="/", quote_via=quote)
     env = {"PGPASSWORD": password} if password else {}
     return target, env
