@@ -132,6 +132,11 @@ class SignalFile:
     def path(self) -> Path:
         return Path(self.location)
 
+    @property
+    def unread_key(self) -> str:
+        """The run key of a rejection decided without reading the file: changes when the file does."""
+        return f"{self.rel}:unread-{self.ctime_ns}-{self.size}"
+
 
 @dataclass
 class Accepted:
@@ -186,20 +191,20 @@ def run_key(drive: Path, path: Path, sha256: str) -> str:
 def precheck(file: SignalFile, experiment_problem: Callable[[str], str | None] | None = None) -> Rejected | None:
     """The rejection a file earns from its directory's name alone, None if it must be read to tell.
     `experiment_problem(name)` says why `name` is no usable experiment (e.g. it has no config), else None."""
-    unread_key = f"{file.rel}:unread-{file.ctime_ns}-{file.size}"
     if not is_experiment_name(file.experiment):
         return Rejected(
             file,
             f"directory name '{printable(file.experiment)[:80]}' is not an experiment name. Fix: "
             "name the directory after its experiment (the stem of config/experiments/*.yaml)",
-            unread_key,
+            file.unread_key,
         )
     problem = experiment_problem(file.experiment) if experiment_problem is not None else None
-    return Rejected(file, problem, unread_key) if problem else None
+    return Rejected(file, problem, file.unread_key) if problem else None
 
 
 def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
-    """Read and validate one settled signal file; never raises (an unexpected error rejects the file)."""
+    """Read and validate one settled signal file that passed `precheck`; never raises (an unexpected error
+    rejects the file)."""
     try:
         return _inspect(drive, file)
     except Exception as exc:
@@ -213,15 +218,11 @@ def inspect_signal(drive: Path, file: SignalFile) -> Accepted | Rejected:
 
 
 def _inspect(drive: Path, file: SignalFile) -> Accepted | Rejected:
-    rejected = precheck(file)
-    if rejected is not None:
-        return rejected
-    unread_key = f"{file.rel}:unread-{file.ctime_ns}-{file.size}"
     try:
         # A regular file only, never opened if it is a FIFO or device; symlinks only to inside the drive.
         data = read_signal_bytes(file.path, within=drive)
     except SignalError as exc:
-        return Rejected(file, f"{exc.reason}. Fix: {exc.fix}", unread_key)
+        return Rejected(file, f"{exc.reason}. Fix: {exc.fix}", file.unread_key)
     sha = sha256_bytes(data)
     key = f"{file.rel}:{sha}"
     try:
