@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mlgraph.core.drive import OPERATOR_PROFILE_CSV, STREAMING_CHUNKS_JSONL
+from mlgraph.core.warehouse import replace_rows
 from mlgraph.preprocessing import outputs
 from mlgraph.preprocessing.probe_model import METRIC_COLUMNS
 
@@ -90,21 +91,4 @@ def combined_profile_rows(constraint_dirs: Mapping[str, Path], keys: Sequence[st
 
 def replace_in_warehouse(connection: Any, experiment: str, rows: Sequence[Mapping[str, Any]]) -> int:
     """Replace this experiment's rows of the warehouse table in one transaction (idempotent)."""
-    columns = list(WAREHOUSE_COLUMNS)
-    ddl = ", ".join(f'"{c}" {t}' for c, t in WAREHOUSE_COLUMNS.items())
-    connection.execute(f"CREATE TABLE IF NOT EXISTS {WAREHOUSE_TABLE} ({ddl}, recorded_at TIMESTAMP)")
-    connection.execute("BEGIN TRANSACTION")
-    try:
-        connection.execute(f"DELETE FROM {WAREHOUSE_TABLE} WHERE experiment = ?", [experiment])
-        placeholders = ", ".join("?" for _ in columns)
-        quoted = ", ".join(f'"{c}"' for c in columns)
-        if rows:
-            connection.executemany(
-                f"INSERT INTO {WAREHOUSE_TABLE} ({quoted}, recorded_at) VALUES ({placeholders}, current_timestamp)",
-                [[row.get(c) for c in columns] for row in rows],
-            )
-        connection.execute("COMMIT")
-    except Exception:
-        connection.execute("ROLLBACK")
-        raise
-    return len(rows)
+    return replace_rows(connection, WAREHOUSE_TABLE, WAREHOUSE_COLUMNS, {"experiment": experiment}, rows)

@@ -137,8 +137,34 @@ class DrivePaths:
     def inference_benchmark_csv(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "benchmarks") / "inference_benchmark.csv"
 
+    def capacity_dir(self, experiment: str) -> Path:
+        """serving_capacity's outputs: the champion's throughput–latency curve, its record, earlier records."""
+        return self.artifacts_dir(experiment, "capacity")
+
+    def capacity_curve_csv(self, experiment: str) -> Path:
+        return self.capacity_dir(experiment) / "serving_capacity_curve.csv"
+
+    def capacity_json(self, experiment: str) -> Path:
+        return self.capacity_dir(experiment) / "serving_capacity.json"
+
+    def capacity_history_jsonl(self, experiment: str) -> Path:
+        return self.capacity_dir(experiment) / "serving_capacity_history.jsonl"
+
+    def capacity_plot(self, experiment: str) -> Path:
+        return self.capacity_dir(experiment) / "serving_capacity_curve.png"
+
     def operator_profile_csv(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "profiles") / OPERATOR_PROFILE_CSV
+
+    def sweeps_dir(self, experiment: str) -> Path:
+        """Hyperparameter sweeps: one directory per swept model spec, one per trial (keyed by its hash)."""
+        return self.artifacts_dir(experiment, "sweeps")
+
+    def sweep_trial_dir(self, experiment: str, spec: str, trial_key: str) -> Path:
+        return self.sweeps_dir(experiment) / spec / "trials" / trial_key
+
+    def sweep_results_csv(self, experiment: str) -> Path:
+        return self.sweeps_dir(experiment) / "sweep_results.csv"
 
     def plots_dir(self, experiment: str) -> Path:
         return self.artifacts_dir(experiment, "plots")
@@ -241,6 +267,21 @@ class DrivePaths:
     def drift_report_json(self, experiment: str) -> Path:
         """The last materialized drift_report (the service and the sensor compute theirs afresh)."""
         return self.artifacts_dir(experiment, "monitoring") / "drift_report.json"
+
+    # Delayed labels (mlgraph/monitoring/labels.py): the store beside the log, the drop-in folder for files.
+    def labels_store_path(self, experiment: str) -> Path:
+        return self.serving_dir(experiment) / "labels.jsonl"
+
+    def labels_inbox_dir(self, experiment: str) -> Path:
+        """Labels files (CSV/parquet: request id, label, optional time) other machines drop for the sensor."""
+        return self.serving_dir(experiment) / "labels"
+
+    def live_performance_json(self, experiment: str) -> Path:
+        """The last live_performance report (realized metrics from delayed labels, the drop check)."""
+        return self.artifacts_dir(experiment, "monitoring") / "live_performance.json"
+
+    def live_performance_csv(self, experiment: str) -> Path:
+        return self.artifacts_dir(experiment, "monitoring") / "live_performance.csv"
 
     # model-promotion/global/{config_hash}/
     def promotion_dir(self, config_hash: str) -> Path:

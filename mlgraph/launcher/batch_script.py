@@ -85,8 +85,13 @@ def render_batch_script(
     passed_by_name: Sequence[str],
     command: Sequence[str],
     python_executable: str,
+    record_end: bool = True,
 ) -> str:
-    """The batch script for one run (template: design document 004, "Evaluation Job Template")."""
+    """The batch script for one run (template: design document 004, "Evaluation Job Template").
+
+    `record_end=False` (a sweep trial's job, whose record is its own file): no footer that writes
+    Slurm's figures onto the Dagster run, the command simply runs.
+    """
     kind_dir = log_dir / resources.kind
     directives = [
         f"--job-name={job_name}",
@@ -111,6 +116,8 @@ def render_batch_script(
         f"cd {shlex.quote(str(working_directory))} || exit 1",
     ]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+    if not record_end:
+        return "\n".join([*lines, f"exec {shlex.join(command)}", ""])
     finish = shlex.join([python_executable, "-m", "mlgraph.launcher.job_end", "finish", "--run-id", run_id, "--job-id"])
     lines += [
         "",

@@ -376,6 +376,35 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
             cls=self.__class__,
         )
 
+    def submit_command(
+        self, run: DagsterRun, job_name: str, command: Sequence[str], resources: SlurmResources, script_path: Path
+    ) -> str:
+        """Submit a job that runs `command` for `run` (a sweep's trial) with the run's environment; its id.
+
+        Same exports, working directory and log directory as the run's own job; no end-of-job footer.
+        """
+        exports, by_name = self._exports()
+        script = render_batch_script(
+            run_id=run.run_id,
+            job_name=job_name,
+            resources=resources,
+            log_dir=self.resolved_log_dir(),
+            working_directory=Path(self.working_directory) if self.working_directory else PROJECT_ROOT,
+            exports=exports,
+            passed_by_name=by_name,
+            command=command,
+            python_executable=command[0],
+            record_end=False,
+        )
+        atomic_write_text(script_path, script)
+        (self.resolved_log_dir() / resources.kind).mkdir(parents=True, exist_ok=True)
+        return self._client.submit(script_path, job_name=job_name, export=by_name, extra_args=self.extra_sbatch_args)
+
+    def python_for(self, run: DagsterRun) -> str:
+        """The interpreter a job for `run` uses (as for the run's own job)."""
+        origin = run.job_code_origin
+        return self.python_executable or (origin.executable_path if origin else None) or sys.executable
+
     def _job_or_none(self, job_id: str) -> SlurmJob | None:
         try:
             return self._client.job(job_id)

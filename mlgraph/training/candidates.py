@@ -179,7 +179,7 @@ def _single_thread() -> Any:
 _WATCHED_PARENT: int | None = None
 
 
-def _exit_with_parent(parent_pid: int) -> None:
+def exit_with_parent(parent_pid: int) -> None:
     """In a worker process: exit when the process that started the training is gone.
 
     A run killed by a timeout or SIGKILL never shuts its pool down, and idle loky workers whose parent
@@ -206,7 +206,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 def run_task(task: Task, data: TrainingData, config: ExperimentConfig, parent_pid: int | None = None) -> TaskResult:
     """Fit one spec on one fold (predict its validation rows) or on everything (save the model)."""
     if parent_pid is not None:
-        _exit_with_parent(parent_pid)
+        exit_with_parent(parent_pid)
     with _single_thread():
         if data.task == "forecasting":
             return _run_forecast_task(task, data, config)

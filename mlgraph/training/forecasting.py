@@ -229,6 +229,7 @@ def _fit_recurrent(
 
     import torch
 
+    from mlgraph.training.epochs import report_epoch
     from mlgraph.training.user_code import TORCH_LOOP_KEYS
 
     lr = float(params.get("learning_rate", cfg.learning_rate))
@@ -278,6 +279,7 @@ def _fit_recurrent(
             with torch.no_grad():
                 val_loss = float(torch.mean((model.scaled(X_va) - t_va) ** 2))
             history.append({"epoch": epoch, "train_loss": total / len(X_tr), "val_loss": val_loss})
+            report_epoch(epoch, val_loss)  # a sweep's pruner listens (mlgraph.training.epochs)
             if val_loss < best_loss - 1e-9:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())

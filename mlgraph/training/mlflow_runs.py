@@ -10,11 +10,13 @@ of it failed (MlflowTracking's teardown, and the run-status sensors in sensors/m
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mlgraph.core.experiment import LoadedExperiment
+from mlgraph.core.metrics import mlflow_metric_key
 from mlgraph.core.tags import RETRAINING_TAGS
 from mlgraph.core.tracking import Tracker
 
@@ -130,7 +132,14 @@ class ExecutionRun:
             self.tracker.set_status(run_id, "FINISHED")
 
 
-def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[str, str], config: Any) -> str:
+def log_candidate(
+    tracker: Tracker,
+    parent_id: str,
+    result: Any,
+    tags: Mapping[str, str],
+    config: Any,
+    best_trial_run: str | None = None,
+) -> str:
     """One child run for a trained model spec: params, fold metrics, CV summary, epoch losses, the model file.
 
     `result` is a candidates.ModelOutcome; the run is named after the spec. Fold metrics are series with
@@ -140,6 +149,10 @@ def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[s
     # compute time (fit + CV) so its MLflow duration (and `mlgraph compare`'s) is the spec's cost.
     start_ms = int((time.time() - result.fit_seconds - result.cv_seconds) * 1000)
     run_tags = {**tags, "mlgraph.family": result.family, "mlgraph.model": result.name}
+    if "sweep_trial" in result.metadata:  # a swept spec: the candidate is its best trial
+        run_tags.update({"mlgraph.sweep_trial": result.metadata["sweep_trial"]})
+        if best_trial_run:
+            run_tags["mlgraph.sweep_trial_run_id"] = best_trial_run
     run_id = tracker.child_run(parent_id, result.name, run_tags, start_ms)
     params = {
         **{f"model.{k}": v for k, v in result.params.items()},
@@ -164,13 +177,22 @@ def log_candidate(tracker: Tracker, parent_id: str, result: Any, tags: Mapping[s
 
 
 def log_candidates(
-    tracker: Tracker, parent_id: str, outcome: Any, tags: Mapping[str, str], config: Any
+    tracker: Tracker,
+    parent_id: str,
+    outcome: Any,
+    tags: Mapping[str, str],
+    config: Any,
+    best_trial_runs: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Child runs for every spec of a candidates.TrainingOutcome, then the parent's totals; spec name → run id.
 
     Written one after another once the workers are done: the workers never touch MLflow.
     """
-    run_ids = {name: log_candidate(tracker, parent_id, result, tags, config) for name, result in outcome.models.items()}
+    best = best_trial_runs or {}
+    run_ids = {
+        name: log_candidate(tracker, parent_id, result, tags, config, best.get(name))
+        for name, result in outcome.models.items()
+    }
     tracker.log(parent_id, metrics={"training_seconds": outcome.wall_seconds, "workers": outcome.n_jobs})
     return run_ids
 
@@ -191,3 +213,124 @@ def log_thresholds(
             tags={"mlgraph.threshold_reached_target": str(result.reached_target).lower()},
         )
     tracker.log(parent_id, metrics={"threshold": results[chosen].threshold})
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run opens in the MLflow UI (a server URI), else its id (a file or database store)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        from mlgraph.core.tracking import redact_url
+
+        return f"{redact_url(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return run_id
+
+
+class SweepTracking:
+    """A spec's sweep in MLflow: one run for the sweep (child of the execution), one child run per trial.
+
+    A trial's run is opened when the trial starts (RUNNING, its params already there) and completed from
+    its record: CV and test metrics, per-fold and per-epoch series, its duration, its status (a failed
+    trial FAILED with its error as a tag, a pruned one KILLED and tagged pruned).
+    """
+
+    def __init__(
+        self, tracker: Tracker, parent_id: str, tags: Mapping[str, str], spec: Any, sweep_key: str, metric: str
+    ):
+        from mlgraph.core.tracking import PARENT_TAG, ROLE_SWEEP, ROLE_TAG
+
+        self.tracker = tracker
+        self.spec = spec
+        self.base_tags = {
+            **tags,
+            "mlgraph.sweep": spec.key,
+            "mlgraph.sweep_key": sweep_key,
+            "mlgraph.model": spec.key,
+            "mlgraph.family": spec.family,
+        }
+        sweep = spec.sweep
+        self.run_id = tracker.create_run(
+            f"{spec.key}-sweep", {**self.base_tags, PARENT_TAG: parent_id, ROLE_TAG: ROLE_SWEEP}
+        )
+        settings: dict[str, Any] = {"kind": "grid" if sweep.grid is not None else "search", "selection_metric": metric}
+        if sweep.grid is not None:
+            settings.update({f"grid.{k}": json.dumps(v) for k, v in sweep.grid.items()})
+        else:
+            search = sweep.search
+            settings.update(sampler=search.sampler, n_trials=search.n_trials, timeout=search.timeout, seed=search.seed)
+            settings.update({f"space.{k}": _space_text(v) for k, v in search.space.items()})
+        settings.update(prune=sweep.prune, max_parallel=sweep.max_parallel)
+        tracker.log(self.run_id, params={f"sweep.{k}": v for k, v in settings.items()})
+
+    def trial_started(self, running: Any) -> None:
+        from mlgraph.core.tracking import PARENT_TAG, ROLE_TAG, ROLE_TRIAL
+
+        tags = {
+            **self.base_tags,
+            PARENT_TAG: self.run_id,
+            ROLE_TAG: ROLE_TRIAL,
+            "mlgraph.trial_key": running.key,
+            "mlgraph.trial_number": str(running.number),
+            "mlgraph.trial_runner": running.owner.kind,
+        }
+        if running.owner.job_id:
+            tags["slurm.job_id"] = running.owner.job_id
+        run_id = self.tracker.create_run(f"{self.spec.key}-t{running.number:03d}", tags)
+        self.tracker.log(run_id, params={f"model.{k}": v for k, v in running.params.items()})
+        running.mlflow_run_id = run_id
+
+    def trial_ended(self, record: Mapping[str, Any], running: Any) -> str:
+        if running.mlflow_run_id is None:  # adopted from an orchestrator that had not opened it
+            self.trial_started(running)
+        run_id = running.mlflow_run_id
+        metrics: dict[str, float] = {}
+        for name, summary in (record.get("cv") or {}).items():
+            metrics[f"cv_{mlflow_metric_key(name)}_mean"] = summary["mean"]
+            metrics[f"cv_{mlflow_metric_key(name)}_std"] = summary["std"]
+        metrics.update({f"test_{mlflow_metric_key(k)}": v for k, v in (record.get("test") or {}).items()})
+        for key in ("fit_seconds", "cv_seconds", "trial_wall_seconds", "overhead_seconds"):
+            if record.get(key) is not None:
+                metrics[key] = record[key]
+        series = [
+            (f"cv_{mlflow_metric_key(m)}", v, fold)
+            for fold, fm in enumerate(record.get("fold_metrics") or [])
+            for m, v in fm.items()
+        ]
+        for epoch in record.get("history") or []:
+            series += [
+                ("train_loss", epoch["train_loss"], epoch["epoch"]),
+                ("val_loss", epoch["val_loss"], epoch["epoch"]),
+            ]
+        if record.get("prune_losses") and not record.get("history"):
+            series += [("val_loss", v, i) for i, v in enumerate(record["prune_losses"], start=1)]
+        tags = {"mlgraph.trial_state": record["status"]}
+        if record.get("error"):
+            tags["mlgraph.error"] = str(record["error"])[:4000]
+        if record.get("slurm_job_id"):
+            tags["slurm.job_id"] = str(record["slurm_job_id"])
+        self.tracker.log(run_id, metrics=metrics, series=series, tags=tags)
+        status = {"finished": "FINISHED", "pruned": "KILLED"}.get(record["status"], "FAILED")
+        end_ms = int(record["ended_at"] * 1000) if record.get("ended_at") else None
+        self.tracker.set_status(run_id, status, end_ms)
+        return run_id
+
+    def finish(self, outcome: Any, best_run_id: str | None) -> None:
+        counts = outcome.counts()
+        metrics = {f"trials_{k}": v for k, v in counts.items()}
+        metrics.update(sweep_seconds=outcome.wall_seconds, trials_reused=outcome.reused, trials_ran=outcome.ran)
+        tags = {"mlgraph.sweep_runner": outcome.runner}
+        if outcome.best is not None:
+            tags.update(
+                {"mlgraph.best_trial": outcome.best["key"], "mlgraph.best_trial_number": str(outcome.best["number"])}
+            )
+            if best_run_id:
+                tags["mlgraph.best_trial_run_id"] = best_run_id
+            value = outcome.best["cv"][outcome.metric]["mean"]
+            metrics[f"best_cv_{mlflow_metric_key(outcome.metric)}"] = value
+        self.tracker.log(self.run_id, metrics=metrics, tags=tags)
+        self.tracker.set_status(self.run_id, "FINISHED" if outcome.best is not None else "FAILED")
+
+
+def _space_text(space: Any) -> str:
+    if isinstance(space, list):
+        return json.dumps(space)
+    text = f"{space.low}..{space.high}"
+    return text + (" log" if space.log else "") + (" int" if space.type == "int" else "")

@@ -54,6 +54,7 @@ class TorchTabularModel(BaseEstimator):
     def fit(self, X: Any, y: Any) -> TorchTabularModel:
         import torch
 
+        from mlgraph.training.epochs import report_epoch
         from mlgraph.training.forecasting import torch_deterministic
 
         x = _float32(X)
@@ -96,6 +97,7 @@ class TorchTabularModel(BaseEstimator):
                     held = torch.from_numpy(val if n_val else tr)
                     val_loss = float(self._loss(net(X_t[held]), t_t[held]))
                 self.history_.append({"epoch": epoch, "train_loss": total / max(1, len(tr)), "val_loss": val_loss})
+                report_epoch(epoch, val_loss)  # a sweep's pruner listens (mlgraph.training.epochs)
                 if val_loss < best - 1e-9:
                     best, best_epoch, stale = val_loss, epoch, 0
                     best_state = copy.deepcopy(net.state_dict())

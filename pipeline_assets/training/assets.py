@@ -17,15 +17,17 @@ import dagster as dg
 
 from mlgraph.core import evaluation_store
 from mlgraph.core.hashing import sha256_text
-from mlgraph.core.markdown import md_table
+from mlgraph.core.markdown import md_image, md_table
 from mlgraph.core.metrics import mlflow_metric_key
 from mlgraph.training import model_files
 from mlgraph.training.mlflow_runs import ExecutionRun, later_steps
 from mlgraph.training.user_code import ModelSpecError
 from pipeline_assets.partitions import experiment_partitions_def
+from pipeline_assets.training.sweeping import SweepProgress, runner_for, sweep_summary
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from resources.tracking import MlflowTracking
+from resources.warehouse import Warehouse
 
 BASELINE_CHECK = "champion_model_beats_baseline"
 
@@ -93,6 +95,8 @@ def candidate_models(
     from mlgraph.training.candidates import train_candidates
     from mlgraph.training.labels import class_count
     from mlgraph.training.mlflow_runs import log_candidates
+    from mlgraph.training.sweep_training import swept_specs, train_with_sweeps
+    from mlgraph.training.sweeps import SweepError
 
     with _mlflow_execution(context, mlflow, "candidate_models") as execution:
         loaded = catalog.load(context.partition_key)
@@ -101,17 +105,35 @@ def candidate_models(
         train = model_files.read_split(storage, config.name, "train")
         parent_id = execution.open(loaded, meta, config.selection_metric_for(class_count(train, config)))
         where = str(storage.dataset_path(config.name, "train"))
+        child_tags = execution.child_tags(loaded, meta)
+        sweeps, best_runs = {}, {}
         try:
-            outcome = train_candidates(config, train, storage.models_dir(config.name), where=where)
-        except ModelSpecError as exc:
-            # The user's code is wrong before any training: one message, no traceback of ours.
+            if swept_specs(config):
+                progress = SweepProgress(
+                    context, execution.tracker, parent_id, child_tags, mlflow.resolved_tracking_uri(), config
+                )
+                swept = train_with_sweeps(
+                    config,
+                    train,
+                    storage,
+                    meta["dataset_sha256"],
+                    lambda spec: runner_for(context, spec),
+                    progress,
+                    where=where,
+                    before_training=lambda done: best_runs.update(progress.finish(done)),
+                )
+                outcome, sweeps = swept.outcome, swept.sweeps
+            else:
+                outcome = train_candidates(config, train, storage.models_dir(config.name), where=where)
+        except (ModelSpecError, SweepError) as exc:
+            # The user's code or sweep is wrong: one message, no traceback of ours.
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         context.log.info(
             f"{len(outcome.models)} model(s) × {config.cv_folds} folds on {len(train)} rows "
             f"in {outcome.wall_seconds:.1f}s with {outcome.n_jobs} worker(s)"
         )
         model_files.write_oof(storage, config, outcome)
-        run_ids = log_candidates(execution.tracker, parent_id, outcome, execution.child_tags(loaded, meta), config)
+        run_ids = log_candidates(execution.tracker, parent_id, outcome, child_tags, config, best_runs)
         model_files.write_candidates(storage, config, meta, outcome, run_ids, context.run.run_id, parent_id)
 
     selection = outcome.selection_metric
@@ -137,6 +159,7 @@ def candidate_models(
             "train_rows": len(train),
             "cv_folds": config.cv_folds,
             **_class_metadata(outcome.data.classes, selection),
+            **({"sweeps": dg.MetadataValue.md(sweep_summary(sweeps))} if sweeps else {}),
             # Forecasting: the series on its regular grid — missing points and how they were filled.
             **({"series": dg.MetadataValue.json(outcome.data.series)} if outcome.data.series else {}),
             "mlflow_parent_run_id": parent_id,
@@ -400,4 +423,42 @@ def champion_model(
             "pointer": dg.MetadataValue.path(str(store.current_path)),
         },
         check_results=[check],
+    )
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    deps=[candidate_models],
+    kinds={"csv", "duckdb", "mlflow"},
+    code_version="1",
+)
+def sweep_results(
+    context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    """One row per sweep trial (inputs, metrics, reduced per-epoch losses, duration, status) with its plots."""
+    from mlgraph.training.sweep_report import build_sweep_results
+
+    loaded = catalog.load(context.partition_key)
+    config = loaded.config
+    meta = model_files.split_meta(storage, config.name)
+    results = build_sweep_results(storage, config, meta["dataset_sha256"])
+    if results is None:
+        # No spec has a sweep: the asset still materializes (and says so) so every experiment has one graph.
+        return dg.MaterializeResult(
+            metadata={"applicable": False, "reason": "no model spec of this experiment has a 'sweep:' section"},
+            data_version=dg.DataVersion("no-sweeps"),
+        )
+    with warehouse.get_connection() as connection:
+        stored = results.store(connection)
+    return dg.MaterializeResult(
+        metadata={
+            "applicable": True,
+            "trials": len(results.rows),
+            "preview": dg.MetadataValue.md(results.preview_markdown()),
+            "csv": dg.MetadataValue.path(str(results.csv_path)),
+            "warehouse_table": results.table,
+            "warehouse_rows": stored,
+            **{name: dg.MetadataValue.md(md_image(path, name)) for name, path in results.plots.items()},
+        },
+        data_version=dg.DataVersion(results.version),
     )
