@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dagster as dg
+import pandas as pd
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.model_spec import ModelSpec
 from mlgraph.training import sweep_report
 from mlgraph.training.sweeps import LocalRunner, Progress, Sweep, best_trial, grid_points, sweep_key, trial_key
-
-SALARY_COLUMNS = None  # the generator's schema is declared by the demo YAML; copied below
+from tests.support.instance import dagster_instance
 
 
 def spec(**sweep) -> ModelSpec:
@@ -118,7 +120,7 @@ def test_grid_runs_in_parallel_records_failures_and_reruns_only_what_failed(sala
     assert first.best == min(finished, key=lambda r: r["cv"]["rmse"]["mean"])
     assert (tmp_path / "trials" / first.best["key"] / first.best["artifact"]).is_file()
     # Two worker processes ran the three trials.
-    assert len({r["pid"] for r in finished + [failed]}) <= 2
+    assert len({r["pid"] for r in [*finished, failed]}) <= 2
 
     # Rerun: the finished trials are reused (their files untouched), only the failed one runs again.
     stamps = {r["key"]: (tmp_path / "trials" / r["key"] / "trial.json").stat().st_mtime_ns for r in finished}
@@ -182,3 +184,121 @@ def test_median_pruning_stops_a_lagging_network(tmp_path):
     assert by_lr[0.0]["pruned_at_epoch"] == 2  # the first epoch it may be pruned: after its two warm-up epochs
     assert by_lr[0.01]["status"] == by_lr[0.02]["status"] == "finished"
     assert out.best["params"]["learning_rate"] in (0.01, 0.02)
+
+
+# --- through Dagster: candidate_models, sweep_results, MLflow, compare --sweep -----------------------
+
+
+def write_sweep_experiment(config_dir: Path, name: str = "swept") -> None:
+    """Salary (400 rows): a ridge grid with one alpha Ridge refuses, beside an unswept decision tree."""
+    from mlgraph.data.generators import write_dataset
+
+    demo = yaml.safe_load((config_dir / "experiments" / "salary.yaml").read_text())
+    write_dataset("salary", config_dir / "experiments" / f"{name}.csv", rows=400, seed=3)
+    data = {
+        "name": name,
+        "task": "regression",
+        "dataset": {"path": f"{name}.csv"},
+        "target": demo["target"],
+        "columns": demo["columns"],
+        "split": {"test_size": 0.25, "seed": 1},
+        "models": [
+            {"name": "ridge-sweep", "family": "ridge", "sweep": {"grid": {"alpha": [0.1, 30.0, -1.0]}}},
+            {"family": "decision_tree", "params": {"max_depth": 3}},
+        ],
+        "cv_folds": 2,
+        "seed": 1,
+    }
+    (config_dir / "experiments" / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def materialize(instance, keys, partition="swept"):
+    from pipeline_assets.definitions import defs
+
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, partition_key=partition, asset_selection=[dg.AssetKey(k) for k in keys]
+    )
+
+
+def trial_runs(client, experiment_id):
+    runs = client.search_runs([experiment_id], filter_string="tags.`mlgraph.role` = 'trial'", max_results=100)
+    return sorted(runs, key=lambda r: (int(r.data.tags["mlgraph.trial_number"]), r.info.start_time))
+
+
+def test_sweep_through_dagster_mlflow_results_and_compare(shared_drive, config_dir, capsys):
+    from mlgraph.cli.main import main
+    from mlgraph.core.drive import DriveLayout
+    from resources.tracking import MlflowTracking
+
+    write_sweep_experiment(config_dir)
+    drive = DriveLayout.at(shared_drive)
+    with dagster_instance(experiments=["swept"]) as instance:
+        materialize(instance, ["raw_dataset", "dataset_fingerprint", "train_test_split"])
+        result = materialize(instance, ["candidate_models", "sweep_results"])
+        assert result.success
+        observations = [
+            e.event_specific_data.asset_observation.metadata
+            for e in result.all_events
+            if e.event_type_value == "ASSET_OBSERVATION"
+        ]
+        assert observations[-1]["trials_done"].value == 2 and observations[-1]["trials_failed"].value == 1
+
+        client = MlflowTracking().client()
+        experiment_id = client.get_experiment_by_name(MlflowTracking().experiment_name("swept")).experiment_id
+        trials = trial_runs(client, experiment_id)
+        assert [r.data.params["model.alpha"] for r in trials] == ["0.1", "30.0", "-1.0"]
+        assert [r.info.status for r in trials] == ["FINISHED", "FINISHED", "FAILED"]
+        assert "alpha" in trials[2].data.tags["mlgraph.error"]
+        sweep_run = client.get_run(trials[0].data.tags["mlflow.parentRunId"])
+        assert sweep_run.data.tags["mlgraph.role"] == "sweep" and sweep_run.info.status == "FINISHED"
+        best = min(trials[:2], key=lambda r: r.data.metrics["cv_rmse_mean"])
+        assert sweep_run.data.tags["mlgraph.best_trial_run_id"] == best.info.run_id
+
+        # The best trial is the spec's candidate: its params, its model file, linked from the candidate run.
+        manifest = json.loads(drive.candidates_manifest("swept").read_text())
+        entry = manifest["families"]["ridge-sweep"]
+        assert entry["params"]["alpha"] == float(best.data.params["model.alpha"])
+        candidate = client.get_run(entry["run_id"])
+        assert candidate.data.tags["mlgraph.sweep_trial_run_id"] == best.info.run_id
+        assert set(manifest["families"]) == {"ridge-sweep", "decision_tree"}
+
+        # sweep_results: CSV, DuckDB table and plots.
+        rows = pd.read_csv(drive.sweep_results_csv("swept"))
+        assert list(rows["status"]) == ["finished", "finished", "failed"]
+        assert rows.loc[rows["best"], "param.alpha"].item() == float(best.data.params["model.alpha"])
+        assert drive.plot_path("swept", "sweep_ridge-sweep_metric_vs_params").stat().st_size > 1000
+        import duckdb
+
+        from resources.warehouse import Warehouse
+
+        with duckdb.connect(Warehouse().database_path, read_only=True) as con:
+            assert con.sql("SELECT count(*) FROM sweep_results WHERE experiment = 'swept'").fetchall() == [(3,)]
+
+        # compare --sweep: one row per trial, each reduction of the per-fold list metric.
+        folds = {
+            r.data.params["model.alpha"]: [m.value for m in client.get_metric_history(r.info.run_id, "cv_rmse")]
+            for r in trials[:2]
+        }
+        for how, expected in (
+            ("last", lambda v: v[-1]),
+            ("min", min),
+            ("max", max),
+            ("mean", lambda v: sum(v) / len(v)),
+        ):
+            assert (
+                main(
+                    ["compare", "--experiment", "swept", "--sweep", "ridge-sweep", "--reduce", how, "--format", "json"]
+                )
+                == 0
+            )
+            table = json.loads(capsys.readouterr().out)
+            assert [t["trial"] for t in table] == [0, 1, 2]
+            for row in table[:2]:
+                assert row["metrics.cv_rmse"] == pytest.approx(expected(folds[str(row["params.model.alpha"])]))
+        assert main(["compare", "--experiment", "swept", "--sweep", "nope"]) == 2
+        assert "no sweep named 'nope'" in capsys.readouterr().err
+
+        # Rerun: the finished trials are not run again, the failed one is.
+        assert materialize(instance, ["candidate_models"]).success
+        again = trial_runs(client, experiment_id)
+        assert len(again) == 4 and [r.data.params["model.alpha"] for r in again].count("-1.0") == 2

@@ -189,3 +189,80 @@ def render(rows: list[dict[str, Any]], fmt: str = "table", columns: Sequence[str
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines) + "\n"
+
+
+# Metrics logged once per epoch or per fold: the ones `--reduce` turns into one number.
+EPOCH_SERIES = ("train_loss", "val_loss")
+
+
+def sweep_rows(client: Any, experiment_id: str, sweep: str, reduce: str = "last") -> list[dict[str, Any]]:
+    """One row per trial of the newest sweep named `sweep`: its inputs (`params.*`), its metrics, and its
+    per-epoch and per-fold list metrics reduced by `reduce` (last, min, max or mean).
+
+    A trial reused by a later rerun appears once, as the run that executed it.
+    """
+    from mlgraph.core.tracking import ROLE_SWEEP, ROLE_TRIAL
+    from mlgraph.training.sweep_report import reduce as reduce_values
+
+    reduce_values([], reduce)  # an unknown reduction fails before any query
+    sweeps = _search_all(client, experiment_id, f"tags.`mlgraph.sweep` = '{_quoted(sweep)}'")
+    runs = [r for r in sweeps if r.data.tags.get(ROLE_TAG) == ROLE_SWEEP]
+    if not runs:
+        names = sorted({r.data.tags.get("mlgraph.sweep") for r in _search_all(client, experiment_id, "")} - {None})
+        raise KeyError(f"no sweep named {sweep!r} in this experiment; sweeps: {', '.join(names) or 'none yet'}")
+    newest = max(runs, key=lambda r: r.info.start_time or 0)
+    key = newest.data.tags.get("mlgraph.sweep_key")
+    trials = [
+        r for r in sweeps if r.data.tags.get(ROLE_TAG) == ROLE_TRIAL and r.data.tags.get("mlgraph.sweep_key") == key
+    ]
+    # The same trial (key) logged twice: a rerun of a failed one. The newest run is the trial's outcome.
+    latest: dict[str, Any] = {}
+    for run in sorted(trials, key=lambda r: r.info.start_time or 0):
+        latest[run.data.tags.get("mlgraph.trial_key", run.info.run_id)] = run
+    rows = []
+    for run in latest.values():
+        tags, info = run.data.tags, run.info
+        row: dict[str, Any] = {
+            "trial": int(tags.get("mlgraph.trial_number", -1)),
+            "run_id": info.run_id,
+            "status": tags.get("mlgraph.trial_state") or info.status.lower(),
+            "duration_s": round((info.end_time - info.start_time) / 1000, 3) if info.end_time else None,
+        }
+        row.update({f"params.{k}": _param(v) for k, v in sorted(run.data.params.items())})
+        metrics = dict(run.data.metrics)
+        for name in list(metrics):
+            if name in EPOCH_SERIES or _is_fold_series(name, metrics):
+                history = with_retry(client.get_metric_history, info.run_id, name)
+                values = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+                metrics[name] = reduce_values(values, reduce)
+        row.update({f"metrics.{k}": v for k, v in sorted(metrics.items())})
+        if tags.get("mlgraph.error"):
+            row["error"] = tags["mlgraph.error"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _is_fold_series(name: str, metrics: dict[str, float]) -> bool:
+    # cv_<m> is logged once per fold; cv_<m>_mean / _std beside it are its summary.
+    return name.startswith("cv_") and f"{name}_mean" in metrics
+
+
+def _param(value: str) -> Any:
+    number = _number(value)
+    return number if number is not None and value.strip().lower() not in ("nan", "inf", "-inf") else value
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _search_all(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = with_retry(
+            client.search_runs, [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs

@@ -110,7 +110,7 @@ def candidate_models(
         try:
             if swept_specs(config):
                 progress = SweepProgress(
-                    context, execution.tracker, parent_id, child_tags, mlflow.resolved_tracking_uri(), config
+                    context, execution.tracker, parent_id, child_tags, mlflow.resolved_tracking_uri, config
                 )
                 swept = train_with_sweeps(
                     config,

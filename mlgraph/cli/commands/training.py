@@ -70,7 +70,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    rows = run_rows(client, experiment.experiment_id, level=args.level)
+    try:
+        if args.sweep:
+            from mlgraph.training.compare import sweep_rows
+
+            rows = sweep_rows(client, experiment.experiment_id, args.sweep, args.reduce)
+        else:
+            rows = run_rows(client, experiment.experiment_id, level=args.level)
+    except (KeyError, ValueError) as exc:
+        print(str(exc).strip("'\""), file=sys.stderr)
+        return 2
     sort_key, descending = args.sort, args.desc
     if sort_key and sort_key.startswith("-"):
         sort_key, descending = sort_key[1:], True
@@ -124,6 +133,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="execution",
         help="one row per execution (parent run, default) or per trained model spec (child run); "
         "'family' is the old spelling of 'model'",
+    )
+    p.add_argument(
+        "--sweep",
+        metavar="NAME",
+        help="one row per trial of the model spec NAME's newest sweep (inputs, metrics, list metrics reduced)",
+    )
+    p.add_argument(
+        "--reduce",
+        choices=("last", "min", "max", "mean"),
+        default="last",
+        help="with --sweep: how a per-epoch or per-fold list metric becomes one number (default last)",
     )
     p.add_argument("--columns", help="comma-separated columns to show (default: all; constant params folded in tables)")
     p.add_argument("--limit", type=int, default=None, help="show at most this many rows")
