@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "mlgraph.cli.commands.signal",
     "mlgraph.cli.commands.training",
     "mlgraph.cli.commands.serve",
+    "mlgraph.cli.commands.replay",
     "mlgraph.cli.commands.mlflow_server",
     "mlgraph.cli.commands.dashboard",
     "mlgraph.cli.commands.operations",

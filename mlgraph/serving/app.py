@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -28,7 +29,7 @@ from mlgraph.serving.core import ROUTES, ServiceCore
 from mlgraph.serving.guard import Guard, refusal_response, request_id
 from mlgraph.serving.log_writer import PredictionLogWriter
 from mlgraph.serving.metrics import ServiceMetrics
-from mlgraph.serving.model import input_spec
+from mlgraph.serving.model import LoadedModel, ModelRefused, input_spec, load_model
 from mlgraph.serving.openapi import add_route_paths
 from mlgraph.serving.reload import ModelHolder
 from mlgraph.serving.settings import ServeSettings
@@ -42,12 +43,41 @@ def load_experiment(settings: ServeSettings) -> Any:
     return ConfigCatalog(settings.config_dir).load(settings.experiment).config
 
 
+def _released_loader(hold: bool) -> Callable[..., LoadedModel]:
+    """load_model, refusing a champion whose serving_capacity_meets_slo gate failed (`hold`): the model being
+    served stays, as for any champion that cannot be served (mlgraph.deployment.capacity.release_hold)."""
+    from mlgraph.deployment.capacity import release_hold
+
+    def load(drive: DriveLayout, config: Any, spec: Any) -> LoadedModel:
+        model = load_model(drive, config, spec)
+        if hold and (why := release_hold(drive, model.champion)):
+            raise ModelRefused(why)
+        return model
+
+    return load
+
+
+class _CountingGuard(Guard):
+    """The guard, counting the requests in flight for /metrics (saturation shows as a growing count)."""
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        metrics = self.core.metrics
+        metrics.in_flight += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            metrics.in_flight -= 1
+
+
 def create_app(settings: ServeSettings) -> Guard:
     """The ASGI app (`Guard`; `.core` is the request core, `.app` the FastAPI app)."""
     drive = DriveLayout.at(settings.drive_root)
     config = load_experiment(settings)
     spec = input_spec(drive, config)
-    holder = ModelHolder(drive, config, spec)
+    holder = ModelHolder(drive, config, spec, _released_loader(settings.release_hold))
     metrics = ServiceMetrics(config.name, [r.path for r in ROUTES])
     writer = (
         PredictionLogWriter(
@@ -95,12 +125,14 @@ def create_app(settings: ServeSettings) -> Guard:
         if writer is not None:
             writer.start()
         poller = asyncio.create_task(poll_forever())
+        lag = asyncio.create_task(metrics.watch_event_loop())
         try:
             yield
         finally:  # uvicorn runs this after the last in-flight request has been answered
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, lag):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if writer is not None:
                 await asyncio.to_thread(writer.close)
 
@@ -124,7 +156,7 @@ def create_app(settings: ServeSettings) -> Guard:
         LOG.error("request %s failed", request_id(request), exc_info=exc)
         return refused(request, Refusal(INTERNAL))
 
-    guard = Guard(
+    guard = _CountingGuard(
         app, core, settings.max_body_bytes, metrics.observe, lambda: holder.current.version if holder.current else None
     )
     for route in ROUTES:  # the guard answers them first; registered so that FastAPI knows the paths

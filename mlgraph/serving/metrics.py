@@ -4,10 +4,16 @@ Error counts are labelled by the error-kind table (mlgraph.core.http_errors); la
 the service's routes (mlgraph.serving.core.ROUTES), every other path as "other". The prediction log's
 writer is read at each scrape (`watch_log`): whether it is healthy, its queue, and its error, rejection,
 drop, rotation and reopen counts, as the writer itself counts them.
+
+Saturation shows in two more figures: the requests in flight (received, not yet answered; counted by the
+app's guard, read at each scrape) and the event loop's lag — how late a background task's
+`asyncio.sleep(LAG_INTERVAL_S)` wakes (`watch_event_loop`). Work that holds the loop (a slow inline
+prediction, a GIL-heavy thread) delays every request by that much, before any latency histogram sees it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -16,6 +22,8 @@ from mlgraph.core.http_errors import METRIC_LABELS, ErrorKind
 
 # One-row latencies sit around a millisecond; batches and cold paths reach seconds.
 BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_INTERVAL_S = 0.1  # the event-loop lag probe's sleep: 10 wake-ups a second cost nothing measurable
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
 class ServiceMetrics:
@@ -48,6 +56,17 @@ class ServiceMetrics:
         self.reload_failures = Counter(
             "mlgraph_model_reload_failures_total", "Champions that could not be served", registry=self.registry
         )
+        self.loop_lag = Histogram(
+            "mlgraph_event_loop_lag_seconds",
+            f"How late a {LAG_INTERVAL_S:g} s sleep on the event loop wakes (time the loop was held)",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag_last = Gauge(
+            "mlgraph_event_loop_lag_last_seconds", "The event loop's lag at its latest probe", registry=self.registry
+        )
+        self.in_flight = 0  # requests received and not yet answered (the guard counts; one thread, the loop's)
+        self.registry.register(_InFlightCollector(self))
         self.experiment = experiment
         self._latency = {e: self.latency.labels(e) for e in (*endpoints, "other")}
         self._errors = {label: self.errors.labels(label) for label in METRIC_LABELS}
@@ -58,6 +77,16 @@ class ServiceMetrics:
     def watch_log(self, status: Callable[[], Any]) -> None:
         """Report the prediction-log writer whose `status()` (a log_writer.WriterStatus) this is, at every scrape."""
         self.registry.register(_LogCollector(status))
+
+    async def watch_event_loop(self, interval: float = LAG_INTERVAL_S) -> None:
+        """Measure the event loop's lag forever (run it as a task; cancel it to stop)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - start - interval)
+            self.loop_lag.observe(lag)
+            self.loop_lag_last.set(lag)
 
     def observe(self, endpoint: str, seconds: float) -> None:
         (self._latency.get(endpoint) or self._latency["other"]).observe(seconds)
@@ -110,6 +139,23 @@ _LOG_COUNTERS = (
     ("mlgraph_prediction_log_reopens", "Times the log path changed under the open file and was reopened", "reopens"),
     ("mlgraph_prediction_log_removed_files", "Rotated log files deleted by retention", "removed_files"),
 )
+
+
+class _InFlightCollector:
+    NAME, DOC = "mlgraph_requests_in_flight", "HTTP requests received and not yet answered"
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(self.NAME, self.DOC, value=float(self.metrics.in_flight))
+
+    def describe(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(self.NAME, self.DOC)
 
 
 class _LogCollector:

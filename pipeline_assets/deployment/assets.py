@@ -1,8 +1,11 @@
-"""Deployment assets: the champion in ONNX, its INT8 form, and the inference benchmark of every variant.
+"""Deployment assets: the champion in ONNX, its INT8 form, the inference benchmark of every variant, and the
+serving capacity of the champion's service (open-loop replay to saturation).
 
-Thin wrappers over export.py, quantize.py and bench.py; the release gates are the blocking checks in
+Thin wrappers over export.py, quantize.py, bench.py and capacity.py; the release gates are the blocking checks in
 checks.py, so a failed gate stops the benchmark (and serving) downstream.
 """
+
+import dataclasses
 
 import dagster as dg
 
@@ -198,4 +201,93 @@ def inference_benchmark(
             "warehouse_rows": stored,
             "mlflow_run_id": champion.run_id,
         }
+    )
+
+
+class ServingCapacityConfig(dg.Config):
+    """Launchpad config of serving_capacity: the sweep's steps (the defaults keep the demo within ~20 s)."""
+
+    start_rps: float = 250.0
+    factor: float = 1.6
+    max_rps: float = 8000.0
+    step_seconds: float = 1.0  # as mlgraph.deployment.capacity.ASSET_SWEEP
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    deps=[CHAMPION_MODEL, onnx_model, inference_benchmark],
+    kinds={"csv"},
+    code_version="1",
+)
+def serving_capacity(
+    context: dg.AssetExecutionContext, config: ServingCapacityConfig, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.MaterializeResult:
+    """The champion's service replayed open loop at rising rates: its throughput–latency curve and saturation point."""
+    from mlgraph.deployment import capacity
+    from mlgraph.deployment.champion import read_champion
+
+    exp = catalog.load(context.partition_key).config
+    if not (
+        config.start_rps > 0 and config.factor > 1 and config.max_rps >= config.start_rps and config.step_seconds > 0
+    ):
+        raise dg.Failure(
+            f"serving_capacity config {config.model_dump()}: needs start_rps > 0, factor > 1, max_rps ≥ start_rps "
+            "and step_seconds > 0. Fix: correct the launchpad config."
+        )
+    champion = read_champion(storage, exp)
+    settings = dataclasses.replace(
+        capacity.ASSET_SWEEP,
+        start_rps=config.start_rps,
+        factor=config.factor,
+        max_rps=config.max_rps,
+        step_seconds=config.step_seconds,
+    )
+    measured = capacity.measure(
+        storage,
+        exp,
+        champion,
+        catalog.root,
+        settings,
+        on_step=lambda row: context.log.info(
+            f"{row['offered_rps']:,.0f}/s → {row['achieved_rps']:,.0f}/s p99 {row['latency_ms']['p99_ms']} ms "
+            + ("ok" if row["passed"] else f"saturated ({row['reason']})")
+        ),
+    )
+    record, previous = measured.record, measured.previous
+    if measured.sweep is None:
+        context.log.warning(f"{champion.label()}: the service does not serve it ({record['reason']})")
+        return dg.MaterializeResult(
+            metadata={"champion": champion.label(), "servable": False, "reason": record["reason"]},
+            data_version=dg.DataVersion(f"not-servable-{champion.model_version}-{record['measured_at']}"),
+        )
+    slo = record["slo"]
+    context.log.info(
+        f"{champion.label()} ({record['runtime']}): saturation {record['saturation_rps']:,.0f} requests/s within "
+        f"p99 {slo['p99_ms']:g} ms (min_rps {slo['min_rps']:g})"
+    )
+    shown = ["offered_rps", "achieved_rps", "p50_ms", "p99_ms", "max_ms", "errors", "passed"]
+    beside = [
+        ["model_version", champion.model_version, previous["model_version"] if previous else "—"],
+        ["runtime", record["runtime"], previous.get("runtime") if previous else "—"],
+        ["saturation_rps", record["saturation_rps"], previous.get("saturation_rps") if previous else "—"],
+        ["meets_slo", record["meets_slo"], previous.get("meets_slo") if previous else "—"],
+        ["measured_at", record["measured_at"], previous.get("measured_at") if previous else "—"],
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "champion": champion.label(),
+            "runtime": record["runtime"],
+            "saturation_rps": record["saturation_rps"],
+            "saturated": record["saturated"],
+            "slo_p99_ms": slo["p99_ms"],
+            "slo_min_rps": slo["min_rps"],
+            "meets_slo": record["meets_slo"],
+            "seconds": record["seconds"],
+            "curve": dg.MetadataValue.md(md_table(shown, record["curve"])),
+            "curve_plot": dg.MetadataValue.md(md_image(measured.plot_path, "open-loop latency vs offered rate")),
+            "vs_previous_champion": dg.MetadataValue.md(md_table(["figure", "current", "previous"], beside)),
+            "path": dg.MetadataValue.path(str(measured.csv_path)),
+            "record": dg.MetadataValue.path(str(measured.record_path)),
+        },
+        data_version=dg.DataVersion(f"{champion.model_version}-{record['measured_at']}"),
     )

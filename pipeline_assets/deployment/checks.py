@@ -6,12 +6,16 @@ nothing quantizable) has nothing to stop: it passes with `applicable: False` and
 description ("not applicable: INT8 not applicable: 0 quantizable nodes"), so neither a run nor the
 automation (which waits for blocking checks to pass) is held by it; the assets' own metadata and
 reports record the variant as missing, never as an INT8 or ONNX model.
+
+`serving_capacity_meets_slo` is the serving release gate: a champion whose service saturates below the
+experiment's `deployment.slo.min_rps` fails it, and the service refuses to load that champion
+(mlgraph.deployment.capacity.release_hold), so the model it serves — the previous champion — stays.
 """
 
 import dagster as dg
 
 from mlgraph.core.markdown import md_table
-from pipeline_assets.deployment.assets import CHAMPION_MODEL, onnx_int8_model, onnx_model
+from pipeline_assets.deployment.assets import CHAMPION_MODEL, onnx_int8_model, onnx_model, serving_capacity
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 
@@ -80,5 +84,43 @@ def onnx_model_schema(
             "differences_limit": 0,
             "details": dg.MetadataValue.json(list(outcome.differences)),
             "inputs": dg.MetadataValue.md(md_table(["training feature", "expected type", "ONNX input type"], rows)),
+        },
+    )
+
+
+@dg.asset_check(asset=serving_capacity, blocking=True, additional_deps=[CHAMPION_MODEL])
+def serving_capacity_meets_slo(
+    context: dg.AssetCheckExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
+) -> dg.AssetCheckResult:
+    """The champion's service sustains at least the SLO's min_rps within its p99 (open-loop sweep); else not released."""
+    from mlgraph.deployment import capacity
+    from mlgraph.deployment.champion import read_champion
+
+    config = catalog.load(context.partition_key).config
+    champion = read_champion(storage, config)
+    path = storage.capacity_json(config.name)
+    record = capacity.read_record(path)
+    if record is None or str(record.get("model_version")) != champion.model_version:
+        return dg.AssetCheckResult(
+            passed=False,
+            description=f"{path} holds no measurement of {champion.label()}. Fix: materialize serving_capacity.",
+            metadata={"record": dg.MetadataValue.path(str(path))},
+        )
+    if record.get("servable") is False:
+        return _not_applicable(f"the service does not serve {champion.label()}: {record.get('reason')}")
+    slo = record["slo"]
+    held = capacity.release_hold(storage, champion)
+    return dg.AssetCheckResult(
+        passed=bool(record["meets_slo"]),
+        description=held
+        or f"{record['saturation_rps']:,.0f} requests/s within p99 {slo['p99_ms']:g} ms ≥ min_rps {slo['min_rps']:g}",
+        metadata={
+            "saturation_rps": record["saturation_rps"],
+            "min_rps": slo["min_rps"],
+            "p99_ms_limit": slo["p99_ms"],
+            "saturated": record["saturated"],
+            "runtime": record.get("runtime"),
+            "released": not held,
+            "record": dg.MetadataValue.path(str(path)),
         },
     )

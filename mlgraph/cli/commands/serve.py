@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_retention_bytes=args.log_retention_bytes or None,
         log_retention_days=args.log_retention_days or None,
         poll_interval=args.poll_interval,
+        release_hold=not args.no_release_hold,
     )
     try:
         return serve(settings)
@@ -101,4 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-prediction-log", action="store_true", help="do not log predictions")
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between promotion-pointer checks")
+    p.add_argument(
+        "--no-release-hold",
+        action="store_true",
+        help="serve the champion even if its serving-capacity gate failed (what serving_capacity measures with)",
+    )
     p.set_defaults(func=cmd_serve)
