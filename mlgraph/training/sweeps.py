@@ -352,6 +352,29 @@ class Sweep:
         self.running[key] = running
         self.ran += 1
 
+    def _report_unlogged(self) -> None:
+        """Trials that ended after their orchestrator died (a crash): log them now, into the run it opened."""
+        for key, record in self.records.items():
+            if record.get("mlflow_run_id"):
+                continue
+            trial_dir = self.root / key
+            claimed = _read_claim(trial_dir)
+            owner, data = claimed if claimed else (Owner("unknown"), {})
+            running = Running(
+                record["number"],
+                key,
+                record["params"],
+                owner,
+                trial_dir,
+                self.clock(),
+                adopted=True,
+                mlflow_run_id=data.get("mlflow_run_id"),
+            )
+            self.progress.on_end(record, running)
+            if running.mlflow_run_id:
+                record["mlflow_run_id"] = running.mlflow_run_id
+                atomic_write_json(trial_dir / RECORD_FILE, record)
+
     def _prune_setup(self) -> PruneSetup | None:
         if not self.sweep.prune:
             return None
@@ -412,6 +435,7 @@ class Sweep:
     # -- the sweep ------------------------------------------------------------------------------------
     def run(self) -> SweepOutcome:
         start = self.clock()
+        self._report_unlogged()
         try:
             numbered = self._run_grid() if self.sweep.grid is not None else self._run_search()
         except BaseException:
