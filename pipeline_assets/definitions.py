@@ -14,6 +14,7 @@ from resources.warehouse import Warehouse
 from sensors.alerts import ALERT_SENSORS
 from sensors.drift import drift_sensor
 from sensors.experiments import experiment_config_sensor
+from sensors.labels import labels_sensor
 from sensors.mlflow_status import mlflow_run_canceled_sensor, mlflow_run_failure_sensor
 from sensors.signal_sensors import eval_complete_sensor, training_complete_sensor
 from sensors.sources import experiment_source_sensor
@@ -52,6 +53,7 @@ defs = dg.Definitions(
         mlflow_run_failure_sensor,
         mlflow_run_canceled_sensor,
         drift_sensor,
+        labels_sensor,
         *automation_sensors(),
         *ALERT_SENSORS,
     ],

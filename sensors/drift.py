@@ -14,6 +14,12 @@ At most one retraining per experiment per `drift.retrain_cooldown_hours`, across
   cannot start a second one;
 - the run key is the experiment and its window (first and last logged time): re-requesting the same
   window after a crash is dropped by Dagster itself.
+
+A performance drop is a retraining reason too (issue 22): when the last live_performance report says the
+realized metric over the champion's last `drift.min_labels` labelled predictions fell more than
+`drift.performance_drop` below its test value (mlgraph.monitoring.live.current_drop, read from the report,
+not recomputed: the join spans the whole log), its reason joins the drift reasons under the same cooldown
+and tags; the window is then that of the labelled predictions.
 """
 
 from __future__ import annotations
@@ -101,6 +107,19 @@ def retraining_request(experiment: str, config_hash: str, report: dict) -> dg.Ru
     )
 
 
+def _performance_drop(storage: SharedDrive, config: Any, context: Any, notes: list[str]) -> dict | None:
+    """The live performance drop against the serving champion, if any; a damaged report is noted, never fatal
+    (drift is still checked)."""
+    from mlgraph.monitoring.live import current_drop
+
+    try:
+        return current_drop(storage, config)
+    except (OSError, ValueError) as exc:
+        context.log.warning(f"{config.name}: {exc}")
+        notes.append(f"{config.name}: live_performance report unreadable")
+        return None
+
+
 def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -111,7 +130,8 @@ def _ago(seconds: float) -> str:
 def drift_sensor(
     context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.SensorResult:
-    """Requests one retraining run per experiment whose prediction log drifted, at most once per cooldown."""
+    """Requests one retraining run per experiment whose prediction log drifted or whose live performance dropped,
+    at most once per cooldown."""
     from mlgraph.monitoring.drift import DRIFT, build_report
     from mlgraph.monitoring.log_status import log_status
 
@@ -129,22 +149,38 @@ def drift_sensor(
             if not status.rows:
                 notes.append(f"{name}: no predictions logged")
                 continue
-            report = build_report(storage.layout, config)
+            drop = _performance_drop(storage, config, context, notes)
+            try:
+                report = build_report(storage.layout, config)
+            except (OSError, ValueError) as exc:
+                if drop is None:
+                    raise
+                # No baseline yet (or a damaged one): the measured performance drop is reason enough.
+                context.log.warning(f"{name}: {exc}")
+                report = {"status": f"drift not measured ({type(exc).__name__})", "window": None}
         except (ConfigError, OSError, ValueError) as exc:
             # One broken experiment (config, baseline, unreadable log) is reported every tick, never hides the others.
             context.log.warning(f"{name}: {exc}")
             notes.append(f"{name}: error ({type(exc).__name__})")
             continue
+        reasons, window = [], report.get("window")
         if report["status"] != DRIFT:
             notes.append(f"{name}: {report['status']}")
-            continue
-        if report["baseline"]["stale"]:
+        elif report["baseline"]["stale"]:
             # A new champion whose drift_baseline has not run yet: its drift is not measured against this one.
             notes.append(
                 f"{name}: drift against a stale baseline (champion v{report['baseline']['champion_version']}, "
                 f"now v{report['baseline']['current_champion_version']}); waiting for drift_baseline"
             )
+        else:
+            reasons = list(report["reasons"])
+        if drop is not None:
+            reasons.append(drop["reason"])
+            if len(reasons) == 1:  # the drop alone: the run names the labelled predictions' window
+                window = drop["window"]
+        if not reasons:
             continue
+        report = {"reasons": reasons, "window": window}
         cooldown = config.drift.retrain_cooldown_hours * 3600
         last = cursor.triggers.get(name)
         if last and now - last["at"] < cooldown:
@@ -163,7 +199,7 @@ def drift_sensor(
             notes.append(f"{name}: drift, but run {run.run_id[:8]} retrained it inside the cooldown")
             continue
         request = retraining_request(name, config.config_hash, report)
-        context.log.info(f"{name}: drift → retraining ({'; '.join(report['reasons'])})")
+        context.log.info(f"{name}: retraining ({'; '.join(report['reasons'])})")
         requests.append(request)
         cursor.triggers[name] = {"at": now, "run_key": request.run_key}
     skip = None if requests else ("; ".join(notes) or "no experiment registered")

@@ -130,6 +130,12 @@ class DriftConfig(Strict):
         description=f"Hours between drift-triggered retrainings; at least {MIN_RETRAIN_COOLDOWN_HOURS:g} "
         "unless allow_fast_retraining is true",
     )
+    # Delayed labels (mlgraph/monitoring/live.py): the realized selection metric against the champion's test value.
+    performance_drop: float = Field(
+        default=0.05, gt=0, description="Retrain when the last min_labels labelled predictions score this much worse"
+    )
+    min_labels: int = Field(default=200, gt=0, description="Labelled predictions the performance-drop check needs")
+    live_bucket: Literal["hour", "day"] = Field(default="day", description="live_performance's time bucket")
 
     @field_validator("retrain_cooldown_hours")
     @classmethod

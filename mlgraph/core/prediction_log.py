@@ -6,6 +6,10 @@ A record is one prediction; a batch request writes one record per row, sharing t
     {"time": "2026-11-30T16:02:57.123456+00:00", "request_id": "…", "row": 0, "model_version": "3",
      "inputs": {"feature": value, …}, "output": {"prediction": …, "probability": …}}
 
+Prediction ids (delayed labels, mlgraph/monitoring/labels.py): a client gets back `request_id` from
+/predict and `<request_id>-<row>` per row from /batch_predict; both are derived from a record's
+`request_id` and `row`, so no field was added and logs written before ids existed join as they are.
+
 `output` holds what the response returned for that row: `prediction` always; `probability` for a
 binary classifier (the positive class), `probabilities` (class → share) for multiclass.
 

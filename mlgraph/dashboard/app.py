@@ -26,6 +26,7 @@ from mlgraph.core.http_errors import BAD_REQUEST, FORBIDDEN, INTERNAL, NOT_FOUND
 from mlgraph.core.tags import SLURM_JOB_ID_TAG, SLURM_LOG_TAG
 from mlgraph.dashboard import render
 from mlgraph.dashboard.alerts import open_alerts
+from mlgraph.dashboard.live import LiveCache
 from mlgraph.dashboard.settings import DashboardSettings
 from mlgraph.dashboard.slurm_poller import SlurmPoller
 from mlgraph.dashboard.state import (
@@ -118,6 +119,7 @@ class Dashboard:
             settings.slurm_poll_seconds, bin_dir=settings.slurm_bin_dir, timeout_seconds=settings.slurm_timeout_seconds
         )
         self.signals = SignalCache()
+        self.live = LiveCache()
         self._signals_lock = threading.Lock()
 
     def state(
@@ -137,6 +139,7 @@ class Dashboard:
                 status=status,
                 page=page,
                 per_page=per_page,
+                live=self.live,
             )
 
     def log_tail(self, run_id: str, stream: str) -> str:

@@ -7,6 +7,7 @@ from html import escape
 from importlib import resources
 from urllib.parse import quote, urlencode
 
+from mlgraph.dashboard.live import LiveMetric
 from mlgraph.dashboard.settings import DashboardSettings
 from mlgraph.dashboard.state import DEFAULT_PER_PAGE, STATUSES, DashboardState, RunRow, TrainingSignal
 
@@ -23,7 +24,7 @@ RUN_COLUMNS = (
     "Time limit",
     "Links",
 )
-EXPERIMENT_COLUMNS = ("Experiment", "Latest training signal", "Latest evaluation", "Latest analysis")
+EXPERIMENT_COLUMNS = ("Experiment", "Latest training signal", "Latest evaluation", "Latest analysis", "Live metric")
 
 
 def _e(value: object) -> str:
@@ -142,9 +143,27 @@ def experiment_rows(state: DashboardState, settings: DashboardSettings) -> str:
             f"<td>{_signal_cell(state.signals.get(name), settings)}</td>"
             f"<td>{_latest_cell(latest.get('evaluation'), state)}</td>"
             f"<td>{_latest_cell(latest.get('analysis'), state)}</td>"
+            f"<td>{_live_cell(state.live.get(name))}</td>"
             "</tr>"
         )
-    return "".join(out) or '<tr><td colspan="4" class="muted">no experiments yet</td></tr>'
+    return "".join(out) or f'<tr><td colspan="{len(EXPERIMENT_COLUMNS)}" class="muted">no experiments yet</td></tr>'
+
+
+def _live_cell(live: LiveMetric | None) -> str:
+    """The realized metric from delayed labels: last bucket, change from the one before, trend, drop flag."""
+    if live is None:
+        return '<span class="muted">no labels yet</span>'
+    if live.error:
+        return f'<span class="signal-error">unreadable: {_e(live.error)}</span>'
+    if live.last is None:
+        return f'<span class="muted">{live.n_labelled} labelled predictions, no {_e(live.metric)} yet</span>'
+    change = "" if live.change is None else f" {'▲' if live.change >= 0 else '▼'}{abs(live.change):.3f}"
+    test = "" if live.champion_test is None else f" (test {live.champion_test:.3f})"
+    drop = ' <span class="badge status-failed">performance drop</span>' if live.dropped else ""
+    return (
+        f'<span class="live-metric" title="{_e(live.computed_at)}">{_e(live.metric)} {live.last:.3f}{change}{test} '
+        f'<span class="spark">{_e(live.sparkline())}</span> n={live.n_labelled:,}</span>{drop}'
+    )
 
 
 def _slurm_line(state: DashboardState) -> str:

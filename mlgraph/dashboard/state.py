@@ -26,6 +26,7 @@ from mlgraph.core.tags import (
     TAG_TRAINING_MLFLOW_RUN_ID,
     experiment_tag,
 )
+from mlgraph.dashboard.live import LiveCache, LiveMetric
 from mlgraph.dashboard.slurm_poller import SlurmSnapshot
 from mlgraph.slurm.jobs import FAILED_STATES, SlurmJob
 
@@ -121,6 +122,8 @@ class DashboardState:
     older_failed_total: int = 0
     # run id -> (page, whether the status filter is kept) for the experiments table's links to a run's row.
     run_pages: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    # experiment -> its live metric and trend (delayed labels; only experiments with a live_performance report)
+    live: dict[str, LiveMetric] = field(default_factory=dict)
 
     @property
     def pages(self) -> int:
@@ -273,6 +276,7 @@ def collect(
     status: str = "",
     page: int = 1,
     per_page: int = DEFAULT_PER_PAGE,
+    live: LiveCache | None = None,
 ) -> DashboardState:
     """Every run is classified (filters and the experiments table need them all); only page `page` is kept."""
     now = time.time()
@@ -300,6 +304,7 @@ def collect(
         for run_id, number in _page_of(unfiltered, wanted - kept.keys(), per_page).items():
             run_pages[run_id] = (number, False)
     experiments = sorted(name for name in names if not experiment or experiment.lower() in name.lower())
+    metrics = {name: live.read(drive, name) for name in experiments} if live is not None else {}
     linked = {row.slurm_job_id for row in rows if row.slurm_job_id}
     queue = sorted(
         (job for job in slurm.queue.values() if job.job_id not in linked and not job.is_terminal),
@@ -326,4 +331,5 @@ def collect(
         older_failed=older_failed,
         older_failed_total=older_failed_total,
         run_pages=run_pages,
+        live={k: v for k, v in metrics.items() if v is not None},
     )

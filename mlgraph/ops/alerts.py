@@ -62,8 +62,18 @@ CONSECUTIVE_FAILURES = "consecutive_failures"
 HEARTBEAT_STALE = "daemon_heartbeat_stale"
 DISK_SPACE_LOW = "disk_space_low"
 SIGNAL_REJECTED = "signal_rejected"
-KINDS = (RUN_FAILED, CONSECUTIVE_FAILURES, HEARTBEAT_STALE, DISK_SPACE_LOW, SIGNAL_REJECTED)
-EVENT_KINDS = (RUN_FAILED, SIGNAL_REJECTED)
+PERFORMANCE_DROP = "performance_drop"  # live_performance: realized metric below the champion's test (clears)
+LABELS_REJECTED = "labels_rejected"  # the labels sensor refused a dropped labels file (an event)
+KINDS = (
+    RUN_FAILED,
+    CONSECUTIVE_FAILURES,
+    HEARTBEAT_STALE,
+    DISK_SPACE_LOW,
+    SIGNAL_REJECTED,
+    PERFORMANCE_DROP,
+    LABELS_REJECTED,
+)
+EVENT_KINDS = (RUN_FAILED, SIGNAL_REJECTED, LABELS_REJECTED)
 SEVERITIES = ("warning", "critical")
 # Display order: an open critical alert is never pushed off a page by a flood of warnings.
 SEVERITY_RANK = {"critical": 0, "warning": 1}
@@ -602,3 +612,22 @@ def signal_rejected(
     drive: DriveLayout, key: str, reason: str, experiment: str | None = None, now: datetime | None = None
 ) -> dict | None:
     return _one(drive, signal_rejected_change(key, reason, experiment), now)
+
+
+def performance_drop_change(experiment: str, check: dict) -> Change | None:
+    """The live_performance drop check (mlgraph.monitoring.live.performance_check) as an alert: raised while
+    the realized metric is too far below the champion's test value, resolved once a check passes again;
+    nothing while there are too few labels to check."""
+    key = f"{PERFORMANCE_DROP}:{experiment}"
+    if check.get("dropped"):
+        return Raise(PERFORMANCE_DROP, key, f"{experiment}: {check['reason']}", "critical", experiment=experiment)
+    if check.get("checked"):
+        return Resolve(key, f"{experiment}: {check['reason']}")
+    return None
+
+
+def labels_rejected_change(key: str, reason: str, experiment: str | None = None) -> Raise:
+    """`key`: the rejected file's name and size, so one file alerts once."""
+    return Raise(
+        LABELS_REJECTED, f"{LABELS_REJECTED}:{key}", f"rejected labels file {reason}", "warning", experiment=experiment
+    )

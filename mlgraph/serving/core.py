@@ -10,6 +10,15 @@ JSON, too large (bytes or rows), validation (naming each field, at most MAX_ERRO
 generic internal error for anything unexpected. Only a 200 is logged, after the prediction succeeded. The body
 is parsed and validated in one step by pydantic-core (`model_validate_json`) against the models
 mlgraph/serving/schema.py builds.
+
+Delayed labels (issue 22): every prediction has an id its client gets back, `request_id` for /predict and
+`prediction_ids` (one `<request_id>-<row>` per row, mlgraph.monitoring.labels.prediction_id) for
+/batch_predict; the log keeps the request id and row they are made of. `POST /feedback` takes
+`{"labels": [{"request_id": …, "label": …, "time": …?}, …]}`: a label of the wrong type (not one of the
+served model's classes, a non-finite or non-numeric regression value) refuses the whole request 422 naming
+`labels.<i>.label`, so nothing is half-stored; duplicate ids (the last wins) and ids this service never
+gives are counted in the answer, never refused. Valid labels go to the labels store in one locked append
+(mlgraph.monitoring.labels.append_labels), off the event loop.
 """
 
 from __future__ import annotations
@@ -18,10 +27,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from anyio.to_thread import run_sync
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, create_model
 
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.http_errors import (
@@ -35,6 +44,8 @@ from mlgraph.core.http_errors import (
     ErrorKind,
     Refusal,
 )
+from mlgraph.core.untrusted import Unusable
+from mlgraph.monitoring.labels import SOURCE_FEEDBACK, append_labels, feedback_batch, label_problem, prediction_id
 from mlgraph.serving.log_writer import Entry, LogFull, PredictionLogWriter
 from mlgraph.serving.metrics import ServiceMetrics
 from mlgraph.serving.model import LoadedModel, NonFiniteOutput
@@ -105,12 +116,18 @@ class ServiceCore:
         self.classifier = self.spec.task == "classification"
         row = row_model(self.spec, max_string_length)
         one, many = response_models(self.spec)
+        many = create_model(  # the batch answer names each row's prediction id (what /feedback takes)
+            "BatchPredictResponse",
+            __base__=many,
+            prediction_ids=(list[str], Field(description="One id per row, in row order: `<request_id>-<row>`")),
+        )
         # Route.request / Route.response name these (the request and response schemas /docs shows).
         self.models: dict[str, type[BaseModel]] = {
             "row": row,
             "batch": batch_model(row, max_rows),
             "one": one,
             "many": many,
+            **feedback_models(max_rows),
         }
         self.routes = ROUTES
         self.routes_by_key = {(r.method, r.path): r for r in ROUTES}  # the wrapper dispatches through it too
@@ -174,7 +191,11 @@ class ServiceCore:
             [o["prediction"] for o in outputs] if self.classifier else ["value"] * len(outputs), model.version
         )
         answer = {"request_id": request_id, "model_version": model.version}
-        answer.update(outputs[0] if not batch else {"predictions": outputs})
+        if batch:
+            answer["predictions"] = outputs
+            answer["prediction_ids"] = [prediction_id(request_id, row, True) for row in range(len(outputs))]
+        else:
+            answer.update(outputs[0])
         return Answer(answer, model.version)
 
     async def predict(self, body: bytes, request_id: str) -> Answer:
@@ -182,6 +203,33 @@ class ServiceCore:
 
     async def batch_predict(self, body: bytes, request_id: str) -> Answer:
         return await self._predict(body, request_id, batch=True)
+
+    async def feedback(self, body: bytes, request_id: str) -> Answer:
+        """Ground truth for earlier predictions: validated whole, then stored in one append (or refused whole)."""
+        try:
+            payload = self.models["feedback"].model_validate_json(body)
+        except ValidationError as exc:
+            raise validation_refusal(exc.errors(include_url=False, include_input=False)) from None
+        if len(payload.labels) > self.max_rows:
+            raise Refusal(
+                TOO_LARGE, f"{len(payload.labels)} labels, more than the limit of {self.max_rows}. Fix: split them."
+            )
+        classes = self.current().classes if self.classifier else None  # the served model's classes
+        errors = [
+            {"loc": ("labels", i, "label"), "msg": problem, "type": "label_type"}  # pydantic's shape: one renderer
+            for i, item in enumerate(payload.labels)
+            if (problem := label_problem(item.label, self.spec.task, classes)) is not None
+        ]
+        if errors:
+            raise validation_refusal(errors)
+        batch = feedback_batch((item.request_id, item.label, item.time) for item in payload.labels)
+        path = self.drive.labels_store_path(self.config.name)
+        try:
+            await run_sync(append_labels, path, batch, SOURCE_FEEDBACK, self.drive.root_path)
+        except (Unusable, OSError) as exc:
+            LOG.error("request %s: labels not stored in %s: %s", request_id, path, exc)
+            raise Refusal(NOT_READY, f"labels not stored: {exc}") from None
+        return Answer({"request_id": request_id, **batch.summary()})
 
     async def health(self, body: bytes, request_id: str) -> Answer:
         model, holder, writer = self.holder.current, self.holder, self.writer
@@ -238,6 +286,30 @@ class ServiceCore:
         return Answer(text, content_type=content_type)
 
 
+def feedback_models(max_labels: int) -> dict[str, type[BaseModel]]:
+    """The /feedback request and answer (labels are checked against the task and classes after parsing)."""
+    label = create_model(
+        "FeedbackLabel",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(
+            StrictStr,
+            Field(max_length=1024, description="/predict's request_id, or one of /batch_predict's prediction_ids"),
+        ),
+        label=(Any, Field(description="The true class (classification) or value (regression, forecasting)")),
+        time=(StrictStr | None, Field(None, max_length=64, description="When the label was established (kept)")),
+    )
+    labels = Annotated[list[label], Field(min_length=1, description=f"At most {max_labels} labels (more: 413).")]
+    request = create_model("FeedbackRequest", __config__=ConfigDict(extra="forbid"), labels=(labels, ...))
+    answer = create_model(
+        "FeedbackResponse",
+        request_id=(str, ...),
+        accepted=(int, Field(description="Labels stored (one per id)")),
+        duplicates=(int, Field(description="Labels replaced by a later one for the same id in this request")),
+        unknown_ids=(int, Field(description="Ids this service never gives: counted, not stored")),
+    )
+    return {"feedback": request, "feedback_answer": answer}
+
+
 Handler = Callable[[ServiceCore, bytes, str], Awaitable[Answer]]
 PREDICTION_REFUSALS = (MALFORMED_JSON, TOO_LARGE, VALIDATION, NOT_READY, INTERNAL)
 
@@ -266,6 +338,16 @@ ROUTES: tuple[Route, ...] = (
         ServiceCore.batch_predict,
         "batch",
         "many",
+        PREDICTION_REFUSALS,
+    ),
+    Route(
+        "feedback",
+        "POST",
+        "/feedback",
+        "Ground truth for earlier predictions, by prediction id",
+        ServiceCore.feedback,
+        "feedback",
+        "feedback_answer",
         PREDICTION_REFUSALS,
     ),
     Route("health", "GET", "/health", "Liveness, and which model is served", ServiceCore.health),

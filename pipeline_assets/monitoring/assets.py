@@ -10,10 +10,12 @@ import warnings
 
 import dagster as dg
 
-from mlgraph.core.markdown import md_table
+from mlgraph.core.markdown import md_image, md_table
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
+from resources.tracking import MlflowTracking
+from resources.warehouse import Warehouse
 
 PREDICTION_LOG = dg.AssetKey("prediction_log")
 DATA_VERSION_TAG = "dagster/data_version"  # what an observation's DataVersion becomes (set by hand in sensors)
@@ -147,3 +149,70 @@ def _score(result: dict) -> str:
         return f"z={result['z']:+.2f}" if result["z"] is not None else str(result.get("note", "-"))
     p_value = result.get("p_value")
     return f"unseen {result['unseen_share'] or 0:.1%}, p={p_value:.2g}" if p_value is not None else "-"
+
+
+# --- live_performance: delayed labels joined to the prediction log (issue 22) --------------------------------
+# Kept apart from the drift assets above. Automated like the graph (it follows champion_model: a new champion is
+# a new reference line and a new drop check); labels_sensor requests it when labels arrive.
+
+
+@dg.asset(
+    partitions_def=experiment_partitions_def,
+    deps=[dg.AssetKey("champion_model")],
+    kinds={"csv", "duckdb", "mlflow"},
+    code_version="1",
+)
+def live_performance(
+    context: dg.AssetExecutionContext,
+    storage: SharedDrive,
+    catalog: ExperimentCatalog,
+    warehouse: Warehouse,
+    mlflow: MlflowTracking,
+) -> dg.MaterializeResult:
+    """Realized metrics from delayed labels per time bucket and model version, against the champion's test metric."""
+    from mlgraph.monitoring import live, live_outputs
+    from mlgraph.ops import alerts
+    from mlgraph.training.promotion import PromotionStore
+
+    config = catalog.load(context.partition_key).config
+    pointer = PromotionStore(storage.promotion_dir(config.config_hash)).current()
+    report = live.build_live_report(
+        storage.prediction_log_path(config.name), storage.labels_store_path(config.name), config, pointer
+    )
+    json_path, csv_path = storage.live_performance_json(config.name), storage.live_performance_csv(config.name)
+    live_outputs.write_report(report, json_path, csv_path)
+    plot = live_outputs.plot(report, storage.plot_path(config.name, "live_performance"))
+    with warehouse.get_connection() as connection:
+        stored = live_outputs.store_rows(connection, report)
+    logged = 0
+    if report["champion"]["run_id"] and (points := live_outputs.mlflow_metrics(report)):
+        logged = live_outputs.log_to_mlflow(mlflow.client(), report["champion"]["run_id"], points)
+    check, joined = report["performance"], report["join"]
+    alerts.record(storage.layout, [alerts.performance_drop_change(config.name, check)])
+    (context.log.warning if check["dropped"] else context.log.info)(f"{config.name}: {check.get('reason')}")
+    metric = report["metric"]
+    rows = [
+        [r["bucket_start"], f"v{r['model_version']}", r["n_labelled"], _fmt(r.get(metric)), _fmt(r.get("accuracy"))]
+        for r in report["rows"][-20:]
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "n_labelled": joined["labelled_predictions"],
+            "labels": joined["labels"],
+            "unknown_ids": joined["unknown_ids"],
+            "duplicate_labels": joined["duplicates"],
+            "performance_drop": bool(check["dropped"]),
+            "check": check.get("reason") or "",
+            "realized": _fmt(check.get("realized")),
+            "champion_test": _fmt(check.get("champion_test")),
+            "warehouse_rows": stored,
+            "mlflow_metrics": logged,
+            "buckets": dg.MetadataValue.md(md_table(["bucket", "version", "n_labelled", metric, "accuracy"], rows)),
+            "plot": dg.MetadataValue.md(md_image(plot, "live performance")),
+            "path": dg.MetadataValue.path(str(json_path)),
+        }
+    )
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
