@@ -15,6 +15,16 @@ from mlgraph.deployment import capacity, saturation
 from mlgraph.deployment.champion import read_champion
 from pipeline_assets.definitions import defs
 from tests.support.deployment import EXPERIMENT, export_current, tabular_champion
+from tests.support.serving import (  # noqa: F401
+    BINARY,
+    Server,
+    config_of,
+    drive_copy,
+    fit,
+    promote_model,
+    serving_drive,
+)
+from tests.support.wait import wait_for
 
 NAME = EXPERIMENT["classification"]
 
@@ -101,8 +111,55 @@ def test_capacity_is_measured_and_an_unmet_slo_holds_the_release(instance, share
             failure = body.get("last_load_failure")
             return failure["error"] if failure else None
 
-        from tests.support.wait import wait_for
-
         error = wait_for(refused, 60, "the held champion's refusal")
         assert "serving_capacity_meets_slo" in error
         assert httpx.get(f"{service.url}/ready", timeout=2).status_code == 503
+
+
+def _record(drive: DriveLayout, version: str, meets_slo: bool) -> None:
+    """A capacity record as serving_capacity writes it (the figures that matter to the release rule)."""
+    from mlgraph.core.atomic import atomic_append_line, atomic_write_json
+
+    record = {
+        "experiment": BINARY,
+        "model_version": version,
+        "run_id": f"run-logistic_regression-{version}",
+        "measured_at": "2026-12-07T00:00:00Z",
+        "servable": True,
+        "slo": {"p99_ms": 50.0, "min_rps": 200.0},
+        "saturation_rps": 1000.0 if meets_slo else 50.0,
+        "meets_slo": meets_slo,
+        "curve": [],
+    }
+    atomic_write_json(drive.capacity_json(BINARY), record)
+    atomic_append_line(drive.capacity_history_jsonl(BINARY), json.dumps(record))
+
+
+def test_a_running_service_keeps_the_old_champion_until_the_new_one_passes(serving_drive, tmp_path):  # noqa: F811
+    root = drive_copy(serving_drive, tmp_path / "shared")
+    drive, config_dir = DriveLayout.at(root), serving_drive[1]
+    config = config_of(config_dir, BINARY)
+    _record(drive, "1", meets_slo=True)
+    with Server(root, config_dir, BINARY, "--no-prediction-log", "--poll-interval", "0.2") as server:
+        assert server.wait_up()["model_version"] == "1"
+        train = pd.read_parquet(drive.dataset_path(BINARY, "train"))
+        for version, c in (("2", 0.01), ("3", 0.1)):
+            model = fit(config, train, "logistic_regression", {"C": c})
+            promote_model(drive, config, model, "logistic_regression", version, threshold=0.5)
+
+            def failure(version=version) -> str | None:
+                error = (server.client.get("/health").json()["last_load_failure"] or {}).get("error", "")
+                return error if f"v{version}" in error else None
+
+            # Promoted but not measured: held, v1 answers.
+            assert "awaits its serving-capacity measurement" in wait_for(failure, 30, f"v{version} held")
+            assert server.client.get("/health").json()["model_version"] == "1"
+            if version == "2":  # measured and too slow: never released, v1 goes on answering
+                _record(drive, "2", meets_slo=False)
+                assert "gate serving_capacity_meets_slo failed" in wait_for(
+                    lambda: (e := failure()) and "failed for" in e and e, 30, "v2 refused"
+                )
+                assert server.client.get("/health").json()["model_version"] == "1"
+            else:  # measured and fast enough: released within a poll
+                _record(drive, "3", meets_slo=True)
+                wait_for(lambda: server.client.get("/health").json()["model_version"] == "3", 30, "v3 served")

@@ -8,10 +8,12 @@ serving_capacity asset keeps, and the release rule the service applies to it.
   prediction log off: replayed test rows must not enter the production log that drift reads), runs the
   open-loop sweep (mlgraph.deployment.loadgen) against the experiment's SLO, and writes the curve (CSV +
   PNG) and the record (JSON, and one line of history per measurement) under artifacts/{experiment}/capacity/.
-- `release_hold`: a champion whose own record says it saturates below `min_rps` is not released: the
-  service refuses to load it (model.ModelRefused), so a running service keeps the model it serves —
-  the previous champion — as it does for any champion that cannot be served. A champion not measured
-  yet is served, as one whose ONNX export is not gated yet is served natively.
+- `release_hold`, the release rule `mlgraph serve` applies before loading a champion: one whose own
+  record says it saturates below `min_rps` is never released; one not measured yet is held while
+  another model is served (in a deployment that measures capacity), so a running service keeps the
+  previous champion until serving_capacity has passed the new one, and keeps it for good when the
+  new one fails. With nothing served, an unmeasured champion is released (there is nothing else to
+  answer with, and serving_capacity itself measures a champion that way).
 """
 
 from __future__ import annotations
@@ -354,16 +356,56 @@ def _not_servable(
     )
 
 
-def release_hold(drive: DrivePaths, champion: Champion) -> str | None:
-    """Why `champion` must not be released ('' or None: it may): its own capacity record misses the SLO."""
-    record = read_record(drive.capacity_json(champion.experiment))
-    if record is None or str(record.get("model_version")) != champion.model_version:
+def champion_record(drive: DrivePaths, champion: Champion) -> dict[str, Any] | None:
+    """The latest capacity record of exactly this champion (version and run), from the record or the history."""
+
+    def mine(record: Mapping[str, Any] | None) -> bool:
+        return (
+            bool(record)
+            and str(record.get("model_version")) == champion.model_version
+            and (record.get("run_id") == champion.run_id)
+        )
+
+    latest = read_record(drive.capacity_json(champion.experiment))
+    if mine(latest):
+        return latest
+    path, found = drive.capacity_history_jsonl(champion.experiment), None
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a torn line of an interrupted append
+                continue
+            if mine(record):
+                found = record
+    return found
+
+
+def release_hold(drive: DrivePaths, champion: Champion, serving: str | None = None) -> str | None:
+    """Why `champion` must not be released now (None: it may be).
+
+    - Its own latest capacity record misses the SLO: never released.
+    - Not measured yet while another model (`serving`, its version) is being served, in a deployment that
+      measures capacity (the experiment has a capacity history): held until serving_capacity has run, so
+      the served model keeps answering. With nothing served, or no capacity measured for the experiment
+      at all, an unmeasured champion is released (as a champion whose ONNX export is not gated yet is
+      served natively).
+    """
+    record = champion_record(drive, champion)
+    if record is not None:
+        if record.get("meets_slo") is not False:
+            return None
+        slo: Mapping[str, Any] = record.get("slo", {})
+        return (
+            f"gate {CHECK} failed for {champion.label()}: it sustains {record.get('saturation_rps')} requests/s "
+            f"within p99 {slo.get('p99_ms')} ms, below min_rps {slo.get('min_rps')} (measured "
+            f"{record.get('measured_at')}). Fix: promote a faster model, or roll back with `mlgraph promote --rollback`"
+        )
+    if serving is None or serving == champion.model_version:
         return None
-    if record.get("run_id") != champion.run_id or record.get("meets_slo") is not False:
+    if not drive.capacity_history_jsonl(champion.experiment).exists():
         return None
-    slo: Mapping[str, Any] = record.get("slo", {})
     return (
-        f"gate {CHECK} failed for {champion.label()}: it sustains {record.get('saturation_rps')} requests/s within "
-        f"p99 {slo.get('p99_ms')} ms, below min_rps {slo.get('min_rps')} (measured {record.get('measured_at')}). "
-        "Fix: promote a faster model, or roll back with `mlgraph promote --rollback`"
+        f"{champion.label()} awaits its serving-capacity measurement (gate {CHECK}); v{serving} keeps serving. "
+        "Fix: materialize serving_capacity for this experiment"
     )

@@ -4,9 +4,10 @@ Three layers: the request core (mlgraph/serving/core.py: bytes in, an answer or 
 framework), the ASGI guard that dispatches the core's routes and writes its answers (mlgraph/serving/guard.py),
 and this thin FastAPI app, which registers the same routes (so a wrong method is a 405 and the bare app
 serves them too), serves /docs (its schema built from the routes, mlgraph/serving/openapi.py), turns
-FastAPI's own errors into refusals, and runs the lifespan: it starts the prediction-log writer and the
-promotion-pointer poll (hot reload, mlgraph/serving/reload.py) and, on shutdown — after uvicorn has answered
-every request in flight — stops the poll and drains the log.
+FastAPI's own errors into refusals, and runs the lifespan: it starts the prediction-log writer, the
+event-loop lag probe (mlgraph/serving/metrics.py) and the promotion-pointer poll (hot reload,
+mlgraph/serving/reload.py, through a loader that applies the serving-capacity release rule) and, on
+shutdown — after uvicorn has answered every request in flight — stops the poll and drains the log.
 """
 
 from __future__ import annotations
@@ -43,16 +44,17 @@ def load_experiment(settings: ServeSettings) -> Any:
     return ConfigCatalog(settings.config_dir).load(settings.experiment).config
 
 
-def _released_loader(hold: bool) -> Callable[..., LoadedModel]:
-    """load_model, refusing a champion whose serving_capacity_meets_slo gate failed (`hold`): the model being
-    served stays, as for any champion that cannot be served (mlgraph.deployment.capacity.release_hold)."""
+def _released_loader(hold: bool, serving: Callable[[], str | None]) -> Callable[..., LoadedModel]:
+    """load_model, refusing (with `hold`) a champion the serving-capacity gate holds: one whose gate failed, or,
+    while `serving()` names another model, one not measured yet. The model being served stays, as for any
+    champion that cannot be served (mlgraph.deployment.capacity.release_hold)."""
     from mlgraph.deployment.capacity import release_hold
+    from mlgraph.deployment.champion import read_champion
 
     def load(drive: DriveLayout, config: Any, spec: Any) -> LoadedModel:
-        model = load_model(drive, config, spec)
-        if hold and (why := release_hold(drive, model.champion)):
-            raise ModelRefused(why)
-        return model
+        if hold and (why := release_hold(drive, read_champion(drive, config), serving())):
+            raise ModelRefused(why)  # before loading: a held champion costs no ONNX session per retry
+        return load_model(drive, config, spec)
 
     return load
 
@@ -77,7 +79,12 @@ def create_app(settings: ServeSettings) -> Guard:
     drive = DriveLayout.at(settings.drive_root)
     config = load_experiment(settings)
     spec = input_spec(drive, config)
-    holder = ModelHolder(drive, config, spec, _released_loader(settings.release_hold))
+    holder: ModelHolder | None = None  # the loader reads it only when polling, after it is set
+
+    def serving() -> str | None:
+        return holder.current.version if holder is not None and holder.current is not None else None
+
+    holder = ModelHolder(drive, config, spec, _released_loader(settings.release_hold, serving))
     metrics = ServiceMetrics(config.name, [r.path for r in ROUTES])
     writer = (
         PredictionLogWriter(

@@ -1,8 +1,8 @@
 """Hot reload: which model answers now, and the poll that swaps in a new champion.
 
 `ModelHolder.current` is one reference to an immutable `LoadedModel`. A poll (about once a second,
-from a background task) reads the promotion pointer and stats the ONNX export report; when either
-changed it loads the new champion completely in the calling thread and only then swaps the reference,
+from a background task) reads the promotion pointer and stats the ONNX export report and the serving
+capacity record (which releases or holds a champion); when one changed it loads the new champion completely in the calling thread and only then swaps the reference,
 so a request in flight keeps the model it started with. A model that cannot be served never replaces
 one that can: the failure is logged and kept for /health, and the old model goes on answering.
 
@@ -88,7 +88,13 @@ class ModelHolder:
                 pointer = None
             else:
                 raise
-        return pointer, _stat(self.pointer), _stat(self.drive.export_report_json(self.config.name))
+        name = self.config.name  # the capacity record releases (or holds) a champion: a change is a reason to load
+        return (
+            pointer,
+            _stat(self.pointer),
+            _stat(self.drive.export_report_json(name)),
+            _stat(self.drive.capacity_json(name)),
+        )
 
     def _fail(self, seen: Any, error: str) -> None:
         """Record a failed load of `seen` and when to try it again (sooner for a pointer not failed before)."""
