@@ -75,6 +75,7 @@ def test_automation_sensors_run_by_default_and_route_heavy_runs_to_slurm():
         "decision_threshold",
         "evaluation_metrics",
         "champion_model",
+        "sweep_results",  # in the training group: it runs in the same (Slurm) run as the sweep it reports
         "streaming_features",
         "constraint_probe_result",
     }

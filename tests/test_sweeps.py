@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.model_spec import ModelSpec
 from mlgraph.training import sweep_report
-from mlgraph.training.sweeps import LocalRunner, Progress, Sweep, best_trial, grid_points, sweep_key, trial_key
+from mlgraph.training.sweep_runners import LocalRunner
+from mlgraph.training.sweeps import Progress, Sweep, best_trial, grid_points, sweep_key, trial_key
 from tests.support.instance import dagster_instance
 
 

@@ -19,11 +19,12 @@ from mlgraph.launcher.slurm_launcher import SlurmRunLauncher
 from mlgraph.slurm.client import SlurmError
 from mlgraph.slurm.figures import stderr_hints
 from mlgraph.slurm.jobs import ACTIVE_STATES, PENDING_STATES
+from mlgraph.training.sweep_runners import Owner
 from mlgraph.training.sweep_trial import TrialRequest
-from mlgraph.training.sweeps import Owner
 
 # A job the controller, the completion records and sacct all forget for this long is taken as gone.
 UNKNOWN_GRACE_SECONDS = 120.0
+POLL_CONTROLLER_SECONDS = 2.0
 
 
 class SlurmTrialRunner:
@@ -37,6 +38,7 @@ class SlurmTrialRunner:
         self.python = launcher.python_for(run)
         self._jobs: dict[str, str] = {}  # trial key → job id, for cancelling on interruption
         self._unknown_since: dict[str, float] = {}
+        self._asked: dict[str, float] = {}
 
     def start(self, request: TrialRequest, request_path: Path) -> Owner:
         command = [self.python, "-m", "mlgraph.training.sweep_trial", str(request_path)]
@@ -50,6 +52,11 @@ class SlurmTrialRunner:
     def ended(self, owner: Owner, key: str) -> str | None:
         if owner.kind != "slurm" or not owner.job_id:
             return f"{owner.describe()} is not a Slurm job this runner can follow"
+        # The record on the drive is read every poll; the controller is asked at most every few seconds.
+        now = time.monotonic()
+        if now - self._asked.get(owner.job_id, -POLL_CONTROLLER_SECONDS) < POLL_CONTROLLER_SECONDS:
+            return None
+        self._asked[owner.job_id] = now
         try:
             job = self.launcher.client.job(owner.job_id)
         except SlurmError:

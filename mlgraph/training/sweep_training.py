@@ -27,8 +27,9 @@ from mlgraph.training.candidates import (
     train_candidates,
 )
 from mlgraph.training.labels import selection_metric
+from mlgraph.training.sweep_runners import Runner
 from mlgraph.training.sweep_trial import FAILED, OOF_FILE
-from mlgraph.training.sweeps import Progress, Runner, Sweep, SweepError, SweepOutcome
+from mlgraph.training.sweeps import Progress, Sweep, SweepError, SweepOutcome
 
 RunnerFor = Callable[[ModelSpec], Runner]
 ProgressFor = Callable[[ModelSpec, str, str], Progress]  # spec, sweep key, metric

@@ -23,18 +23,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mlgraph.core.atomic import atomic_write_json
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.hashing import sha256_text
 from mlgraph.core.metrics import better, lower_is_better
 from mlgraph.core.model_spec import ModelSpec, Range
+from mlgraph.training.sweep_runners import Owner, Runner
 from mlgraph.training.sweep_trial import (
     FAILED,
     FINISHED,
@@ -99,103 +99,6 @@ def check_params(config: ExperimentConfig, spec: ModelSpec, points: list[dict[st
             spec_params(config, trial_spec)
         except (ValueError, TypeError) as exc:
             raise SweepError(f"models[{spec.key}].sweep: {exc}") from None
-
-
-@dataclass
-class Owner:
-    """Who runs a trial: this machine's process `pid` (local pool) or Slurm job `job_id`."""
-
-    kind: str  # "local" | "slurm"
-    host: str | None = None
-    pid: int | None = None
-    create_time: float | None = None
-    job_id: str | None = None
-
-    def describe(self) -> str:
-        return f"Slurm job {self.job_id}" if self.kind == "slurm" else f"process {self.pid} on {self.host}"
-
-
-class Runner(Protocol):
-    """Where trials run. `start` returns the trial's owner; `ended` says whether an owner can no longer write."""
-
-    kind: str
-    slots: int
-
-    def start(self, request: TrialRequest, request_path: Path) -> Owner: ...
-
-    def ended(self, owner: Owner, key: str) -> str | None:
-        """None while the owner may still write the record; else why it ended (for a trial without one)."""
-
-    def close(self, abandon: bool = False) -> None:
-        """After the sweep; `abandon` (the run was interrupted): stop the trials still running."""
-
-
-def _process_alive(pid: int, create_time: float | None) -> bool:
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return create_time is None or abs(process.create_time() - create_time) < 1.0
-    except psutil.Error:
-        return False
-
-
-def this_process() -> Owner:
-    import psutil
-
-    pid = os.getpid()
-    return Owner("local", host=socket.gethostname(), pid=pid, create_time=psutil.Process(pid).create_time())
-
-
-def _worker_init() -> None:
-    # Fork-server workers start from a clean interpreter; quiet the libraries trials import.
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-
-
-class LocalRunner:
-    """A pool of worker processes on this machine, kept for the whole sweep (imports paid once per worker)."""
-
-    kind = "local"
-
-    def __init__(self, slots: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.slots = max(1, slots)
-        # A fork server, not fork: the orchestrator is a Dagster run process with threads of its own.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mlgraph.training.sweep_trial", "mlgraph.training.candidates"])
-        self._pool = ProcessPoolExecutor(max_workers=self.slots, mp_context=context, initializer=_worker_init)
-        self._futures: dict[str, Any] = {}
-        self._owner = this_process()
-
-    def start(self, request: TrialRequest, request_path: Path) -> Owner:
-        from mlgraph.training.sweep_trial import run_request_file
-
-        self._futures[request.key] = self._pool.submit(run_request_file, str(request_path))
-        return self._owner
-
-    def ended(self, owner: Owner, key: str) -> str | None:
-        future = self._futures.get(key)
-        if future is not None:
-            if not future.done():
-                return None
-            error = future.exception()
-            return f"the worker process died ({type(error).__name__}: {error})" if error else "the worker returned"
-        if owner.pid == os.getpid():
-            return "an earlier sweep in this process left it unfinished"
-        # A claim from another orchestrator (or an earlier one of this machine).
-        if owner.host == socket.gethostname() and _process_alive(owner.pid or 0, owner.create_time):
-            return None
-        return f"{owner.describe()} is gone"
-
-    def close(self, abandon: bool = False) -> None:
-        if abandon:
-            for process in list(getattr(self._pool, "_processes", {}).values()):
-                process.kill()
-        self._pool.shutdown(wait=not abandon, cancel_futures=True)
 
 
 @dataclass
@@ -576,15 +479,6 @@ def _read_request(trial_dir: Path) -> TrialRequest | None:
         return TrialRequest.read(trial_dir / "request.json")
     except (OSError, ValueError, TypeError):
         return None
-
-
-@dataclass
-class SweepPlan:
-    """The runner settings one sweep gets: local slots, or Slurm."""
-
-    slots: int
-    runner: str = "local"
-    notes: list[str] = field(default_factory=list)
 
 
 def local_slots(spec: ModelSpec, cores: int) -> int:

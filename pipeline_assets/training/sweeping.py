@@ -14,7 +14,8 @@ import dagster as dg
 
 from mlgraph.core.experiment import ExperimentConfig, ModelSpec
 from mlgraph.training.mlflow_runs import SweepTracking, run_link
-from mlgraph.training.sweeps import LocalRunner, Progress, Runner, local_slots
+from mlgraph.training.sweep_runners import LocalRunner, Runner
+from mlgraph.training.sweeps import Progress, local_slots
 
 
 def runner_for(context: dg.AssetExecutionContext, spec: ModelSpec) -> Runner:
