@@ -1,4 +1,5 @@
-"""Drift detection, domain only: the baseline, the z-score rule, class-rate shift, categoricals, the log reader."""
+"""Drift detection, domain only: the baseline, the z-score rule, class-rate shift, categoricals, the log reader, the
+distribution tests in the report (their statistics: tests/test_drift_tests.py), an old baseline without the sketch."""
 
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ def test_baseline_statistics(drive: DriveLayout) -> None:
     f1 = baseline["numeric"]["f1"]
     assert f1["mean"] == pytest.approx(10, abs=0.15) and f1["std"] == pytest.approx(2, abs=0.1)
     assert f1["quantiles"]["0.5"] == pytest.approx(10, abs=0.2) and f1["missing_share"] == 0
+    assert len(f1["sketch"]) == 401 and f1["sketch"][200] == f1["quantiles"]["0.5"]  # 4,000 rows: 10 per point
     assert baseline["categorical"]["plan"]["frequencies"]["basic"] == pytest.approx(0.5, abs=0.03)
     assert baseline["target"]["kind"] == "binary" and baseline["target"]["positive_label"] == "1"
     assert baseline["target"]["positive_rate"] == pytest.approx(0.3, abs=0.03)
@@ -256,3 +258,56 @@ def test_multiclass_shares_and_class_indices_and_regression() -> None:
     baseline = compute_baseline(pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [10.0, 20.0, 30.0]}), regression, {})
     assert baseline["target"] == {"kind": "value", "mean": 20.0, "std": pytest.approx(8.165, abs=1e-3)}
     assert drift.class_shift(Counter({"1": 3}), baseline["target"], 0.1) is None
+
+
+def spread(frame: pd.DataFrame, names: list[str], factor: float) -> pd.DataFrame:
+    """`frame` with each of `names` spread `factor` times wider around its training mean (10, 0, -5)."""
+    means = {"f1": 10, "f2": 0, "f3": -5}
+    return frame.assign(**{n: means[n] + factor * (frame[n] - means[n]) for n in names})
+
+
+def test_spread_tripled_around_the_mean_drifts_where_the_mean_rule_alone_sees_nothing(drive: DriveLayout) -> None:
+    frame, predictions = serving_window(2000)
+    write_log(drive, "shop", log_lines(spread(frame, ["f1", "f2"], 3), predictions))
+    report = drift.build_report(drive, experiment())
+    json.dumps(report, allow_nan=False)
+    assert report["status"] == "drift" and report["drifted_features"] == ["f1", "f2"]
+    f1 = report["features"]["f1"]
+    assert abs(f1["z"]) < 0.2 and f1["flagged_by"] == ["wasserstein", "psi"]
+    for name, test in f1["tests"].items():  # each test's statistic beside its threshold, and its verdict
+        assert {"statistic", "threshold", "flagged", "decides", "rule"} <= set(test), name
+    assert f1["tests"]["ks"]["flagged"] and not f1["tests"]["ks"]["decides"]  # reported, not deciding by default
+    assert "f1 (wasserstein 1.6" in report["reasons"][0]
+    assert report["tests"] == {"deciding": list(experiment().drift.tests), "not_available": {}}
+    mean_rule = drift.build_report(drive, experiment(tests=["z", "unseen", "chi2"]))
+    assert mean_rule["status"] == "no_drift" and mean_rule["drifted_features"] == []
+
+
+def test_a_baseline_without_the_sketch_still_reports_and_says_what_is_missing(drive: DriveLayout) -> None:
+    path = drive.drift_baseline_json("shop")
+    old = json.loads(path.read_text())
+    old["baseline_version"] = 1  # as written before the quantile sketch
+    for stats in old["numeric"].values():
+        del stats["sketch"]
+    path.write_text(json.dumps(old))
+    frame, predictions = serving_window(1000, shifted={"f1": 4, "f2": 4})
+    write_log(drive, "shop", log_lines(spread(frame, ["f3"], 3), predictions))
+    report = drift.build_report(drive, experiment())
+    json.dumps(report, allow_nan=False)
+    note = "not available (baseline predates it; rematerialize drift_baseline)"
+    assert report["tests"]["not_available"] == dict.fromkeys(["ks", "wasserstein", "psi"], note)
+    assert report["status"] == "drift" and report["drifted_features"] == ["f1", "f2"]  # the z rule still decides
+    f3 = report["features"]["f3"]["tests"]
+    assert f3["wasserstein"] == {
+        "statistic": None,
+        "threshold": 0.1,
+        "flagged": False,
+        "rule": f3["wasserstein"]["rule"],
+        "note": note,
+        "decides": True,
+    }
+    assert report["features"]["plan"]["tests"]["jensen_shannon"]["statistic"] is not None  # category shares suffice
+    old["baseline_version"] = 3
+    path.write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"not a drift baseline of version 1 or 2\. Fix: materialize drift_baseline"):
+        read_baseline(drive, "shop")

@@ -107,6 +107,10 @@ class SelectionConfig(Strict):
 
 # Drift is checked every few minutes; a shorter cooldown would retrain on nearly every check.
 MIN_RETRAIN_COOLDOWN_HOURS = 0.25
+# Drift tests, numeric then categorical (mlgraph/monitoring/drift.py, distribution.py); `drift.tests` names those
+# that decide, all are reported. Why these defaults (ks reports only): docs/monitoring.md, "Which tests decide".
+DRIFT_TESTS = ("z", "ks", "wasserstein", "psi", "unseen", "chi2", "jensen_shannon")
+DEFAULT_DRIFT_TESTS = ("z", "wasserstein", "psi", "unseen", "chi2", "jensen_shannon")
 
 
 class DriftConfig(Strict):
@@ -119,6 +123,21 @@ class DriftConfig(Strict):
     class_rate_shift_threshold: float = Field(default=0.1, gt=0, le=1, description="Predicted class-share shift limit")
     unseen_share_threshold: float = Field(default=0.05, ge=0, le=1, description="Unseen-category share limit")
     chi2_pvalue: float = Field(default=0.001, gt=0, lt=1, description="Categorical chi-square p-value limit")
+    tests: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DRIFT_TESTS),
+        description=f"Tests that decide, of {', '.join(DRIFT_TESTS)} (a feature drifts when one flags it; all are "
+        "reported). Default: all but ks, whose p < 0.05 on 20 features false-alarms in 1 window of 4",
+    )
+    ks_pvalue: float = Field(default=0.05, gt=0, lt=1, description="ks flags a two-sample p-value under this")
+    wasserstein_threshold: float = Field(
+        default=0.1, gt=0, description="W1 / training std limit (Evidently's); at least the noise 4/sqrt(n m/(n+m))"
+    )
+    psi_threshold: float = Field(
+        default=0.2, gt=0, description="PSI limit over the training deciles; at least its chi-square noise bound"
+    )
+    jensen_shannon_threshold: float = Field(
+        default=0.1, gt=0, le=1, description="Jensen-Shannon distance limit (Evidently's); at least its noise bound"
+    )
     allow_fast_retraining: bool = Field(
         default=False,
         description=f"Allow retrain_cooldown_hours under {MIN_RETRAIN_COOLDOWN_HOURS:g} h (down to 0: a retraining "
@@ -149,6 +168,17 @@ class DriftConfig(Strict):
                 "mean it (tests and demos)"
             )
         return value
+
+    @field_validator("tests")
+    @classmethod
+    def _known_tests(cls, value: list[str]) -> list[str]:
+        if not value or set(value) - set(DRIFT_TESTS):
+            unknown = ", ".join(repr(n) for n in value if n not in DRIFT_TESTS)
+            raise ValueError(
+                f"{f'unknown test(s) {unknown}' if unknown else 'no test'}. Fix: set drift.tests to a list of "
+                f"{', '.join(DRIFT_TESTS)} (default: {', '.join(DEFAULT_DRIFT_TESTS)})"
+            )
+        return list(dict.fromkeys(value))  # a name given twice decides once
 
 
 class ServingSLO(Strict):

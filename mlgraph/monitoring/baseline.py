@@ -1,10 +1,14 @@
 """The drift baseline: the champion's training distribution, saved beside the model (design document 001, stage 5).
 
-Per numeric feature (numeric, integer and boolean columns) the mean, standard deviation, quantiles
-and missing share; per categorical feature the category shares (the most frequent `MAX_CATEGORIES`,
+Per numeric feature (numeric, integer and boolean columns) the mean, standard deviation, quantiles,
+missing share and a quantile sketch (up to 1,001 quantiles at evenly spaced probabilities: what the KS,
+Wasserstein and PSI tests of mlgraph/monitoring/distribution.py compare a window with; never the rows); per categorical feature the category shares (the most frequent `MAX_CATEGORIES`,
 the rest pooled as `other_share`); for the target the positive rate (binary), the class shares
 (multiclass) or mean and standard deviation (regression, forecasting). It records the champion
 version, run and config hash it was computed for, so a report knows when it is out of date.
+
+Version 2 added the sketch. A version-1 baseline still loads: its report gives the sketch's tests as
+"not available (baseline predates it; rematerialize drift_baseline)" and decides on the others.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from mlgraph.core.atomic import atomic_write_json
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import ExperimentConfig
 from mlgraph.core.untrusted import read_regular_file
+from mlgraph.monitoring.distribution import SKETCH_POINTS, quantile_sketch, sketch_points
 
-BASELINE_VERSION = 1
-BASELINE_MAX_BYTES = 64 << 20  # a baseline holds per-feature histograms: kilobytes, far below this
+BASELINE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no quantile sketch (the distribution tests are then not available)
+# A baseline holds per-feature summaries: ~20 KB of sketch per numeric feature, so 64 MiB is ~3,000 features.
+BASELINE_MAX_BYTES = 64 << 20
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 MAX_CATEGORIES = 200
 NUMERIC_TYPES = {"numeric", "integer", "boolean"}
@@ -63,17 +70,18 @@ def label_key(value: Any) -> str:
     return str(value)
 
 
-def numeric_stats(values: pd.Series) -> dict[str, Any]:
+def numeric_stats(values: pd.Series, sketch_size: int = SKETCH_POINTS) -> dict[str, Any]:
     finite = pd.to_numeric(values, errors="coerce").astype(np.float64)
     present = finite[np.isfinite(finite)]
     if present.empty:
-        return {"count": 0, "mean": None, "std": None, "quantiles": {}, "missing_share": 1.0}
+        return {"count": 0, "mean": None, "std": None, "quantiles": {}, "missing_share": 1.0, "sketch": []}
     return {
         "count": int(len(present)),
         "mean": float(present.mean()),
         "std": float(present.std(ddof=0)),
         "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, np.quantile(present, QUANTILES), strict=True)},
         "missing_share": float(1 - len(present) / len(values)) if len(values) else 0.0,
+        "sketch": quantile_sketch(present.to_numpy(), sketch_size),
     }
 
 
@@ -120,7 +128,7 @@ def compute_baseline(train: pd.DataFrame, config: ExperimentConfig, champion: Ma
         "dataset_sha256": str(champion.get("dataset_sha256", "")),
         "computed_at": dt.datetime.now(dt.UTC).isoformat(),
         "rows": len(train),
-        "numeric": {name: numeric_stats(train[name]) for name in numeric},
+        "numeric": {name: numeric_stats(train[name], sketch_points(len(numeric))) for name in numeric},
         "categorical": {name: categorical_stats(train[name]) for name in categorical},
         "target": target_stats(train[config.target], config.task),
     }
@@ -142,9 +150,9 @@ def read_baseline(drive: DrivePaths, experiment: str) -> dict[str, Any] | None:
         raise ValueError(
             f"{path}: not a drift baseline ({exc}). Fix: materialize drift_baseline for {experiment}."
         ) from None
-    if not isinstance(data, dict) or data.get("baseline_version") != BASELINE_VERSION:
+    if not isinstance(data, dict) or data.get("baseline_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: not a version-{BASELINE_VERSION} drift baseline. Fix: materialize drift_baseline "
-            f"for {experiment}."
+            f"{path}: not a drift baseline of version {' or '.join(map(str, READABLE_VERSIONS))}. "
+            f"Fix: materialize drift_baseline for {experiment}."
         )
     return data

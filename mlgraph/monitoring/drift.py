@@ -1,15 +1,21 @@
 """Drift of the prediction log against the champion's training distribution: one implementation for the
 `drift_report` asset, the `drift_sensor` and the service's `/monitoring/drift` and `/monitoring/retraining_trigger`.
 
-The rule (design document 001, stage 5; thresholds in the experiment's `drift:` section):
+The rule (design document 001, stage 5, and issue 22; thresholds in the experiment's `drift:` section). A
+feature drifts when any of its deciding tests (`drift.tests`) flags it; every test is computed and
+reported per feature (`tests`: statistic, threshold, flagged, decides) whether it decides or not:
 
-- numeric feature: z = (window mean - training mean) / training std, the shift of the window's mean in
-  training standard deviations. It drifts when |z| > `drift_zscore_threshold` (3.0). The standard error
+- numeric feature, `z`: z = (window mean - training mean) / training std, the shift of the window's mean
+  in training standard deviations; flags |z| > `drift_zscore_threshold` (3.0). The standard error
   (std / sqrt(n)) is deliberately not the denominator: over a window of thousands of predictions it
   would flag shifts of a hundredth of a standard deviation, so 3.0 would mean nothing;
-- categorical feature: it drifts when the share of categories never seen in training exceeds
-  `unseen_share_threshold`, or a chi-square test of homogeneity (scipy.stats.chi2_contingency) of the
-  seen categories' counts in training and in the window gives p < `chi2_pvalue`;
+- numeric feature, `ks`, `wasserstein`, `psi`: the window's distribution against the baseline's quantile
+  sketch (mlgraph/monitoring/distribution.py); they see what z cannot, such as a spread tripled around
+  an unchanged mean;
+- categorical feature: `unseen` flags when the share of categories never seen in training exceeds
+  `unseen_share_threshold`, `chi2` when a chi-square test of homogeneity (scipy.stats.chi2_contingency)
+  of the seen categories' counts in training and in the window gives p < `chi2_pvalue`, and
+  `jensen_shannon` on the distance between the category shares (distribution.py);
 - feature drift when at least `drift_min_features` (2) features drift;
 - prediction shift when the predicted positive rate (binary) or any class share (multiclass) moves
   more than `class_rate_shift_threshold` (0.1) from the training split's;
@@ -37,11 +43,18 @@ import numpy as np
 from mlgraph.core.drive import DrivePaths
 from mlgraph.core.experiment import DriftConfig, ExperimentConfig
 from mlgraph.monitoring.baseline import read_baseline
+from mlgraph.monitoring.distribution import UNAVAILABLE, categorical_tests, numeric_tests, unavailable
+from mlgraph.monitoring.distribution import result as test_result
 from mlgraph.monitoring.window import Window, read_window
 
 DRIFT, NO_DRIFT, INSUFFICIENT_DATA, NO_BASELINE = "drift", "no_drift", "insufficient_data", "no_baseline"
 STATUSES = (DRIFT, NO_DRIFT, INSUFFICIENT_DATA, NO_BASELINE)
-RULE = "z = (window mean - training mean) / training std"
+RULE = (
+    "a feature drifts when any deciding test (drift.tests) flags it; drift when at least drift_min_features "
+    "features drift, or the predicted class shares move"
+)
+UNSEEN_RULE = "statistic (share of categories never seen in training) > threshold"
+CHI2_RULE = "p_value < threshold"
 # Ordinary records are 0.3-2 KiB (a few hundred features fit 16 KiB); a hostile 1 MiB string per line
 # would otherwise make the default 5,000-line window 5 GB of reading.
 WINDOW_BYTES_PER_RECORD = 16 << 10
@@ -70,9 +83,19 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def numeric_drift(values: np.ndarray, stats: Mapping[str, Any], threshold: float) -> dict[str, Any]:
-    """One numeric feature: the window mean's shift in training standard deviations."""
+def _decide(result: dict[str, Any], tests: dict[str, dict[str, Any]], drift: DriftConfig) -> dict[str, Any]:
+    """A feature's result with its tests: each marked deciding or not; the feature drifts when a deciding one flags."""
+    for name, test in tests.items():
+        test["decides"] = name in drift.tests
+    flagged_by = [name for name, test in tests.items() if test["decides"] and test["flagged"]]
+    return {**result, "drift": bool(flagged_by), "flagged_by": flagged_by, "tests": tests}
+
+
+def numeric_drift(values: np.ndarray, stats: Mapping[str, Any], drift: DriftConfig) -> dict[str, Any]:
+    """One numeric feature: the window mean's shift in training standard deviations (z), and the distribution
+    tests against the baseline's quantile sketch (ks, wasserstein, psi; mlgraph/monitoring/distribution.py)."""
     present = values[np.isfinite(values)]
+    threshold = drift.drift_zscore_threshold
     result: dict[str, Any] = {
         "kind": "numeric",
         "count": int(present.size),
@@ -80,25 +103,29 @@ def numeric_drift(values: np.ndarray, stats: Mapping[str, Any], threshold: float
         "baseline_mean": stats.get("mean"),
         "baseline_std": stats.get("std"),
     }
+    z_rule = "|statistic| > threshold"
     if present.size == 0 or stats.get("mean") is None:
-        return {**result, "window_mean": None, "z": None, "drift": False, "note": "no values to compare"}
+        note = "no values to compare"
+        tests = {"z": unavailable(threshold, z_rule, note), **numeric_tests(np.empty(0), stats, drift)}
+        return _decide({**result, "window_mean": None, "z": None, "note": note}, tests, drift)
     mean, base_mean, base_std = float(present.mean()), float(stats["mean"]), float(stats["std"] or 0.0)
     result["window_mean"] = mean
+    # Sorted once (only for a baseline with a sketch): every distribution test then searches the sketch into it.
+    tests = numeric_tests(np.sort(present) if stats.get("sketch") else present, stats, drift)
     if base_std > 0:
         z = (mean - base_mean) / base_std
-        return {**result, "z": _finite(z), "drift": bool(abs(z) > threshold)}
+        tests = {"z": test_result(_finite(z), threshold, abs(z) > threshold, z_rule), **tests}
+        return _decide({**result, "z": _finite(z)}, tests, drift)
     # Constant in training: any move of the mean is infinitely many standard deviations.
     moved = not math.isclose(mean, base_mean, rel_tol=1e-9, abs_tol=1e-12)
-    return {
-        **result,
-        "z": None,
-        "drift": moved,
-        "note": "constant in training" + ("; the window moved" if moved else ""),
-    }
+    note = "constant in training" + ("; the window moved" if moved else "")
+    tests = {"z": test_result(None, threshold, moved, z_rule, note=note), **tests}
+    return _decide({**result, "z": None, "note": note}, tests, drift)
 
 
 def categorical_drift(counts: Mapping[str | None, int], stats: Mapping[str, Any], drift: DriftConfig) -> dict[str, Any]:
-    """One categorical feature (window counts by category, None = missing): unseen share and a chi-square test."""
+    """One categorical feature (window counts by category, None = missing): unseen share, a chi-square test and the
+    Jensen-Shannon distance."""
     from scipy.stats import chi2_contingency
 
     observed = {c: k for c, k in counts.items() if c is not None and k}
@@ -110,14 +137,13 @@ def categorical_drift(counts: Mapping[str | None, int], stats: Mapping[str, Any]
         "missing_share": float(1 - n / total) if total else 0.0,
     }
     if n == 0 or not shares:
-        return {
-            **result,
-            "unseen_share": None,
-            "chi2": None,
-            "p_value": None,
-            "drift": False,
-            "note": "no values to compare",
+        note = "no values to compare"
+        tests = {
+            "unseen": unavailable(drift.unseen_share_threshold, UNSEEN_RULE, note),
+            "chi2": unavailable(drift.chi2_pvalue, CHI2_RULE, note),
+            **categorical_tests(observed, stats, drift),
         }
+        return _decide({**result, "unseen_share": None, "chi2": None, "p_value": None, "note": note}, tests, drift)
     seen = {c: observed.get(c, 0) for c in shares}
     # Categories pooled as "other" in the baseline are not unseen: only the excess over their share is.
     unseen_share = max(0.0, (n - sum(seen.values())) / n - float(stats.get("other_share") or 0.0))
@@ -130,16 +156,18 @@ def categorical_drift(counts: Mapping[str | None, int], stats: Mapping[str, Any]
     if used.sum() > 1 and window.sum() > 0:
         test = chi2_contingency(np.vstack([training[used], window[used]]), correction=False)
         chi2, p_value = _finite(float(test.statistic)), _finite(float(test.pvalue))
-    drifted = unseen_share > drift.unseen_share_threshold or (p_value is not None and p_value < drift.chi2_pvalue)
-    top_unseen = sorted((c for c in observed if c not in shares), key=lambda c: -observed[c])[:5]
-    return {
-        **result,
-        "unseen_share": unseen_share,
-        "unseen_examples": top_unseen,
-        "chi2": chi2,
-        "p_value": p_value,
-        "drift": bool(drifted),
+    tests = {
+        "unseen": test_result(
+            unseen_share, drift.unseen_share_threshold, unseen_share > drift.unseen_share_threshold, UNSEEN_RULE
+        ),
+        "chi2": test_result(
+            chi2, drift.chi2_pvalue, p_value is not None and p_value < drift.chi2_pvalue, CHI2_RULE, p_value=p_value
+        ),
+        **categorical_tests(observed, stats, drift),
     }
+    top_unseen = sorted((c for c in observed if c not in shares), key=lambda c: -observed[c])[:5]
+    result.update(unseen_share=unseen_share, unseen_examples=top_unseen, chi2=chi2, p_value=p_value)
+    return _decide(result, tests, drift)
 
 
 def _class_counts(counts: Mapping[str | None, int], classes: list[str]) -> dict[str, int]:
@@ -240,6 +268,7 @@ def build_report(drive: DrivePaths, config: ExperimentConfig, max_window_bytes: 
         "generated_at": dt.datetime.now(dt.UTC).isoformat(),
         "rule": RULE,
         "thresholds": drift.model_dump(mode="json"),
+        "tests": {"deciding": list(drift.tests), "not_available": {}},
         "log": str(drive.prediction_log_path(config.name)),
     }
     baseline = read_baseline(drive, config.name)
@@ -275,10 +304,7 @@ def build_report(drive: DrivePaths, config: ExperimentConfig, max_window_bytes: 
             "features": {},
             "class_rate": None,
         }
-    features = {
-        name: numeric_drift(window.numeric[name], baseline["numeric"][name], drift.drift_zscore_threshold)
-        for name in numeric
-    }
+    features = {name: numeric_drift(window.numeric[name], baseline["numeric"][name], drift) for name in numeric}
     features.update(
         {
             name: categorical_drift(window.categorical[name], baseline["categorical"][name], drift)
@@ -286,6 +312,7 @@ def build_report(drive: DrivePaths, config: ExperimentConfig, max_window_bytes: 
         }
     )
     shift = class_shift(window.predictions, baseline["target"], drift.class_rate_shift_threshold)
+    report["tests"]["not_available"] = _not_available(features)
     reasons = _reasons(features, shift, drift)
     return {
         **report,
@@ -298,12 +325,31 @@ def build_report(drive: DrivePaths, config: ExperimentConfig, max_window_bytes: 
     }
 
 
+def _not_available(features: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Tests an old baseline cannot run (no quantile sketch), with the fix; said once, not per feature."""
+    return {
+        name: UNAVAILABLE
+        for result in features.values()
+        for name, test in result["tests"].items()
+        if test.get("note") == UNAVAILABLE
+    }
+
+
 def _describe(name: str, result: Mapping[str, Any]) -> str:
-    if result["kind"] == "numeric":
-        return f"{name} (z={result['z']:+.2f})" if result["z"] is not None else f"{name} ({result.get('note')})"
-    p_value = result["p_value"]
-    chi2 = f", chi-square p={p_value:.2g}" if p_value is not None else ""
-    return f"{name} (unseen {result['unseen_share']:.1%}{chi2})"
+    """`name (z=+4.01; wasserstein 1.58 >= 0.1)`: the tests that flagged it, each statistic beside its threshold."""
+    parts = []
+    for test_name in result["flagged_by"]:
+        test = result["tests"][test_name]
+        statistic, threshold = test["statistic"], max(test["threshold"], test.get("noise_floor") or 0.0)
+        if test_name == "z":
+            parts.append(f"z={statistic:+.2f}" if statistic is not None else str(test.get("note")))
+        elif test_name == "unseen":
+            parts.append(f"unseen {statistic:.1%}")
+        elif "p_value" in test:
+            parts.append(f"{test_name} p={test['p_value']:.2g} < {threshold:g}")
+        else:
+            parts.append(f"{test_name} {statistic:.3g} >= {threshold:.3g}")
+    return f"{name} ({'; '.join(parts)})"
 
 
 def _reasons(

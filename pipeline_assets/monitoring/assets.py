@@ -119,7 +119,8 @@ def drift_baseline(
 def drift_report(
     context: dg.AssetExecutionContext, storage: SharedDrive, catalog: ExperimentCatalog
 ) -> dg.MaterializeResult:
-    """Drift of the newest logged predictions against the baseline: per-feature z-scores, categories, class-rate shift."""
+    """Drift of the newest logged predictions against the baseline: per-feature tests (z, KS, Wasserstein, PSI; unseen,
+    chi-square, Jensen-Shannon), each statistic beside its threshold; the class-rate shift."""
     from mlgraph.core.atomic import atomic_write_json
     from mlgraph.monitoring.drift import build_report, retraining_trigger
 
@@ -127,7 +128,10 @@ def drift_report(
     report = build_report(storage.layout, config)
     path = atomic_write_json(storage.drift_report_json(config.name), report)
     window = report.get("window") or {}
-    features = [[name, f["kind"], _score(f), "yes" if f["drift"] else ""] for name, f in report["features"].items()]
+    features = [
+        [name, f["kind"], _score(f), ", ".join(f.get("flagged_by", [])), "yes" if f["drift"] else ""]
+        for name, f in report["features"].items()
+    ]
     context.log.info(f"{config.name}: {report['status']}; " + "; ".join(report["reasons"]))
     return dg.MaterializeResult(
         metadata={
@@ -138,17 +142,25 @@ def drift_report(
             "window_rows": int(window.get("rows") or 0),
             "bad_lines": int(window.get("bad_lines") or 0),
             "window": f"{window.get('first_time')} … {window.get('last_time')}",
-            "features": dg.MetadataValue.md(md_table(["feature", "kind", "score", "drift"], features)),
+            "features": dg.MetadataValue.md(md_table(["feature", "kind", "score", "flagged by", "drift"], features)),
             "path": dg.MetadataValue.path(str(path)),
         }
     )
 
 
 def _score(result: dict) -> str:
+    """One cell: z (numeric) or unseen share and chi-square p (categorical), then the distances; the report's JSON
+    has every test's statistic, threshold and verdict."""
     if result["kind"] == "numeric":
-        return f"z={result['z']:+.2f}" if result["z"] is not None else str(result.get("note", "-"))
-    p_value = result.get("p_value")
-    return f"unseen {result['unseen_share'] or 0:.1%}, p={p_value:.2g}" if p_value is not None else "-"
+        parts = [f"z={result['z']:+.2f}" if result["z"] is not None else str(result.get("note", "-"))]
+    else:
+        p_value = result.get("p_value")
+        parts = [f"unseen {result['unseen_share'] or 0:.1%}, p={p_value:.2g}" if p_value is not None else "-"]
+    tests = result.get("tests", {})
+    for name in ("wasserstein", "psi", "jensen_shannon"):
+        if name in tests and tests[name]["statistic"] is not None:
+            parts.append(f"{name}={tests[name]['statistic']:.3g}")
+    return ", ".join(parts)
 
 
 # --- live_performance: delayed labels joined to the prediction log (issue 22) --------------------------------
