@@ -141,7 +141,7 @@ def ticks_until_run(
 
 def scenario(tmp: Path, junk: int, max_ticks: int) -> dict:
     clock = lambda: time.time_ns() + 2 * HOUR_NS  # noqa: E731 - the daemon two hours after the planting
-    training, _ = build_signal_sensors(settle_seconds=0, clock=clock)
+    training, _ = build_signal_sensors(settle_seconds=0, clock=clock, listen_seconds=0)
     drive, config_dir = tmp / "drive", tmp / "config"
     (config_dir / "experiments").mkdir(parents=True)
     for name in EXPERIMENTS:

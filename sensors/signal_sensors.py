@@ -65,10 +65,21 @@ from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from sensors.alerts import alert_rejected_signals
 
-SETTLE_SECONDS = 2.0
+# A file younger than this may still be written by a writer that does not rename into place; the tick
+# waits for it (listening, below) rather than read it half-written. ctime ordering re-reads a file that
+# is rewritten later anyway, so a short wait suffices.
+SETTLE_SECONDS = 1.0
 # The daemon evaluates sensors at most every 5 s anyway; a scan costs milliseconds.
 MIN_INTERVAL_SECONDS = 5
+# Dagster's sensor daemon starts an evaluation at most every 5 s (its loop), which alone made signal →
+# run take 2.5 s on average and 5 s at worst before settling and launching. A tick that finds nothing
+# new keeps looking, once a second, for up to LISTEN_SECONDS and returns as soon as a signal settles:
+# the daemon then watches the drive almost continuously at one scan per second (the design documents'
+# inotify, on any file system, a network mount included).
+LISTEN_SECONDS = 4.0
+LISTEN_POLL_SECONDS = 1.0
 SETTLE_ENV = "MLGRAPH_SIGNAL_SETTLE_SECONDS"
+LISTEN_ENV = "MLGRAPH_SIGNAL_LISTEN_SECONDS"
 COMPUTE_ENV = "MLGRAPH_SIGNAL_COMPUTE"
 # Config files whose hash a code server remembers between ticks; experiments come and go over months.
 MAX_CACHED_CONFIGS = 4096
@@ -123,6 +134,32 @@ def _settle_seconds(configured: float | None) -> float:
         return configured
     raw = os.environ.get(SETTLE_ENV)
     return float(raw) if raw else SETTLE_SECONDS
+
+
+def _listen_seconds(configured: float | None) -> float:
+    if configured is not None:
+        return configured
+    raw = os.environ.get(LISTEN_ENV)
+    return float(raw) if raw else LISTEN_SECONDS
+
+
+def listen(
+    make_tick: Callable[[], "_Tick"],
+    listen_seconds: float,
+    poll_seconds: float = LISTEN_POLL_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> "_Tick":
+    """A tick, re-planned every `poll_seconds` while it finds nothing to do, for up to `listen_seconds`.
+
+    Anything to say — a signal accepted or rejected, a backlog — ends the wait; files still settling do not.
+    """
+    deadline = monotonic() + listen_seconds
+    tick = make_tick()
+    while not tick.has_news() and monotonic() + poll_seconds <= deadline:
+        sleep(poll_seconds)
+        tick = make_tick()
+    return tick
 
 
 def _route(kind: str) -> dict[str, str]:
@@ -329,6 +366,9 @@ class _Tick:
         self.events: list = []
         self._ran = _existing_runs(context.instance, [a.run_key for a in self.plan.accepted])
 
+    def has_news(self) -> bool:
+        return bool(self.plan.accepted or self.plan.rejected or self.plan.backlog)
+
     def rel(self, item: Accepted) -> str:
         return item.file.rel
 
@@ -409,9 +449,11 @@ def build_signal_sensors(
     max_per_tick: int = MAX_SIGNALS_PER_TICK,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     clock: Callable[[], int] = time.time_ns,
+    listen_seconds: float | None = None,
 ) -> tuple[dg.SensorDefinition, dg.SensorDefinition]:
-    """The two signal sensors; `settle_seconds` None means $MLGRAPH_SIGNAL_SETTLE_SECONDS at tick time, else 2 s.
-    `clock` (wall time in ns) decides which files have settled."""
+    """The two signal sensors; `settle_seconds` None means $MLGRAPH_SIGNAL_SETTLE_SECONDS at tick time, else
+    SETTLE_SECONDS; `listen_seconds` None means $MLGRAPH_SIGNAL_LISTEN_SECONDS, else LISTEN_SECONDS (0: one
+    scan per tick). `clock` (wall time in ns) decides which files have settled."""
 
     @dg.sensor(
         name="training_complete_sensor",
@@ -423,15 +465,18 @@ def build_signal_sensors(
     def training_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        tick = _Tick(
-            context,
-            storage,
-            catalog,
-            storage.models_root(),
-            (TRAINING_COMPLETE,),
-            _settle_seconds(settle_seconds),
-            max_per_tick,
-            clock(),
+        tick = listen(
+            lambda: _Tick(
+                context,
+                storage,
+                catalog,
+                storage.models_root(),
+                (TRAINING_COMPLETE,),
+                _settle_seconds(settle_seconds),
+                max_per_tick,
+                clock(),
+            ),
+            _listen_seconds(listen_seconds),
         )
         for item in tick.plan.accepted:
             with tick.guard(item):
@@ -457,15 +502,18 @@ def build_signal_sensors(
     def eval_complete_sensor(
         context: dg.SensorEvaluationContext, storage: SharedDrive, catalog: ExperimentCatalog
     ) -> dg.SensorResult:
-        tick = _Tick(
-            context,
-            storage,
-            catalog,
-            storage.evaluation_root(),
-            (EVAL_COMPLETE, EVAL_FAILED),
-            _settle_seconds(settle_seconds),
-            max_per_tick,
-            clock(),
+        tick = listen(
+            lambda: _Tick(
+                context,
+                storage,
+                catalog,
+                storage.evaluation_root(),
+                (EVAL_COMPLETE, EVAL_FAILED),
+                _settle_seconds(settle_seconds),
+                max_per_tick,
+                clock(),
+            ),
+            _listen_seconds(listen_seconds),
         )
         for item in tick.plan.accepted:
             with tick.guard(item):

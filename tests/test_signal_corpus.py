@@ -32,7 +32,7 @@ from tests.support import dagster_instance
 from tests.support.instance import DEMO
 from tests.test_signal_sensors import Records, write_eval, write_training
 
-TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
+TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0, listen_seconds=0)
 TICK_LIMIT_SECONDS = 30.0
 HOSTILE = "student_engagement"  # a registered experiment: its rejection is the file's fault alone
 TRAINING_FILE = f"models/{HOSTILE}/.training_complete"

@@ -22,7 +22,7 @@ from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from sensors.signal_sensors import MAX_LISTED_REJECTIONS, ConfigHashCache, build_signal_sensors
 
-TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0)
+TRAINING_SENSOR, EVAL_SENSOR = build_signal_sensors(settle_seconds=0, listen_seconds=0)
 
 
 def write_training(drive: Path, directory: str, checkpoint: str = "ck1", **fields) -> Path:
@@ -213,7 +213,7 @@ def test_bad_files_are_reported_and_never_block_good_ones(env, tmp_path: Path):
 
 def test_unsettled_files_wait_for_a_later_tick(env):
     drive, config_dir, instance = env
-    patient, _ = build_signal_sensors(settle_seconds=60)
+    patient, _ = build_signal_sensors(settle_seconds=60, listen_seconds=0)
     path = write_training(drive, "salary")
     result = tick(patient, instance, drive, config_dir)
     assert result.run_requests == []
@@ -306,7 +306,7 @@ def test_a_backlog_drains_over_several_ticks_in_change_order(env, config_dir):
         paths.append(write_training(drive, name))
     # Written one after the other: ctime order is write order (ties, on a coarse clock, go by path).
     assert sorted(paths, key=lambda p: position(drive, p)) == paths
-    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2)
+    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2, listen_seconds=0)
     seen, cursor = [], None
     for expected in (2, 2, 1, 0):
         result = tick(small, instance, drive, config_dir, cursor)
@@ -343,7 +343,7 @@ def test_files_sharing_one_change_time_are_taken_a_few_per_tick(env):
         os.link(first, drive / "models" / name / ".training_complete")  # says exp0: rejected in exp1..exp5
     files = [drive / "models" / name / ".training_complete" for name in names]
     assert len({ctime_ns(f) for f in files}) == 1  # the case under test, not a coincidence of the clock
-    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2)
+    small, _ = build_signal_sensors(settle_seconds=0, max_per_tick=2, listen_seconds=0)
     handled, positions, cursor = [], [], None
     for _ in range(3):
         records = Records()
@@ -395,7 +395,9 @@ def test_a_flood_of_junk_is_rejected_unread_once_and_real_signals_still_run_at_o
     hour = 3600 * 10**9
     plant_junk(drive, 3000, time.time_ns() + hour)
     real = write_training(drive, "student_engagement")
-    sensor, _ = build_signal_sensors(settle_seconds=0, max_per_tick=5, clock=lambda: time.time_ns() + 2 * hour)
+    sensor, _ = build_signal_sensors(
+        settle_seconds=0, max_per_tick=5, clock=lambda: time.time_ns() + 2 * hour, listen_seconds=0
+    )
     reads.clear()
     records = Records()
     result = tick(sensor, instance, drive, config_dir, handled.cursor, records)
@@ -493,3 +495,70 @@ def test_config_hash_cache_is_bounded_and_keeps_one_entry_per_file(tmp_path: Pat
     assert files[3] not in cache and files[2] in cache and len(cache) == 3
     with pytest.raises(ValueError, match="at least 1"):
         ConfigHashCache(max_entries=0)
+
+
+def test_a_quiet_tick_listens_and_returns_as_soon_as_a_signal_settles(env):
+    """A tick that finds nothing keeps scanning once a second: a signal written while it listens is requested
+    by that same tick, a settle time after it was written, not at the daemon's next evaluation."""
+    import threading
+
+    drive, config_dir, instance = env
+    listening, _ = build_signal_sensors(settle_seconds=0.5, listen_seconds=4.0)
+    written: list[float] = []
+
+    def writer() -> None:
+        time.sleep(1.2)
+        write_training(drive, "salary", "late")
+        written.append(time.monotonic())
+
+    thread = threading.Thread(target=writer)
+    start = time.monotonic()
+    thread.start()
+    result = tick(listening, instance, drive, config_dir)
+    returned = time.monotonic()
+    thread.join()
+    [request] = result.run_requests
+    assert request.tags["mlgraph/checkpoint_id"] == "late"
+    # Seen by a poll after settling: within settle + one poll interval of the write, before the window ends.
+    assert returned - written[0] <= 0.5 + 1.0 + 0.5
+    assert returned - start < 4.0
+
+    # Nothing new: the tick listens for its whole window (4 polls at most), then says why it requests nothing.
+    start = time.monotonic()
+    quiet = tick(listening, instance, drive, config_dir, cursor=result.cursor)
+    assert not quiet.run_requests and 3.0 <= time.monotonic() - start < 5.0
+
+
+def test_listen_polls_once_a_second_and_stops_at_news():
+    from sensors.signal_sensors import listen
+
+    clock = [0.0]
+    ticks: list[float] = []
+
+    class Fake:
+        def __init__(self, news: bool):
+            self.news = news
+
+        def has_news(self) -> bool:
+            return self.news
+
+    def make(news_at: float):
+        def build() -> Fake:
+            ticks.append(clock[0])
+            return Fake(clock[0] >= news_at)
+
+        return build
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    assert not listen(make(99.0), 4.0, sleep=sleep, monotonic=lambda: clock[0]).has_news()
+    assert ticks == [0.0, 1.0, 2.0, 3.0, 4.0]  # one scan a second, the window's end included
+    ticks.clear()
+    clock[0] = 0.0
+    assert listen(make(2.0), 4.0, sleep=sleep, monotonic=lambda: clock[0]).has_news()
+    assert ticks == [0.0, 1.0, 2.0]
+    ticks.clear()
+    clock[0] = 0.0
+    listen(make(99.0), 0.0, sleep=sleep, monotonic=lambda: clock[0])
+    assert ticks == [0.0]  # listen 0: one scan, as before

@@ -63,6 +63,7 @@ def write_instance_config(
     *,
     max_concurrent_runs: int = 2,
     run_monitoring: Mapping[str, Any] | None = None,
+    dequeue_interval_seconds: int = 1,
 ) -> Path:
     """dagster.yaml (queued runs, the given launcher, run monitoring with `run_monitoring` on top, automation on
     or off, storage: SQLite under `home` unless given) and workspace.yaml (the pipeline); returns the latter."""
@@ -72,7 +73,10 @@ def write_instance_config(
         "run_coordinator": {
             "module": "dagster.core.run_coordinator",
             "class": "QueuedRunCoordinator",
-            "config": {"max_concurrent_runs": max_concurrent_runs, "dequeue_interval_seconds": 1},
+            "config": {
+                "max_concurrent_runs": max_concurrent_runs,
+                "dequeue_interval_seconds": dequeue_interval_seconds,
+            },
         },
         "run_launcher": dict(run_launcher or DEFAULT_RUN_LAUNCHER),
         "run_monitoring": {
