@@ -4,7 +4,7 @@
    classification champion (student_engagement) against `mlgraph serve` with the prediction log on;
    reports offered vs achieved rate, latency percentiles from intended send time, errors, and lost log
    lines: 2xx answers minus prediction-log lines after the service stopped (SIGTERM drains the log).
-2. Sweeps the rate to saturation with the serving_capacity asset's settings (prediction log off, as the
+2. Sweeps the rate to saturation with the serving_capacity asset's settings (prediction log on, as the
    asset measures) and compares the saturation point with the one the asset recorded.
 
 The drive: `--drive` (default $SHARED_DRIVE) after `make demo` has materialized student_engagement —
@@ -59,7 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of replay at --rate")
     parser.add_argument("--rate", type=float, default=2000.0)
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--drive", default=None, help="drive after `make demo` (default $SHARED_DRIVE)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the saturation comparison")
     args = parser.parse_args()
@@ -101,10 +101,10 @@ def main() -> int:
         logged = _log_lines(drive) - warm.ok
         summary = run.summary()
 
-        # 2. The sweep, as the asset runs it (prediction log off).
+        # 2. The sweep, as the asset runs it (prediction log on).
         sweep_result = None
         if not args.no_sweep:
-            with capacity.ServiceProcess(root, config_dir, EXPERIMENT, "--no-prediction-log") as service:
+            with capacity.ServiceProcess(root, config_dir, EXPERIMENT) as service:
                 service.wait_ready()
                 endpoint = loadgen.parse_url(service.url)
                 sweep = saturation.run_sweep(

@@ -5,7 +5,7 @@ serving_capacity asset keeps, and the release rule the service applies to it.
   columns, the service's request schema) taken from the test split or a user's CSV / parquet / JSONL
   file; a forecaster's rows are windows of past target values.
 - `measure` starts `mlgraph serve` for the current champion on a free loopback port (its own process,
-  prediction log off: replayed test rows must not enter the production log that drift reads), runs the
+  prediction log on but in a scratch file: replayed test rows must not enter the log drift reads), runs the
   open-loop sweep (mlgraph.deployment.loadgen) against the experiment's SLO, and writes the curve (CSV +
   PNG) and the record (JSON, and one line of history per measurement) under artifacts/{experiment}/capacity/.
 - `release_hold`, the release rule `mlgraph serve` applies before loading a champion: one whose own
@@ -18,14 +18,16 @@ serving_capacity asset keeps, and the release rule the service applies to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,10 @@ READY_TIMEOUT_S = 60.0
 MAX_EVENTS = 2000  # distinct request bodies cycled through (bounded memory, varied inputs)
 SOURCE_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
 CHECK = "serving_capacity_meets_slo"
-# Short steps keep the asset within ~15 s on the demo machine (server start included); two bisections
+# Steps of 2 s: long enough that a backlog (the log writer falling behind) shows, short enough to keep the
+# asset within ~25 s on the demo machine (server start included); two bisections
 # after the first failing step give ~12 % resolution (1.6 ** 0.25).
-ASSET_SWEEP = saturation.SweepSettings(start_rps=250.0, factor=1.6, max_rps=8000.0, step_seconds=1.0, refine_steps=2)
+ASSET_SWEEP = saturation.SweepSettings(start_rps=250.0, factor=1.6, max_rps=8000.0, step_seconds=2.0, refine_steps=2)
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -203,7 +206,8 @@ class ServiceProcess:
                         return answer.json()
                     last = answer.text
                     failure = (health.get("last_load_failure") or {}).get("error", "")
-                    if failure.startswith("ModelRefused"):  # the champion itself, not a passing read error
+                    # The champion itself (not a passing read error, nor a champion changing mid-load).
+                    if failure.startswith("ModelRefused") and "changed while" not in failure:
                         raise NotServable(failure)
                 time.sleep(0.1)
         raise RuntimeError(f"mlgraph serve on {self.url} not ready after {timeout:g} s ({last}). {self._tail()}")
@@ -259,6 +263,14 @@ def previous_record(drive: DrivePaths, experiment: str, model_version: str) -> d
     return previous
 
 
+@contextlib.contextmanager
+def _removed(directory: Path) -> Iterator[Path]:
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Measurement:
     record: dict[str, Any]
@@ -284,15 +296,24 @@ def measure(
     directory = drive.capacity_dir(config.name)
     directory.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    # The prediction log on, as in production (its writer costs the service a large share of its
+    # throughput), but into a scratch file: replayed test rows must never reach the log drift reads.
     # --no-release-hold: the champion is measured even when an earlier measurement of it failed the SLO.
-    with ServiceProcess(
-        drive.root_path,
-        config_dir,
-        config.name,
-        "--no-prediction-log",
-        "--no-release-hold",
-        log_path=directory / "serving_capacity_server.log",
-    ) as service:
+    scratch = directory / "serving_capacity_scratch_log"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    with (
+        ServiceProcess(
+            drive.root_path,
+            config_dir,
+            config.name,
+            "--prediction-log-path",
+            str(scratch / "prediction_log.jsonl"),
+            "--no-release-hold",
+            log_path=directory / "serving_capacity_server.log",
+        ) as service,
+        _removed(scratch),
+    ):
         try:
             ready = service.wait_ready()
         except NotServable as exc:
@@ -322,7 +343,7 @@ def measure(
         "seconds": round(time.time() - started, 1),
         "events": len(events),
         "servable": True,
-        "prediction_log": False,
+        "prediction_log": True,
         **sweep.summary(),
         "curve": saturation.curve_rows(sweep),
     }

@@ -201,7 +201,7 @@ async def replay_async(
     requests: Sequence[bytes],
     rate: float,
     duration: float,
-    connections: int = 16,
+    connections: int = 32,
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: Callable[[Replay, float], None] | None = None,
 ) -> Replay:
@@ -280,7 +280,7 @@ def replay(
     requests: Sequence[bytes],
     rate: float,
     duration: float,
-    connections: int = 16,
+    connections: int = 32,
     timeout: float = DEFAULT_TIMEOUT_S,
     progress: Callable[[Replay, float], None] | None = None,
 ) -> Replay:

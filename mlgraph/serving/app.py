@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -88,7 +89,7 @@ def create_app(settings: ServeSettings) -> Guard:
     metrics = ServiceMetrics(config.name, [r.path for r in ROUTES])
     writer = (
         PredictionLogWriter(
-            drive.prediction_log_path(config.name),
+            Path(settings.log_path) if settings.log_path else drive.prediction_log_path(config.name),
             settings.log_max_bytes,
             settings.log_sync_interval,
             within=drive.root,  # no symlink at the path is followed, and its directory must be on the drive

@@ -28,6 +28,7 @@ class ServeSettings:
     max_rows: int = DEFAULT_MAX_ROWS  # more rows in one /batch_predict: 413
     max_string_length: int = DEFAULT_MAX_STRING_LENGTH  # longer string features: 422
     log_predictions: bool = True
+    log_path: str | None = None  # unset: the experiment's prediction log; serving_capacity logs to a scratch file
     log_max_bytes: int = DEFAULT_MAX_BYTES  # the prediction log rotates past this size
     log_sync_interval: float = 1.0  # seconds between fsyncs at most (what a machine crash may lose)
     log_max_pending_rows: int = DEFAULT_MAX_PENDING_ROWS  # rows queued for the log; past it predictions get 503

@@ -210,7 +210,7 @@ class ServingCapacityConfig(dg.Config):
     start_rps: float = 250.0
     factor: float = 1.6
     max_rps: float = 8000.0
-    step_seconds: float = 1.0  # as mlgraph.deployment.capacity.ASSET_SWEEP
+    step_seconds: float = 2.0  # as mlgraph.deployment.capacity.ASSET_SWEEP
 
 
 @dg.asset(

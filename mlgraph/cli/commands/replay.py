@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--from-test-split", action="store_true", help="events: the test split on the shared drive")
     p.add_argument("--rate", type=_positive, required=True, help="requests/s offered (with --sweep: the first step)")
     p.add_argument("--duration", type=_positive, default=10.0, help="seconds (with --sweep: per step; default 10)")
-    p.add_argument("--connections", type=int, default=16, help="keep-alive connections (default 16)")
+    p.add_argument("--connections", type=int, default=32, help="keep-alive connections (default 32)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     p.add_argument("--path", default="/predict", help="endpoint (default /predict)")
     p.add_argument("--timeout", type=_positive, default=10.0, help="seconds before a request counts as timed out")

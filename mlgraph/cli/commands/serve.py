@@ -29,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_rows=args.max_rows,
         max_string_length=args.max_string_length,
         log_predictions=not args.no_prediction_log,
+        log_path=args.prediction_log_path,
         log_max_bytes=args.log_max_bytes,
         log_max_pending_rows=args.log_max_pending_rows,
         log_retention_bytes=args.log_retention_bytes or None,
@@ -101,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"delete rotated logs older than this; 0: keep them (default {DEFAULT_RETENTION_DAYS:g})",
     )
     p.add_argument("--no-prediction-log", action="store_true", help="do not log predictions")
+    p.add_argument(
+        "--prediction-log-path",
+        default=None,
+        help="write the prediction log to this file on the drive instead of serving/<experiment>/ "
+        "(serving_capacity measures with the log on, away from the log drift reads)",
+    )
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between promotion-pointer checks")
     p.add_argument(
         "--no-release-hold",
