@@ -267,7 +267,8 @@ def latency_benchmark(
                         continue  # the first sample includes the daemon's start-up
                     from dagster._core.events import DagsterEventType
 
-                    [event] = instance.all_logs(rec.dagster_run.run_id, of_type=DagsterEventType.RUN_DEQUEUED)
+                    # The queue daemon marks a run STARTING when it dequeues it and hands it to the launcher.
+                    [event] = instance.all_logs(rec.dagster_run.run_id, of_type=DagsterEventType.RUN_STARTING)
                     created.append(rec.create_timestamp.timestamp() - written)
                     dequeued.append(event.timestamp - written)
                     started.append(rec.start_time - written)

@@ -1,12 +1,13 @@
 """checkpoint_comparison_report: an evaluated external checkpoint against the trained candidates, as one HTML report."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
-from mlgraph.analysis import checkpoint_comparison as comparison
 from mlgraph.core import evaluation_store
 from mlgraph.core.markdown import md_image, md_table
 from mlgraph.core.signals import read_signal
@@ -14,6 +15,9 @@ from mlgraph.core.tags import TAG_CHECKPOINT_ID
 from pipeline_assets.partitions import experiment_partitions_def
 from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
+
+if TYPE_CHECKING:  # pandas costs ~0.4 s at import: every run worker and sensor tick would pay it
+    import pandas as pd
 
 # The candidates' predictions on the test split (written by evaluation_metrics).
 CANDIDATE_DATASET = "test"
@@ -108,6 +112,8 @@ def checkpoint_comparison_report(
             "Fix: materialize checkpoint_evaluation for it."
         )
     candidate_predictions = storage.predictions_path(experiment, CANDIDATE_DATASET)
+    from mlgraph.analysis import checkpoint_comparison as comparison
+
     inputs = comparison.load_inputs(checkpoint_predictions, candidate_predictions)
     for note in inputs.notes:
         context.log.warning(note)
