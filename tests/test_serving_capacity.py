@@ -163,3 +163,33 @@ def test_a_running_service_keeps_the_old_champion_until_the_new_one_passes(servi
             else:  # measured and fast enough: released within a poll
                 _record(drive, "3", meets_slo=True)
                 wait_for(lambda: server.client.get("/health").json()["model_version"] == "3", 30, "v3 served")
+
+
+def test_a_champion_the_service_refuses_is_recorded_as_not_servable(serving_drive, tmp_path):  # noqa: F811
+    from mlgraph.core.hashing import sha256_file
+    from mlgraph.training.promotion import PromotionStore
+
+    root = drive_copy(serving_drive, tmp_path / "shared")
+    drive, config_dir = DriveLayout.at(root), serving_drive[1]
+    config = config_of(config_dir, BINARY)
+    broken = drive.champion_bundle(BINARY, "2") / "logistic_regression.joblib"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a pickle")
+    PromotionStore(drive.promotion_dir(config.config_hash)).promote(
+        {
+            "model_path": str(broken),
+            "model_type": "logistic_regression",
+            "model_version": "2",
+            "run_id": "run-broken",
+            "artifact_sha256": sha256_file(broken),
+            "threshold": 0.5,
+        }
+    )
+    champion = read_champion(drive, config)
+    measured = capacity.measure(drive, config, champion, config_dir)  # refused at once, not after the 60 s wait
+    assert measured.sweep is None and measured.record["servable"] is False
+    assert "cannot be loaded" in measured.record["reason"]
+    assert (
+        capacity.release_hold(drive, champion) is None
+    )  # nothing measured to hold it on; the service refuses it anyway
+    assert not (drive.capacity_dir(BINARY) / "serving_capacity_scratch_log").exists()
