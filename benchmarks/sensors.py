@@ -165,17 +165,18 @@ def _stats(values: list[float]) -> dict:
     }
 
 
-def _cpu_seconds(pids: list[int]) -> float:
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of each process still alive (a process's own, not its children's)."""
     import psutil
 
-    total = 0.0
+    out = {}
     for pid in pids:
         try:
             times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
+            out[pid] = times.user + times.system
         except psutil.Error:
             pass
-    return total
+    return out
 
 
 def latency_benchmark(
@@ -276,9 +277,11 @@ def latency_benchmark(
                 pids = daemon.descendants() + ([daemon.proc.pid] if daemon.proc else [])
                 before_cpu, before_wall = _cpu_seconds(pids), time.monotonic()
                 time.sleep(idle_seconds)
-                cpu = _cpu_seconds(pids) - before_cpu
+                after_cpu = _cpu_seconds(pids)
+                cpu = sum(after_cpu[p] - before_cpu[p] for p in after_cpu if p in before_cpu)
                 idle = {
                     "seconds": idle_seconds,
+                    "processes": len(after_cpu),
                     "cpu_seconds_per_second": round(cpu / (time.monotonic() - before_wall), 4),
                 }
                 from dagster._core.scheduler.instigation import InstigatorType

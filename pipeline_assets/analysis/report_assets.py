@@ -1,7 +1,5 @@
 """checkpoint_comparison_report: an evaluated external checkpoint against the trained candidates, as one HTML report."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +30,7 @@ class AnalysisReportConfig(dg.Config):
     bootstrap_resamples: int = Field(default=1000, ge=100, description="Resamples per confidence interval")
 
 
-def _metrics_table(evaluation_dir: Path) -> pd.DataFrame:
+def _metrics_table(evaluation_dir: Path) -> "pd.DataFrame":
     """Latest test value of every (model, metric), one row per model, through DuckDB over the parquet files."""
     import duckdb
 
@@ -55,7 +53,7 @@ def _checkpoint_id(
     config: AnalysisReportConfig,
     eval_dir: Path,
     signal_file: Path,
-    metrics: pd.DataFrame,
+    metrics: "pd.DataFrame",
 ) -> tuple[str, str]:
     """The checkpoint to report on, and what chose it: run config, run tag, .eval_complete, latest in the metrics."""
     if config.checkpoint_id:
@@ -75,7 +73,7 @@ def _checkpoint_id(
     return checkpoints[-1].split(":", 1)[1], "latest checkpoint in the metrics"
 
 
-def _paired_markdown(paired: pd.DataFrame) -> str:
+def _paired_markdown(paired: "pd.DataFrame") -> str:
     if not len(paired):
         return "no candidates to compare"
     return md_table(
