@@ -68,7 +68,7 @@ from sensors.alerts import alert_rejected_signals
 # A file younger than this may still be written by a writer that does not rename into place; the tick
 # waits for it (listening, below) rather than read it half-written. ctime ordering re-reads a file that
 # is rewritten later anyway, so a short wait suffices.
-SETTLE_SECONDS = 1.0
+SETTLE_SECONDS = 0.5
 # The daemon evaluates sensors at most every 5 s anyway; a scan costs milliseconds.
 MIN_INTERVAL_SECONDS = 5
 # Dagster's sensor daemon starts an evaluation at most every 5 s (its loop), which alone made signal →
