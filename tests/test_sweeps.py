@@ -303,3 +303,42 @@ def test_sweep_through_dagster_mlflow_results_and_compare(shared_drive, config_d
         assert materialize(instance, ["candidate_models"]).success
         again = trial_runs(client, experiment_id)
         assert len(again) == 4 and [r.data.params["model.alpha"] for r in again].count("-1.0") == 2
+
+
+def test_compare_sweep_reduces_per_epoch_losses(shared_drive):
+    """Trial runs logged as candidate_models logs them (SweepTracking), read back by `compare --sweep`."""
+    from mlgraph.core.tracking import Tracker
+    from mlgraph.training.compare import sweep_rows
+    from mlgraph.training.mlflow_runs import SweepTracking
+    from mlgraph.training.sweep_runners import Owner
+    from mlgraph.training.sweeps import Running
+
+    tracker = Tracker.open("curves", drive_root=shared_drive)
+    parent = tracker.create_run("execution", {"mlgraph.role": "execution"})
+    gru = ModelSpec.model_validate(
+        {"name": "gru-grid", "family": "gru", "sweep": {"grid": {"learning_rate": [0.1, 0.2]}}}
+    )
+    tracking = SweepTracking(tracker, parent, {}, gru, "key-1", "composite")
+    losses = {0: [0.9, 0.5, 0.7], 1: [0.8, 0.6, 0.4]}
+    for number, lr in enumerate((0.1, 0.2)):
+        running = Running(number, f"t{number}", {"learning_rate": lr}, Owner("local"), shared_drive, 0.0)
+        tracking.trial_started(running)
+        history = [{"epoch": e, "train_loss": v + 0.1, "val_loss": v} for e, v in enumerate(losses[number], start=1)]
+        record = {
+            "number": number,
+            "status": "finished",
+            "params": {"learning_rate": lr},
+            "cv": {"composite": {"mean": min(losses[number]), "std": 0.0}},
+            "fold_metrics": [{"composite": min(losses[number])}],
+            "history": history,
+            "fit_seconds": 1.0,
+            "cv_seconds": 2.0,
+        }
+        tracking.trial_ended(record, running)
+    expected = {"last": [0.7, 0.4], "min": [0.5, 0.4], "max": [0.9, 0.8], "mean": [0.7, 0.6]}
+    for how, values in expected.items():
+        rows = sweep_rows(tracker.client, tracker.experiment_id, "gru-grid", how)
+        assert [r["params.model.learning_rate"] for r in rows] == [0.1, 0.2]
+        assert [r["metrics.val_loss"] for r in rows] == pytest.approx(values)
+        assert [r["metrics.train_loss"] for r in rows] == pytest.approx([v + 0.1 for v in values])
+        assert all(r["status"] == "finished" for r in rows)
