@@ -10,16 +10,15 @@ a run rejects that signal (its traceback logged); the other signals of the tick 
 """
 
 import os
-import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 
+from mlgraph.core.catalog import ConfigHashCache
 from mlgraph.core.experiment import ConfigError
 from mlgraph.core.signals import (
     EVAL_COMPLETE,
@@ -81,49 +80,9 @@ LISTEN_POLL_SECONDS = 1.0
 SETTLE_ENV = "MLGRAPH_SIGNAL_SETTLE_SECONDS"
 LISTEN_ENV = "MLGRAPH_SIGNAL_LISTEN_SECONDS"
 COMPUTE_ENV = "MLGRAPH_SIGNAL_COMPUTE"
-# Config files whose hash a code server remembers between ticks; experiments come and go over months.
-MAX_CACHED_CONFIGS = 4096
 # Rejections a tick logs, alerts and shows one by one; the rest are counted in one line. A hundred thousand
 # junk files alerted one by one would flood the alert log, the webhook and the tick's log.
 MAX_LISTED_REJECTIONS = 20
-
-
-class ConfigHashCache:
-    """config file → (mtime_ns, size, config hash): one entry per file, at most `max_entries` files,
-    the least recently used dropped first. The code server lives on between ticks; YAML parsing is slow."""
-
-    def __init__(self, max_entries: int = MAX_CACHED_CONFIGS):
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
-        self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
-        # Sensors of one code server may be evaluated in parallel threads.
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, path: object) -> bool:
-        return str(path) in self._entries
-
-    def config_hash(self, path: Path, load: Callable[[], str]) -> str:
-        """The cached hash while the file's mtime and size are unchanged, else `load()` (raises OSError if
-        the file is gone)."""
-        st = path.stat()
-        key, version = str(path), (st.st_mtime_ns, st.st_size)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[:2] == version:
-                self._entries.move_to_end(key)
-                return entry[2]
-        value = load()
-        with self._lock:
-            # Replaces the file's stale entry, if any, so a rewritten config never adds a second one.
-            self._entries[key] = (*version, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return value
 
 
 _CONFIG_HASHES = ConfigHashCache()
