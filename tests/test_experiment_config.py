@@ -161,7 +161,9 @@ def test_new_fields_enter_the_hash_once_set(tmp_path):
         for key in parents:
             model = model.model_fields[key].annotation
         value = model.model_fields[field].get_default(call_default_factory=True)
-        assert (value.model_dump() if hasattr(value, "model_dump") else value) == default
+        # deployment.slo judges the service, never the model: the hash leaves it out altogether.
+        dumped = value.model_dump(exclude={"slo"}) if field == "deployment" else None
+        assert (dumped or (value.model_dump() if hasattr(value, "model_dump") else value)) == default
     original = load_experiment_file(write(tmp_path, "salary", BASE)).config.config_hash
     assert load_experiment_file(write(tmp_path, "salary", variant(exclude_columns=[]))).config.config_hash == original
     excluded = variant(exclude_columns=["age"])
