@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from mlgraph.core.experiment import ExperimentConfig, load_experiment_file
 from mlgraph.data.generators import generate
 from mlgraph.data.splitting import split_dataset
-from mlgraph.training.sweeps import LocalRunner, Sweep
+from mlgraph.training.sweep_runners import LocalRunner
+from mlgraph.training.sweeps import Sweep
 
 GRID = {"learning_rate": [0.001, 0.003, 0.01], "batch_size": [32, 64, 128]}
 
