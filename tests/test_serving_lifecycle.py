@@ -155,8 +155,9 @@ def test_sigterm_under_load_logs_every_answered_row_once(private) -> None:
             load.more(400)
             server.signal(signal.SIGTERM)
             wait_for(lambda: server.proc.poll() is not None, 30, "the server to exit")
-        # uvicorn re-raises the signal once shut down cleanly (so the exit status says SIGTERM)
-        assert server.proc.returncode == -signal.SIGTERM
+        # A clean shutdown: uvicorn re-raises the signal once shut down (exit status SIGTERM); seen once in CI
+        # under load ending with status 0 instead. Either way not an error exit, and every row is logged once.
+        assert server.proc.returncode in (0, -signal.SIGTERM), server.proc.returncode
         assert "Application shutdown complete" in server.log.read_text()
     answered = [a for a in load.answers if a.status == 200]
     assert len(answered) == len(load.answers) >= 400
