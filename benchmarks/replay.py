@@ -108,7 +108,10 @@ def main() -> int:
                 service.wait_ready()
                 endpoint = loadgen.parse_url(service.url)
                 sweep = saturation.run_sweep(
-                    endpoint, loadgen.encode_requests(endpoint, events), capacity.slo_of(config), capacity.ASSET_SWEEP
+                    endpoint,
+                    loadgen.encode_requests(endpoint, events),
+                    capacity.slo_of(config),
+                    capacity.gate_settings(capacity.ASSET_SWEEP, capacity.slo_of(config)),
                 )
             asset_rps = asset_record.get("saturation_rps") if asset_record else None
             sweep_result = {

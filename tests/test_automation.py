@@ -292,6 +292,9 @@ def tiny_experiment(config_dir: Path, rows: int = 600, constraints: str | None =
         "models": [{"family": "logistic_regression"}, {"family": "decision_tree", "params": {"max_depth": 3}}],
         "cv_folds": 2,
         "preprocessing": {"significance_runs": 2},
+        # Automation is under test, not the host's speed: the daemon runs the graph's runs side by side on
+        # 2 cores, and the served champion must only sustain a few requests a second for its release.
+        "deployment": {"slo": {"min_rps": 5.0, "p99_ms": 60000.0}},
         "seed": 1,
     }
     (config_dir / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

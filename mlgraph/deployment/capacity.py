@@ -19,6 +19,7 @@ serving_capacity asset keeps, and the release rule the service applies to it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -281,6 +282,15 @@ class Measurement:
     record_path: Path
 
 
+def gate_settings(settings: saturation.SweepSettings, slo: saturation.SLO) -> saturation.SweepSettings:
+    """The sweep the gate runs: its first step at min_rps when that is below the usual start rate.
+
+    The gate asks whether min_rps is sustained, so a slow or busy host that fails the usual start rate can
+    still pass an SLO below it (and a champion's saturation is never reported as 0 for want of a lower step).
+    """
+    return dataclasses.replace(settings, start_rps=slo.min_rps) if settings.start_rps > slo.min_rps else settings
+
+
 def measure(
     drive: DrivePaths,
     config: ExperimentConfig,
@@ -292,6 +302,7 @@ def measure(
 ) -> Measurement:
     """Start the champion's service, sweep it to saturation, write the curve and the record."""
     slo = slo or slo_of(config)
+    settings = gate_settings(settings, slo)
     events = held_out_events(drive, config)
     directory = drive.capacity_dir(config.name)
     directory.mkdir(parents=True, exist_ok=True)
