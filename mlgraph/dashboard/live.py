@@ -8,12 +8,11 @@ the drive, like the training signals; an unreadable one shows its reason in the 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.untrusted import Unusable, read_regular_file
+from mlgraph.dashboard.file_cache import StatCache
 
 MAX_REPORT_BYTES = 16 << 20
 SPARK = "▁▂▃▄▅▆▇█"
@@ -65,22 +64,15 @@ class LiveCache:
     """Each experiment's parsed live_performance report, reread only when the file changes."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[int, int, int], LiveMetric]] = {}
+        self._files: StatCache[LiveMetric] = StatCache(follow_symlinks=False)
 
     def read(self, drive: DriveLayout, experiment: str) -> LiveMetric | None:
         path = drive.live_performance_json(experiment)
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            self._entries.pop(path, None)
-            return None
-        version = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._entries.get(path)
-        if cached and cached[0] == version:
-            return cached[1]
-        try:
-            entry = parse(experiment, read_regular_file(path, MAX_REPORT_BYTES, drive.root_path))
-        except (Unusable, ValueError, TypeError, AttributeError) as exc:
-            entry = LiveMetric(experiment, error=f"{path.name}: {exc}")
-        self._entries[path] = (version, entry)
-        return entry
+
+        def parsed() -> LiveMetric:
+            try:
+                return parse(experiment, read_regular_file(path, MAX_REPORT_BYTES, drive.root_path))
+            except (Unusable, ValueError, TypeError, AttributeError) as exc:
+                return LiveMetric(experiment, error=f"{path.name}: {exc}")
+
+        return self._files.get(path, parsed)

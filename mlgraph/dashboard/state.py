@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from mlgraph.core.drive import DriveLayout
 from mlgraph.core.experiment import is_experiment_name
@@ -26,6 +25,7 @@ from mlgraph.core.tags import (
     TAG_TRAINING_MLFLOW_RUN_ID,
     experiment_tag,
 )
+from mlgraph.dashboard.file_cache import StatCache
 from mlgraph.dashboard.live import LiveCache, LiveMetric
 from mlgraph.dashboard.slurm_poller import SlurmSnapshot
 from mlgraph.slurm.jobs import FAILED_STATES, SlurmJob
@@ -221,26 +221,19 @@ class SignalCache:
     """Each experiment's parsed `.training_complete`, reread only when the file's (mtime, size, inode) changes."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[tuple[int, int, int], TrainingSignal]] = {}
+        self._files: StatCache[TrainingSignal] = StatCache()
 
     def read(self, drive: DriveLayout, experiment: str) -> TrainingSignal | None:
         path = drive.training_complete_signal(experiment)
-        try:
-            st = os.stat(path)
-        except OSError:
-            self._entries.pop(path, None)
-            return None
-        version = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._entries.get(path)
-        if cached and cached[0] == version:
-            return cached[1]
-        try:
-            signal, _ = read_signal(path, TrainingComplete, within=drive.root_path)
-            entry = TrainingSignal(experiment, signal=signal)
-        except SignalError as exc:
-            entry = TrainingSignal(experiment, error=str(exc))
-        self._entries[path] = (version, entry)
-        return entry
+
+        def parsed() -> TrainingSignal:
+            try:
+                signal, _ = read_signal(path, TrainingComplete, within=drive.root_path)
+                return TrainingSignal(experiment, signal=signal)
+            except SignalError as exc:
+                return TrainingSignal(experiment, error=str(exc))
+
+        return self._files.get(path, parsed)
 
 
 def signal_experiments(drive: DriveLayout) -> list[str]:
