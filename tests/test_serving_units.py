@@ -17,13 +17,23 @@ from pydantic import ValidationError
 from mlgraph.core.drive import PROJECT_ROOT, DriveLayout
 from mlgraph.core.experiment import load_experiment_file
 from mlgraph.core.prediction_log import RECORD_FIELDS, log_files
+from mlgraph.deployment import runtime
+from mlgraph.deployment.champion import Champion
 from mlgraph.serving.app import create_app
 from mlgraph.serving.core import ROUTES
 from mlgraph.serving.log_writer import Entry, PredictionLogWriter
-from mlgraph.serving.model import input_spec, load_model
+from mlgraph.serving.model import ModelRefused, input_spec, load_model
 from mlgraph.serving.schema import batch_model, row_model
 from mlgraph.serving.settings import ServeSettings
-from tests.support.serving import BINARY, config_of, json_rows, serving_drive, wait_for  # noqa: F401
+from tests.support.serving import (  # noqa: F401
+    BINARY,
+    config_of,
+    drive_copy,
+    json_rows,
+    promote_model,
+    serving_drive,
+    wait_for,
+)
 from tests.test_serving import FEATURES
 
 
@@ -88,6 +98,32 @@ def test_forecasting_rows_are_the_window_the_model_needs(tmp_path: Path) -> None
             Row.model_validate(bad)
     with pytest.raises(ValidationError):
         batch_model(Row, 10).model_validate({"rows": []})
+
+
+def test_a_promotion_landing_mid_load_is_refused_as_a_change_not_judged_against_its_reports(
+    serving_drive,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+) -> None:
+    # v1's release gates must judge v1's files: a v2 promoted (without its export yet) while v1 loads once made
+    # the gates re-read the pointer and fail on "report written for v1, champion is v2".
+    root = drive_copy(serving_drive, tmp_path / "shared")
+    drive, config = DriveLayout.at(root), config_of(serving_drive[1], BINARY)
+    holder_spec = input_spec(drive, config)
+    real_load = Champion.load
+
+    def load_then_promote(self: Champion):
+        native = real_load(self)
+        if self.model_version == "1":
+            promote_model(drive, config, native, self.family, "2", threshold=0.5, export=False)
+        return native
+
+    monkeypatch.setattr(Champion, "load", load_then_promote)  # the race, made certain
+    with pytest.raises(ModelRefused, match="changed while .*v1 was loading"):
+        load_model(drive, config, holder_spec)
+    model = load_model(drive, config, holder_spec)  # the next poll: v2, served natively until its export lands
+    assert model.champion.model_version == "2" and model.runtime == runtime.NATIVE
+    assert "release gates not evaluated" in model.note
 
 
 class _Boom:

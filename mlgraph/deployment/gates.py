@@ -54,9 +54,12 @@ def verified_file(path: Path, report: dict[str, Any], producer: str) -> Path:
     return path
 
 
-def gate_inputs(drive: DrivePaths, config: ExperimentConfig) -> GateInputs:
-    champion = read_champion(drive, config)
-    native = champion.load()
+def gate_inputs(
+    drive: DrivePaths, config: ExperimentConfig, champion: Champion | None = None, native: Any = None
+) -> GateInputs:
+    """What the parity gates compare against; `champion`/`native` when the caller already holds them."""
+    champion = champion or read_champion(drive, config)
+    native = champion.load() if native is None else native
     train, test = read_split(drive, config.name, "train"), read_split(drive, config.name, "test")
     evaluation = evaluation_split(config, train, test, native)
     edges, names = edge_rows(evaluation, native)
@@ -83,12 +86,16 @@ def served_onnx(drive: DrivePaths, champion: Champion) -> dict[str, Path | str]:
     return {variant: onnx_file(drive, champion, variant) for variant in (runtime.ONNX_FP32, runtime.ONNX_INT8)}
 
 
-def fp32_parity(drive: DrivePaths, config: ExperimentConfig) -> GateOutcome:
-    champion = read_champion(drive, config)
+def fp32_parity(
+    drive: DrivePaths, config: ExperimentConfig, champion: Champion | None = None, native: Any = None
+) -> GateOutcome:
+    """FP32 parity of `champion` (default: the current one). A caller that is loading a champion passes it, so
+    a promotion landing meanwhile cannot make the gate judge one champion's file against another's reports."""
+    champion = champion or read_champion(drive, config)
     path = onnx_file(drive, champion, runtime.ONNX_FP32)
     if isinstance(path, str):
         return GateOutcome(False, f"{path}; the native model is served")
-    inputs = gate_inputs(drive, config)
+    inputs = gate_inputs(drive, config, champion, native)
     candidate = runtime.onnx_predictor(runtime.ONNX_FP32, config.task, path)
     result, _ = parity.compare(candidate, inputs.reference, inputs.evaluation, champion.threshold)
     return GateOutcome(True, result=result)
@@ -100,7 +107,7 @@ def int8_parity(drive: DrivePaths, config: ExperimentConfig, budget: parity.Int8
     if isinstance(int8_path, str):
         return GateOutcome(False, int8_path)
     fp32_path = onnx_file(drive, champion, runtime.ONNX_FP32)
-    inputs = gate_inputs(drive, config)
+    inputs = gate_inputs(drive, config, champion)
     candidate = runtime.onnx_predictor(runtime.ONNX_INT8, config.task, int8_path)
     result, int8_test = parity.compare(candidate, inputs.reference, inputs.evaluation, champion.threshold)
     fp32_test = runtime.onnx_predictor(runtime.ONNX_FP32, config.task, fp32_path)(inputs.evaluation.rows)
@@ -117,11 +124,11 @@ class SchemaOutcome:
     expected: tuple[dict[str, str], ...] = ()
 
 
-def schema(drive: DrivePaths, config: ExperimentConfig) -> SchemaOutcome:
+def schema(drive: DrivePaths, config: ExperimentConfig, champion: Champion | None = None) -> SchemaOutcome:
     """The serving inputs of model.onnx against the features training derives from the train split."""
     import onnx
 
-    champion = read_champion(drive, config)
+    champion = champion or read_champion(drive, config)
     path = onnx_file(drive, champion, runtime.ONNX_FP32)
     if isinstance(path, str):
         return SchemaOutcome(False, path)

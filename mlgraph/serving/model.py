@@ -210,27 +210,29 @@ def _check_inputs(champion: Champion, native: Any, spec: InputSpec) -> fam.Featu
     return used
 
 
-def _gated_onnx(drive: DrivePaths, config: ExperimentConfig, champion: Champion) -> tuple[Any, str]:
+def _gated_onnx(drive: DrivePaths, config: ExperimentConfig, champion: Champion, native: Any) -> tuple[Any, str]:
     """The ONNX FP32 file when its release gates pass, or (None, why the native model is served).
 
     The champion itself passed promotion; the gates judge only its ONNX copy. So a champion whose export
     is not there yet (just promoted, retrained or rolled back) or whose export failed a gate is served
-    natively at once, and the watcher switches to ONNX when a passing export report appears.
+    natively at once, and the watcher switches to ONNX when a passing export report appears. The gates judge
+    `champion` (the one being loaded), never a re-read pointer: a promotion or an export landing mid-load
+    must not mix one champion's model with another's reports.
     """
     try:
         path = gates.onnx_file(drive, champion, runtime.ONNX_FP32)
+        if isinstance(path, str):
+            return None, f"{path}; the native model is served"
+        parity = gates.fp32_parity(drive, config, champion, native)
+        schema = gates.schema(drive, config, champion)
     except (FileNotFoundError, ValueError) as exc:
         return None, f"release gates not evaluated for {champion.label()} yet ({exc}); the native model is served"
-    if isinstance(path, str):
-        return None, f"{path}; the native model is served"
-    parity = gates.fp32_parity(drive, config)
     if parity.applicable and not parity.result.passed:
         return None, (
             f"gate onnx_model_parity failed for {champion.label()} ("
             + "; ".join(parity.result.failures)
             + "); the native model is served"
         )
-    schema = gates.schema(drive, config)
     if schema.differences:
         return None, (
             f"gate onnx_model_schema failed for {champion.label()} ("
@@ -257,7 +259,7 @@ def load_model(drive: DrivePaths, config: ExperimentConfig, spec: InputSpec) -> 
     except Exception as exc:
         raise ModelRefused(f"champion {champion.label()} at {champion.model_path} cannot be loaded: {exc}") from exc
     model_spec = _check_inputs(champion, native, spec)
-    onnx_path, note = _gated_onnx(drive, config, champion)
+    onnx_path, note = _gated_onnx(drive, config, champion, native)
     if onnx_path is None:
         predictor, onnx_inputs = runtime.native_predictor(champion, native), ()
     else:
