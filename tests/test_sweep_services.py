@@ -1,7 +1,9 @@
-"""A sweep through the real daemon and the real Slurm launcher: the run goes to Slurm, each trial is its
-own Slurm job (recorded on its MLflow run and its record), and a crash mid-sweep — the daemon SIGKILLed
-together with the run's worker, while a trial job is still running — is recovered by a second run that
-reuses the finished trial, adopts the running one (no second job for it) and submits only the rest.
+"""A sweep through the real daemon and the real Slurm launcher: the run goes to Slurm, its trials run in
+Slurm worker jobs pulling from the sweep's queue (each trial's job recorded on its MLflow run and its
+record), and a crash mid-sweep — the daemon SIGKILLed together with the run's worker, while a worker job
+runs trial 2 — is recovered by a second run that reuses the finished trial, adopts the running one (no
+second run of it) and queues only the rest. And workers that cannot start at all fail the trials with
+Slurm's reason after a bounded number of replacements, instead of resubmitting forever.
 
 Needs `scripts/slurm-local up` (CI runs it). One daemon, one DAGSTER_HOME, one shared drive, by PID.
 """
@@ -95,6 +97,19 @@ def claims(trials: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in trials.glob("*/claim.json")}
 
 
+def takers(sweep_dir: Path) -> dict[str, list[str]]:
+    """Trial key → the worker jobs that took it from any of the sweep's queues (one each, or it ran twice)."""
+    out: dict[str, list[str]] = {}
+    for path in (sweep_dir / "queue").glob("*/taken/*"):
+        entry, job = path.name.split("@", 1)
+        out.setdefault(entry.split("-", 1)[1], []).append(job)
+    return out
+
+
+def pool_workers(sweep_dir: Path) -> list[str]:
+    return [p.name for p in (sweep_dir / "queue").glob("*/workers/*")]
+
+
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int:
     def find():
         for message in harness.run_messages(instance, run_id):
@@ -145,10 +160,10 @@ def test_sweep_on_slurm_survives_a_crash_without_running_a_trial_twice(tmp_path)
             try:
                 daemon.start(instance)
                 first = submit()
-                # Crash once the first trial has ended and the second one's Slurm job is running.
-                wait_for(lambda: len(records(trials)) == 1 and len(claims(trials)) == 2, 180, "trial 1 in flight")
+                # Crash once the first trial has ended and a worker job runs the second one.
+                wait_for(lambda: len(records(trials)) == 1 and len(claims(trials)) == 2, 180, "trial 1 ended")
                 in_flight = next(k for k in claims(trials) if k not in records(trials))
-                in_flight_job = claims(trials)[in_flight]["owner"]["job_id"]
+                in_flight_job = wait_for(lambda: takers(trials.parent).get(in_flight), 60, "trial 2 taken")[0]
                 done_before = {k: (trials / k / "trial.json").stat().st_mtime_ns for k in records(trials)}
                 pid = worker_pid(instance, first)
                 daemon.kill()
@@ -168,18 +183,20 @@ def test_sweep_on_slurm_survives_a_crash_without_running_a_trial_twice(tmp_path)
                 assert run.tags.get("slurm/job_id"), "the run itself went to Slurm"
             finally:
                 daemon.stop()
-                for claim in claims(trials).values():
-                    job = claim["owner"].get("job_id")
-                    if job and harness.squeue_state(job) in {"PENDING", "RUNNING", "CONFIGURING"}:
+                for job in pool_workers(trials.parent):
+                    if harness.squeue_state(job) in {"PENDING", "RUNNING", "CONFIGURING"}:
                         subprocess.run(["scancel", job], check=False, timeout=30)
 
         ended = records(trials)
-        assert [r["status"] for r in sorted(ended.values(), key=lambda r: r["number"])] == ["finished"] * 3
-        # Every trial ran in its own Slurm job, once: the finished one was not rerun, the in-flight one adopted.
-        jobs = [r["slurm_job_id"] for r in ended.values()]
-        assert len(set(jobs)) == 3 and all(jobs)
-        assert ended[in_flight]["slurm_job_id"] == in_flight_job
+        by_number = sorted(ended.values(), key=lambda r: r["number"])
+        assert [r["status"] for r in by_number] == ["finished"] * 3
+        # Each trial was taken from a queue once: the finished one was not rerun, the in-flight one adopted.
+        assert {k: len(jobs) for k, jobs in takers(trials.parent).items()} == dict.fromkeys(ended, 1)
         assert {k: (trials / k / "trial.json").stat().st_mtime_ns for k in done_before} == done_before
+        # Run 1's worker ran trials 1 and 2 in one interpreter (max_parallel 1); run 2's own pool ran trial 3.
+        jobs = [r["slurm_job_id"] for r in by_number]
+        assert jobs[0] == jobs[1] == in_flight_job == ended[in_flight]["slurm_job_id"]
+        assert jobs[2] and jobs[2] != in_flight_job
         assert all(client.job(j) is not None for j in jobs)
 
         tracking = MlflowTracking()
@@ -188,3 +205,40 @@ def test_sweep_on_slurm_survives_a_crash_without_running_a_trial_twice(tmp_path)
         runs = mlflow.search_runs([experiment_id], filter_string="tags.`mlgraph.role` = 'trial'")
         assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
         assert sorted(r.data.tags["slurm.job_id"] for r in runs) == sorted(jobs)
+
+
+@pytest.mark.timeout(180)
+def test_workers_that_cannot_start_fail_the_trials_after_bounded_replacements(tmp_path, monkeypatch):
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from mlgraph.core.catalog import ConfigCatalog
+    from mlgraph.core.experiment import ExperimentConfig
+    from mlgraph.launcher.slurm_launcher import SlurmRunLauncher
+    from mlgraph.launcher.sweep_jobs import SPARE_WORKERS, SlurmTrialRunner
+    from mlgraph.slurm.client import SlurmClient
+    from mlgraph.training.sweeps import Sweep
+
+    harness.require_slurm()
+    monkeypatch.setenv("SHARED_DRIVE", str(tmp_path / "shared"))
+    data = json.loads(ConfigCatalog(PROJECT_ROOT / "config").load("salary").config.model_dump_json())
+    data["models"] = [{"name": "ridge-grid", "family": "ridge", "sweep": {"grid": {"alpha": [0.1, 1.0]}}}]
+    config = ExperimentConfig.model_validate_json(json.dumps(data))
+    # A compute node without the interpreter (a broken environment): every worker job fails at once.
+    launcher = SlurmRunLauncher(route="all", cpus=1, mem="1G", time="00:05:00", python_executable="/nonexistent/python")
+    with dg.DagsterInstance.ephemeral() as instance:
+        launcher.register_instance(instance)
+        runner = SlurmTrialRunner(launcher, DagsterRun(job_name="sweep_test", run_id="f" * 36), slots=1)
+        trials = tmp_path / "sweeps" / "ridge-grid" / "trials"
+        try:
+            outcome = Sweep(
+                config, config.models[0], "rmse", "data", trials, tmp_path / "train", tmp_path / "test", runner
+            ).run()
+        finally:
+            for job in runner.workers:
+                subprocess.run(["scancel", job], check=False, timeout=30)
+    assert [r["status"] for r in outcome.records] == ["failed", "failed"]
+    # The pool's one slot was refilled SPARE_WORKERS times, then no more jobs: both trials name Slurm's reason.
+    assert len(runner.workers) == 1 + SPARE_WORKERS
+    for record in outcome.records:
+        assert "ended before one took it" in record["error"] and "FAILED" in record["error"], record["error"]
+    assert all(SlurmClient().job(j).state == "FAILED" for j in runner.workers)

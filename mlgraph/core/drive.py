@@ -157,7 +157,8 @@ class DrivePaths:
         return self.artifacts_dir(experiment, "profiles") / OPERATOR_PROFILE_CSV
 
     def sweeps_dir(self, experiment: str) -> Path:
-        """Hyperparameter sweeps: one directory per swept model spec, one per trial (keyed by its hash)."""
+        """Hyperparameter sweeps: per swept model spec, trials/ (one directory per trial, keyed by its hash) and,
+        under Slurm, queue/ (the worker pools' queues, mlgraph.training.sweep_queue)."""
         return self.artifacts_dir(experiment, "sweeps")
 
     def sweep_trial_dir(self, experiment: str, spec: str, trial_key: str) -> Path:

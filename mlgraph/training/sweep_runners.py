@@ -2,8 +2,8 @@
 
 A runner starts a trial from its request file and says when a trial's owner can no longer write its
 record (the worker died, the Slurm job ended). The local runner is a fork-server process pool kept
-for the whole sweep, so each worker pays its imports once; the Slurm runner is
-mlgraph.launcher.sweep_jobs.SlurmTrialRunner.
+for the whole sweep, so each worker pays its imports once; the Slurm runner
+(mlgraph.launcher.sweep_jobs.SlurmTrialRunner) does the same with a pool of Slurm worker jobs.
 """
 
 from __future__ import annotations
@@ -19,16 +19,20 @@ from mlgraph.training.sweep_trial import TrialRequest
 
 @dataclass
 class Owner:
-    """Who runs a trial: this machine's process `pid` (local pool) or Slurm job `job_id`."""
+    """Who runs a trial: this machine's process `pid` (local pool), Slurm job `job_id`, or the Slurm worker
+    pool whose queue holds `queue_entry` (mlgraph.training.sweep_queue: the worker that takes it runs it)."""
 
     kind: str  # "local" | "slurm"
     host: str | None = None
     pid: int | None = None
     create_time: float | None = None
     job_id: str | None = None
+    queue_entry: str | None = None
 
     def describe(self) -> str:
-        return f"Slurm job {self.job_id}" if self.kind == "slurm" else f"process {self.pid} on {self.host}"
+        if self.kind != "slurm":
+            return f"process {self.pid} on {self.host}"
+        return f"Slurm job {self.job_id}" if self.job_id else f"the Slurm workers of queue entry {self.queue_entry}"
 
 
 class Runner(Protocol):

@@ -2,7 +2,7 @@
 
 The orchestrator (this module) runs inside `candidate_models`. It plans the trials — every point of a
 grid, or Optuna's suggestions for a search — and hands each to a runner: a pool of local worker
-processes, or one Slurm job per trial under the Slurm launcher (mlgraph.launcher.sweep_jobs). The
+processes, or Slurm worker jobs pulling from the sweep's queue (mlgraph.launcher.sweep_jobs). The
 worker side is mlgraph.training.sweep_trial; the drive is the only channel between the two:
 
     artifacts/{experiment}/sweeps/{spec}/trials/{trial_key}/
