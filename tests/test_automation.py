@@ -31,7 +31,7 @@ from resources.experiments import ExperimentCatalog
 from sensors.sources import experiment_source_sensor
 from tests.support import dagster_instance, wait_for
 from tests.support.daemon import DagsterDaemon
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.instance import LOCAL_RUN_LAUNCHER, write_instance_config
 
 # --- a stand-in graph: the production names and edges, trivial bodies ------------------------------
 # Static partitions: Dagster's condition tester re-reads dynamic partitions for every condition node.
@@ -459,7 +459,7 @@ def test_automation_on_the_daemon_new_yaml_changed_byte_and_quiet(tmp_path: Path
     csv = tiny_experiment(config_dir, constraints=ONE_CONSTRAINT)
     plugin = with_plugin_spec(config_dir, tmp_path / "plugins")
     home = tmp_path / "dagster_home"
-    write_instance_config(home, DEFAULT_RUN_LAUNCHER, automation=True)
+    write_instance_config(home, LOCAL_RUN_LAUNCHER, automation=True)
     env = {
         "SHARED_DRIVE": str(shared_drive),
         "MLGRAPH_CONFIG_DIR": str(config_dir),

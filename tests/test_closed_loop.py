@@ -36,7 +36,7 @@ from pipeline_assets.definitions import defs
 from resources.tracking import MlflowTracking
 from tests.support import dagster_instance, wait_for
 from tests.support.daemon import DagsterDaemon
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.instance import LOCAL_RUN_LAUNCHER, write_instance_config
 from tests.support.serving import Server
 from tests.test_automation import last_tick_after
 
@@ -128,7 +128,7 @@ def loop_experiment(tmp_path: Path, shared_drive: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def deployed(loop_experiment: LoopExperiment) -> LoopExperiment:
     """Trained, promoted (v1), deployed and baselined in-process on data A, in the daemon's instance."""
-    write_instance_config(loop_experiment.home, DEFAULT_RUN_LAUNCHER)
+    write_instance_config(loop_experiment.home, LOCAL_RUN_LAUNCHER)
     with dagster_instance(loop_experiment.home) as instance:
         summary = materialize_experiments(
             defs, instance, [NAME], selection=[dg.AssetKey(k) for k in DEPLOYED], echo=lambda _: None

@@ -47,7 +47,7 @@ from tests.support.chain import (
 )
 from tests.support.daemon import DagsterDaemon
 from tests.support.fixtures import shrink_experiment
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.instance import LOCAL_RUN_LAUNCHER, write_instance_config
 from tests.support.slurm.harness import require_slurm
 
 
@@ -231,7 +231,7 @@ def sensor_ticks_after(instance: dg.DagsterInstance, name: str, after: float) ->
 @pytest.mark.parametrize(
     "run_launcher",
     [
-        pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"),
+        pytest.param(LOCAL_RUN_LAUNCHER, id="local-launcher"),
         pytest.param(SLURM_RUN_LAUNCHER, id="slurm-launcher", marks=pytest.mark.slurm),
     ],
 )

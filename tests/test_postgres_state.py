@@ -31,7 +31,7 @@ from tests.support.chain import (
 )
 from tests.support.daemon import DagsterDaemon
 from tests.support.fixtures import shrink_experiment
-from tests.support.instance import DEFAULT_RUN_LAUNCHER, write_instance_config
+from tests.support.instance import DEFAULT_RUN_LAUNCHER, LOCAL_RUN_LAUNCHER, write_instance_config
 from tests.support.postgres import count_rows
 from tests.support.slurm.harness import require_slurm
 
@@ -135,7 +135,7 @@ def test_concurrent_runs_lose_no_event(tmp_path: Path, pg_url: str):
 @pytest.mark.parametrize(
     "run_launcher",
     [
-        pytest.param(DEFAULT_RUN_LAUNCHER, id="default-launcher"),
+        pytest.param(LOCAL_RUN_LAUNCHER, id="local-launcher"),
         pytest.param(SLURM_PG_LAUNCHER, id="slurm-launcher", marks=pytest.mark.slurm),
     ],
 )

@@ -9,6 +9,7 @@ setup so that its minute-long wait overlaps the other tests.
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import pytest
 from dagster._core.events import DagsterEventType
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from mlgraph.core.drive import PROJECT_ROOT
-from mlgraph.core.tags import COMPUTE_TAG, slurm_tags
+from mlgraph.core.tags import COMPUTE_TAG, RUN_WORKER_HOST_TAG, RUN_WORKER_PID_TAG, slurm_tags
 from mlgraph.slurm.client import SlurmClient
 from tests.support import dagster_instance, wait_for
 from tests.support.fixtures import shrink_experiment
@@ -189,6 +191,36 @@ def test_untagged_run_starts_locally(cluster: Cluster) -> None:
     assert run.status == dg.DagsterRunStatus.SUCCESS, cluster.messages(run_id)
     assert "slurm/job_id" not in run.tags
     assert "Submitted Slurm job" not in cluster.messages(run_id)
+    # Started warm (mlgraph.launcher.warm_local): the tagged worker is the process that ran it.
+    pid = run.tags[RUN_WORKER_PID_TAG]
+    assert f"Started process for run (pid: {pid})." in cluster.messages(run_id)
+    assert run.tags[RUN_WORKER_HOST_TAG] == socket.gethostname()
+
+
+def _local_worker(cluster: Cluster, run_id: str) -> psutil.Process:
+    cluster.wait_status(run_id, {dg.DagsterRunStatus.STARTED}, timeout=60)
+    return psutil.Process(int(cluster.run(run_id).tags[RUN_WORKER_PID_TAG]))
+
+
+def test_terminating_a_local_run_interrupts_its_worker(cluster: Cluster) -> None:
+    run_id = cluster.submit("slow_job", {}, slow(300))
+    worker = _local_worker(cluster, run_id)
+
+    assert cluster.instance.run_launcher.terminate(run_id) is True
+
+    run = cluster.wait_finished(run_id, timeout=40)
+    assert run.status == dg.DagsterRunStatus.CANCELED, cluster.messages(run_id)
+    worker.wait(30)  # the interrupted worker exits by itself
+
+
+def test_a_local_worker_killed_fails_its_run_through_run_monitoring(cluster: Cluster) -> None:
+    run_id = cluster.submit("slow_job", {}, slow(300))
+    worker = _local_worker(cluster, run_id)
+
+    worker.kill()  # as the OOM killer would: no word to Dagster
+    run = cluster.wait_finished(run_id, timeout=POLL_SECONDS + 30)
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert f"run worker process {worker.pid} exited without reporting the run's end" in cluster.failure_message(run_id)
 
 
 def test_scancel_mid_run_fails_run_with_slurm_state(cluster: Cluster) -> None:

@@ -16,8 +16,9 @@ import pytest
 import yaml
 from dagster._core.code_pointer import FileCodePointer
 from dagster._core.events import DagsterEventType
-from dagster._core.launcher import LaunchRunContext, RunLauncher, WorkerStatus
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import create_run_for_test
 from dagster._serdes import deserialize_value
 
@@ -85,6 +86,7 @@ class FakeLocalLauncher(RunLauncher):
         super().__init__()
         self.launched: list[str] = []
         self.terminated: list[str] = []
+        self.checked: list[str] = []
 
     def launch_run(self, context: LaunchRunContext) -> None:
         self.launched.append(context.dagster_run.run_id)
@@ -92,6 +94,10 @@ class FakeLocalLauncher(RunLauncher):
     def terminate(self, run_id: str) -> bool:
         self.terminated.append(run_id)
         return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        self.checked.append(run.run_id)
+        return CheckRunHealthResult(WorkerStatus.FAILED, "local worker gone")
 
 
 @pytest.fixture
@@ -268,12 +274,12 @@ def test_non_transient_client_error_is_unknown_with_the_error(instance, client, 
     assert result.status == WorkerStatus.UNKNOWN and "Access/permission denied" in result.msg
 
 
-def test_local_runs_are_not_checked(instance, client, local):
+def test_local_runs_are_checked_by_the_local_launcher(instance, client, local):
     launcher = make_launcher(instance, client, local)
     run = launch(launcher, instance, {})
 
-    assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
-    assert local.launched == [run.run_id]
+    assert launcher.check_run_worker_health(run).msg == "local worker gone"
+    assert local.launched == local.checked == [run.run_id] and client.submitted == []
 
 
 # --- launch_run ----------------------------------------------------------------------------

@@ -24,6 +24,10 @@ SLURM_EXIT_CODE_TAG = "slurm/exit_code"
 SLURM_RESOURCE_NAMES = ("partition", "cpus", "mem", "time", "gres", "kind")
 SLURM_RESOURCE_TAGS = tuple(f"slurm/{name}" for name in SLURM_RESOURCE_NAMES)
 SLURM_TIME_TAG, SLURM_KIND_TAG = "slurm/time", "slurm/kind"
+# Set by the warm local launcher (mlgraph/launcher/warm_local.py): which process on which host runs the run.
+RUN_WORKER_PID_TAG = "mlgraph/worker_pid"
+RUN_WORKER_HOST_TAG = "mlgraph/worker_host"
+RUN_WORKER_STARTED_TAG = "mlgraph/worker_started"
 
 # Link a Dagster run to the signal that caused it (set by the signal sensors, read by the assets).
 TAG_TRIGGER = "mlgraph/trigger"

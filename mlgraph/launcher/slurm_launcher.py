@@ -8,8 +8,9 @@ Shaped like Dagster's DockerRunLauncher: `launch_run` writes a batch script that
 `dagster api execute_run` for the run, submits it with `sbatch`, tags the run with the job id
 and reports an engine event; `terminate` calls `scancel`; `check_run_worker_health` maps the
 job's Slurm state to a `WorkerStatus` for the run-monitoring daemon, resolving jobs that left
-`squeue` from the completion records. Runs not routed to Slurm go to an internal
-`DefaultRunLauncher`, exactly as if it were configured.
+`squeue` from the completion records. Runs not routed to Slurm start locally, forked from a preloaded
+fork server (`mlgraph.launcher.warm_local`: seconds sooner than Dagster's DefaultRunLauncher, which it
+falls back to for another interpreter's code location).
 
 The batch script itself is rendered by `mlgraph.launcher.batch_script`; its footer,
 `python -m mlgraph.launcher.job_end finish ...`, attaches Slurm's figures for the job (elapsed, CPUs,
@@ -43,6 +44,7 @@ from mlgraph.core.tags import (
     SLURM_STATE_TAG,
 )
 from mlgraph.launcher.batch_script import SlurmConfigError, SlurmResources, render_batch_script, validate_resources
+from mlgraph.launcher.warm_local import WarmLocalRunLauncher
 from mlgraph.slurm.client import SlurmClient, SlurmError
 from mlgraph.slurm.figures import figures_message, job_figures, stderr_hints
 from mlgraph.slurm.jobs import ACTIVE_STATES, PENDING_STATES, SlurmJob
@@ -151,7 +153,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
         self.slurm_conf = slurm_conf
         self.controller_grace_seconds = controller_grace_seconds
         self._client = client or SlurmClient(slurm_conf=slurm_conf, jobcomp_file=jobcomp_file)
-        self._local = local_launcher or dg.DefaultRunLauncher()
+        self._local = local_launcher or WarmLocalRunLauncher()
         # run id -> when the controller first failed to answer for it (bounded tolerance, in memory).
         self._unreachable_since: dict[str, float] = {}
         super().__init__()
@@ -438,8 +440,7 @@ class SlurmRunLauncher(RunLauncher, ConfigurableClass):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         job_id = run.tags.get(SLURM_JOB_ID_TAG)
         if not job_id:
-            # Local runs: DefaultRunLauncher offers no worker check; leave them to run timeouts.
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "local run worker (not a Slurm job); not checked")
+            return self._local.check_run_worker_health(run)
         try:
             job = self._client.job(job_id)
         except SlurmError as error:

@@ -20,6 +20,9 @@ from mlgraph.core.drive import PROJECT_ROOT
 # The demo experiments (config/experiments/*.yaml), as `make demo` registers them.
 DEMO = ["salary", "student_engagement", "demand_forecast"]
 DEFAULT_RUN_LAUNCHER: dict[str, Any] = {"module": "dagster.core.launcher", "class": "DefaultRunLauncher"}
+# What the shipped SlurmRunLauncher does with every run it keeps local: start it warm (a fork of a preloaded
+# fork server, mlgraph.launcher.warm_local). The daemon tests run local runs this way, as users do.
+LOCAL_RUN_LAUNCHER: dict[str, Any] = {"module": "mlgraph.launcher.warm_local", "class": "WarmLocalRunLauncher"}
 # Instance-level switch for declarative automation. Its sensors are on by default in code; a test that
 # is not about automation turns them off here, or they would materialize every registered experiment.
 AUTOMATION_OFF: dict[str, Any] = {"enabled": False, "use_sensors": False}
@@ -78,7 +81,7 @@ def write_instance_config(
                 "dequeue_interval_seconds": dequeue_interval_seconds,
             },
         },
-        "run_launcher": dict(run_launcher or DEFAULT_RUN_LAUNCHER),
+        "run_launcher": dict(run_launcher or LOCAL_RUN_LAUNCHER),
         "run_monitoring": {
             "enabled": True,
             "start_timeout_seconds": 180,
