@@ -211,18 +211,29 @@ def test_bad_files_are_reported_and_never_block_good_ones(env, tmp_path: Path):
     assert tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor).run_requests == []
 
 
-def test_unsettled_files_wait_for_a_later_tick(env):
+def test_a_complete_signal_is_taken_at_once_and_an_incomplete_one_waits_to_settle(env):
     drive, config_dir, instance = env
     patient, _ = build_signal_sensors(settle_seconds=60, listen_seconds=0)
     path = write_training(drive, "salary")
+    # A writer still busy: the first half of a valid signal (no closing brace yet).
+    whole = write_training(drive, "student_engagement").read_bytes()
+    partial = drive / "models" / "student_engagement" / ".training_complete"
+    partial.write_bytes(whole[: len(whole) // 2])
     result = tick(patient, instance, drive, config_dir)
-    assert result.run_requests == []
-    assert "1 settling: models/salary/.training_complete" in result.skip_reason.skip_message
-    assert SignalCursor.load(result.cursor) == SignalCursor()
-    # Once settled (here: a sensor with a shorter settle time), the same cursor takes it.
-    assert [r.run_key for r in tick(TRAINING_SENSOR, instance, drive, config_dir, result.cursor).run_requests] == [
-        key(drive, path)
-    ]
+    assert [r.run_key for r in result.run_requests] == [key(drive, path)]
+    cursor = SignalCursor.load(result.cursor)
+    # The cursor stays before both (a file with an earlier ctime may still appear); the taken one's key is kept.
+    assert (cursor.ctime_ns, cursor.path) == (SignalCursor().ctime_ns, SignalCursor().path)
+    assert key(drive, path) in cursor.keys
+    again = tick(patient, instance, drive, config_dir, result.cursor)
+    assert again.run_requests == []
+    assert "1 settling: models/student_engagement/.training_complete" in again.skip_reason.skip_message
+    # Once settled (here: a sensor with a shorter settle time): the taken file is not requested twice, and
+    # the incomplete one is judged now.
+    settled = tick(TRAINING_SENSOR, instance, drive, config_dir, again.cursor)
+    assert settled.run_requests == []
+    assert "models/student_engagement/.training_complete" in settled.skip_reason.skip_message
+    assert SignalCursor.load(settled.cursor).ctime_ns == max(ctime_ns(path), ctime_ns(partial))
 
 
 def test_experiment_with_yaml_but_no_partition_is_added(env):

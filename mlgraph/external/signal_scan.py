@@ -1,9 +1,9 @@
 """Finding and vetting signal files: the scan, the cursor and one tick's plan (plain Python, no Dagster).
 
 A tick lists `models/*/` (or `evaluation/*/`) with os.scandir and stats only the signal names, so a
-drive with thousands of experiments costs milliseconds. A file is taken once it has settled
-(unchanged for `settle_seconds`) and passes its schema and, for training, names a checkpoint inside
-the drive.
+drive with thousands of experiments costs milliseconds. A file is taken once it passes its schema and,
+for training, names a checkpoint inside the drive: at once when it does, and otherwise judged (rejected,
+with the reason) only once it has settled (unchanged for `settle_seconds`), since it may still be written.
 
 Order and cursor: files are handled in the total order (ctime in ns, path relative to the drive), and
 the cursor is the position of the last file handled, so a tick can stop after any file and the next
@@ -326,11 +326,42 @@ def plan_tick(
             continue
         (plan.accepted if isinstance(outcome, Accepted) else plan.rejected).append(outcome)
     plan.rejected.extend(unread)
+    read_now += _take_complete(drive, plan, cursor, max_files - reads, experiment_problem)
     keys = remembered(read_now, cursor.keys)
     plan.cursor = (
         SignalCursor(last.ctime_ns, last.rel, keys) if last else SignalCursor(cursor.ctime_ns, cursor.path, keys)
     )
     return plan
+
+
+def _take_complete(
+    drive: Path,
+    plan: TickPlan,
+    cursor: SignalCursor,
+    budget: int,
+    experiment_problem: Callable[[str], str | None] | None,
+) -> list[str]:
+    """Settling files that already read as complete, valid signals: acted on now, not a settle time later.
+
+    A writer still busy cannot pass — a JSON object is only valid once its closing brace is written, and
+    a training signal's checkpoint must be there — so the settle time is only needed before *rejecting* a
+    file. The cursor does not move over these files (one with an earlier ctime may still appear); their run
+    keys are remembered instead, so once settled they are read again and skipped as read lately. Files that
+    do not pass stay settling, and are judged (rejected, with the reason) once they have settled.
+    """
+    taken: list[str] = []  # run keys of complete files, taken now or by an earlier tick
+    done: set[str] = set()
+    for file in sorted(plan.settling, key=lambda f: (f.ctime_ns, f.rel))[: max(budget, 0)]:
+        if precheck(file, experiment_problem) is not None:
+            continue
+        outcome = inspect_signal(drive, file)
+        if isinstance(outcome, Accepted):
+            taken.append(outcome.run_key)
+            done.add(file.rel)
+            if outcome.run_key not in cursor.keys:
+                plan.accepted.append(outcome)
+    plan.settling = [f for f in plan.settling if f.rel not in done]
+    return taken
 
 
 def rejection_reason(rejected: Rejected) -> str:
