@@ -294,7 +294,8 @@ def tiny_experiment(config_dir: Path, rows: int = 600, constraints: str | None =
         "preprocessing": {"significance_runs": 2},
         # Automation is under test, not the host's speed: the daemon runs the graph's runs side by side on
         # 2 cores, and the served champion must only sustain a few requests a second for its release.
-        "deployment": {"slo": {"min_rps": 5.0, "p99_ms": 60000.0}},
+        # A short capacity sweep (5 → 20 req/s): this test is about automation, not the service's saturation.
+        "deployment": {"slo": {"min_rps": 5.0, "p99_ms": 60000.0, "sweep_max_rps": 20.0}},
         "seed": 1,
     }
     (config_dir / "experiments" / "tiny.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -8,6 +8,7 @@ import json
 
 import dagster as dg
 import pandas as pd
+import pytest
 import yaml
 
 from mlgraph.core.drive import DriveLayout
@@ -30,7 +31,7 @@ NAME = EXPERIMENT["classification"]
 
 
 # Short steps up to a few hundred requests/s: seconds per run, still a real service under real load.
-def _quick(max_rps: float) -> dict:
+def _quick(max_rps: float | None) -> dict:
     return {
         "ops": {
             "serving_capacity": {"config": {"start_rps": 100, "factor": 2, "max_rps": max_rps, "step_seconds": 0.5}}
@@ -39,7 +40,7 @@ def _quick(max_rps: float) -> dict:
 
 
 def _run(
-    instance: dg.DagsterInstance, max_rps: float = 400
+    instance: dg.DagsterInstance, max_rps: float | None = 400
 ) -> tuple[dg.ExecuteInProcessResult, dict[str, dg.AssetCheckEvaluation]]:
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(
@@ -193,3 +194,21 @@ def test_a_champion_the_service_refuses_is_recorded_as_not_servable(serving_driv
         capacity.release_hold(drive, champion) is None
     )  # nothing measured to hold it on; the service refuses it anyway
     assert not (drive.capacity_dir(BINARY) / "serving_capacity_scratch_log").exists()
+
+
+def test_the_slo_can_bound_the_sweep_and_must_reach_min_rps(instance, shared_drive, config_dir, demo_frames):
+    from pydantic import ValidationError
+
+    from mlgraph.core.experiment import ServingSLO
+
+    with pytest.raises(ValidationError, match="sweep_max_rps 10.0 is below min_rps 50.0"):
+        ServingSLO(min_rps=50, sweep_max_rps=10)
+    drive = DriveLayout.at(shared_drive)
+    config = tabular_champion(drive, "classification", "logistic_regression", demo_frames)
+    export_current(drive, config)
+    # No max_rps in the run's config (as automation launches it): the YAML's sweep_max_rps bounds the sweep.
+    _set_slo(config_dir, p99_ms=50, min_rps=50, sweep_max_rps=150)
+    result, checks = _run(instance, max_rps=None)
+    assert result.success and checks["serving_capacity_meets_slo"].passed
+    curve = pd.read_csv(drive.capacity_curve_csv(NAME))
+    assert curve["offered_rps"].iloc[0] == 50 and curve["offered_rps"].max() <= 150

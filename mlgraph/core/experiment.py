@@ -192,6 +192,21 @@ class ServingSLO(Strict):
 
     p99_ms: float = Field(default=50.0, gt=0, description="Open-loop p99 latency a sustained rate must stay under")
     min_rps: float = Field(default=200.0, gt=0, description="Requests/s the service must sustain within p99_ms")
+    sweep_max_rps: float | None = Field(
+        default=None,
+        gt=0,
+        description="Highest rate the serving_capacity sweep tries (default 8,000/s); a service still within the "
+        "SLO there saturates at 'at least' it. Lower it (not below min_rps) when only min_rps matters: a shorter sweep",
+    )
+
+    @model_validator(mode="after")
+    def _sweep_reaches_min_rps(self) -> ServingSLO:
+        if self.sweep_max_rps is not None and self.sweep_max_rps < self.min_rps:
+            raise ValueError(
+                f"sweep_max_rps {self.sweep_max_rps} is below min_rps {self.min_rps}: the sweep could never show "
+                "the SLO met. Fix: raise sweep_max_rps to at least min_rps, or leave it out"
+            )
+        return self
 
 
 class DeploymentConfig(Strict):

@@ -209,7 +209,7 @@ class ServingCapacityConfig(dg.Config):
 
     start_rps: float = 250.0
     factor: float = 1.6
-    max_rps: float = 8000.0
+    max_rps: float | None = None  # None: the experiment's deployment.slo.sweep_max_rps, else 8,000
     step_seconds: float = 2.0  # as mlgraph.deployment.capacity.ASSET_SWEEP
 
 
@@ -227,9 +227,10 @@ def serving_capacity(
     from mlgraph.deployment.champion import read_champion
 
     exp = catalog.load(context.partition_key).config
-    if not (
-        config.start_rps > 0 and config.factor > 1 and config.max_rps >= config.start_rps and config.step_seconds > 0
-    ):
+    max_rps = config.max_rps or exp.deployment.slo.sweep_max_rps or capacity.ASSET_SWEEP.max_rps
+    # The gate's sweep starts at min_rps when that is lower (capacity.gate_settings).
+    first_rps = min(config.start_rps, exp.deployment.slo.min_rps)
+    if not (config.start_rps > 0 and config.factor > 1 and max_rps >= first_rps and config.step_seconds > 0):
         raise dg.Failure(
             f"serving_capacity config {config.model_dump()}: needs start_rps > 0, factor > 1, max_rps ≥ start_rps "
             "and step_seconds > 0. Fix: correct the launchpad config."
@@ -239,7 +240,7 @@ def serving_capacity(
         capacity.ASSET_SWEEP,
         start_rps=config.start_rps,
         factor=config.factor,
-        max_rps=config.max_rps,
+        max_rps=max_rps,
         step_seconds=config.step_seconds,
     )
     measured = capacity.measure(
