@@ -64,18 +64,22 @@ from resources.experiments import ExperimentCatalog
 from resources.storage import SharedDrive
 from sensors.alerts import alert_rejected_signals
 
-# A file younger than this may still be written by a writer that does not rename into place; the tick
-# waits for it (listening, below) rather than read it half-written. ctime ordering re-reads a file that
-# is rewritten later anyway, so a short wait suffices.
+# A file younger than this may still be written by a writer that does not rename into place: one that
+# already reads as a complete, valid signal is taken at once, any other waits this long before it is
+# judged (mlgraph.external.signal_scan). ctime ordering re-reads a file rewritten later anyway.
 SETTLE_SECONDS = 0.5
-# The daemon evaluates sensors at most every 5 s anyway; a scan costs milliseconds.
-MIN_INTERVAL_SECONDS = 5
+# The daemon's loop (every 5 s) is the real interval. At 5 s this bound raced the loop — the loop came
+# back a hair under 5 s after the last tick's start, skipped the sensor, and left the drive unwatched for
+# 10 s — so it only stops a second tick within the same second.
+MIN_INTERVAL_SECONDS = 1
 # Dagster's sensor daemon starts an evaluation at most every 5 s (its loop), which alone made signal →
 # run take 2.5 s on average and 5 s at worst before settling and launching. A tick that finds nothing
 # new keeps looking, once a second, for up to LISTEN_SECONDS and returns as soon as a signal settles:
 # the daemon then watches the drive almost continuously at one scan per second (the design documents'
 # inotify, on any file system, a network mount included).
-LISTEN_SECONDS = 4.0
+# 3.5 s, not 4: a tick also spends up to a second planning and reporting, and one still running when the
+# loop comes back is skipped for a whole loop.
+LISTEN_SECONDS = 3.5
 LISTEN_POLL_SECONDS = 1.0
 SETTLE_ENV = "MLGRAPH_SIGNAL_SETTLE_SECONDS"
 LISTEN_ENV = "MLGRAPH_SIGNAL_LISTEN_SECONDS"

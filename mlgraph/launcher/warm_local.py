@@ -112,6 +112,8 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
         self._fallback.register_instance(instance)
 
     def launch_run(self, context: LaunchRunContext) -> None:
+        import multiprocessing.process
+
         import psutil
         from dagster._grpc.types import ExecuteRunArgs
         from dagster._serdes import serialize_value
@@ -123,11 +125,20 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
         args = ExecuteRunArgs(job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=self._instance.get_ref())
         process = _context().Process(target=execute_run, args=(serialize_value(args),), name=f"run-{run.run_id[:8]}")
         process.start()
-        started = psutil.Process(process.pid).create_time()
+        # Not a child this process waits for: a run outlives its daemon's restart, as with Dagster's own
+        # launchers. multiprocessing would join it at exit (a daemon's shutdown blocked by every running
+        # run) and hold its two pipe ends until then; once dropped, its finalizer closes them.
+        multiprocessing.process._children.discard(process)
+        pid = process.pid
+        del process
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:  # a run so quick its worker is gone already: nothing left to watch
+            started = 0.0
         self._instance.add_run_tags(
             run.run_id,
             {
-                RUN_WORKER_PID_TAG: str(process.pid),
+                RUN_WORKER_PID_TAG: str(pid),
                 RUN_WORKER_HOST_TAG: socket.gethostname(),
                 RUN_WORKER_STARTED_TAG: f"{started:.3f}",
             },

@@ -88,7 +88,7 @@ def write_instance_config(
             "poll_interval_seconds": 5,
             **(run_monitoring or {}),
         },
-        "sensors": {"use_threads": True, "num_workers": 2},
+        "sensors": {"use_threads": True, "num_workers": 4},  # as the shipped dagster.yaml
     }
     if not automation:
         config["auto_materialize"] = AUTOMATION_OFF
