@@ -46,7 +46,7 @@ from mlgraph.core.prediction_log import log_files
 from mlgraph.ops import alerts
 from mlgraph.serving.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_STRING_LENGTH
 from pipeline_assets.definitions import defs
-from sensors.signal_sensors import MAX_LISTED_REJECTIONS, MIN_INTERVAL_SECONDS
+from sensors.signal_sensors import MAX_LISTED_REJECTIONS
 from tests.support.chain import ANALYSIS_JOB, DATA_KEYS, EVAL_JOB, RUN_TIMEOUT, run_diagnostics, run_trainer
 from tests.support.daemon import DagsterDaemon
 from tests.support.fixtures import shrink_experiment
@@ -55,6 +55,7 @@ from tests.support.serving import BINARY, Server, config_of, drive_copy, json_ro
 from tests.support.wait import wait_for
 from tests.test_serving import FEATURES
 
+DAEMON_SENSOR_LOOP_SECONDS = 5  # dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME
 ERROR_KINDS = ("validation", "too_large", "internal")
 
 # ---- helpers: strict JSON, raw HTTP, metrics -------------------------------------------------------------
@@ -463,7 +464,8 @@ def test_hostile_drive_beside_a_running_daemon(tmp_path: Path, shared_drive: Pat
     fifo = shared_drive / "models" / "fifo_exp" / ".training_complete"
     zero = shared_drive / "models" / "zero_exp" / ".training_complete"
     climbing = shared_drive / "evaluation" / "student_engagement" / ".eval_complete"
-    tick = MIN_INTERVAL_SECONDS
+    # Dagster's sensor loop comes round every 5 s (a tick listens for up to 3.5 s of it): the tick cadence.
+    tick = DAEMON_SENSOR_LOOP_SECONDS
     reader = None
     with dagster_instance(home) as instance:
         summary = materialize_experiments(
