@@ -326,7 +326,8 @@ def plan_tick(
             continue
         (plan.accepted if isinstance(outcome, Accepted) else plan.rejected).append(outcome)
     plan.rejected.extend(unread)
-    read_now += _take_complete(drive, plan, cursor, max_files - reads, experiment_problem)
+    if monotonic() <= deadline:  # a tick out of time leaves settling files to the next one
+        read_now += _take_complete(drive, plan, cursor, max_files - reads, experiment_problem, deadline, monotonic)
     keys = remembered(read_now, cursor.keys)
     plan.cursor = (
         SignalCursor(last.ctime_ns, last.rel, keys) if last else SignalCursor(cursor.ctime_ns, cursor.path, keys)
@@ -340,6 +341,8 @@ def _take_complete(
     cursor: SignalCursor,
     budget: int,
     experiment_problem: Callable[[str], str | None] | None,
+    deadline: float,
+    monotonic: Callable[[], float],
 ) -> list[str]:
     """Settling files that already read as complete, valid signals: acted on now, not a settle time later.
 
@@ -351,7 +354,11 @@ def _take_complete(
     """
     taken: list[str] = []  # run keys of complete files, taken now or by an earlier tick
     done: set[str] = set()
+    # Bounded like the settled files: at most the tick's remaining reads, within its time (hostile writers
+    # can keep any number of files settling).
     for file in sorted(plan.settling, key=lambda f: (f.ctime_ns, f.rel))[: max(budget, 0)]:
+        if monotonic() > deadline:
+            break
         if precheck(file, experiment_problem) is not None:
             continue
         outcome = inspect_signal(drive, file)
