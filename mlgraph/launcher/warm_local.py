@@ -31,6 +31,7 @@ from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLa
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from mlgraph.core.processes import process_alive, start_time
 from mlgraph.core.tags import RUN_WORKER_HOST_TAG, RUN_WORKER_PID_TAG, RUN_WORKER_STARTED_TAG
 
 # Imported once by the fork server, never by a run worker: Dagster (most of the start-up time) and the
@@ -75,17 +76,6 @@ def _worker(run: DagsterRun) -> tuple[int, float] | None:
         return None
 
 
-def worker_alive(pid: int, started: float) -> bool:
-    """The process is there, is the one started then (pids are reused), and has not exited (a zombie)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return abs(process.create_time() - started) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
     """Runs local runs as forks of a preloaded fork server; see the module docstring. The Slurm launcher uses
     it for the runs it keeps local; on its own in dagster.yaml: `module: mlgraph.launcher.warm_local`."""
@@ -114,7 +104,6 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
     def launch_run(self, context: LaunchRunContext) -> None:
         import multiprocessing.process
 
-        import psutil
         from dagster._grpc.types import ExecuteRunArgs
         from dagster._serdes import serialize_value
 
@@ -131,10 +120,7 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
         multiprocessing.process._children.discard(process)
         pid = process.pid
         del process
-        try:
-            started = psutil.Process(pid).create_time()
-        except psutil.Error:  # a run so quick its worker is gone already: nothing left to watch
-            started = 0.0
+        started = start_time(pid) or 0.0  # 0: a run so quick its worker is gone already, nothing left to watch
         self._instance.add_run_tags(
             run.run_id,
             {
@@ -152,7 +138,7 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
         if worker is None:
             return self._fallback.terminate(run_id)
         self._instance.report_run_canceling(run)
-        if not worker_alive(*worker):
+        if not process_alive(*worker):
             self._instance.report_run_canceled(run, f"Run worker process {worker[0]} was gone before the cancel.")
             return True
         # SIGINT: Dagster's own interruption (the run worker stops its steps and reports the run CANCELED).
@@ -167,7 +153,7 @@ class WarmLocalRunLauncher(RunLauncher, ConfigurableClass):
         worker = _worker(run)
         if worker is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, "run worker not started by this host's warm launcher")
-        if worker_alive(*worker):
+        if process_alive(*worker):
             return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {worker[0]} is running")
         latest = self._instance.get_run_by_id(run.run_id)
         if latest is not None and latest.is_finished:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlgraph.core.processes import process_alive, start_time
 from mlgraph.training.sweep_trial import TrialRequest
 
 
@@ -50,21 +51,9 @@ class Runner(Protocol):
         """After the sweep; `abandon` (the run was interrupted): stop the trials still running."""
 
 
-def _process_alive(pid: int, create_time: float | None) -> bool:
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return create_time is None or abs(process.create_time() - create_time) < 1.0
-    except psutil.Error:
-        return False
-
-
 def this_process() -> Owner:
-    import psutil
-
     pid = os.getpid()
-    return Owner("local", host=socket.gethostname(), pid=pid, create_time=psutil.Process(pid).create_time())
+    return Owner("local", host=socket.gethostname(), pid=pid, create_time=start_time(pid))
 
 
 def _worker_init() -> None:
@@ -107,7 +96,7 @@ class LocalRunner:
         if owner.pid == os.getpid():
             return "an earlier sweep in this process left it unfinished"
         # A claim from another orchestrator (or an earlier one of this machine).
-        if owner.host == socket.gethostname() and _process_alive(owner.pid or 0, owner.create_time):
+        if owner.host == socket.gethostname() and process_alive(owner.pid or 0, owner.create_time):
             return None
         return f"{owner.describe()} is gone"
 
