@@ -86,3 +86,23 @@ def test_a_worker_exits_when_closed_and_empty_or_after_its_idle_time(tmp_path: P
 def test_the_worker_command_refuses_a_directory_that_is_not_a_queue(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path)]) == 2
     assert "a sweep's queue, with pending/" in capsys.readouterr().err
+
+
+def test_a_planted_entry_is_withdrawn_unread_and_a_bad_request_does_not_stop_the_worker(tmp_path: Path) -> None:
+    queue = TrialQueue(tmp_path / "queue").create()
+    os.mkfifo(queue.root / PENDING / "000000-fifo")  # would block a plain read forever
+    (queue.root / PENDING / "000001-big").write_bytes(b"x" * 10_000)
+    good = queue.put(2, "good", tmp_path / "missing-request.json")
+    later = queue.put(3, "later", tmp_path / "b.json")
+    queue.close()
+    ran: list[str] = []
+
+    def run(request: str) -> None:
+        if request.endswith("missing-request.json"):
+            raise FileNotFoundError(request)  # what reading an unreadable request raises
+        ran.append(request)
+
+    assert serve(queue, "w", run, idle_seconds=5.0) == 2
+    assert queue.state("000000-fifo") == (WITHDRAWN, None) and queue.state("000001-big") == (WITHDRAWN, None)
+    assert queue.state(good) == (TAKEN, "w") and queue.state(later) == (TAKEN, "w")
+    assert ran == [str(tmp_path / "b.json")]

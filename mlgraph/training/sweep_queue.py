@@ -20,6 +20,7 @@ on the drive is the only result; the worker's job id is in that record.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -27,9 +28,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mlgraph.core.atomic import atomic_write_text
+from mlgraph.core.untrusted import Unusable, read_regular_file
 
 PENDING, TAKEN, WITHDRAWN, WORKERS, CLOSED = "pending", "taken", "withdrawn", "workers", "closed"
 POLL_SECONDS = 0.2
+MAX_ENTRY_BYTES = 4096  # an entry holds one request path
 # A worker with nothing to do for this long exits even if the queue was never closed (its orchestrator
 # crashed): the next run starts a pool of its own, and an idle job should not hold a cluster's CPU.
 IDLE_SECONDS = 30.0
@@ -62,7 +65,13 @@ class TrialQueue:
                 continue  # an atomic write still in progress
             source = self.root / PENDING / name
             try:
-                request = source.read_text(encoding="utf-8").strip()
+                # The drive is writable by anyone: a regular file of a path's length, nothing else is read.
+                request = read_regular_file(source, MAX_ENTRY_BYTES, within=self.root).decode("utf-8").strip()
+            except (Unusable, UnicodeDecodeError):
+                with contextlib.suppress(FileNotFoundError):  # gone meanwhile: another worker was first
+                    os.rename(source, self.root / WITHDRAWN / name)  # not an entry the orchestrator wrote
+                continue
+            try:
                 os.rename(source, self.root / TAKEN / f"{name}@{worker}")
             except FileNotFoundError:
                 continue  # another worker (or a withdrawal) was first
@@ -114,7 +123,10 @@ def serve(
     while True:
         taken = queue.take(worker)
         if taken is not None:
-            run(str(taken[1]))  # never raises for the trial: a failure is its record
+            try:
+                run(str(taken[1]))  # a trial's own failure is its record; this is a request that cannot be read
+            except Exception as exc:
+                print(f"worker {worker}: {taken[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
             ran, idle_since = ran + 1, clock()
             continue
         if queue.closed() or clock() - idle_since >= idle_seconds:

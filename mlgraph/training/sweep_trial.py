@@ -31,6 +31,7 @@ FINISHED, FAILED, PRUNED = "finished", "failed", "pruned"
 ENDED = (FINISHED, FAILED, PRUNED)
 # A failed trial's message is for a table cell and an MLflow tag: the end of the traceback is enough.
 MAX_ERROR_CHARS = 2000
+MAX_REQUEST_BYTES = 64 << 20  # a request carries the experiment's config as JSON
 
 
 @dataclass
@@ -63,7 +64,10 @@ class TrialRequest:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> TrialRequest:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        from mlgraph.core.untrusted import read_regular_file
+
+        # On the drive, writable by anyone: a regular file, bounded (Unusable, a ValueError, otherwise).
+        data = json.loads(read_regular_file(path, MAX_REQUEST_BYTES))
         prune = data.pop("prune", None)
         return cls(**data, prune=PruneSetup(**prune) if prune else None)
 
