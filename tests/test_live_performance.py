@@ -34,7 +34,7 @@ T0 = dt.datetime(2026, 11, 30, 10, 0, tzinfo=dt.UTC)
 def entry(request_id: str, minutes: float, outputs: list[dict], version: str = "1") -> str:
     """The writer's own lines (format_entry), so the join is tested on what the service writes."""
     when = (T0 + dt.timedelta(minutes=minutes)).timestamp()
-    return format_entry(Entry(when, request_id, version, [{"f1": 1.0}] * len(outputs), outputs))
+    return format_entry(Entry(when, request_id, version, [{"f1": 1.0}] * len(outputs), outputs)).decode()
 
 
 def binary(prediction: int, probability: float) -> dict:

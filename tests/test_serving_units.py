@@ -176,3 +176,20 @@ def test_other_paths_go_through_fastapi_and_its_errors_through_the_same_table(se
     assert set(paths["/predict"]["post"]["responses"]) == {"200", "400", "413", "422", "500", "503"}
     assert paths["/health"]["get"]["operationId"] == "health"
     assert 'mlgraph_request_errors_total{kind="not_found"} 2.0' in metrics.text  # the 404 and the 405
+
+
+def test_log_lines_keep_what_fast_encoding_cannot_carry(tmp_path: Path) -> None:
+    # The fast encoder writes UTF-8 and NaN as JSON's usual extension; a lone surrogate (valid in a JSON string
+    # escape, not in UTF-8) makes it fail, and the json module's escaped line is written instead of nothing.
+    from mlgraph.serving.log_writer import format_entry
+
+    plain = Entry(1_700_000_000.0, "a1", "3", [{"city": "Zürich", "x": 1e-05}], [{"prediction": 1, "p": float("nan")}])
+    odd = dataclasses.replace(plain, inputs=[{"city": "\ud800", "x": 2.0}])
+    for entry in (plain, odd):
+        line = format_entry(entry)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        record = json.loads(line)
+        assert list(record) == list(RECORD_FIELDS)
+        assert record["inputs"] == entry.inputs[0] and record["request_id"] == entry.request_id
+        assert record["output"]["p"] != record["output"]["p"]  # NaN kept
+    assert "Zürich".encode() in format_entry(plain)

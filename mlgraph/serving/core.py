@@ -11,6 +11,9 @@ generic internal error for anything unexpected. Only a 200 is logged, after the 
 is parsed and validated in one step by pydantic-core (`model_validate_json`) against the models
 mlgraph/serving/schema.py builds.
 
+Requests small enough to predict on the event loop are batched with the others of the same loop turn into
+one model call (mlgraph/serving/batching.py); larger ones run alone in the thread pool.
+
 Delayed labels (issue 22): every prediction has an id its client gets back, `request_id` for /predict and
 `prediction_ids` (one `<request_id>-<row>` per row, mlgraph.monitoring.labels.prediction_id) for
 /batch_predict; the log keeps the request id and row they are made of. `POST /feedback` takes
@@ -46,6 +49,7 @@ from mlgraph.core.http_errors import (
 )
 from mlgraph.core.untrusted import Unusable
 from mlgraph.monitoring.labels import SOURCE_FEEDBACK, append_labels, feedback_batch, label_problem, prediction_id
+from mlgraph.serving.batching import Coalescer
 from mlgraph.serving.log_writer import Entry, LogFull, PredictionLogWriter
 from mlgraph.serving.metrics import ServiceMetrics
 from mlgraph.serving.model import LoadedModel, NonFiniteOutput
@@ -129,6 +133,8 @@ class ServiceCore:
             "many": many,
             **feedback_models(max_rows),
         }
+        self.coalescer = Coalescer()
+        metrics.watch_batching(self.coalescer)
         self.routes = ROUTES
         self.routes_by_key = {(r.method, r.path): r for r in ROUTES}  # the wrapper dispatches through it too
 
@@ -179,7 +185,7 @@ class ServiceCore:
             rows = [payload.model_dump(by_alias=True)]
         model = self.current()  # read once: this model answers the whole request
         if len(rows) <= model.inline_rows:  # measured at load: fast enough not to hold up the event loop
-            outputs = model.predict(rows)
+            outputs = await self.coalescer.predict(model, rows)  # with the other requests of this loop turn
         else:
             outputs = await run_sync(model.predict, rows)
         if self.writer is not None:

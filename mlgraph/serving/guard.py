@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +36,13 @@ _MODEL_VERSION = MODEL_VERSION_HEADER.encode()
 _JSON = b"application/json"
 # Built once, not per call; allow_nan=False: `NaN` and `Infinity` are not JSON, and a client's parser may reject them.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
+
+
+def new_request_id() -> str:
+    """32 random hex digits (128 bits, as uuid4().hex, without building a UUID: a quarter of the cost)."""
+    return os.urandom(16).hex()
+
+
 DRAIN_FACTOR = 8  # the rest of an oversize body is read and discarded up to this many times the limit ...
 DRAIN_SECONDS = 5.0  # ... and for at most this long, before the 413 and the close
 LOG = logging.getLogger("mlgraph.serving")
@@ -89,7 +96,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
         try:
             try:
@@ -117,7 +124,7 @@ class Guard:
 
     async def dispatch(self, route: Route, scope: dict, receive: Callable, send: Callable) -> None:
         """`route` answered through FastAPI (a HEAD, or the bare app without the guard)."""
-        rid = scope.get("state", {}).get("request_id") or uuid.uuid4().hex  # __call__ sets it; the bare app may not
+        rid = scope.get("state", {}).get("request_id") or new_request_id()  # __call__ sets it; the bare app may not
         await self._answer(route, receive, send, rid)
 
     async def _answer(self, route: Route, receive: Callable, send: Callable, rid: str) -> None:

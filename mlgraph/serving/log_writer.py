@@ -52,6 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
+
 from mlgraph.core.prediction_log import (
     DEFAULT_RETENTION_BYTES,
     DEFAULT_RETENTION_DAYS,
@@ -109,15 +111,28 @@ def _plain(value: Any) -> Any:
 _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_plain).encode
 
 
-def format_entry(entry: Entry) -> str:
-    """The entry's JSON lines, one per row (keys in mlgraph.core.prediction_log.RECORD_FIELDS order)."""
+def format_entry(entry: Entry) -> bytes:
+    """The entry's JSON lines, one per row (keys in mlgraph.core.prediction_log.RECORD_FIELDS order), UTF-8.
+
+    Encoded by pydantic-core (already the service's parser): ~8x faster than the json module here, and the
+    writer thread holds the GIL, which the event loop needs, for every microsecond of it. A value it cannot
+    encode (a lone surrogate in a string) falls back to the json module, which escapes it."""
     stamp = datetime.fromtimestamp(entry.when, UTC).isoformat()
-    head = f'{{"{TIME}":{_ENCODE(stamp)},"{REQUEST_ID}":{_ENCODE(entry.request_id)},"{ROW}":'
-    version = f',"{MODEL_VERSION}":{_ENCODE(entry.model_version)},"{INPUTS}":'
-    return "".join(
-        f'{head}{row}{version}{_ENCODE(inputs)},"{OUTPUT}":{_ENCODE(output)}}}\n'
+    rows = [
+        {
+            TIME: stamp,
+            REQUEST_ID: entry.request_id,
+            ROW: row,
+            MODEL_VERSION: entry.model_version,
+            INPUTS: inputs,
+            OUTPUT: output,
+        }
         for row, (inputs, output) in enumerate(zip(entry.inputs, entry.outputs, strict=True))
-    )
+    ]
+    try:
+        return b"".join(to_json(r, inf_nan_mode="constants", fallback=_plain) + b"\n" for r in rows)
+    except ValueError:  # pydantic_core.PydanticSerializationError is one
+        return "".join(f"{_ENCODE(r)}\n" for r in rows).encode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -361,7 +376,7 @@ class PredictionLogWriter:
             except queue.Empty:
                 return
             try:
-                data = format_entry(entry).encode("utf-8", "backslashreplace")
+                data = format_entry(entry)
             except Exception:
                 data = b""
                 self._n.dropped += len(entry.inputs)

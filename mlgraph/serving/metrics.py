@@ -78,6 +78,11 @@ class ServiceMetrics:
         """Report the prediction-log writer whose `status()` (a log_writer.WriterStatus) this is, at every scrape."""
         self.registry.register(_LogCollector(status))
 
+    def watch_batching(self, coalescer: Any) -> None:
+        """Report the model calls of a serving.batching.Coalescer and the requests they answered (their ratio
+        is the mean batch size: it grows with the load)."""
+        self.registry.register(_BatchCollector(coalescer))
+
     async def watch_event_loop(self, interval: float = LAG_INTERVAL_S) -> None:
         """Measure the event loop's lag forever (run it as a task; cancel it to stop)."""
         loop = asyncio.get_running_loop()
@@ -156,6 +161,28 @@ class _InFlightCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         yield GaugeMetricFamily(self.NAME, self.DOC)
+
+
+class _BatchCollector:
+    FAMILIES = (
+        ("mlgraph_model_calls", "Model calls made for requests predicted on the event loop", "calls"),
+        ("mlgraph_model_call_requests", "Requests answered by those calls (batched per loop turn)", "requests"),
+    )
+
+    def __init__(self, coalescer: Any) -> None:
+        self.coalescer = coalescer
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, doc, attr in self.FAMILIES:
+            yield CounterMetricFamily(name, doc, value=float(getattr(self.coalescer, attr)))
+
+    def describe(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        for name, doc, _ in self.FAMILIES:
+            yield CounterMetricFamily(name, doc)
 
 
 class _LogCollector:

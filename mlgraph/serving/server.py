@@ -29,6 +29,7 @@ def serve(settings: ServeSettings) -> int:
         http="httptools",
         workers=1,
         access_log=False,
+        server_header=False,  # no "server: uvicorn": what runs the service is nobody's business
         lifespan="on",
         timeout_graceful_shutdown=int(settings.graceful_timeout),
     )
