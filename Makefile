@@ -28,7 +28,7 @@ demo: venv
 SERVICE_TIERS := daemon or slurm or postgres or browser
 test: venv
 	$(BIN)/python -m pytest -m "not ($(SERVICE_TIERS))" -n 2 --dist worksteal; fast=$$?; \
-	$(BIN)/python -m pytest -m "$(SERVICE_TIERS)"; services=$$?; \
+	$(BIN)/python -m pytest -m "$(SERVICE_TIERS)" --durations=15; services=$$?; \
 	test $$fast -eq 0 && test $$services -eq 0
 
 # ruff: lint (pyflakes, bugbear, isort, pyupgrade, simplify, ...) and formatting, as configured in pyproject.toml.

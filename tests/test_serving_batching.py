@@ -111,3 +111,18 @@ def test_concurrent_requests_through_the_app_are_batched_and_answered_as_alone(s
 
 def _metric(text: str, name: str) -> float:
     return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_a_fault_in_the_batcher_itself_leaves_no_request_waiting(served, monkeypatch) -> None:
+    model, rows = served
+
+    def broken(self, model, batch):  # a bug in the batcher, which no input can cause
+        raise KeyError("bug")
+
+    monkeypatch.setattr(Coalescer, "_answer", broken)
+
+    async def run() -> list:
+        return await asyncio.wait_for(_together(Coalescer(), [(model, [row]) for row in rows[:3]]), timeout=10)
+
+    answers = asyncio.run(run())
+    assert all(isinstance(a, RuntimeError) and "not answered" in str(a) for a in answers)

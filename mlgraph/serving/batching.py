@@ -45,14 +45,23 @@ class Coalescer:
 
     def _run(self) -> None:
         waiting, self._waiting = self._waiting, []
-        start = 0
-        while start < len(waiting):
-            model, total, end = waiting[start][0], len(waiting[start][1]), start + 1
-            while end < len(waiting) and waiting[end][0] is model and total + len(waiting[end][1]) <= model.inline_rows:
-                total += len(waiting[end][1])
-                end += 1
-            self._answer(model, waiting[start:end])
-            start = end
+        try:
+            start = 0
+            while start < len(waiting):
+                model, total, end = waiting[start][0], len(waiting[start][1]), start + 1
+                while (
+                    end < len(waiting)
+                    and waiting[end][0] is model
+                    and total + len(waiting[end][1]) <= model.inline_rows
+                ):
+                    total += len(waiting[end][1])
+                    end += 1
+                self._answer(model, waiting[start:end])
+                start = end
+        finally:  # whatever went wrong here, no request is left waiting for an answer that will not come
+            for _, _, future in waiting:
+                if not future.done():
+                    future.set_exception(RuntimeError("the prediction batch it joined was not answered"))
 
     def _answer(self, model: LoadedModel, batch: list[tuple[LoadedModel, Rows, asyncio.Future[Outputs]]]) -> None:
         self.calls += 1
