@@ -1,5 +1,6 @@
 """Replay benchmark: `mlgraph serve` under an open-loop arrival rate, and its saturation point.
 
+0. Baseline, same run: the same replay against the service with batching off (`--max-batch-rows 1`).
 1. Replays `--rate` events/s (default 2,000) for `--duration` s (default 60) from the test split of the
    classification champion (student_engagement) against `mlgraph serve` with the prediction log on;
    reports offered vs achieved rate, latency percentiles from intended send time, errors, and lost log
@@ -55,6 +56,18 @@ def _log_lines(drive: DriveLayout) -> int:
     return sum(f.read_bytes().count(b"\n") for f in log_files(drive.prediction_log_path(EXPERIMENT)))
 
 
+def _replay(service: capacity.ServiceProcess, events: list, args: argparse.Namespace) -> tuple[dict, int]:
+    """A warm-up second, then the measured replay: its summary (with the client's CPU share) and the warm-up's
+    successful answers (they are in the prediction log too)."""
+    endpoint = loadgen.parse_url(service.url)
+    requests = loadgen.encode_requests(endpoint, events)
+    warm = loadgen.replay(endpoint, requests, min(args.rate, 500.0), 1.0, args.connections)
+    cpu = time.process_time()
+    run = loadgen.replay(endpoint, requests, args.rate, args.duration, args.connections)
+    client_cpu = (time.process_time() - cpu) / max(run.elapsed_s, 1e-9)
+    return {**run.summary(), "client_cpu_share": round(client_cpu, 2)}, warm.ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of replay at --rate")
@@ -62,6 +75,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--drive", default=None, help="drive after `make demo` (default $SHARED_DRIVE)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the saturation comparison")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the replay with batching off")
     args = parser.parse_args()
     load_before = list(os.getloadavg())
     source = resolve_drive_root(args.drive)
@@ -88,18 +102,22 @@ def main() -> int:
         elif not built:
             asset_record = capacity.read_record(DriveLayout.at(source).capacity_json(EXPERIMENT))
 
+        # 0. The baseline, same run: the same replay with batching off (each request its own model call), its
+        # prediction log in a scratch file on the drive.
+        baseline = None
+        if not args.no_baseline:
+            (Path(root) / "scratch").mkdir(exist_ok=True)
+            scratch = ("--prediction-log-path", str(Path(root) / "scratch" / "unbatched.jsonl"))
+            with capacity.ServiceProcess(root, config_dir, EXPERIMENT, "--max-batch-rows", "1", *scratch) as service:
+                service.wait_ready()
+                baseline, _ = _replay(service, events, args)
+
         # 1. The fixed-rate replay, prediction log on.
         with capacity.ServiceProcess(root, config_dir, EXPERIMENT, log_path=Path(tmp) / "serve.log") as service:
             ready = service.wait_ready()
-            endpoint = loadgen.parse_url(service.url)
-            requests = loadgen.encode_requests(endpoint, events)
-            warm = loadgen.replay(endpoint, requests, min(args.rate, 500.0), 1.0, args.connections)
-            cpu = time.process_time()
-            run = loadgen.replay(endpoint, requests, args.rate, args.duration, args.connections)
-            client_cpu = (time.process_time() - cpu) / max(run.elapsed_s, 1e-9)
+            summary, warm_ok = _replay(service, events, args)
         # After SIGTERM the service has drained its log; the copy started without one (warm-up lines included).
-        logged = _log_lines(drive) - warm.ok
-        summary = run.summary()
+        logged = _log_lines(drive) - warm_ok
 
         # 2. The sweep, as the asset runs it (prediction log on).
         sweep_result = None
@@ -140,7 +158,12 @@ def main() -> int:
                 },
                 "drive": "temporary (built: no demo champion on the drive)" if built else str(source),
                 "model": {"model_version": ready.get("model_version"), "runtime": ready.get("runtime")},
-                "replay": {**summary, "client_cpu_share": round(client_cpu, 2)},
+                "replay": summary,
+                "baseline_unbatched": baseline
+                and {
+                    k: baseline[k]
+                    for k in ("achieved_share", "errors", "latency_ms", "queue_delay_ms", "client_cpu_share")
+                },
                 "prediction_log": {"ok_answers": summary["ok"], "lines": logged, "lost": summary["ok"] - logged},
                 "saturation": sweep_result,
                 "target": {

@@ -126,3 +126,13 @@ def test_a_fault_in_the_batcher_itself_leaves_no_request_waiting(served, monkeyp
 
     answers = asyncio.run(run())
     assert all(isinstance(a, RuntimeError) and "not answered" in str(a) for a in answers)
+
+
+def test_the_operator_bounds_the_batch_and_one_row_turns_batching_off(served) -> None:
+    model, rows = served
+    counted, counter = _counted(model)
+    answers = asyncio.run(_together(Coalescer(max_rows=5), [(counted, [row]) for row in rows]))
+    assert counter.sizes == [5, 5, 2] and answers == [model.predict([row]) for row in rows]
+    counter.sizes.clear()
+    asyncio.run(_together(Coalescer(max_rows=1), [(counted, [row]) for row in rows] + [(counted, rows[:3])]))
+    assert counter.sizes == [1] * len(rows) + [3]  # a request is never split: three rows still go in one call

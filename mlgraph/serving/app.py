@@ -113,6 +113,7 @@ def create_app(settings: ServeSettings) -> Guard:
         max_body_bytes=settings.max_body_bytes,
         max_rows=settings.max_rows,
         max_string_length=settings.max_string_length,
+        max_batch_rows=settings.max_batch_rows,
     )
 
     async def poll_forever() -> None:

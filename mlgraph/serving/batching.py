@@ -9,7 +9,8 @@ the cost per request falls as the queue grows, which is what lets the service ca
 (CPU taken by the host, a burst) instead of carrying the queue into the tail latency.
 
 A batch holds requests for one model (a hot reload mid-turn starts a new batch) and at most
-`model.inline_rows` rows (what the model predicts within the event loop's budget). When a shared call
+`model.inline_rows` rows (what the model predicts within the event loop's budget), or fewer when the
+operator says so (`mlgraph serve --max-batch-rows`; 1 turns batching off). When a shared call
 fails, each of its requests is predicted alone, so a request whose row breaks the model (a non-finite
 output) fails alone, with its own row numbers, and the others are answered.
 """
@@ -29,7 +30,8 @@ Outputs = list[dict[str, Any]]
 class Coalescer:
     """Batches the inline predictions of one event loop (not thread-safe: the loop's own thread only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int | None = None) -> None:
+        self.max_rows = max_rows  # rows a batch may hold, below the model's inline rows (1: no batching)
         self._waiting: list[tuple[LoadedModel, Rows, asyncio.Future[Outputs]]] = []
         self.calls = 0  # model calls made
         self.requests = 0  # requests answered through them
@@ -49,11 +51,8 @@ class Coalescer:
             start = 0
             while start < len(waiting):
                 model, total, end = waiting[start][0], len(waiting[start][1]), start + 1
-                while (
-                    end < len(waiting)
-                    and waiting[end][0] is model
-                    and total + len(waiting[end][1]) <= model.inline_rows
-                ):
+                limit = min(model.inline_rows, self.max_rows or model.inline_rows)
+                while end < len(waiting) and waiting[end][0] is model and total + len(waiting[end][1]) <= limit:
                     total += len(waiting[end][1])
                     end += 1
                 self._answer(model, waiting[start:end])

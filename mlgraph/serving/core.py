@@ -113,6 +113,7 @@ class ServiceCore:
         max_body_bytes: int,
         max_rows: int,
         max_string_length: int = DEFAULT_MAX_STRING_LENGTH,
+        max_batch_rows: int | None = None,
     ) -> None:
         self.holder, self.metrics, self.writer = holder, metrics, writer
         self.config, self.drive, self.spec = config, drive, holder.spec
@@ -133,7 +134,7 @@ class ServiceCore:
             "many": many,
             **feedback_models(max_rows),
         }
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(max_batch_rows)
         metrics.watch_batching(self.coalescer)
         self.routes = ROUTES
         self.routes_by_key = {(r.method, r.path): r for r in ROUTES}  # the wrapper dispatches through it too
