@@ -388,14 +388,16 @@ def kind(path: Path) -> str:
 
 
 def ticks_since(instance, sensor: str, since: float) -> list:
-    """The finished ticks of `sensor` that started after `since` (epoch seconds), newest first."""
+    """The finished ticks of `sensor` that ended after `since` (epoch seconds), newest first. Ended, not started:
+    a tick listens for seconds (LISTEN_SECONDS), so one that started before `since` may be the one that acts on
+    a file written after it (with a 0.5 s settle time, it can even reject it)."""
     found = []
     for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
         if state.instigator_name == sensor:
             found += [
                 t
                 for t in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=100)
-                if t.timestamp > since and t.status != TickStatus.STARTED
+                if t.status != TickStatus.STARTED and (t.end_timestamp or t.timestamp) > since
             ]
     return sorted(found, key=lambda t: t.timestamp, reverse=True)
 
