@@ -81,8 +81,10 @@ def test_a_request_that_breaks_the_shared_call_fails_alone(served) -> None:
     poison = rows[5]["days_on_platform"]
     assert sum(r["days_on_platform"] == poison for r in rows) == 1
     broken, counter = _counted(model, poison=poison)
-    answers = asyncio.run(_together(Coalescer(), [(broken, [row]) for row in rows]))
+    coalescer = Coalescer()
+    answers = asyncio.run(_together(coalescer, [(broken, [row]) for row in rows]))
     assert counter.sizes == [len(rows)] + [1] * len(rows)  # the shared call failed: each request alone
+    assert (coalescer.calls, coalescer.requests) == (1 + len(rows), len(rows))  # /metrics counts every call
     assert isinstance(answers[5], NonFiniteOutput) and answers[5].rows == [0]  # its own row number
     assert [a for i, a in enumerate(answers) if i != 5] == [model.predict([r]) for i, r in enumerate(rows) if i != 5]
 

@@ -33,7 +33,7 @@ class Coalescer:
     def __init__(self, max_rows: int | None = None) -> None:
         self.max_rows = max_rows  # rows a batch may hold, below the model's inline rows (1: no batching)
         self._waiting: list[tuple[LoadedModel, Rows, asyncio.Future[Outputs]]] = []
-        self.calls = 0  # model calls made
+        self.calls = 0  # model calls made (a failed shared call's retries, one per request, included)
         self.requests = 0  # requests answered through them
 
     async def predict(self, model: LoadedModel, rows: Rows) -> Outputs:
@@ -71,6 +71,7 @@ class Coalescer:
         try:
             outputs = model.predict([row for _, rows, _ in batch for row in rows])
         except Exception:  # one request's rows may have broken the shared call: each is answered alone
+            self.calls += len(batch)
             for _, rows, future in batch:
                 _settle(future, model, rows)
             return

@@ -36,16 +36,14 @@ _MODEL_VERSION = MODEL_VERSION_HEADER.encode()
 _JSON = b"application/json"
 # Built once, not per call; allow_nan=False: `NaN` and `Infinity` are not JSON, and a client's parser may reject them.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str, allow_nan=False).encode
+DRAIN_FACTOR = 8  # the rest of an oversize body is read and discarded up to this many times the limit ...
+DRAIN_SECONDS = 5.0  # ... and for at most this long, before the 413 and the close
+LOG = logging.getLogger("mlgraph.serving")
 
 
 def new_request_id() -> str:
     """32 random hex digits (128 bits, as uuid4().hex, without building a UUID: a quarter of the cost)."""
     return os.urandom(16).hex()
-
-
-DRAIN_FACTOR = 8  # the rest of an oversize body is read and discarded up to this many times the limit ...
-DRAIN_SECONDS = 5.0  # ... and for at most this long, before the 413 and the close
-LOG = logging.getLogger("mlgraph.serving")
 
 
 def dumps(body: Any) -> bytes:

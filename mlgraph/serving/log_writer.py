@@ -114,9 +114,10 @@ _ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=True, default=_plain
 def format_entry(entry: Entry) -> bytes:
     """The entry's JSON lines, one per row (keys in mlgraph.core.prediction_log.RECORD_FIELDS order), UTF-8.
 
-    Encoded by pydantic-core (already the service's parser): several times faster than the json module here (one-row entries: ~3 µs against ~20 µs), and the
-    writer thread holds the GIL, which the event loop needs, for every microsecond of it. A value it cannot
-    encode (a lone surrogate in a string) falls back to the json module, which escapes it."""
+    Encoded by pydantic-core (already the service's parser): one-row entries take ~3 µs against the json
+    module's ~20 µs, and the writer thread holds the GIL, which the event loop needs, for every microsecond
+    of it. A value it cannot encode (a lone surrogate in a string) falls back to the json module, which
+    escapes it."""
     stamp = datetime.fromtimestamp(entry.when, UTC).isoformat()
     rows = [
         {

@@ -38,7 +38,5 @@ class ServeSettings:
     log_flush_timeout: float = DEFAULT_FLUSH_SECONDS  # /monitoring/* wait this long for the log to catch up
     poll_interval: float = 1.0  # seconds between checks of the promotion pointer
     graceful_timeout: float = 30.0  # on SIGTERM: how long in-flight requests may still take
-    max_batch_rows: int | None = (
-        None  # rows one batched model call holds; None: the model's inline rows, 1: no batching
-    )
+    max_batch_rows: int | None = None  # rows per batched model call; None: the model's inline rows, 1: off
     release_hold: bool = True  # refuse a champion whose serving_capacity_meets_slo gate failed

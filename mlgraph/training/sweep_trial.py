@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mlgraph.core.atomic import atomic_write_json
+from mlgraph.core.untrusted import read_regular_file
 
 REQUEST_FILE = "request.json"
 RECORD_FILE = "trial.json"
@@ -64,8 +65,6 @@ class TrialRequest:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> TrialRequest:
-        from mlgraph.core.untrusted import read_regular_file
-
         # On the drive, writable by anyone: a regular file, bounded (Unusable, a ValueError, otherwise).
         data = json.loads(read_regular_file(path, MAX_REQUEST_BYTES))
         prune = data.pop("prune", None)
