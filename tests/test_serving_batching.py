@@ -89,10 +89,22 @@ def test_a_request_that_breaks_the_shared_call_fails_alone(served) -> None:
     assert [a for i, a in enumerate(answers) if i != 5] == [model.predict([r]) for i, r in enumerate(rows) if i != 5]
 
 
-def test_concurrent_requests_through_the_app_are_batched_and_answered_as_alone(serving_drive, served) -> None:  # noqa: F811
+@pytest.mark.parametrize("max_batch_rows", [None, 1], ids=["batched", "batching-off"])
+def test_concurrent_requests_through_the_app_are_answered_as_alone(
+    serving_drive,  # noqa: F811
+    served,
+    max_batch_rows: int | None,
+) -> None:
     root, config_dir = serving_drive
     model, rows = served
-    app = create_app(ServeSettings(BINARY, drive_root=str(root), config_dir=str(config_dir), log_predictions=False))
+    settings = ServeSettings(
+        BINARY,
+        drive_root=str(root),
+        config_dir=str(config_dir),
+        log_predictions=False,
+        max_batch_rows=max_batch_rows,  # what `mlgraph serve --max-batch-rows` sets
+    )
+    app = create_app(settings)
     app.app.state.holder.current = model
 
     async def calls() -> tuple[list[httpx.Response], str]:
@@ -108,7 +120,11 @@ def test_concurrent_requests_through_the_app_are_batched_and_answered_as_alone(s
         assert {k: body[k] for k in ("prediction", "probability")} == model.predict([row])[0]
     requests = _metric(metrics, "mlgraph_model_call_requests_total")
     calls_made = _metric(metrics, "mlgraph_model_calls_total")
-    assert requests == len(rows) and 1 <= calls_made < len(rows)
+    assert requests == len(rows)
+    if max_batch_rows is None:
+        assert 1 <= calls_made < len(rows)  # batched
+    else:
+        assert calls_made == len(rows)  # one call per request
 
 
 def _metric(text: str, name: str) -> float:
